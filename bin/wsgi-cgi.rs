@@ -1,0 +1,62 @@
+//! `wsgi-cgi`: serve one request of a Python WSGI app as a CGI program.
+//! argv/env → settings → [`wsgi_gateway::cgi::run`] → exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wsgi_gateway::cgi::{self, EXIT_TABLE};
+use wsgi_gateway::config::{self, Layer};
+
+const AFTER_HELP: &str = "Environment (used when neither a flag nor the script sets it):
+  WSGI_APP, WSGI_VENV, WSGI_CHDIR, WSGI_PYTHONPATH (':'-separated)
+
+Script mode: a file starting with `#!/path/to/wsgi-cgi` whose body is TOML
+(app, venv, chdir, pythonpath); the kernel passes it as SCRIPT.
+Relative paths in it are relative to the script's directory.
+";
+
+/// Serve a Python WSGI application to a web server over CGI (RFC 3875).
+#[derive(Parser)]
+#[command(version, after_help = format!("{AFTER_HELP}\n{EXIT_TABLE}"))]
+struct Cli {
+    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi [default: built-in demo app]
+    #[arg(long, value_name = "SPEC")]
+    app: Option<String>,
+    /// A virtualenv; its Python version must match the linked libpython
+    #[arg(long, value_name = "DIR")]
+    venv: Option<PathBuf>,
+    /// Change to DIR before loading the app (it is put on sys.path)
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<PathBuf>,
+    /// Put DIR in front of sys.path (repeatable)
+    #[arg(long, value_name = "DIR")]
+    pythonpath: Vec<PathBuf>,
+    /// A script file (TOML after a #! line) with the settings
+    #[arg(value_name = "SCRIPT")]
+    script: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = config::strip_query_words(
+        std::env::args_os().collect(),
+        std::env::var_os("GATEWAY_INTERFACE").as_deref(),
+        std::env::var_os("QUERY_STRING").as_deref(),
+    );
+    let cli = Cli::parse_from(args);
+    let script = match cli.script.map(|p| Layer::from_script(&p).map(|l| (l, p))).transpose() {
+        Ok(script) => script,
+        Err(err) => {
+            eprintln!("wsgi-cgi: {err}");
+            return ExitCode::from(cgi::Exit::Config as u8);
+        }
+    };
+    let command_line = Layer {
+        app: cli.app,
+        venv: cli.venv,
+        chdir: cli.chdir,
+        pythonpath: (!cli.pythonpath.is_empty()).then_some(cli.pythonpath),
+    };
+    let settings = config::merge(command_line, script, Layer::from_env(|k| std::env::var_os(k)));
+    ExitCode::from(cgi::run(&settings) as u8)
+}

@@ -1,0 +1,20 @@
+//! Build script: link libpython with an rpath to the interpreter we were built
+//! against (otherwise the loader may pick the distribution's libpython of the
+//! same soname, see research/deps.md §1.2), and bake that interpreter's path
+//! and version in, so that `PyConfig.program_name` never depends on `PATH`.
+
+fn main() {
+    pyo3_build_config::add_libpython_rpath_link_args();
+    let config = pyo3_build_config::get();
+    let executable = config
+        .executable()
+        .map(str::to_owned)
+        .expect("pyo3 found no interpreter executable: set PYO3_PYTHON to the real python3 (e.g. `pyenv which python3`)");
+    println!("cargo:rustc-env=WSGI_GATEWAY_BUILD_PYTHON={executable}");
+    println!(
+        "cargo:rustc-env=WSGI_GATEWAY_BUILD_PYTHON_VERSION={}.{}",
+        config.version().major,
+        config.version().minor
+    );
+    println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+}

@@ -1,0 +1,350 @@
+//! The application side of PEP 3333: load the callable (module, factory or
+//! file), build the environ `dict`, `start_response` with its `exc_info`
+//! rules and the `write()` callable, iterate the result (bytes only, the
+//! `wsgi.file_wrapper` fast path) and always call `close()`. Bytes go to a
+//! [`ResponseWriter`]; nothing here knows CGI or FastCGI.
+
+use std::ffi::CString;
+use std::os::fd::BorrowedFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+
+use crate::appspec::{AppSpec, Source};
+use crate::environ::{Environ, Flavor};
+use crate::input::{FileWrapper, Input};
+use crate::response::{ResponseWriter, make_head};
+use crate::{log_error, log_info};
+
+const DEMO_APP: &str = include_str!("demo_app.py");
+
+/// Load the application callable; `None` loads the built-in demo app.
+pub fn load<'py>(py: Python<'py>, spec: Option<&AppSpec>) -> PyResult<Bound<'py, PyAny>> {
+    let Some(spec) = spec else {
+        let code = CString::new(DEMO_APP)?;
+        let module = PyModule::from_code(py, &code, c"<wsgi-gateway demo app>", c"wsgi_gateway_demo")?;
+        return module.getattr("application");
+    };
+    let module = match &spec.source {
+        Source::Module(name) => py.import(name.as_str())?.into_any(),
+        Source::File(path) => {
+            let source = std::fs::read(path).map_err(|e| {
+                pyo3::exceptions::PyOSError::new_err(format!("cannot read {}: {e}", path.display()))
+            })?;
+            if let Some(dir) = path.parent() {
+                crate::python::prepend_sys_path(py, &[dir.to_path_buf()])?;
+            }
+            let code = CString::new(source)
+                .map_err(|_| PyValueError::new_err(format!("{} contains a NUL byte", path.display())))?;
+            let file_name = CString::new(path.to_string_lossy().as_bytes())?;
+            PyModule::from_code(py, &code, &file_name, c"__wsgi_app__")?.into_any()
+        }
+    };
+    let mut app = module.getattr(spec.callable.as_str())?;
+    if spec.factory {
+        app = app.call0()?;
+    }
+    if !app.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "{} is not callable (got {})",
+            spec.callable,
+            app.get_type().name()?
+        )));
+    }
+    Ok(app)
+}
+
+/// Build the environ `dict` from the plain [`Environ`].
+pub fn environ_dict<'py>(
+    py: Python<'py>,
+    environ: &Environ,
+    flavor: Flavor,
+    input: Input,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (key, value) in &environ.vars {
+        dict.set_item(PyString::new(py, key), PyString::new(py, value))?;
+    }
+    dict.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+    dict.set_item("wsgi.url_scheme", environ.url_scheme)?;
+    dict.set_item("wsgi.input", Bound::new(py, input)?)?;
+    dict.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
+    dict.set_item("wsgi.multithread", flavor.multithread)?;
+    dict.set_item("wsgi.multiprocess", flavor.multiprocess)?;
+    dict.set_item("wsgi.run_once", flavor.run_once)?;
+    dict.set_item("wsgi.input_terminated", true)?;
+    dict.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+    Ok(dict)
+}
+
+/// `start_response`; its bound `write` method is the `write()` callable.
+#[pyclass(module = "wsgi_gateway", name = "StartResponse", frozen)]
+pub struct StartResponse {
+    writer: Mutex<ResponseWriter>,
+    client_gone: AtomicBool,
+}
+
+impl StartResponse {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ResponseWriter> {
+        // A poisoned lock only means a panic elsewhere; the state is still usable.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_bytes(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        py.detach(|| self.lock().write(data)).map_err(|e| {
+            self.client_gone.store(true, Ordering::Relaxed);
+            PyErr::from(e)
+        })
+    }
+}
+
+fn extract_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for item in headers.try_iter()? {
+        let item = item?;
+        let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract().map_err(|_| {
+            PyTypeError::new_err("response headers must be (name, value) tuples")
+        })?;
+        let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
+            return Err(PyTypeError::new_err("header names and values must be str"));
+        };
+        out.push((name.to_str()?.to_owned(), value.to_str()?.to_owned()));
+    }
+    Ok(out)
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, response_headers, exc_info=None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        response_headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        if let Some(exc_info) = exc_info {
+            if this.lock().headers_sent() {
+                // PEP 3333: too late to change the status; re-raise the error.
+                return Err(PyErr::from_value(exc_info.get_item(1)?));
+            }
+        } else if this.lock().has_head() {
+            return Err(PyAssertionError::new_err(
+                "start_response called a second time without exc_info",
+            ));
+        }
+        let status = status
+            .cast::<PyString>()
+            .map_err(|_| PyTypeError::new_err("status must be a str"))?
+            .to_str()?;
+        let headers = extract_headers(response_headers)?;
+        let head = make_head(status, headers).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        this.lock().set_head(head);
+        slf.getattr("write")
+    }
+
+    /// The PEP 3333 `write()` callable: send bytes now.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = data
+            .cast::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err("write() argument must be bytes"))?;
+        if !self.lock().has_head() {
+            return Err(PyAssertionError::new_err("write() called before start_response"));
+        }
+        self.write_bytes(py, data.as_bytes())
+    }
+}
+
+/// How serving one request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response went out completely.
+    Complete,
+    /// The app failed before sending headers; a generic 500 went out.
+    AppFailed,
+    /// The app failed after headers were sent; the response is truncated.
+    Truncated,
+    /// The output was closed by the other side.
+    ClientGone,
+}
+
+/// Call the app with `environ`, send its response through `writer`.
+pub fn serve(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    environ: Bound<'_, PyDict>,
+    writer: ResponseWriter,
+) -> (Outcome, ResponseWriter) {
+    let start_response = match Bound::new(
+        py,
+        StartResponse {
+            writer: Mutex::new(writer),
+            client_gone: AtomicBool::new(false),
+        },
+    ) {
+        Ok(sr) => sr,
+        Err(err) => {
+            err.display(py);
+            // Unreachable in practice: allocation of a small object failed.
+            std::process::abort();
+        }
+    };
+    let sr = start_response.get();
+    let mut outcome = match app.call1((environ, &start_response)) {
+        Err(err) => fail(py, sr, err, "the application raised"),
+        Ok(iterable) => {
+            let streamed = stream(py, sr, &iterable);
+            let mut outcome = match streamed {
+                Ok(()) => Outcome::Complete,
+                Err(err) => fail(py, sr, err, "the application's response failed"),
+            };
+            if let Err(err) = close(&iterable) {
+                if outcome == Outcome::Complete {
+                    outcome = fail(py, sr, err, "close() of the response iterable raised");
+                } else {
+                    log_error!("close() of the response iterable raised as well");
+                    err.display(py);
+                }
+            }
+            outcome
+        }
+    };
+    if outcome == Outcome::Complete && !sr.lock().has_head() {
+        log_error!("the application returned without calling start_response");
+        outcome = fail_before_headers(sr);
+    }
+    if outcome == Outcome::Complete {
+        if let Err(err) = py.detach(|| sr.lock().finish()) {
+            log_info!("client went away before the response was complete: {err}");
+            outcome = Outcome::ClientGone;
+        }
+    }
+    let writer = std::mem::replace(
+        &mut *sr.lock(),
+        ResponseWriter::new(Box::new(NullSink), false),
+    );
+    (outcome, writer)
+}
+
+fn close(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    if iterable.hasattr("close")? {
+        iterable.call_method0("close")?;
+    }
+    Ok(())
+}
+
+fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr, what: &str) -> Outcome {
+    if sr.client_gone.load(Ordering::Relaxed) {
+        log_info!("client went away while sending the response: {err}");
+        return Outcome::ClientGone;
+    }
+    log_error!("{what}; traceback follows");
+    err.display(py);
+    if sr.lock().headers_sent() {
+        log_error!("headers were already sent: the response is truncated");
+        Outcome::Truncated
+    } else {
+        fail_before_headers(sr)
+    }
+}
+
+fn fail_before_headers(sr: &StartResponse) -> Outcome {
+    match sr.lock().fail(500) {
+        Ok(_) => Outcome::AppFailed,
+        Err(_) => Outcome::ClientGone,
+    }
+}
+
+fn stream(py: Python<'_>, sr: &StartResponse, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
+        if send_file(py, sr, wrapper.get())? {
+            return Ok(());
+        }
+    }
+    for item in iterable.try_iter()? {
+        let item = item?;
+        let chunk = item.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "the application must yield bytes, not {}",
+                item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })?;
+        let data = chunk.as_bytes();
+        if data.is_empty() {
+            continue;
+        }
+        if !sr.lock().has_head() {
+            return Err(PyAssertionError::new_err(
+                "the application yielded body data before calling start_response",
+            ));
+        }
+        sr.write_bytes(py, data)?;
+    }
+    Ok(())
+}
+
+/// The `wsgi.file_wrapper` fast path: a regular file goes out with the
+/// sink's zero-copy path from its current position. `Ok(false)`: not
+/// applicable, iterate instead.
+fn send_file(py: Python<'_>, sr: &StartResponse, wrapper: &FileWrapper) -> PyResult<bool> {
+    let filelike = wrapper.filelike.bind(py);
+    if !sr.lock().has_head() || !filelike.hasattr("fileno")? {
+        return Ok(false);
+    }
+    let Ok(fd) = filelike.call_method0("fileno").and_then(|f| f.extract::<i32>()) else {
+        return Ok(false);
+    };
+    // SAFETY: the file object stays alive (and its fd open) for the whole
+    // call, since `wrapper` holds a reference to it and we hold the GIL
+    // except inside `detach`, during which nobody else can close it.
+    let file = unsafe { BorrowedFd::borrow_raw(fd) };
+    let Ok(stat) = nix::sys::stat::fstat(file) else {
+        return Ok(false);
+    };
+    if stat.st_mode & libc_s_ifmt() != libc_s_ifreg() {
+        return Ok(false);
+    }
+    let offset: u64 = match filelike.call_method0("tell").and_then(|t| t.extract()) {
+        Ok(offset) => offset,
+        Err(_) => return Ok(false),
+    };
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    let len = size.saturating_sub(offset);
+    let sent = py
+        .detach(|| sr.lock().write_file(file, offset, len))
+        .map_err(|e| {
+            sr.client_gone.store(true, Ordering::Relaxed);
+            PyErr::from(e)
+        })?;
+    Ok(sent)
+}
+
+const fn libc_s_ifmt() -> u32 {
+    0o170000
+}
+
+const fn libc_s_ifreg() -> u32 {
+    0o100000
+}
+
+/// A sink that discards everything (used once the real one was handed back).
+struct NullSink;
+
+impl crate::response::Sink for NullSink {
+    fn send(&mut self, _: Option<&crate::response::Head>, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn send_file(
+        &mut self,
+        _: Option<&crate::response::Head>,
+        _: BorrowedFd<'_>,
+        _: u64,
+        _: u64,
+    ) -> std::io::Result<Option<u64>> {
+        Ok(None)
+    }
+}

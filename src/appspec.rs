@@ -1,0 +1,118 @@
+//! What `--app` names: `module:callable`, `module:factory()`, a bare module
+//! (callable `application`), or a file `path/to/app.py` / `app.wsgi`
+//! (optionally `file:callable`), as mod_wsgi's `WSGIScriptAlias` files.
+
+use std::path::{Path, PathBuf};
+
+/// Where the application object comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An importable module, e.g. `myproject.wsgi`.
+    Module(String),
+    /// A Python file executed as a module, e.g. `/srv/app/app.wsgi`.
+    File(PathBuf),
+}
+
+/// A parsed application spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppSpec {
+    /// Module or file.
+    pub source: Source,
+    /// Attribute holding the WSGI callable (or the factory).
+    pub callable: String,
+    /// `callable()` is a factory to call once, without arguments.
+    pub factory: bool,
+}
+
+/// A spec that cannot name an application.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AppSpecError {
+    /// The spec is not one of the accepted forms.
+    #[error(
+        "invalid app spec {0:?}: expected module:callable, module:factory(), or a file path ending in .py or .wsgi"
+    )]
+    Invalid(String),
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
+        && chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+/// `dir/x`, `x.py` are files; `x.wsgi` is a file only if it exists, since
+/// `myproject.wsgi` is also Django's module name for its WSGI entry point.
+fn looks_like_file(s: &str, base: &Path) -> bool {
+    s.contains('/') || s.ends_with(".py") || (s.ends_with(".wsgi") && base.join(s).is_file())
+}
+
+impl AppSpec {
+    /// Parse a spec. Relative file paths are resolved against `base`.
+    pub fn parse(spec: &str, base: &Path) -> Result<AppSpec, AppSpecError> {
+        let invalid = || AppSpecError::Invalid(spec.to_string());
+        let spec = spec.trim();
+        let (target, attr) = match spec.rsplit_once(':') {
+            Some((target, attr)) if !attr.contains('/') => (target, Some(attr)),
+            _ => (spec, None),
+        };
+        let (callable, factory) = match attr {
+            None => ("application".to_string(), false),
+            Some(attr) => match attr.strip_suffix("()") {
+                Some(name) => (name.to_string(), true),
+                None => (attr.to_string(), false),
+            },
+        };
+        if !is_identifier(&callable) || target.is_empty() {
+            return Err(invalid());
+        }
+        let source = if looks_like_file(target, base) {
+            Source::File(base.join(target))
+        } else if target.split('.').all(is_identifier) {
+            Source::Module(target.to_string())
+        } else {
+            return Err(invalid());
+        };
+        Ok(AppSpec {
+            source,
+            callable,
+            factory,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_table() {
+        let base = Path::new("/base");
+        let module = |m: &str, c: &str, f: bool| AppSpec {
+            source: Source::Module(m.into()),
+            callable: c.into(),
+            factory: f,
+        };
+        let file = |p: &str, c: &str, f: bool| AppSpec {
+            source: Source::File(p.into()),
+            callable: c.into(),
+            factory: f,
+        };
+        let rows = [
+            ("myproject.wsgi", module("myproject.wsgi", "application", false)),
+            ("myproject.wsgi:app", module("myproject.wsgi", "app", false)),
+            ("pkg.mod:create_app()", module("pkg.mod", "create_app", true)),
+            ("app.py", file("/base/app.py", "application", false)),
+            ("./app.wsgi", file("/base/./app.wsgi", "application", false)),
+            ("site/app.wsgi", file("/base/site/app.wsgi", "application", false)),
+            ("site.wsgi", module("site.wsgi", "application", false)),
+            ("/srv/app.py:app", file("/srv/app.py", "app", false)),
+            ("/srv/app.py:make()", file("/srv/app.py", "make", true)),
+        ];
+        for (text, expected) in rows {
+            assert_eq!(AppSpec::parse(text, base).unwrap(), expected, "{text}");
+        }
+        for bad in ["", ":app", "mod:", "mod:1x", "bad-name", "a..b", "mod:f(x)"] {
+            assert!(AppSpec::parse(bad, base).is_err(), "{bad:?}");
+        }
+    }
+}

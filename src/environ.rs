@@ -1,0 +1,223 @@
+//! The PEP 3333 environ, computed from a request's raw meta-variables
+//! (RFC 3875 §4.1) without Python: native strings are the raw bytes decoded
+//! as latin-1 ("bytes-in-unicode", PEP 3333 "Unicode Issues"), defaults for
+//! the keys PEP 3333 requires, `CONTENT_LENGTH` validated, `wsgi.url_scheme`
+//! derived. The Python layer turns an [`Environ`] into the `dict`.
+
+use crate::request::RequestError;
+
+/// The `wsgi.*` flags that depend on the front end (CGI vs FastCGI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flavor {
+    /// `wsgi.multithread`
+    pub multithread: bool,
+    /// `wsgi.multiprocess`
+    pub multiprocess: bool,
+    /// `wsgi.run_once`
+    pub run_once: bool,
+}
+
+/// CGI: one request per process, many processes.
+pub const CGI: Flavor = Flavor {
+    multithread: false,
+    multiprocess: true,
+    run_once: true,
+};
+
+/// The environ's string part plus the facts the gateway itself needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Environ {
+    /// Every `str`-valued key, latin-1 decoded, in a stable order.
+    pub vars: Vec<(String, String)>,
+    /// `wsgi.url_scheme`: `"http"` or `"https"`.
+    pub url_scheme: &'static str,
+    /// The validated `CONTENT_LENGTH` (`None` when absent or empty).
+    pub content_length: Option<u64>,
+    /// True for `HEAD`: the gateway sends no body bytes.
+    pub is_head: bool,
+}
+
+impl Environ {
+    /// Look a key up.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decode bytes as latin-1: every byte becomes the code point of equal value.
+pub fn latin1(bytes: &[u8]) -> String {
+    if bytes.is_ascii() {
+        // SAFETY-free fast path: ASCII is valid UTF-8.
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Headers the server must not pass twice: the CGI names are authoritative
+/// (`wsgiref.validate` rejects the `HTTP_` duplicates).
+const SHADOWED: [&str; 2] = ["HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"];
+
+/// Build the environ's plain part from raw meta-variables.
+pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ, RequestError> {
+    let mut vars: Vec<(String, String)> = Vec::with_capacity(meta.len() + 8);
+    let mut content_length = None;
+    for (name, value) in meta {
+        let name = latin1(name);
+        if SHADOWED.contains(&name.as_str()) || vars.iter().any(|(k, _)| *k == name) {
+            continue;
+        }
+        if name == "CONTENT_LENGTH" {
+            let text = latin1(value);
+            let trimmed = text.trim();
+            if trimmed.is_empty() {
+                continue;
+            }
+            if !trimmed.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(RequestError::BadContentLength(text));
+            }
+            let length: u64 = trimmed
+                .parse()
+                .map_err(|_| RequestError::BadContentLength(text.clone()))?;
+            content_length = Some(length);
+            vars.push((name, length.to_string()));
+            continue;
+        }
+        vars.push((name, latin1(value)));
+    }
+
+    let find = |vars: &[(String, String)], key: &str| {
+        vars.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let https = find(&vars, "HTTPS")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "on" | "1" | "yes"));
+    let scheme_https = find(&vars, "REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let url_scheme = if https || scheme_https { "https" } else { "http" };
+
+    let host = find(&vars, "HTTP_HOST").unwrap_or_default();
+    let default_name = host_name(&host).unwrap_or("localhost").to_string();
+    let default_port = if url_scheme == "https" { "443" } else { "80" };
+    let defaults: [(&str, &str); 7] = [
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_NAME", ""),
+        ("PATH_INFO", ""),
+        ("QUERY_STRING", ""),
+        ("SERVER_NAME", &default_name),
+        ("SERVER_PORT", default_port),
+        ("SERVER_PROTOCOL", "HTTP/1.0"),
+    ];
+    for (key, value) in defaults {
+        if find(&vars, key).is_none() {
+            vars.push((key.to_string(), value.to_string()));
+        }
+    }
+    let is_head = find(&vars, "REQUEST_METHOD").is_some_and(|m| m == "HEAD");
+    Ok(Environ {
+        vars,
+        url_scheme,
+        content_length,
+        is_head,
+    })
+}
+
+/// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`).
+fn host_name(host: &str) -> Option<&str> {
+    if host.is_empty() {
+        return None;
+    }
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.find(']').map(|end| &host[..end + 2]);
+    }
+    Some(host.split(':').next().unwrap_or(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+
+    /// (meta-variables, key, expected value) — one row per mapping rule.
+    #[test]
+    fn mapping_table() {
+        type Row = (&'static [(&'static [u8], &'static [u8])], &'static str, Option<&'static str>);
+        let rows: &[Row] = &[
+            // latin-1: every byte maps to the code point of equal value
+            (&[(b"PATH_INFO", b"/caf\xc3\xa9")], "PATH_INFO", Some("/caf\u{c3}\u{a9}")),
+            (&[(b"PATH_INFO", b"/\xff\x80")], "PATH_INFO", Some("/\u{ff}\u{80}")),
+            (&[(b"HTTP_X_NAME", b"\xe9t\xe9")], "HTTP_X_NAME", Some("\u{e9}t\u{e9}")),
+            (&[(b"QUERY_STRING", b"a=%C3%A9")], "QUERY_STRING", Some("a=%C3%A9")),
+            // defaults for missing keys
+            (&[], "REQUEST_METHOD", Some("GET")),
+            (&[], "SCRIPT_NAME", Some("")),
+            (&[], "PATH_INFO", Some("")),
+            (&[], "QUERY_STRING", Some("")),
+            (&[], "SERVER_NAME", Some("localhost")),
+            (&[], "SERVER_PORT", Some("80")),
+            (&[], "SERVER_PROTOCOL", Some("HTTP/1.0")),
+            (&[(b"HTTP_HOST", b"example.org:8080")], "SERVER_NAME", Some("example.org")),
+            (&[(b"HTTP_HOST", b"[::1]:8080")], "SERVER_NAME", Some("[::1]")),
+            (&[(b"HTTPS", b"on")], "SERVER_PORT", Some("443")),
+            // the server's mapping is kept as is
+            (&[(b"SCRIPT_NAME", b"/app"), (b"PATH_INFO", b"/x/y")], "SCRIPT_NAME", Some("/app")),
+            (&[(b"SERVER_PORT", b"8443"), (b"HTTPS", b"on")], "SERVER_PORT", Some("8443")),
+            // CONTENT_LENGTH / CONTENT_TYPE: empty or absent
+            (&[(b"CONTENT_LENGTH", b"")], "CONTENT_LENGTH", None),
+            (&[(b"CONTENT_LENGTH", b" 12 ")], "CONTENT_LENGTH", Some("12")),
+            (&[(b"CONTENT_LENGTH", b"007")], "CONTENT_LENGTH", Some("7")),
+            (&[], "CONTENT_LENGTH", None),
+            (&[(b"CONTENT_TYPE", b"")], "CONTENT_TYPE", Some("")),
+            (&[], "CONTENT_TYPE", None),
+            // duplicates the CGI names shadow
+            (&[(b"HTTP_CONTENT_TYPE", b"x/y")], "HTTP_CONTENT_TYPE", None),
+            (&[(b"HTTP_CONTENT_LENGTH", b"3")], "HTTP_CONTENT_LENGTH", None),
+            // the first of two equal names wins
+            (&[(b"HTTP_A", b"1"), (b"HTTP_A", b"2")], "HTTP_A", Some("1")),
+        ];
+        for (pairs, key, expected) in rows {
+            let environ = build(&meta(pairs)).unwrap();
+            assert_eq!(environ.get(key), *expected, "key {key} from {pairs:?}");
+        }
+    }
+
+    #[test]
+    fn url_scheme_table() {
+        let rows: &[(&[(&[u8], &[u8])], &str)] = &[
+            (&[], "http"),
+            (&[(b"HTTPS", b"on")], "https"),
+            (&[(b"HTTPS", b"ON")], "https"),
+            (&[(b"HTTPS", b"1")], "https"),
+            (&[(b"HTTPS", b"yes")], "https"),
+            (&[(b"HTTPS", b"off")], "http"),
+            (&[(b"HTTPS", b"")], "http"),
+            (&[(b"REQUEST_SCHEME", b"https")], "https"),
+            (&[(b"REQUEST_SCHEME", b"http")], "http"),
+            (&[(b"HTTPS", b""), (b"REQUEST_SCHEME", b"HTTPS")], "https"),
+        ];
+        for (pairs, scheme) in rows {
+            assert_eq!(build(&meta(pairs)).unwrap().url_scheme, *scheme, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_content_length_is_an_error() {
+        for bad in [&b"-1"[..], b"abc", b"1.5", b"12 34", b"99999999999999999999999", b"+5"] {
+            let err = build(&meta(&[(b"CONTENT_LENGTH", bad)])).unwrap_err();
+            assert!(matches!(err, RequestError::BadContentLength(_)), "{bad:?}");
+        }
+        let environ = build(&meta(&[(b"CONTENT_LENGTH", b"42")])).unwrap();
+        assert_eq!(environ.content_length, Some(42));
+    }
+
+    #[test]
+    fn head_requests_are_flagged() {
+        assert!(build(&meta(&[(b"REQUEST_METHOD", b"HEAD")])).unwrap().is_head);
+        assert!(!build(&meta(&[(b"REQUEST_METHOD", b"GET")])).unwrap().is_head);
+    }
+}

@@ -1,0 +1,168 @@
+//! The interpreter: PEP 587 `PyConfig` initialization with `program_name` set
+//! explicitly (the build-time interpreter, or `<venv>/bin/python`, never a
+//! `PATH` lookup — research/deps.md §1.2, §1.4), the venv version preflight,
+//! `sys.path` set-up, and the exit without `Py_FinalizeEx` (flush, `atexit`).
+
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+/// The interpreter this binary was built against (baked in by build.rs).
+pub const BUILD_PYTHON: &str = env!("WSGI_GATEWAY_BUILD_PYTHON");
+
+/// Why the interpreter could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    /// The venv directory has no `pyvenv.cfg`.
+    #[error("{0} is not a virtualenv (no pyvenv.cfg in it)")]
+    NotAVenv(PathBuf),
+    /// The venv was made by another Python version than the linked libpython.
+    #[error(
+        "virtualenv {venv} was created with Python {venv_version}, but this wsgi-gateway is linked against libpython {linked}; recreate the venv with Python {linked} ({build}) or rebuild wsgi-gateway with PYO3_PYTHON pointing at Python {venv_version}"
+    )]
+    VersionMismatch {
+        /// The venv directory.
+        venv: PathBuf,
+        /// Version from `pyvenv.cfg`.
+        venv_version: String,
+        /// `major.minor` of the linked libpython.
+        linked: String,
+        /// The build-time interpreter.
+        build: &'static str,
+    },
+    /// `Py_InitializeFromConfig` failed.
+    #[error("Python initialization failed: {0}")]
+    Init(String),
+}
+
+/// `major.minor` of the libpython actually loaded (not the build-time guess).
+pub fn linked_version() -> String {
+    // SAFETY: Py_GetVersion returns a pointer to a static NUL-terminated
+    // string and may be called before initialization.
+    let full = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy();
+    major_minor(&full).unwrap_or_default()
+}
+
+fn major_minor(version: &str) -> Option<String> {
+    let mut parts = version.split(|c: char| c == '.' || c.is_whitespace());
+    let major = parts.next()?.trim();
+    let minor = parts.next()?.trim();
+    (!major.is_empty() && !minor.is_empty()).then(|| format!("{major}.{minor}"))
+}
+
+/// The Python version a `pyvenv.cfg` records (`version` or `version_info`).
+pub fn pyvenv_version(cfg: &str) -> Option<String> {
+    cfg.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        matches!(key.trim(), "version" | "version_info")
+            .then(|| major_minor(value.trim()))
+            .flatten()
+    })
+}
+
+/// Check a venv against the linked libpython; returns the `program_name` to use.
+pub fn venv_program_name(venv: &Path) -> Result<PathBuf, PythonError> {
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg"))
+        .map_err(|_| PythonError::NotAVenv(venv.to_path_buf()))?;
+    let linked = linked_version();
+    if let Some(venv_version) = pyvenv_version(&cfg) {
+        if venv_version != linked {
+            return Err(PythonError::VersionMismatch {
+                venv: venv.to_path_buf(),
+                venv_version,
+                linked,
+                build: BUILD_PYTHON,
+            });
+        }
+    }
+    Ok(venv.join("bin").join("python"))
+}
+
+/// Initialize CPython with `program_name` and release the GIL (pyo3 expects
+/// an initialized interpreter with no thread attached).
+pub fn initialize(program_name: &Path) -> Result<(), PythonError> {
+    let name = CString::new(program_name.as_os_str().as_bytes())
+        .map_err(|_| PythonError::Init("program name contains NUL".into()))?;
+    // SAFETY: PyConfig is a plain C struct that PyConfig_InitPythonConfig
+    // fully initializes; fields are written through a raw pointer so that the
+    // config and its program_name field are never borrowed mutably twice;
+    // PyConfig_Clear frees what SetBytesString allocated; nothing else runs
+    // Python concurrently (we are before initialization, single-threaded).
+    unsafe {
+        let mut storage = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
+        let config = storage.as_mut_ptr();
+        ffi::PyConfig_InitPythonConfig(config);
+        (*config).install_signal_handlers = 0;
+        (*config).parse_argv = 0;
+        let status =
+            ffi::PyConfig_SetBytesString(config, &raw mut (*config).program_name, name.as_ptr());
+        if ffi::PyStatus_Exception(status) != 0 {
+            ffi::PyConfig_Clear(config);
+            return Err(PythonError::Init(status_message(&status)));
+        }
+        let status = ffi::Py_InitializeFromConfig(config);
+        ffi::PyConfig_Clear(config);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err(PythonError::Init(status_message(&status)));
+        }
+        ffi::PyEval_SaveThread();
+    }
+    Ok(())
+}
+
+fn status_message(status: &ffi::PyStatus) -> String {
+    if status.err_msg.is_null() {
+        return "unknown error".into();
+    }
+    // SAFETY: err_msg is a static C string set by CPython.
+    unsafe { CStr::from_ptr(status.err_msg) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Put `dirs` in front of `sys.path`, in order, without duplicates.
+pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
+    let path = py.import("sys")?.getattr("path")?;
+    for dir in dirs.iter().rev() {
+        let text = dir.to_string_lossy();
+        while path.call_method1("__contains__", (&*text,))?.is_truthy()? {
+            path.call_method1("remove", (&*text,))?;
+        }
+        path.call_method1("insert", (0, &*text))?;
+    }
+    Ok(())
+}
+
+/// What `Py_FinalizeEx` would have done that matters: run `atexit` handlers
+/// and flush Python's standard streams. Finalization itself is skipped
+/// (it costs milliseconds per CGI request and some extensions crash in it).
+pub fn run_exit_hooks(py: Python<'_>) {
+    if let Ok(atexit) = py.import("atexit") {
+        if let Err(err) = atexit.call_method0("_run_exitfuncs") {
+            err.display(py);
+        }
+    }
+    if let Ok(sys) = py.import("sys") {
+        for stream in ["stdout", "stderr"] {
+            if let Ok(s) = sys.getattr(stream) {
+                let _ = s.call_method0("flush");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pyvenv_versions() {
+        assert_eq!(pyvenv_version("home = /x\nversion = 3.11.7\n").as_deref(), Some("3.11"));
+        assert_eq!(pyvenv_version("version_info = 3.12.1.final.0\n").as_deref(), Some("3.12"));
+        assert_eq!(pyvenv_version("home = /x\n"), None);
+        assert_eq!(major_minor("3.11.7 (main, Jan 1 2024)").as_deref(), Some("3.11"));
+    }
+}

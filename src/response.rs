@@ -1,0 +1,386 @@
+//! The response side of PEP 3333 without Python: status and header validation
+//! (RFC 9110 tokens, latin-1, no CR/LF — header injection refused), the lazy
+//! header rule (headers go out with the first non-empty body chunk, or at the
+//! end of an empty body), `Content-Length` enforcement, `HEAD`, and the
+//! [`Sink`] a front end implements to put bytes on its wire.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use crate::{log_error, log_warn};
+
+/// A response status and header list that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The status line without the protocol, e.g. `200 OK`.
+    pub status: String,
+    /// The numeric status code.
+    pub code: u16,
+    /// Header names and values, in the application's order.
+    pub headers: Vec<(String, String)>,
+    /// The declared `Content-Length`, if any.
+    pub content_length: Option<u64>,
+}
+
+/// Why a status or header was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResponseError {
+    /// The status is not `NNN reason` with a three-digit code.
+    #[error("malformed status {0:?}: expected a three-digit code, a space and a reason phrase")]
+    BadStatus(String),
+    /// A header name is empty or contains characters outside RFC 9110 `token`.
+    #[error("invalid header name {0:?}")]
+    BadHeaderName(String),
+    /// A header value contains CR, LF, NUL or another control character, or
+    /// characters outside latin-1.
+    #[error("invalid value for header {0:?}: control characters or non-latin-1 text")]
+    BadHeaderValue(String),
+    /// A `Content-Length` header is not a decimal integer.
+    #[error("invalid Content-Length header {0:?}")]
+    BadContentLength(String),
+}
+
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn is_clean_text(s: &str) -> bool {
+    s.chars()
+        .all(|c| (c as u32) <= 0xff && (c == '\t' || !(c.is_control())))
+}
+
+/// Validate a status string (`"404 Not Found"`).
+pub fn parse_status(status: &str) -> Result<u16, ResponseError> {
+    let bad = || ResponseError::BadStatus(status.to_string());
+    let bytes = status.as_bytes();
+    if bytes.len() < 4 || bytes[3] != b' ' || !bytes[..3].iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    if !is_clean_text(status) || status[4..].trim().is_empty() {
+        return Err(bad());
+    }
+    let code: u16 = status[..3].parse().map_err(|_| bad())?;
+    if !(100..=999).contains(&code) {
+        return Err(bad());
+    }
+    Ok(code)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that PEP 3333 forbids applications to
+/// send; they are dropped with a warning, as gunicorn does.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Validate a status and header list into a [`Head`].
+pub fn make_head(status: &str, headers: Vec<(String, String)>) -> Result<Head, ResponseError> {
+    let code = parse_status(status)?;
+    let mut kept = Vec::with_capacity(headers.len());
+    let mut content_length = None;
+    for (name, value) in headers {
+        if name.is_empty() || !name.chars().all(is_tchar) {
+            return Err(ResponseError::BadHeaderName(name));
+        }
+        if !is_clean_text(&value) {
+            return Err(ResponseError::BadHeaderValue(name));
+        }
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) {
+            log_warn!("dropped hop-by-hop header {name:?} (PEP 3333 forbids it)");
+            continue;
+        }
+        if lower == "content-length" {
+            let parsed = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ResponseError::BadContentLength(value.clone()))?;
+            content_length = Some(parsed);
+        }
+        kept.push((name, value));
+    }
+    Ok(Head {
+        status: status.to_string(),
+        code,
+        headers: kept,
+        content_length,
+    })
+}
+
+/// Where a front end puts the response. `head` is `Some` exactly once, with
+/// the first call that sends anything.
+pub trait Sink: Send {
+    /// Send the head (if given) and then `body`, without delaying it.
+    fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()>;
+
+    /// Send the head (if given) and then `len` bytes of `file` from `offset`
+    /// without copying through userspace. `Ok(None)`: not supported here, the
+    /// caller falls back to reading the file.
+    fn send_file(
+        &mut self,
+        head: Option<&Head>,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Option<u64>>;
+}
+
+/// The state of one response: the head set by `start_response`, whether it
+/// was sent, how much body went out.
+pub struct ResponseWriter {
+    head: Option<Head>,
+    sent: bool,
+    body_bytes: u64,
+    discard_body: bool,
+    overflow_logged: bool,
+    sink: Box<dyn Sink>,
+}
+
+/// The generic page for a failure before headers were sent. Never a traceback.
+pub fn error_head(code: u16) -> (Head, &'static [u8]) {
+    let (status, body): (&str, &'static [u8]) = match code {
+        400 => ("400 Bad Request", b"<html><head><title>400 Bad Request</title></head><body><h1>Bad Request</h1><p>The request could not be understood.</p></body></html>\n"),
+        413 => ("413 Content Too Large", b"<html><head><title>413 Content Too Large</title></head><body><h1>Content Too Large</h1></body></html>\n"),
+        _ => ("500 Internal Server Error", b"<html><head><title>500 Internal Server Error</title></head><body><h1>Internal Server Error</h1><p>The server encountered an internal error and was unable to complete your request.</p></body></html>\n"),
+    };
+    let head = Head {
+        status: status.to_string(),
+        code: status[..3].parse().unwrap_or(500),
+        headers: vec![
+            ("Content-Type".into(), "text/html; charset=utf-8".into()),
+            ("Content-Length".into(), body.len().to_string()),
+        ],
+        content_length: Some(body.len() as u64),
+    };
+    (head, body)
+}
+
+impl ResponseWriter {
+    /// A writer for one response; `discard_body` for `HEAD` requests.
+    pub fn new(sink: Box<dyn Sink>, discard_body: bool) -> Self {
+        ResponseWriter {
+            head: None,
+            sent: false,
+            body_bytes: 0,
+            discard_body,
+            overflow_logged: false,
+            sink,
+        }
+    }
+
+    /// True once `start_response` has set a head.
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// True once the head is on the wire.
+    pub fn headers_sent(&self) -> bool {
+        self.sent
+    }
+
+    /// The current head, if set.
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
+    }
+
+    /// Body bytes sent so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
+    /// Set (or, before sending, replace) the head.
+    pub fn set_head(&mut self, head: Head) {
+        self.head = Some(head);
+    }
+
+    fn head_to_send(&mut self) -> Option<&Head> {
+        if self.sent {
+            None
+        } else {
+            self.sent = true;
+            self.head.as_ref()
+        }
+    }
+
+    /// How many of `len` body bytes may still go out under `Content-Length`.
+    fn allowed(&mut self, len: u64) -> u64 {
+        let Some(declared) = self.head.as_ref().and_then(|h| h.content_length) else {
+            return len;
+        };
+        let left = declared.saturating_sub(self.body_bytes);
+        if len > left && !self.overflow_logged {
+            self.overflow_logged = true;
+            log_warn!(
+                "application sent more than its Content-Length of {declared} bytes; the excess was dropped"
+            );
+        }
+        len.min(left)
+    }
+
+    /// Send a body chunk (the head goes first if it has not yet).
+    /// Empty chunks send nothing: headers wait for real body bytes.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let take = if self.discard_body {
+            0
+        } else {
+            self.allowed(data.len() as u64) as usize
+        };
+        if take == 0 && self.sent {
+            return Ok(());
+        }
+        let head = self.head_to_send().cloned();
+        self.sink.send(head.as_ref(), &data[..take])?;
+        self.body_bytes += take as u64;
+        Ok(())
+    }
+
+    /// Send `len` bytes of a file from `offset` with the sink's zero-copy path.
+    /// `Ok(false)` when the sink has none (nothing was sent).
+    pub fn write_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<bool> {
+        let len = if self.discard_body { 0 } else { self.allowed(len) };
+        let head = if self.sent { None } else { self.head.clone() };
+        match self.sink.send_file(head.as_ref(), file, offset, len)? {
+            None => Ok(false),
+            Some(sent) => {
+                self.sent = true;
+                self.body_bytes += sent;
+                Ok(true)
+            }
+        }
+    }
+
+    /// End of the body: send the head now if the body was empty, and log a
+    /// body shorter than its `Content-Length`.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if !self.sent {
+            let head = self.head_to_send().cloned();
+            self.sink.send(head.as_ref(), &[])?;
+        }
+        if let Some(declared) = self.head.as_ref().and_then(|h| h.content_length) {
+            if !self.discard_body && self.body_bytes < declared {
+                log_error!(
+                    "application sent {} bytes, less than its Content-Length of {declared}",
+                    self.body_bytes
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer with a generic error page if nothing was sent yet; returns
+    /// false when headers were already out (the response is truncated).
+    pub fn fail(&mut self, code: u16) -> io::Result<bool> {
+        if self.sent {
+            return Ok(false);
+        }
+        let (head, body) = error_head(code);
+        self.head = Some(head);
+        self.sent = true;
+        let body: &[u8] = if self.discard_body { b"" } else { body };
+        let head = self.head.clone();
+        self.sink.send(head.as_ref(), body)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn status_table() {
+        let ok = ["200 OK", "404 Not Found", "599 Custom reason", "200 caf\u{e9}"];
+        for status in ok {
+            assert!(parse_status(status).is_ok(), "{status}");
+        }
+        let bad = [
+            "", "200", "200 ", "2000 OK", "20 OK", "OK 200", "200\tOK", "200 OK\r\nX: y",
+            "200 OK\n", "200 \u{2603}", "abc def", "099 Low",
+        ];
+        for status in bad {
+            assert!(parse_status(status).is_err(), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn header_table() {
+        let h = |n: &str, v: &str| make_head("200 OK", vec![(n.to_string(), v.to_string())]);
+        assert!(h("Content-Type", "text/plain").is_ok());
+        assert!(h("X-Tab", "a\tb").is_ok());
+        assert!(h("X-Latin", "caf\u{e9}").is_ok());
+        assert_eq!(h("X-Bad", "a\r\nSet-Cookie: x").unwrap_err(), ResponseError::BadHeaderValue("X-Bad".into()));
+        assert!(h("X-Bad", "a\nb").is_err());
+        assert!(h("X-Bad", "a\0b").is_err());
+        assert!(h("X-Snow", "\u{2603}").is_err());
+        assert!(h("Bad Name", "v").is_err());
+        assert!(h("Bad:Name", "v").is_err());
+        assert!(h("", "v").is_err());
+        assert!(h("Content-Length", "abc").is_err());
+        assert_eq!(h("content-length", " 12").unwrap().content_length, Some(12));
+        assert!(h("Connection", "close").unwrap().headers.is_empty());
+        assert!(h("Transfer-Encoding", "chunked").unwrap().headers.is_empty());
+    }
+
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>);
+
+    impl Sink for Recorder {
+        fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()> {
+            self.0.lock().unwrap().push((head.map(|h| h.status.clone()), body.to_vec()));
+            Ok(())
+        }
+        fn send_file(&mut self, _: Option<&Head>, _: BorrowedFd<'_>, _: u64, _: u64) -> io::Result<Option<u64>> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn headers_wait_for_the_first_non_empty_chunk() {
+        let rec = Recorder::default();
+        let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
+        w.set_head(make_head("200 OK", vec![]).unwrap());
+        w.write(b"").unwrap();
+        assert!(rec.0.lock().unwrap().is_empty());
+        w.write(b"abc").unwrap();
+        w.write(b"def").unwrap();
+        w.finish().unwrap();
+        let sent = rec.0.lock().unwrap().clone();
+        assert_eq!(sent, vec![(Some("200 OK".into()), b"abc".to_vec()), (None, b"def".to_vec())]);
+    }
+
+    #[test]
+    fn empty_body_sends_head_at_finish_and_excess_is_cut() {
+        let rec = Recorder::default();
+        let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
+        w.set_head(make_head("204 No Content", vec![]).unwrap());
+        w.finish().unwrap();
+        assert_eq!(rec.0.lock().unwrap().clone(), vec![(Some("204 No Content".into()), vec![])]);
+
+        let rec = Recorder::default();
+        let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
+        w.set_head(make_head("200 OK", vec![("Content-Length".into(), "4".into())]).unwrap());
+        w.write(b"abc").unwrap();
+        w.write(b"defg").unwrap();
+        assert_eq!(w.body_bytes(), 4);
+    }
+
+    #[test]
+    fn head_requests_send_no_body_and_fail_only_before_sending() {
+        let rec = Recorder::default();
+        let mut w = ResponseWriter::new(Box::new(rec.clone()), true);
+        w.set_head(make_head("200 OK", vec![]).unwrap());
+        w.write(b"abc").unwrap();
+        assert!(!w.fail(500).unwrap());
+        assert_eq!(rec.0.lock().unwrap().clone(), vec![(Some("200 OK".into()), vec![])]);
+    }
+}
