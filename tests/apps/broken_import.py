@@ -1,0 +1,3 @@
+"""An app module that fails at import time."""
+
+raise RuntimeError("SECRET-IMPORT-DETAIL: this module cannot be imported")
