@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         std::env::var_os("QUERY_STRING").as_deref(),
     );
     let cli = Cli::parse_from(args);
-    let script = match cli.script.map(|p| Layer::from_script(&p).map(|l| (l, p))).transpose() {
+    let script = match cli
+        .script
+        .map(|p| Layer::from_script(&p).map(|l| (l, p)))
+        .transpose()
+    {
         Ok(script) => script,
         Err(err) => {
             eprintln!("wsgi-cgi: {err}");
@@ -57,6 +61,10 @@ fn main() -> ExitCode {
         chdir: cli.chdir,
         pythonpath: (!cli.pythonpath.is_empty()).then_some(cli.pythonpath),
     };
-    let settings = config::merge(command_line, script, Layer::from_env(|k| std::env::var_os(k)));
+    let settings = config::merge(
+        command_line,
+        script,
+        Layer::from_env(|k| std::env::var_os(k)),
+    );
     ExitCode::from(cgi::run(&settings) as u8)
 }

@@ -25,7 +25,8 @@ const DEMO_APP: &str = include_str!("demo_app.py");
 pub fn load<'py>(py: Python<'py>, spec: Option<&AppSpec>) -> PyResult<Bound<'py, PyAny>> {
     let Some(spec) = spec else {
         let code = CString::new(DEMO_APP)?;
-        let module = PyModule::from_code(py, &code, c"<wsgi-gateway demo app>", c"wsgi_gateway_demo")?;
+        let module =
+            PyModule::from_code(py, &code, c"<wsgi-gateway demo app>", c"wsgi_gateway_demo")?;
         return module.getattr("application");
     };
     let module = match &spec.source {
@@ -37,8 +38,9 @@ pub fn load<'py>(py: Python<'py>, spec: Option<&AppSpec>) -> PyResult<Bound<'py,
             if let Some(dir) = path.parent() {
                 crate::python::prepend_sys_path(py, &[dir.to_path_buf()])?;
             }
-            let code = CString::new(source)
-                .map_err(|_| PyValueError::new_err(format!("{} contains a NUL byte", path.display())))?;
+            let code = CString::new(source).map_err(|_| {
+                PyValueError::new_err(format!("{} contains a NUL byte", path.display()))
+            })?;
             let file_name = CString::new(path.to_string_lossy().as_bytes())?;
             PyModule::from_code(py, &code, &file_name, c"__wsgi_app__")?.into_any()
         }
@@ -105,9 +107,9 @@ fn extract_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>
     let mut out = Vec::new();
     for item in headers.try_iter()? {
         let item = item?;
-        let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract().map_err(|_| {
-            PyTypeError::new_err("response headers must be (name, value) tuples")
-        })?;
+        let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item
+            .extract()
+            .map_err(|_| PyTypeError::new_err("response headers must be (name, value) tuples"))?;
         let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
             return Err(PyTypeError::new_err("header names and values must be str"));
         };
@@ -153,7 +155,9 @@ impl StartResponse {
             .cast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err("write() argument must be bytes"))?;
         if !self.lock().has_head() {
-            return Err(PyAssertionError::new_err("write() called before start_response"));
+            return Err(PyAssertionError::new_err(
+                "write() called before start_response",
+            ));
         }
         self.write_bytes(py, data.as_bytes())
     }
@@ -270,7 +274,10 @@ fn stream(py: Python<'_>, sr: &StartResponse, iterable: &Bound<'_, PyAny>) -> Py
         let chunk = item.cast::<PyBytes>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "the application must yield bytes, not {}",
-                item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                item.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })?;
         let data = chunk.as_bytes();
@@ -295,7 +302,10 @@ fn send_file(py: Python<'_>, sr: &StartResponse, wrapper: &FileWrapper) -> PyRes
     if !sr.lock().has_head() || !filelike.hasattr("fileno")? {
         return Ok(false);
     }
-    let Ok(fd) = filelike.call_method0("fileno").and_then(|f| f.extract::<i32>()) else {
+    let Ok(fd) = filelike
+        .call_method0("fileno")
+        .and_then(|f| f.extract::<i32>())
+    else {
         return Ok(false);
     };
     // SAFETY: the file object stays alive (and its fd open) for the whole

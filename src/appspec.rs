@@ -98,12 +98,21 @@ mod tests {
             factory: f,
         };
         let rows = [
-            ("myproject.wsgi", module("myproject.wsgi", "application", false)),
+            (
+                "myproject.wsgi",
+                module("myproject.wsgi", "application", false),
+            ),
             ("myproject.wsgi:app", module("myproject.wsgi", "app", false)),
-            ("pkg.mod:create_app()", module("pkg.mod", "create_app", true)),
+            (
+                "pkg.mod:create_app()",
+                module("pkg.mod", "create_app", true),
+            ),
             ("app.py", file("/base/app.py", "application", false)),
             ("./app.wsgi", file("/base/./app.wsgi", "application", false)),
-            ("site/app.wsgi", file("/base/site/app.wsgi", "application", false)),
+            (
+                "site/app.wsgi",
+                file("/base/site/app.wsgi", "application", false),
+            ),
             ("site.wsgi", module("site.wsgi", "application", false)),
             ("/srv/app.py:app", file("/srv/app.py", "app", false)),
             ("/srv/app.py:make()", file("/srv/app.py", "make", true)),

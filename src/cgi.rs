@@ -67,7 +67,9 @@ impl CgiSink {
         // SAFETY: fcntl(F_DUPFD_CLOEXEC) returned a new descriptor we own.
         let out = unsafe { OwnedFd::from_raw_fd(raw) };
         nix::unistd::dup2_stdout(io::stderr().as_fd())?;
-        Ok(CgiSink { out: File::from(out) })
+        Ok(CgiSink {
+            out: File::from(out),
+        })
     }
 
     fn head_bytes(head: Option<&Head>) -> Vec<u8> {
@@ -102,13 +104,16 @@ impl Sink for CgiSink {
         let mut position = i64::try_from(offset).map_err(io::Error::other)?;
         let mut sent = 0u64;
         while sent < len {
-            let want = usize::try_from(len - sent).unwrap_or(usize::MAX).min(1 << 30);
+            let want = usize::try_from(len - sent)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
             match nix::sys::sendfile::sendfile(&self.out, file, Some(&mut position), want) {
                 Ok(0) => break, // the file shrank
                 Ok(n) => sent += n as u64,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
-                    return copy_file(&mut self.out, file, position, len - sent).map(|n| Some(sent + n));
+                    return copy_file(&mut self.out, file, position, len - sent)
+                        .map(|n| Some(sent + n));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -122,7 +127,9 @@ fn copy_file(out: &mut File, file: BorrowedFd<'_>, mut position: i64, len: u64) 
     let mut buf = vec![0u8; 64 * 1024];
     let mut copied = 0;
     while copied < len {
-        let want = buf.len().min(usize::try_from(len - copied).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(len - copied).unwrap_or(usize::MAX));
         let n = nix::sys::uio::pread(file, &mut buf[..want], position)?;
         if n == 0 {
             break;
@@ -143,7 +150,10 @@ struct Phases {
 impl Phases {
     fn mark(&self, phase: &str) {
         if self.enabled {
-            log_info!("{phase} at {:.2} ms", self.start.elapsed().as_secs_f64() * 1000.0);
+            log_info!(
+                "{phase} at {:.2} ms",
+                self.start.elapsed().as_secs_f64() * 1000.0
+            );
         }
     }
 }
@@ -199,7 +209,8 @@ pub fn run(settings: &Settings) -> Exit {
 fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
     let base = match &settings.base_dir {
         Some(dir) => dir.clone(),
-        None => std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?,
+        None => std::env::current_dir()
+            .map_err(|e| format!("cannot read the current directory: {e}"))?,
     };
     let spec = settings
         .app
@@ -208,7 +219,8 @@ fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
         .transpose()
         .map_err(|e| e.to_string())?;
     if let Some(dir) = &settings.chdir {
-        std::env::set_current_dir(dir).map_err(|e| format!("cannot chdir to {}: {e}", dir.display()))?;
+        std::env::set_current_dir(dir)
+            .map_err(|e| format!("cannot chdir to {}: {e}", dir.display()))?;
     }
     let program_name = match &settings.venv {
         Some(venv) => python::venv_program_name(venv).map_err(|e| e.to_string())?,

@@ -207,14 +207,40 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn query_words_are_stripped_only_under_cgi() {
         let cgi = Some(OsStr::new("CGI/1.1"));
         let rows: &[(&[&str], Option<&str>, Option<&str>, &[&str])] = &[
-            (&["wsgi-cgi", "--venv", "/tmp/evil"], cgi.map(|_| "CGI/1.1"), Some("--venv+/tmp/evil"), &["wsgi-cgi"]),
-            (&["wsgi-cgi", "/s/app.cgi", "x"], Some("CGI/1.1"), Some("x"), &["wsgi-cgi", "/s/app.cgi"]),
-            (&["wsgi-cgi", "/s/app.cgi"], Some("CGI/1.1"), Some("a=b"), &["wsgi-cgi", "/s/app.cgi"]),
-            (&["wsgi-cgi", "/s/app.cgi"], Some("CGI/1.1"), Some(""), &["wsgi-cgi", "/s/app.cgi"]),
-            (&["wsgi-cgi", "--app", "x:y"], None, Some("zzz"), &["wsgi-cgi", "--app", "x:y"]),
+            (
+                &["wsgi-cgi", "--venv", "/tmp/evil"],
+                cgi.map(|_| "CGI/1.1"),
+                Some("--venv+/tmp/evil"),
+                &["wsgi-cgi"],
+            ),
+            (
+                &["wsgi-cgi", "/s/app.cgi", "x"],
+                Some("CGI/1.1"),
+                Some("x"),
+                &["wsgi-cgi", "/s/app.cgi"],
+            ),
+            (
+                &["wsgi-cgi", "/s/app.cgi"],
+                Some("CGI/1.1"),
+                Some("a=b"),
+                &["wsgi-cgi", "/s/app.cgi"],
+            ),
+            (
+                &["wsgi-cgi", "/s/app.cgi"],
+                Some("CGI/1.1"),
+                Some(""),
+                &["wsgi-cgi", "/s/app.cgi"],
+            ),
+            (
+                &["wsgi-cgi", "--app", "x:y"],
+                None,
+                Some("zzz"),
+                &["wsgi-cgi", "--app", "x:y"],
+            ),
             (&["wsgi-cgi"], Some("CGI/1.1"), Some("a+b+c"), &["wsgi-cgi"]),
         ];
         for (args, gi, qs, expected) in rows {
@@ -225,8 +251,15 @@ mod tests {
 
     #[test]
     fn precedence_cli_then_script_then_env() {
-        let cli = Layer { venv: Some("/cli".into()), ..Layer::default() };
-        let script = Layer { venv: Some("/script".into()), app: Some("app.py".into()), ..Layer::default() };
+        let cli = Layer {
+            venv: Some("/cli".into()),
+            ..Layer::default()
+        };
+        let script = Layer {
+            venv: Some("/script".into()),
+            app: Some("app.py".into()),
+            ..Layer::default()
+        };
         let env = Layer {
             app: Some("env:app".into()),
             chdir: Some("/env".into()),
@@ -261,8 +294,14 @@ mod tests {
         .unwrap();
         let layer = Layer::from_script(&path).unwrap();
         assert_eq!(layer.venv, Some(dir.path().join("../venv")));
-        assert_eq!(layer.pythonpath, Some(vec![dir.path().join("lib"), "/abs".into()]));
+        assert_eq!(
+            layer.pythonpath,
+            Some(vec![dir.path().join("lib"), "/abs".into()])
+        );
         std::fs::write(&path, "apps = 1\n").unwrap();
-        assert!(matches!(Layer::from_script(&path), Err(ConfigError::ParseScript { .. })));
+        assert!(matches!(
+            Layer::from_script(&path),
+            Err(ConfigError::ParseScript { .. })
+        ));
     }
 }

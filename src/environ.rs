@@ -89,14 +89,17 @@ pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ, RequestError> {
     }
 
     let find = |vars: &[(String, String)], key: &str| {
-        vars.iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
+        vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     };
     let https = find(&vars, "HTTPS")
         .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "on" | "1" | "yes"));
-    let scheme_https = find(&vars, "REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    let url_scheme = if https || scheme_https { "https" } else { "http" };
+    let scheme_https =
+        find(&vars, "REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let url_scheme = if https || scheme_https {
+        "https"
+    } else {
+        "http"
+    };
 
     let host = find(&vars, "HTTP_HOST").unwrap_or_default();
     let default_name = host_name(&host).unwrap_or("localhost").to_string();
@@ -140,19 +143,42 @@ mod tests {
     use super::*;
 
     fn meta(pairs: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
     }
 
     /// (meta-variables, key, expected value) — one row per mapping rule.
     #[test]
     fn mapping_table() {
-        type Row = (&'static [(&'static [u8], &'static [u8])], &'static str, Option<&'static str>);
+        type Row = (
+            &'static [(&'static [u8], &'static [u8])],
+            &'static str,
+            Option<&'static str>,
+        );
         let rows: &[Row] = &[
             // latin-1: every byte maps to the code point of equal value
-            (&[(b"PATH_INFO", b"/caf\xc3\xa9")], "PATH_INFO", Some("/caf\u{c3}\u{a9}")),
-            (&[(b"PATH_INFO", b"/\xff\x80")], "PATH_INFO", Some("/\u{ff}\u{80}")),
-            (&[(b"HTTP_X_NAME", b"\xe9t\xe9")], "HTTP_X_NAME", Some("\u{e9}t\u{e9}")),
-            (&[(b"QUERY_STRING", b"a=%C3%A9")], "QUERY_STRING", Some("a=%C3%A9")),
+            (
+                &[(b"PATH_INFO", b"/caf\xc3\xa9")],
+                "PATH_INFO",
+                Some("/caf\u{c3}\u{a9}"),
+            ),
+            (
+                &[(b"PATH_INFO", b"/\xff\x80")],
+                "PATH_INFO",
+                Some("/\u{ff}\u{80}"),
+            ),
+            (
+                &[(b"HTTP_X_NAME", b"\xe9t\xe9")],
+                "HTTP_X_NAME",
+                Some("\u{e9}t\u{e9}"),
+            ),
+            (
+                &[(b"QUERY_STRING", b"a=%C3%A9")],
+                "QUERY_STRING",
+                Some("a=%C3%A9"),
+            ),
             // defaults for missing keys
             (&[], "REQUEST_METHOD", Some("GET")),
             (&[], "SCRIPT_NAME", Some("")),
@@ -161,22 +187,46 @@ mod tests {
             (&[], "SERVER_NAME", Some("localhost")),
             (&[], "SERVER_PORT", Some("80")),
             (&[], "SERVER_PROTOCOL", Some("HTTP/1.0")),
-            (&[(b"HTTP_HOST", b"example.org:8080")], "SERVER_NAME", Some("example.org")),
-            (&[(b"HTTP_HOST", b"[::1]:8080")], "SERVER_NAME", Some("[::1]")),
+            (
+                &[(b"HTTP_HOST", b"example.org:8080")],
+                "SERVER_NAME",
+                Some("example.org"),
+            ),
+            (
+                &[(b"HTTP_HOST", b"[::1]:8080")],
+                "SERVER_NAME",
+                Some("[::1]"),
+            ),
             (&[(b"HTTPS", b"on")], "SERVER_PORT", Some("443")),
             // the server's mapping is kept as is
-            (&[(b"SCRIPT_NAME", b"/app"), (b"PATH_INFO", b"/x/y")], "SCRIPT_NAME", Some("/app")),
-            (&[(b"SERVER_PORT", b"8443"), (b"HTTPS", b"on")], "SERVER_PORT", Some("8443")),
+            (
+                &[(b"SCRIPT_NAME", b"/app"), (b"PATH_INFO", b"/x/y")],
+                "SCRIPT_NAME",
+                Some("/app"),
+            ),
+            (
+                &[(b"SERVER_PORT", b"8443"), (b"HTTPS", b"on")],
+                "SERVER_PORT",
+                Some("8443"),
+            ),
             // CONTENT_LENGTH / CONTENT_TYPE: empty or absent
             (&[(b"CONTENT_LENGTH", b"")], "CONTENT_LENGTH", None),
-            (&[(b"CONTENT_LENGTH", b" 12 ")], "CONTENT_LENGTH", Some("12")),
+            (
+                &[(b"CONTENT_LENGTH", b" 12 ")],
+                "CONTENT_LENGTH",
+                Some("12"),
+            ),
             (&[(b"CONTENT_LENGTH", b"007")], "CONTENT_LENGTH", Some("7")),
             (&[], "CONTENT_LENGTH", None),
             (&[(b"CONTENT_TYPE", b"")], "CONTENT_TYPE", Some("")),
             (&[], "CONTENT_TYPE", None),
             // duplicates the CGI names shadow
             (&[(b"HTTP_CONTENT_TYPE", b"x/y")], "HTTP_CONTENT_TYPE", None),
-            (&[(b"HTTP_CONTENT_LENGTH", b"3")], "HTTP_CONTENT_LENGTH", None),
+            (
+                &[(b"HTTP_CONTENT_LENGTH", b"3")],
+                "HTTP_CONTENT_LENGTH",
+                None,
+            ),
             // the first of two equal names wins
             (&[(b"HTTP_A", b"1"), (b"HTTP_A", b"2")], "HTTP_A", Some("1")),
         ];
@@ -187,6 +237,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn url_scheme_table() {
         let rows: &[(&[(&[u8], &[u8])], &str)] = &[
             (&[], "http"),
@@ -201,13 +252,24 @@ mod tests {
             (&[(b"HTTPS", b""), (b"REQUEST_SCHEME", b"HTTPS")], "https"),
         ];
         for (pairs, scheme) in rows {
-            assert_eq!(build(&meta(pairs)).unwrap().url_scheme, *scheme, "{pairs:?}");
+            assert_eq!(
+                build(&meta(pairs)).unwrap().url_scheme,
+                *scheme,
+                "{pairs:?}"
+            );
         }
     }
 
     #[test]
     fn invalid_content_length_is_an_error() {
-        for bad in [&b"-1"[..], b"abc", b"1.5", b"12 34", b"99999999999999999999999", b"+5"] {
+        for bad in [
+            &b"-1"[..],
+            b"abc",
+            b"1.5",
+            b"12 34",
+            b"99999999999999999999999",
+            b"+5",
+        ] {
             let err = build(&meta(&[(b"CONTENT_LENGTH", bad)])).unwrap_err();
             assert!(matches!(err, RequestError::BadContentLength(_)), "{bad:?}");
         }
@@ -217,7 +279,15 @@ mod tests {
 
     #[test]
     fn head_requests_are_flagged() {
-        assert!(build(&meta(&[(b"REQUEST_METHOD", b"HEAD")])).unwrap().is_head);
-        assert!(!build(&meta(&[(b"REQUEST_METHOD", b"GET")])).unwrap().is_head);
+        assert!(
+            build(&meta(&[(b"REQUEST_METHOD", b"HEAD")]))
+                .unwrap()
+                .is_head
+        );
+        assert!(
+            !build(&meta(&[(b"REQUEST_METHOD", b"GET")]))
+                .unwrap()
+                .is_head
+        );
     }
 }

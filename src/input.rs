@@ -119,7 +119,10 @@ impl FileWrapper {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let block = self.filelike.bind(py).call_method1("read", (self.blksize,))?;
+        let block = self
+            .filelike
+            .bind(py)
+            .call_method1("read", (self.blksize,))?;
         Ok((block.len()? > 0).then_some(block))
     }
 

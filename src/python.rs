@@ -160,9 +160,18 @@ mod tests {
 
     #[test]
     fn pyvenv_versions() {
-        assert_eq!(pyvenv_version("home = /x\nversion = 3.11.7\n").as_deref(), Some("3.11"));
-        assert_eq!(pyvenv_version("version_info = 3.12.1.final.0\n").as_deref(), Some("3.12"));
+        assert_eq!(
+            pyvenv_version("home = /x\nversion = 3.11.7\n").as_deref(),
+            Some("3.11")
+        );
+        assert_eq!(
+            pyvenv_version("version_info = 3.12.1.final.0\n").as_deref(),
+            Some("3.12")
+        );
         assert_eq!(pyvenv_version("home = /x\n"), None);
-        assert_eq!(major_minor("3.11.7 (main, Jan 1 2024)").as_deref(), Some("3.11"));
+        assert_eq!(
+            major_minor("3.11.7 (main, Jan 1 2024)").as_deref(),
+            Some("3.11")
+        );
     }
 }

@@ -246,7 +246,11 @@ impl ResponseWriter {
     /// Send `len` bytes of a file from `offset` with the sink's zero-copy path.
     /// `Ok(false)` when the sink has none (nothing was sent).
     pub fn write_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<bool> {
-        let len = if self.discard_body { 0 } else { self.allowed(len) };
+        let len = if self.discard_body {
+            0
+        } else {
+            self.allowed(len)
+        };
         let head = if self.sent { None } else { self.head.clone() };
         match self.sink.send_file(head.as_ref(), file, offset, len)? {
             None => Ok(false),
@@ -299,13 +303,28 @@ mod tests {
 
     #[test]
     fn status_table() {
-        let ok = ["200 OK", "404 Not Found", "599 Custom reason", "200 caf\u{e9}"];
+        let ok = [
+            "200 OK",
+            "404 Not Found",
+            "599 Custom reason",
+            "200 caf\u{e9}",
+        ];
         for status in ok {
             assert!(parse_status(status).is_ok(), "{status}");
         }
         let bad = [
-            "", "200", "200 ", "2000 OK", "20 OK", "OK 200", "200\tOK", "200 OK\r\nX: y",
-            "200 OK\n", "200 \u{2603}", "abc def", "099 Low",
+            "",
+            "200",
+            "200 ",
+            "2000 OK",
+            "20 OK",
+            "OK 200",
+            "200\tOK",
+            "200 OK\r\nX: y",
+            "200 OK\n",
+            "200 \u{2603}",
+            "abc def",
+            "099 Low",
         ];
         for status in bad {
             assert!(parse_status(status).is_err(), "{status:?}");
@@ -318,7 +337,10 @@ mod tests {
         assert!(h("Content-Type", "text/plain").is_ok());
         assert!(h("X-Tab", "a\tb").is_ok());
         assert!(h("X-Latin", "caf\u{e9}").is_ok());
-        assert_eq!(h("X-Bad", "a\r\nSet-Cookie: x").unwrap_err(), ResponseError::BadHeaderValue("X-Bad".into()));
+        assert_eq!(
+            h("X-Bad", "a\r\nSet-Cookie: x").unwrap_err(),
+            ResponseError::BadHeaderValue("X-Bad".into())
+        );
         assert!(h("X-Bad", "a\nb").is_err());
         assert!(h("X-Bad", "a\0b").is_err());
         assert!(h("X-Snow", "\u{2603}").is_err());
@@ -328,18 +350,34 @@ mod tests {
         assert!(h("Content-Length", "abc").is_err());
         assert_eq!(h("content-length", " 12").unwrap().content_length, Some(12));
         assert!(h("Connection", "close").unwrap().headers.is_empty());
-        assert!(h("Transfer-Encoding", "chunked").unwrap().headers.is_empty());
+        assert!(
+            h("Transfer-Encoding", "chunked")
+                .unwrap()
+                .headers
+                .is_empty()
+        );
     }
 
+    type Sent = Vec<(Option<String>, Vec<u8>)>;
+
     #[derive(Default, Clone)]
-    struct Recorder(Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>);
+    struct Recorder(Arc<Mutex<Sent>>);
 
     impl Sink for Recorder {
         fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()> {
-            self.0.lock().unwrap().push((head.map(|h| h.status.clone()), body.to_vec()));
+            self.0
+                .lock()
+                .unwrap()
+                .push((head.map(|h| h.status.clone()), body.to_vec()));
             Ok(())
         }
-        fn send_file(&mut self, _: Option<&Head>, _: BorrowedFd<'_>, _: u64, _: u64) -> io::Result<Option<u64>> {
+        fn send_file(
+            &mut self,
+            _: Option<&Head>,
+            _: BorrowedFd<'_>,
+            _: u64,
+            _: u64,
+        ) -> io::Result<Option<u64>> {
             Ok(None)
         }
     }
@@ -355,7 +393,13 @@ mod tests {
         w.write(b"def").unwrap();
         w.finish().unwrap();
         let sent = rec.0.lock().unwrap().clone();
-        assert_eq!(sent, vec![(Some("200 OK".into()), b"abc".to_vec()), (None, b"def".to_vec())]);
+        assert_eq!(
+            sent,
+            vec![
+                (Some("200 OK".into()), b"abc".to_vec()),
+                (None, b"def".to_vec())
+            ]
+        );
     }
 
     #[test]
@@ -364,7 +408,10 @@ mod tests {
         let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
         w.set_head(make_head("204 No Content", vec![]).unwrap());
         w.finish().unwrap();
-        assert_eq!(rec.0.lock().unwrap().clone(), vec![(Some("204 No Content".into()), vec![])]);
+        assert_eq!(
+            rec.0.lock().unwrap().clone(),
+            vec![(Some("204 No Content".into()), vec![])]
+        );
 
         let rec = Recorder::default();
         let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
@@ -381,6 +428,9 @@ mod tests {
         w.set_head(make_head("200 OK", vec![]).unwrap());
         w.write(b"abc").unwrap();
         assert!(!w.fail(500).unwrap());
-        assert_eq!(rec.0.lock().unwrap().clone(), vec![(Some("200 OK".into()), vec![])]);
+        assert_eq!(
+            rec.0.lock().unwrap().clone(),
+            vec![(Some("200 OK".into()), vec![])]
+        );
     }
 }

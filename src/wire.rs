@@ -23,7 +23,10 @@ fn push_latin1(text: &str, out: &mut Vec<u8>) {
     if text.is_ascii() {
         out.extend_from_slice(text.as_bytes());
     } else {
-        out.extend(text.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')));
+        out.extend(
+            text.chars()
+                .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')),
+        );
     }
 }
 
@@ -46,7 +49,8 @@ mod tests {
         cgi_head(&head, &mut out);
         assert_eq!(
             out,
-            b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-Name: caf\xe9\r\n\r\n".to_vec()
+            b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-Name: caf\xe9\r\n\r\n"
+                .to_vec()
         );
     }
 }

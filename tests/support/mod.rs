@@ -83,18 +83,29 @@ pub fn parse_cgi(raw: &[u8]) -> (u16, String, Vec<(String, String)>, Vec<u8>) {
         Ok(httparse::Status::Complete((end, parsed))) => {
             let headers: Vec<(String, String)> = parsed
                 .iter()
-                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             let status_line = headers
                 .iter()
                 .find(|(k, _)| k == "Status")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default();
-            let status = status_line.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status = status_line
+                .get(..3)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let rest: Vec<_> = headers.into_iter().filter(|(k, _)| k != "Status").collect();
             (status, status_line, rest, raw[end..].to_vec())
         }
-        other => panic!("not a CGI response ({other:?}): {:?}", String::from_utf8_lossy(raw)),
+        other => panic!(
+            "not a CGI response ({other:?}): {:?}",
+            String::from_utf8_lossy(raw)
+        ),
     }
 }
 
@@ -124,7 +135,12 @@ impl Cgi {
             env.insert(k.to_string(), v.as_bytes().to_vec());
         }
         env.insert("PATH_INFO".into(), path.as_bytes().to_vec());
-        Cgi { args: vec![], env, stdin: vec![], cwd: None }
+        Cgi {
+            args: vec![],
+            env,
+            stdin: vec![],
+            cwd: None,
+        }
     }
 
     pub fn method(self, method: &str) -> Cgi {
@@ -155,8 +171,10 @@ impl Cgi {
     }
     /// Attach a body and its CONTENT_LENGTH.
     pub fn body(mut self, content_type: &str, body: &[u8]) -> Cgi {
-        self.env.insert("CONTENT_TYPE".into(), content_type.as_bytes().to_vec());
-        self.env.insert("CONTENT_LENGTH".into(), body.len().to_string().into_bytes());
+        self.env
+            .insert("CONTENT_TYPE".into(), content_type.as_bytes().to_vec());
+        self.env
+            .insert("CONTENT_LENGTH".into(), body.len().to_string().into_bytes());
         self.stdin = body.to_vec();
         self
     }
@@ -168,8 +186,13 @@ impl Cgi {
 
     /// Run the real binary.
     pub fn run(self) -> CgiOutput {
+        self.run_program(&wsgi_cgi())
+    }
+
+    /// Run `program` (the binary, or a script whose shebang names it).
+    pub fn run_program(self, program: &Path) -> CgiOutput {
         use std::os::unix::ffi::OsStrExt;
-        let mut cmd = Command::new(wsgi_cgi());
+        let mut cmd = Command::new(program);
         cmd.env_clear().args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, std::ffi::OsStr::from_bytes(v));
@@ -177,7 +200,9 @@ impl Cgi {
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn wsgi-cgi");
         let mut stdin = child.stdin.take().unwrap();
         let data = self.stdin.clone();

@@ -1,0 +1,530 @@
+//! The real `wsgi-cgi` binary, run with a CGI environment and stdin: every
+//! PEP 3333 / RFC 3875 rule the gateway promises, checked on the bytes it
+//! prints. Fixture apps live in tests/apps.
+
+mod support;
+
+use support::{Cgi, app};
+
+fn gateway() -> std::path::PathBuf {
+    app("gateway.py")
+}
+
+fn json(out: &support::CgiOutput) -> serde_json::Value {
+    serde_json::from_slice(&out.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {} / stderr: {}", out.text(), out.stderr))
+}
+
+#[test]
+fn demo_app_is_the_default() {
+    let out = Cgi::get("/").run();
+    assert_eq!(out.exit, 0, "{}", out.stderr);
+    assert_eq!(out.status, 200);
+    assert!(out.text().starts_with("Hello from wsgi-gateway!"));
+    assert!(out.text().contains("wsgi.run_once = True"));
+}
+
+#[test]
+fn hello_bytes_exactly() {
+    let out = Cgi::get("/").app(app("hello.py")).run();
+    assert_eq!(
+        out.raw,
+        b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nHello, world!\n"
+    );
+    assert_eq!(out.exit, 0);
+}
+
+#[test]
+fn environ_keys_and_types() {
+    let out = Cgi::get("/environ")
+        .app(gateway())
+        .env("QUERY_STRING", "a=1&b=%C3%A9")
+        .env("HTTP_HOST", "example.org")
+        .env("HTTP_X_CUSTOM", "yes")
+        .env("SCRIPT_NAME", "/mount")
+        .env("HTTPS", "on")
+        .run();
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    let env = json(&out);
+    assert_eq!(env["wsgi.version"].to_string(), "[1,0]");
+    assert_eq!(
+        env["wsgi.url_scheme"].as_str().unwrap_or("<missing>"),
+        "https"
+    );
+    assert_eq!(env["wsgi.multithread"].to_string(), "false");
+    assert_eq!(env["wsgi.multiprocess"].to_string(), "true");
+    assert_eq!(env["wsgi.run_once"].to_string(), "true");
+    assert_eq!(env["wsgi.input_terminated"].to_string(), "true");
+    assert_eq!(
+        env["QUERY_STRING"].as_str().unwrap_or("<missing>"),
+        "a=1&b=%C3%A9"
+    );
+    assert_eq!(env["SCRIPT_NAME"].as_str().unwrap_or("<missing>"), "/mount");
+    assert_eq!(env["PATH_INFO"].as_str().unwrap_or("<missing>"), "/environ");
+    assert_eq!(env["HTTP_X_CUSTOM"].as_str().unwrap_or("<missing>"), "yes");
+    assert_eq!(env["types"].to_string(), "[\"str\"]");
+    assert!(env["CONTENT_LENGTH"].is_null());
+}
+
+#[test]
+fn non_ascii_path_is_latin1_native_string() {
+    let out = Cgi::get("/environ").app(gateway()).run();
+    assert_eq!(out.status, 200);
+    // PATH_INFO "/caf\xc3\xa9" must arrive as the latin-1 decoding of those bytes.
+    let out2 = Cgi::get("")
+        .env_bytes("PATH_INFO", b"/environ")
+        .env_bytes("HTTP_X_PATH", b"/caf\xc3\xa9")
+        .app(gateway())
+        .run();
+    let env = json(&out2);
+    assert_eq!(
+        env["HTTP_X_PATH"].as_str().unwrap_or("<missing>"),
+        "/caf\u{c3}\u{a9}"
+    );
+}
+
+#[test]
+fn missing_variables_get_defaults() {
+    let out = Cgi::get("/environ")
+        .unset("SERVER_NAME")
+        .unset("SERVER_PORT")
+        .unset("QUERY_STRING")
+        .unset("SCRIPT_NAME")
+        .unset("SERVER_PROTOCOL")
+        .env("HTTP_HOST", "h.example:8080")
+        .app(gateway())
+        .run();
+    let env = json(&out);
+    assert_eq!(
+        env["SERVER_NAME"].as_str().unwrap_or("<missing>"),
+        "h.example"
+    );
+    assert_eq!(env["SERVER_PORT"].as_str().unwrap_or("<missing>"), "80");
+    assert_eq!(env["QUERY_STRING"].as_str().unwrap_or("<missing>"), "");
+    assert_eq!(env["SCRIPT_NAME"].as_str().unwrap_or("<missing>"), "");
+    assert_eq!(
+        env["SERVER_PROTOCOL"].as_str().unwrap_or("<missing>"),
+        "HTTP/1.0"
+    );
+}
+
+#[test]
+fn httpoxy_header_never_reaches_the_process_environment() {
+    let out = Cgi::get("/environ")
+        .env("HTTP_PROXY", "http://evil:1")
+        .app(gateway())
+        .run();
+    let env = json(&out);
+    assert_eq!(
+        env["HTTP_PROXY"].as_str().unwrap_or("<missing>"),
+        "http://evil:1"
+    );
+    assert!(env["os.environ.HTTP_PROXY"].is_null());
+}
+
+#[test]
+fn input_reads_never_pass_content_length() {
+    let out = Cgi::get("/echo")
+        .method("POST")
+        .body("application/octet-stream", b"0123456789")
+        .stdin(b"0123456789EXTRA-BYTES-NOT-PART-OF-THE-BODY")
+        .app(gateway())
+        .run();
+    assert_eq!(out.body, b"0123456789");
+    assert_eq!(out.header("X-More"), Some("0"));
+}
+
+#[test]
+fn short_body_ends_reads_instead_of_hanging() {
+    let out = Cgi::get("/echo")
+        .method("POST")
+        .env("CONTENT_LENGTH", "1000")
+        .stdin(b"only this")
+        .app(gateway())
+        .run();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body, b"only this");
+}
+
+#[test]
+fn read_without_size_reads_the_whole_body() {
+    let body = vec![b'x'; 300_000];
+    let out = Cgi::get("/read-all")
+        .method("POST")
+        .body("text/plain", &body)
+        .app(gateway())
+        .run();
+    let v = json(&out);
+    assert_eq!(v["len"].to_string(), "300000");
+    assert_eq!(v["again"].to_string(), "0");
+}
+
+#[test]
+fn absent_content_length_means_no_body() {
+    let out = Cgi::get("/read-all")
+        .method("POST")
+        .stdin(b"ignored")
+        .app(gateway())
+        .run();
+    assert_eq!(json(&out)["len"].to_string(), "0");
+}
+
+#[test]
+fn readline_readlines_and_iteration() {
+    let out = Cgi::get("/lines")
+        .method("POST")
+        .body("text/plain", b"first\nabcdef\nhint1\nhint2\nit1\nit2")
+        .app(gateway())
+        .run();
+    let v = json(&out);
+    assert_eq!(v["first"].as_str().unwrap_or("<missing>"), "first\n");
+    assert_eq!(v["limited"].as_str().unwrap_or("<missing>"), "abc");
+    assert_eq!(v["rest_of_line"].as_str().unwrap_or("<missing>"), "def\n");
+    assert_eq!(v["hinted"].to_string(), "[\"hint1\\n\"]");
+    assert_eq!(
+        v["iterated"].to_string(),
+        "[\"hint2\\n\",\"it1\\n\",\"it2\"]"
+    );
+    assert_eq!(v["after"].as_str().unwrap_or("<missing>"), "");
+}
+
+#[test]
+fn invalid_content_length_is_a_400() {
+    for bad in ["abc", "-5", "1e3"] {
+        let out = Cgi::get("/echo")
+            .method("POST")
+            .env("CONTENT_LENGTH", bad)
+            .app(gateway())
+            .run();
+        assert_eq!(out.status, 400, "{bad}: {}", out.stderr);
+        assert_eq!(out.exit, 8);
+        assert!(out.stderr.contains("invalid CONTENT_LENGTH"));
+    }
+}
+
+#[test]
+fn write_callable_then_iterable() {
+    let out = Cgi::get("/write").app(gateway()).run();
+    assert_eq!(out.body, b"written then returned\n");
+}
+
+#[test]
+fn lazy_headers_and_lazy_start_response() {
+    let out = Cgi::get("/lazy").app(gateway()).run();
+    assert_eq!(out.body, b"lazy body\n");
+    let out = Cgi::get("/lazy-start").app(gateway()).run();
+    assert_eq!(out.status, 201);
+    assert_eq!(out.body, b"created\n");
+}
+
+#[test]
+fn exc_info_replaces_headers_before_they_are_sent() {
+    let out = Cgi::get("/exc-before").app(gateway()).run();
+    assert_eq!(out.status, 503);
+    assert_eq!(out.header("X-Old"), None);
+    assert_eq!(out.exit, 0);
+}
+
+#[test]
+fn exc_info_after_headers_reraises_and_truncates() {
+    let out = Cgi::get("/exc-after").app(gateway()).run();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body, b"partial ");
+    assert_eq!(out.exit, 6);
+    assert!(out.stderr.contains("SECRET-AFTER-HEADERS"));
+    assert!(!out.text().contains("SECRET"));
+}
+
+#[test]
+fn close_is_called_on_success_and_on_error() {
+    for fail in ["0", "1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("closed");
+        let out = Cgi::get("/close")
+            .env(
+                "QUERY_STRING",
+                &format!("marker={}&fail={fail}", marker.display()),
+            )
+            .app(gateway())
+            .run();
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "closed",
+            "fail={fail}"
+        );
+        if fail == "1" {
+            assert_eq!(out.body, b"one ");
+            assert_eq!(out.exit, 6);
+        } else {
+            assert_eq!(out.body, b"one two\n");
+        }
+    }
+}
+
+#[test]
+fn file_wrapper_sends_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let q = |extra: &str| format!("path={}{extra}", path.display());
+    let out = Cgi::get("/file")
+        .env("QUERY_STRING", &q(""))
+        .app(gateway())
+        .run();
+    assert_eq!(out.body, data);
+    let out = Cgi::get("/file")
+        .env("QUERY_STRING", &q("&skip=1000"))
+        .app(gateway())
+        .run();
+    assert_eq!(out.body, &data[1000..]);
+    let out = Cgi::get("/file")
+        .env("QUERY_STRING", &q("&length=5000"))
+        .app(gateway())
+        .run();
+    assert_eq!(out.body, &data[..5000]);
+    let out = Cgi::get("/file")
+        .method("HEAD")
+        .env("QUERY_STRING", &q(""))
+        .app(gateway())
+        .run();
+    assert!(out.body.is_empty());
+    assert_eq!(out.status, 200);
+}
+
+#[test]
+fn print_and_fd1_never_corrupt_the_response() {
+    let out = Cgi::get("/print").app(gateway()).run();
+    assert_eq!(out.body, b"clean\n");
+    assert!(out.stderr.contains("THIS-GOES-TO-STDERR"));
+    assert!(out.stderr.contains("ALSO-STDERR"));
+    assert!(out.stderr.contains("FD1-GOES-TO-STDERR"));
+}
+
+fn assert_clean_500(out: &support::CgiOutput, exit: i32) {
+    assert_eq!(out.status, 500, "stderr: {}", out.stderr);
+    assert_eq!(out.exit, exit, "stderr: {}", out.stderr);
+    let text = out.text();
+    assert!(text.contains("Internal Server Error"));
+    assert!(
+        !text.contains("SECRET") && !text.contains("Traceback"),
+        "{text}"
+    );
+    assert_eq!(
+        out.header("Content-Length"),
+        Some(&*out.body.len().to_string())
+    );
+}
+
+#[test]
+fn malformed_status_is_a_500() {
+    for s in ["nocode", "short", "crlf", "noreason"] {
+        let out = Cgi::get("/bad-status")
+            .env("QUERY_STRING", &format!("s={s}"))
+            .app(gateway())
+            .run();
+        assert_clean_500(&out, 5);
+        assert!(!out.raw.windows(10).any(|w| w == b"X-Injected"), "{s}");
+    }
+}
+
+#[test]
+fn header_injection_and_bad_headers_are_refused() {
+    for h in ["crlf", "lf", "nonlatin", "name", "bytes"] {
+        let out = Cgi::get("/bad-header")
+            .env("QUERY_STRING", &format!("h={h}"))
+            .app(gateway())
+            .run();
+        assert_clean_500(&out, 5);
+        assert!(!out.raw.windows(8).any(|w| w == b"injected"), "{h}");
+        assert!(out.stderr.contains("Traceback"), "{h}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn app_errors_are_generic_500s_with_traceback_on_stderr() {
+    let out = Cgi::get("/raise").app(gateway()).run();
+    assert_clean_500(&out, 5);
+    assert!(out.stderr.contains("SECRET-TRACEBACK-DETAIL"));
+    assert!(out.stderr.contains("Traceback"));
+    for route in ["/no-start", "/non-bytes"] {
+        let out = Cgi::get(route).app(gateway()).run();
+        assert_clean_500(&out, 5);
+    }
+}
+
+#[test]
+fn import_failure_is_a_500_with_exit_4() {
+    let out = Cgi::get("/").app(app("broken_import.py")).run();
+    assert_clean_500(&out, 4);
+    assert!(out.stderr.contains("SECRET-IMPORT-DETAIL"));
+    let out = Cgi::get("/").app("no_such_module_here:app").run();
+    assert_clean_500(&out, 4);
+    assert!(out.stderr.contains("ModuleNotFoundError"));
+}
+
+#[test]
+fn bad_configuration_is_a_500_with_exit_3() {
+    let out = Cgi::get("/").arg("--venv").arg("/nonexistent").run();
+    assert_clean_500(&out, 3);
+    assert!(out.stderr.contains("not a virtualenv"));
+    let out = Cgi::get("/").app("not a spec!").run();
+    assert_clean_500(&out, 3);
+}
+
+#[test]
+fn venv_of_another_python_version_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 2.7.18\n",
+    )
+    .unwrap();
+    let out = Cgi::get("/").arg("--venv").arg(dir.path()).run();
+    assert_clean_500(&out, 3);
+    assert!(
+        out.stderr.contains("was created with Python 2.7"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn empty_body_sends_headers_at_the_end() {
+    let out = Cgi::get("/empty").app(gateway()).run();
+    assert_eq!(out.raw, b"Status: 204 No Content\r\n\r\n");
+}
+
+#[test]
+fn excess_body_is_cut_at_content_length() {
+    let out = Cgi::get("/too-long").app(gateway()).run();
+    assert_eq!(out.body, b"abc");
+    assert!(out.stderr.contains("more than its Content-Length"));
+}
+
+#[test]
+fn hop_by_hop_headers_are_dropped() {
+    let out = Cgi::get("/hop").app(gateway()).run();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.header("Connection"), None);
+}
+
+#[test]
+fn head_sends_headers_but_no_body() {
+    let out = Cgi::get("/head").method("HEAD").app(gateway()).run();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.header("Content-Length"), Some("26"));
+    assert!(out.body.is_empty());
+    assert_eq!(out.exit, 0, "{}", out.stderr);
+}
+
+#[test]
+fn latin1_header_values_go_out_as_latin1_bytes() {
+    let out = Cgi::get("/latin1-header").app(gateway()).run();
+    assert!(out.raw.windows(12).any(|w| w == b"X-Name: caf\xe9"));
+}
+
+#[test]
+fn factory_and_module_specs() {
+    let out = Cgi::get("/")
+        .app("factory:create_app()")
+        .arg("--pythonpath")
+        .arg(app(""))
+        .run();
+    assert_eq!(out.body, b"made by a factory\n", "{}", out.stderr);
+    let out = Cgi::get("/").app("hello").arg("--chdir").arg(app("")).run();
+    assert_eq!(out.body, b"Hello, world!\n", "{}", out.stderr);
+    let out = Cgi::get("/")
+        .env("WSGI_APP", "hello:application")
+        .env("WSGI_PYTHONPATH", app("").to_str().unwrap())
+        .run();
+    assert_eq!(out.body, b"Hello, world!\n", "{}", out.stderr);
+}
+
+#[test]
+fn script_mode_reads_toml_after_the_shebang() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.cgi");
+    std::fs::write(
+        &script,
+        format!(
+            "#!{}\n# the app, relative to this file's directory\napp = \"apps/hello.py\"\n",
+            support::wsgi_cgi().display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(support::root().join("tests/apps"), dir.path().join("apps"))
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Run the script itself: the kernel execs wsgi-cgi with the script as argv[1].
+    let out = Cgi::get("/").run_program(&script);
+    assert_eq!(out.body, b"Hello, world!\n", "{}", out.stderr);
+}
+
+#[test]
+fn query_words_never_become_flags() {
+    // Apache passes an '='-less query string as argv words (RFC 3875 §4.4).
+    let out = Cgi::get("/environ")
+        .app(gateway())
+        .arg("--venv")
+        .arg("/tmp/evil")
+        .env("QUERY_STRING", "--venv+/tmp/evil")
+        .run();
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    assert_eq!(
+        json(&out)["QUERY_STRING"].as_str().unwrap_or("<missing>"),
+        "--venv+/tmp/evil"
+    );
+}
+
+/// Every well-behaved route, with the app wrapped in wsgiref.validate's
+/// validator (warnings are errors): the gateway must not trip it.
+#[test]
+fn validator_raises_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("m");
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"file contents").unwrap();
+    let cases: Vec<(&str, &str, &str, Option<&[u8]>)> = vec![
+        ("/environ", "GET", "", None),
+        ("/echo", "POST", "", Some(b"body bytes")),
+        ("/lines", "POST", "", Some(b"a\nbcdef\nc\nd\ne")),
+        ("/write", "GET", "", None),
+        ("/lazy", "GET", "", None),
+        ("/lazy-start", "GET", "", None),
+        ("/exc-before", "GET", "", None),
+        ("/empty", "GET", "", None),
+        ("/head", "HEAD", "", None),
+        ("/latin1-header", "GET", "", None),
+        ("/print", "GET", "", None),
+    ];
+    let close_q = format!("marker={}", marker.display());
+    let file_q = format!("path={}", file.display());
+    let mut cases = cases;
+    cases.push(("/close", "GET", &close_q, None));
+    cases.push(("/file", "GET", &file_q, None));
+    for (path, method, query, body) in cases {
+        let mut req = Cgi::get(path)
+            .method(method)
+            .env("QUERY_STRING", query)
+            .app(app("validated.py"))
+            .arg("--pythonpath")
+            .arg(app(""));
+        if let Some(body) = body {
+            req = req.body("text/plain", body);
+        }
+        let out = req.run();
+        assert_ne!(
+            out.status, 500,
+            "{path}: validator complained: {}",
+            out.stderr
+        );
+        assert_eq!(out.exit, 0, "{path}: {}", out.stderr);
+        assert!(!out.stderr.contains("Traceback"), "{path}: {}", out.stderr);
+    }
+    // The validator is live: a route that breaks PEP 3333 trips it.
+    let out = Cgi::get("/non-bytes").app(app("validated.py")).run();
+    assert_eq!(out.status, 500);
+    assert!(out.stderr.contains("AssertionError"), "{}", out.stderr);
+}
