@@ -4,21 +4,28 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use wsgi_gateway::cgi::{self, EXIT_TABLE};
 use wsgi_gateway::config::{self, Layer};
 
-const AFTER_HELP: &str = "Environment (used when neither a flag nor the script sets it):
-  WSGI_APP, WSGI_VENV, WSGI_CHDIR, WSGI_PYTHONPATH (':'-separated)
+const SCRIPT_HELP: &str = "Script mode: a file starting with `#!/path/to/wsgi-cgi` whose body is TOML
+(the script keys above); the kernel passes it as SCRIPT. Relative paths in it are
+relative to the script's directory.";
 
-Script mode: a file starting with `#!/path/to/wsgi-cgi` whose body is TOML
-(app, venv, chdir, pythonpath); the kernel passes it as SCRIPT.
-Relative paths in it are relative to the script's directory.
-";
+/// The settings table as help text: flag, environment variable, script key.
+fn after_help() -> String {
+    let mut text = String::from(
+        "Settings (precedence: command line, then script file, then environment):\n",
+    );
+    for s in config::SETTINGS {
+        text.push_str(&format!("  {:<14} env {:<16} script key `{}`\n", s.flag, s.env, s.key));
+    }
+    format!("{text}\n{SCRIPT_HELP}\n\n{EXIT_TABLE}")
+}
 
 /// Serve a Python WSGI application to a web server over CGI (RFC 3875).
 #[derive(Parser)]
-#[command(version, after_help = format!("{AFTER_HELP}\n{EXIT_TABLE}"))]
+#[command(version)]
 struct Cli {
     /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi [default: built-in demo app]
     #[arg(long, value_name = "SPEC")]
@@ -43,7 +50,11 @@ fn main() -> ExitCode {
         std::env::var_os("GATEWAY_INTERFACE").as_deref(),
         std::env::var_os("QUERY_STRING").as_deref(),
     );
-    let cli = Cli::parse_from(args);
+    let matches = Cli::command().after_help(after_help()).get_matches_from(args);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let script = match cli
         .script
         .map(|p| Layer::from_script(&p).map(|l| (l, p)))

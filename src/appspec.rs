@@ -1,6 +1,8 @@
 //! What `--app` names: `module:callable`, `module:factory()`, a bare module
 //! (callable `application`), or a file `path/to/app.py` / `app.wsgi`
-//! (optionally `file:callable`), as mod_wsgi's `WSGIScriptAlias` files.
+//! (optionally `file:callable`), as mod_wsgi's `WSGIScriptAlias` files. A
+//! bare `x.wsgi` is a file only when it exists: `myproject.wsgi` is also
+//! Django's module name for its WSGI entry point.
 
 use std::path::{Path, PathBuf};
 

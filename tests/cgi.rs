@@ -528,3 +528,19 @@ fn validator_raises_nothing() {
     assert_eq!(out.status, 500);
     assert!(out.stderr.contains("AssertionError"), "{}", out.stderr);
 }
+
+/// The settings table is the single source: every flag and variable is in
+/// `--help` and in the README.
+#[test]
+fn help_and_readme_cover_the_settings_table() {
+    let out = std::process::Command::new(support::wsgi_cgi()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
+    for s in wsgi_gateway::config::SETTINGS {
+        for word in [s.flag, s.env] {
+            assert!(help.contains(word), "--help lacks {word}");
+            assert!(readme.contains(word), "README lacks {word}");
+        }
+    }
+    assert!(help.contains("Exit status"));
+}
