@@ -533,7 +533,10 @@ fn validator_raises_nothing() {
 /// `--help` and in the README.
 #[test]
 fn help_and_readme_cover_the_settings_table() {
-    let out = std::process::Command::new(support::wsgi_cgi()).arg("--help").output().unwrap();
+    let out = std::process::Command::new(support::wsgi_cgi())
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
     for s in wsgi_gateway::config::SETTINGS {
@@ -543,4 +546,71 @@ fn help_and_readme_cover_the_settings_table() {
         }
     }
     assert!(help.contains("Exit status"));
+}
+
+/// The web server goes away mid-response: the app's iterable is closed, the
+/// exit status says so, nothing panics.
+#[test]
+fn vanished_client_closes_the_iterable_and_exits_7() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("closed");
+    let mut child = Command::new(support::wsgi_cgi())
+        .env_clear()
+        .env("REQUEST_METHOD", "GET")
+        .env("PATH_INFO", "/big")
+        .env("QUERY_STRING", format!("marker={}", marker.display()))
+        .args(["--app", gateway().to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 4096];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("client went away"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "closed");
+}
+
+/// A virtualenv is really used: `sys.prefix` is the venv and its `.pth`
+/// files run (editable installs rely on them).
+#[test]
+fn venv_site_packages_and_pth_files_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("venv");
+    let made = std::process::Command::new(wsgi_gateway::python::BUILD_PYTHON)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let src = dir.path().join("editable_src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(
+        src.join("editable_app.py"),
+        "import sys\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [sys.prefix.encode()]\n",
+    )
+    .unwrap();
+    let site = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("site-packages");
+    std::fs::write(site.join("editable.pth"), format!("{}\n", src.display())).unwrap();
+    let out = Cgi::get("/")
+        .arg("--venv")
+        .arg(&venv)
+        .app("editable_app")
+        .run();
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    assert_eq!(out.text(), venv.to_str().unwrap());
 }

@@ -209,7 +209,24 @@ def latin1_header(environ, start_response):
     return [b"ok\n"]
 
 
+def big(environ, start_response):
+    q = _query(environ)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return _big_body(q.get("marker"))
+
+
+def _big_body(marker):
+    try:
+        for _ in range(1000):
+            yield b"x" * 65536
+    finally:
+        if marker:
+            with open(marker, "w") as f:
+                f.write("closed")
+
+
 ROUTES = {
+    "/big": big,
     "/environ": environ_route,
     "/echo": echo,
     "/read-all": read_all,
