@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Layering: plain data (`config`, `request`, `environ`, `response`, `wire`)
-//! knows nothing of Python; the Python layer (`python`, `app`, `input`) is the
+//! knows nothing of Python; the Python layer (`python`, `site`, `app`, `input`) is the
 //! only place pyo3 appears; `cgi` is the front end that ties them together.
 //! The FastCGI responder reuses everything below `cgi` unchanged.
 
@@ -20,4 +20,5 @@ pub mod log;
 pub mod python;
 pub mod request;
 pub mod response;
+pub mod site;
 pub mod wire;

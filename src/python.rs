@@ -82,8 +82,9 @@ pub fn venv_program_name(venv: &Path) -> Result<PathBuf, PythonError> {
 }
 
 /// Initialize CPython with `program_name` and release the GIL (pyo3 expects
-/// an initialized interpreter with no thread attached).
-pub fn initialize(program_name: &Path) -> Result<(), PythonError> {
+/// an initialized interpreter with no thread attached). With `lean_site`,
+/// `site` is not imported: the caller runs [`crate::site::install`] instead.
+pub fn initialize(program_name: &Path, lean_site: bool) -> Result<(), PythonError> {
     let name = CString::new(program_name.as_os_str().as_bytes())
         .map_err(|_| PythonError::Init("program name contains NUL".into()))?;
     // SAFETY: PyConfig is a plain C struct that PyConfig_InitPythonConfig
@@ -97,6 +98,9 @@ pub fn initialize(program_name: &Path) -> Result<(), PythonError> {
         ffi::PyConfig_InitPythonConfig(config);
         (*config).install_signal_handlers = 0;
         (*config).parse_argv = 0;
+        if lean_site {
+            (*config).site_import = 0;
+        }
         let status =
             ffi::PyConfig_SetBytesString(config, &raw mut (*config).program_name, name.as_ptr());
         if ffi::PyStatus_Exception(status) != 0 {

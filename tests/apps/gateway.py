@@ -225,7 +225,18 @@ def _big_body(marker):
                 f.write("closed")
 
 
+def sys_route(environ, start_response):
+    return _json(start_response, {
+        "path": sys.path,
+        "prefix": sys.prefix,
+        "exec_prefix": sys.exec_prefix,
+        "base_prefix": sys.base_prefix,
+        "modules": sorted(m for m in ("sitecustomize", "usercustomize", "pth_marker") if m in sys.modules),
+    })
+
+
 ROUTES = {
+    "/sys": sys_route,
     "/big": big,
     "/environ": environ_route,
     "/echo": echo,
