@@ -8,17 +8,20 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use wsgi_gateway::cgi::{self, EXIT_TABLE};
 use wsgi_gateway::config::{self, Layer};
 
-const SCRIPT_HELP: &str = "Script mode: a file starting with `#!/path/to/wsgi-cgi` whose body is TOML
+const SCRIPT_HELP: &str =
+    "Script mode: a file starting with `#!/path/to/wsgi-cgi` whose body is TOML
 (the script keys above); the kernel passes it as SCRIPT. Relative paths in it are
 relative to the script's directory.";
 
 /// The settings table as help text: flag, environment variable, script key.
 fn after_help() -> String {
-    let mut text = String::from(
-        "Settings (precedence: command line, then script file, then environment):\n",
-    );
+    let mut text =
+        String::from("Settings (precedence: command line, then script file, then environment):\n");
     for s in config::SETTINGS {
-        text.push_str(&format!("  {:<14} env {:<16} script key `{}`\n", s.flag, s.env, s.key));
+        text.push_str(&format!(
+            "  {:<14} env {:<16} script key `{}`\n",
+            s.flag, s.env, s.key
+        ));
     }
     format!("{text}\n{SCRIPT_HELP}\n\n{EXIT_TABLE}")
 }
@@ -50,7 +53,9 @@ fn main() -> ExitCode {
         std::env::var_os("GATEWAY_INTERFACE").as_deref(),
         std::env::var_os("QUERY_STRING").as_deref(),
     );
-    let matches = Cli::command().after_help(after_help()).get_matches_from(args);
+    let matches = Cli::command()
+        .after_help(after_help())
+        .get_matches_from(args);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => err.exit(),

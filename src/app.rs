@@ -315,7 +315,8 @@ fn send_file(py: Python<'_>, sr: &StartResponse, wrapper: &FileWrapper) -> PyRes
     let Ok(stat) = nix::sys::stat::fstat(file) else {
         return Ok(false);
     };
-    if stat.st_mode & libc_s_ifmt() != libc_s_ifreg() {
+    use nix::sys::stat::SFlag;
+    if stat.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
         return Ok(false);
     }
     let offset: u64 = match filelike.call_method0("tell").and_then(|t| t.extract()) {
@@ -331,14 +332,6 @@ fn send_file(py: Python<'_>, sr: &StartResponse, wrapper: &FileWrapper) -> PyRes
             PyErr::from(e)
         })?;
     Ok(sent)
-}
-
-const fn libc_s_ifmt() -> u32 {
-    0o170000
-}
-
-const fn libc_s_ifreg() -> u32 {
-    0o100000
 }
 
 /// A sink that discards everything (used once the real one was handed back).
