@@ -15,6 +15,7 @@ pub mod appspec;
 pub mod cgi;
 pub mod config;
 pub mod environ;
+pub mod fcgi;
 pub mod input;
 pub mod log;
 pub mod python;
