@@ -1,6 +1,7 @@
 //! `wsgi-cgi`: serve one request of a Python WSGI app as a CGI program.
 //! argv/env → settings → [`wsgi_gateway::cgi::run`] → exit status.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,12 +48,31 @@ struct Cli {
     script: Option<PathBuf>,
 }
 
+/// Same file by device and inode (argv may use another spelling of the path).
+fn same_file(a: &OsStr, b: &OsStr) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn main() -> ExitCode {
-    let args = config::strip_query_words(
-        std::env::args_os().collect(),
-        std::env::var_os("GATEWAY_INTERFACE").as_deref(),
-        std::env::var_os("QUERY_STRING").as_deref(),
+    let (gateway, query, script) = (
+        std::env::var_os("GATEWAY_INTERFACE"),
+        std::env::var_os("QUERY_STRING"),
+        std::env::var_os("SCRIPT_FILENAME"),
     );
+    let cgi_argv = config::CgiArgv {
+        gateway_interface: gateway.as_deref(),
+        query_string: query.as_deref(),
+        script_filename: script.as_deref(),
+    };
+    let args = match config::strip_query_words(std::env::args_os().collect(), &cgi_argv, same_file)
+    {
+        Ok(args) => args,
+        Err(message) => return ExitCode::from(cgi::refuse(&message) as u8),
+    };
     let matches = Cli::command()
         .after_help(after_help())
         .get_matches_from(args);
@@ -66,10 +86,7 @@ fn main() -> ExitCode {
         .transpose()
     {
         Ok(script) => script,
-        Err(err) => {
-            eprintln!("wsgi-cgi: {err}");
-            return ExitCode::from(cgi::Exit::Config as u8);
-        }
+        Err(err) => return ExitCode::from(cgi::refuse(&err.to_string()) as u8),
     };
     let command_line = Layer {
         app: cli.app,

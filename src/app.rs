@@ -65,6 +65,7 @@ pub fn environ_dict<'py>(
     environ: &Environ,
     flavor: Flavor,
     input: Input,
+    errors: Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (key, value) in &environ.vars {
@@ -73,7 +74,7 @@ pub fn environ_dict<'py>(
     dict.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
     dict.set_item("wsgi.url_scheme", environ.url_scheme)?;
     dict.set_item("wsgi.input", Bound::new(py, input)?)?;
-    dict.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
+    dict.set_item("wsgi.errors", errors)?;
     dict.set_item("wsgi.multithread", flavor.multithread)?;
     dict.set_item("wsgi.multiprocess", flavor.multiprocess)?;
     dict.set_item("wsgi.run_once", flavor.run_once)?;

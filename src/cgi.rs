@@ -158,6 +158,16 @@ impl Phases {
     }
 }
 
+/// Refuse the request before any settings are usable: log `message`, answer
+/// a generic 500 (the web server's client never sees the message).
+pub fn refuse(message: &str) -> Exit {
+    log_error!("{message}");
+    if let Ok(sink) = CgiSink::take_stdout() {
+        let _ = ResponseWriter::new(Box::new(sink), false).fail(500);
+    }
+    Exit::Config
+}
+
 /// Serve one CGI request with `settings`; returns the exit status.
 pub fn run(settings: &Settings) -> Exit {
     let phases = Phases {
@@ -226,6 +236,14 @@ fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
         Some(venv) => python::venv_program_name(venv).map_err(|e| e.to_string())?,
         None => python::BUILD_PYTHON.into(),
     };
+    // The interpreter must be reachable by the web server's user; otherwise
+    // the loader may silently take another libpython of the same soname.
+    std::fs::metadata(&program_name).map_err(|e| {
+        format!(
+            "cannot access the Python interpreter {}: {e} (the web server's user needs search permission on every directory above it)",
+            program_name.display()
+        )
+    })?;
     python::initialize(&program_name, true).map_err(|e| e.to_string())?;
     Ok(spec)
 }
@@ -276,7 +294,10 @@ fn serve(
         None => Some(0),
     };
     let input = Input::new(BodyReader::new(Box::new(io::stdin()), limit));
-    let dict = match app::environ_dict(py, environ, environ::CGI, input) {
+    let errors = py.import("sys").and_then(|sys| sys.getattr("stderr"));
+    let dict = match errors
+        .and_then(|errors| app::environ_dict(py, environ, environ::CGI, input, errors))
+    {
         Ok(dict) => dict,
         Err(err) => {
             err.display(py);

@@ -176,26 +176,100 @@ pub fn merge(cli: Layer, script: Option<(Layer, PathBuf)>, env: Layer) -> Settin
     }
 }
 
+/// Apache's transformation of one query word into an argv word
+/// (`create_argv` in mod_cgi/mod_cgid): `%XX` decoded (a NUL ends the word),
+/// then shell metacharacters escaped with a backslash (`ap_escape_shell_cmd`).
+pub fn apache_query_word(word: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut decoded = Vec::with_capacity(word.len());
+    let mut i = 0;
+    while i < word.len() {
+        if word[i] == b'%' && i + 2 < word.len() {
+            if let (Some(h), Some(l)) = (hex(word[i + 1]), hex(word[i + 2])) {
+                decoded.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(word[i]);
+        i += 1;
+    }
+    if let Some(nul) = decoded.iter().position(|&b| b == 0) {
+        decoded.truncate(nul);
+    }
+    let mut escaped = Vec::with_capacity(decoded.len());
+    for b in decoded {
+        if b"&;`'\"|*?~<>^()[]{}$\\\n".contains(&b) {
+            escaped.push(b'\\');
+        }
+        escaped.push(b);
+    }
+    escaped
+}
+
+/// What the CGI environment says about argv (RFC 3875 §4.4).
+pub struct CgiArgv<'a> {
+    /// `GATEWAY_INTERFACE`: set when running as a CGI program.
+    pub gateway_interface: Option<&'a OsStr>,
+    /// `QUERY_STRING`.
+    pub query_string: Option<&'a OsStr>,
+    /// `SCRIPT_FILENAME`.
+    pub script_filename: Option<&'a OsStr>,
+}
+
 /// Remove the argv words a web server made from an `=`-less query string
-/// (RFC 3875 §4.4; Apache mod_cgi/mod_cgid do it). Only under CGI
-/// (`GATEWAY_INTERFACE` set). The words are counted, not compared, so no
-/// decoding difference can let a request-controlled word through.
+/// (RFC 3875 §4.4: Apache mod_cgi/mod_cgid do it, lighttpd and fcgiwrap do
+/// not). Those words are request data and must never become flags:
+///
+/// - script mode (an argument is `SCRIPT_FILENAME`, and that is not this
+///   binary): everything after the script is dropped;
+/// - otherwise trailing arguments equal to Apache's rendering of the query
+///   words are dropped;
+/// - arguments that could be query words but do not match are ambiguous:
+///   `Err`, and the caller refuses the request (fail closed).
+///
+/// `same_file(a, b)` compares two paths (dev/inode in production).
 pub fn strip_query_words(
     mut args: Vec<OsString>,
-    gateway_interface: Option<&OsStr>,
-    query_string: Option<&OsStr>,
-) -> Vec<OsString> {
-    let (Some(_), Some(query)) = (gateway_interface, query_string) else {
-        return args;
+    cgi: &CgiArgv<'_>,
+    same_file: impl Fn(&OsStr, &OsStr) -> bool,
+) -> Result<Vec<OsString>, String> {
+    let (Some(_), Some(query)) = (cgi.gateway_interface, cgi.query_string) else {
+        return Ok(args);
     };
     let query = query.as_encoded_bytes();
     if query.is_empty() || query.contains(&b'=') {
-        return args;
+        return Ok(args);
     }
-    let words = query.split(|&b| b == b'+').count();
-    let keep = args.len().saturating_sub(words).max(1.min(args.len()));
-    args.truncate(keep);
-    args
+    if let Some(script) = cgi.script_filename.filter(|s| !s.is_empty()) {
+        let own = args.first().is_some_and(|exe| same_file(exe, script));
+        if !own {
+            if let Some(i) = args.iter().skip(1).position(|a| same_file(a, script)) {
+                args.truncate(i + 2);
+                return Ok(args);
+            }
+        }
+    }
+    let words: Vec<Vec<u8>> = query.split(|&b| b == b'+').map(apache_query_word).collect();
+    let n = words.len();
+    if args.len() > n {
+        let tail = &args[args.len() - n..];
+        if tail
+            .iter()
+            .zip(&words)
+            .all(|(a, w)| a.as_encoded_bytes() == w.as_slice())
+        {
+            args.truncate(args.len() - n);
+            return Ok(args);
+        }
+    }
+    if args.len() > 1 {
+        return Err(format!(
+            "command-line arguments {:?} may be words of the query string (RFC 3875 section 4.4) but do not match it; refusing to parse them",
+            &args[1..]
+        ));
+    }
+    Ok(args)
 }
 
 #[cfg(test)]
@@ -206,47 +280,101 @@ mod tests {
         v.iter().map(OsString::from).collect()
     }
 
+    fn strip(
+        args: &[&str],
+        query: Option<&str>,
+        script: Option<&str>,
+    ) -> Result<Vec<OsString>, String> {
+        let cgi = CgiArgv {
+            gateway_interface: Some(OsStr::new("CGI/1.1")),
+            query_string: query.map(OsStr::new),
+            script_filename: script.map(OsStr::new),
+        };
+        strip_query_words(os(args), &cgi, |a, b| a == b)
+    }
+
     #[test]
-    #[allow(clippy::type_complexity)]
-    fn query_words_are_stripped_only_under_cgi() {
-        let cgi = Some(OsStr::new("CGI/1.1"));
-        let rows: &[(&[&str], Option<&str>, Option<&str>, &[&str])] = &[
-            (
-                &["wsgi-cgi", "--venv", "/tmp/evil"],
-                cgi.map(|_| "CGI/1.1"),
-                Some("--venv+/tmp/evil"),
-                &["wsgi-cgi"],
-            ),
-            (
-                &["wsgi-cgi", "/s/app.cgi", "x"],
-                Some("CGI/1.1"),
-                Some("x"),
-                &["wsgi-cgi", "/s/app.cgi"],
-            ),
-            (
-                &["wsgi-cgi", "/s/app.cgi"],
-                Some("CGI/1.1"),
-                Some("a=b"),
-                &["wsgi-cgi", "/s/app.cgi"],
-            ),
-            (
-                &["wsgi-cgi", "/s/app.cgi"],
-                Some("CGI/1.1"),
-                Some(""),
-                &["wsgi-cgi", "/s/app.cgi"],
-            ),
-            (
-                &["wsgi-cgi", "--app", "x:y"],
-                None,
-                Some("zzz"),
-                &["wsgi-cgi", "--app", "x:y"],
-            ),
-            (&["wsgi-cgi"], Some("CGI/1.1"), Some("a+b+c"), &["wsgi-cgi"]),
-        ];
-        for (args, gi, qs, expected) in rows {
-            let got = strip_query_words(os(args), gi.map(OsStr::new), qs.map(OsStr::new));
-            assert_eq!(got, os(expected), "{args:?} {qs:?}");
-        }
+    fn apache_words_are_stripped() {
+        // Apache ScriptAlias to the binary: argv = [binary, words...]
+        let got = strip(
+            &["/bin/wsgi-cgi", "--venv", "/tmp/evil"],
+            Some("--venv+/tmp/evil"),
+            Some("/bin/wsgi-cgi"),
+        );
+        assert_eq!(got.unwrap(), os(&["/bin/wsgi-cgi"]));
+        let got = strip(
+            &["/bin/wsgi-cgi", "a\\$b", "c d"],
+            Some("a$b+c%20d"),
+            Some("/bin/wsgi-cgi"),
+        );
+        assert_eq!(got.unwrap(), os(&["/bin/wsgi-cgi"]));
+        // Apache script mode: argv = [binary, script, words...]
+        let got = strip(
+            &["/bin/wsgi-cgi", "/cgi/app.cgi", "x"],
+            Some("x"),
+            Some("/cgi/app.cgi"),
+        );
+        assert_eq!(got.unwrap(), os(&["/bin/wsgi-cgi", "/cgi/app.cgi"]));
+    }
+
+    #[test]
+    fn servers_without_words_keep_their_arguments() {
+        // lighttpd / fcgiwrap script mode: no words added
+        let got = strip(
+            &["/bin/wsgi-cgi", "/cgi/app.cgi"],
+            Some("x"),
+            Some("/cgi/app.cgi"),
+        );
+        assert_eq!(got.unwrap(), os(&["/bin/wsgi-cgi", "/cgi/app.cgi"]));
+        let got = strip(
+            &["/bin/wsgi-cgi", "/cgi/app.cgi"],
+            Some("--venv+/x"),
+            Some("/cgi/app.cgi"),
+        );
+        assert_eq!(got.unwrap(), os(&["/bin/wsgi-cgi", "/cgi/app.cgi"]));
+        let got = strip(&["/bin/wsgi-cgi"], Some("a+b+c"), Some("/bin/wsgi-cgi"));
+        assert_eq!(got.unwrap(), os(&["/bin/wsgi-cgi"]));
+        // '=' in the query, no query, or not CGI: nothing to do
+        assert_eq!(
+            strip(&["w", "--app", "x:y"], Some("a=b"), None).unwrap(),
+            os(&["w", "--app", "x:y"])
+        );
+        assert_eq!(
+            strip(&["w", "--app", "x:y"], None, None).unwrap(),
+            os(&["w", "--app", "x:y"])
+        );
+        let not_cgi = CgiArgv {
+            gateway_interface: None,
+            query_string: Some(OsStr::new("z")),
+            script_filename: None,
+        };
+        assert_eq!(
+            strip_query_words(os(&["w", "--app", "x:y"]), &not_cgi, |a, b| a == b)
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn ambiguous_arguments_fail_closed() {
+        assert!(
+            strip(
+                &["/bin/wsgi-cgi", "--venv", "/tmp/evil"],
+                Some("--venv+%2Ftmp%2Fother"),
+                None
+            )
+            .is_err()
+        );
+        assert!(strip(&["/bin/wsgi-cgi", "--app", "x:y"], Some("q"), None).is_err());
+    }
+
+    #[test]
+    fn apache_word_rendering() {
+        assert_eq!(apache_query_word(b"caf%C3%A9"), b"caf\xc3\xa9".to_vec());
+        assert_eq!(apache_query_word(b"a;b"), b"a\\;b".to_vec());
+        assert_eq!(apache_query_word(b"%zz%4"), b"%zz%4".to_vec());
+        assert_eq!(apache_query_word(b"ab%00cd"), b"ab".to_vec());
     }
 
     #[test]

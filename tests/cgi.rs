@@ -460,6 +460,13 @@ fn script_mode_reads_toml_after_the_shebang() {
     // Run the script itself: the kernel execs wsgi-cgi with the script as argv[1].
     let out = Cgi::get("/").run_program(&script);
     assert_eq!(out.body, b"Hello, world!\n", "{}", out.stderr);
+    // A '='-less query under a server that adds no argv words (lighttpd):
+    // the script is still the script.
+    let out = Cgi::get("/")
+        .env("QUERY_STRING", "x")
+        .env("SCRIPT_FILENAME", script.to_str().unwrap())
+        .run_program(&script);
+    assert_eq!(out.body, b"Hello, world!\n", "{}", out.stderr);
 }
 
 #[test]
@@ -472,6 +479,14 @@ fn query_words_never_become_flags() {
         .env("QUERY_STRING", "--venv+/tmp/evil")
         .run();
     assert_eq!(out.status, 200, "{}", out.stderr);
+    // Arguments that could be query words but do not match: refused.
+    let refused = Cgi::get("/environ")
+        .app(gateway())
+        .env("QUERY_STRING", "something")
+        .run();
+    assert_eq!(refused.status, 500, "{}", refused.stderr);
+    assert_eq!(refused.exit, 3);
+    assert!(refused.stderr.contains("RFC 3875"));
     assert_eq!(
         json(&out)["QUERY_STRING"].as_str().unwrap_or("<missing>"),
         "--venv+/tmp/evil"

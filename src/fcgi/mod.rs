@@ -2,5 +2,6 @@
 //! pairs ([`params`]) and the byte-stream decoder ([`codec`]).
 
 pub mod codec;
+pub mod connection;
 pub mod params;
 pub mod record;

@@ -1,0 +1,661 @@
+//! One FastCGI connection's state machine (specification §3–§6), generic over
+//! the transport and over a [`Dispatch`] that runs requests (no Python here):
+//! management records (GET_VALUES, UNKNOWN_TYPE), BEGIN_REQUEST → PARAMS →
+//! dispatch → STDIN streamed with back-pressure, output from the request
+//! framed into STDOUT/STDERR records (files with `sendfile`), exactly one
+//! END_REQUEST, `FCGI_KEEP_CONN`, ABORT_REQUEST, and malformed input closing
+//! only this connection with a log line naming the fault.
+//!
+//! One request at a time per connection: `FCGI_MPXS_CONNS` is advertised as 0
+//! and a second BEGIN_REQUEST while one is active is refused with
+//! `FCGI_CANT_MPX_CONN`. (No web server multiplexes; without it, STDIN
+//! back-pressure is exact.)
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+
+use super::codec::{CodecError, RecordDecoder};
+use super::params;
+use super::record::{
+    self, BeginRequest, NULL_REQUEST_ID, ProtocolStatus, Record, RecordType, Role,
+};
+use crate::request::MetaVariables;
+use crate::response::error_head;
+use crate::{log_error, log_info, wire};
+
+/// Limits and advertised values of a connection.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest PARAMS stream accepted (bytes).
+    pub max_params: usize,
+    /// Largest request body (`CONTENT_LENGTH`) accepted; `None`: no limit.
+    pub max_body: Option<u64>,
+    /// `FCGI_MAX_CONNS` as advertised.
+    pub max_conns: usize,
+    /// `FCGI_MAX_REQS` as advertised.
+    pub max_reqs: usize,
+}
+
+/// What a running request sends back to its connection.
+#[derive(Debug)]
+pub enum Out {
+    /// Response bytes (the CGI header block, then the body).
+    Stdout(Bytes),
+    /// Bytes for the web server's error log.
+    Stderr(Bytes),
+    /// `len` bytes of a file from `offset`, sent with `sendfile(2)`.
+    File {
+        /// A descriptor of the file (a duplicate the connection owns).
+        file: OwnedFd,
+        /// Start offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// The request is over: send END_REQUEST with this `appStatus`.
+    End(u32),
+}
+
+/// A request ready to run, handed to the [`Dispatch`].
+pub struct Job {
+    /// The request id on its connection.
+    pub request_id: u16,
+    /// RESPONDER or AUTHORIZER.
+    pub role: Role,
+    /// The PARAMS.
+    pub meta: MetaVariables,
+    /// STDIN content as it arrives; closed at the end of the stream.
+    pub stdin: mpsc::Receiver<Bytes>,
+    /// Where the request's output goes.
+    pub out: mpsc::Sender<Out>,
+    /// Set when the web server aborted the request or went away.
+    pub aborted: Arc<AtomicBool>,
+}
+
+/// Runs jobs (the Python thread pool in the worker; a plain function in tests).
+pub trait Dispatch: Send + Sync + 'static {
+    /// Queue a job; `Err` gives it back when overloaded.
+    fn dispatch(&self, job: Job) -> Result<(), Box<Job>>;
+}
+
+/// A transport that can also send file contents with `sendfile(2)`.
+pub trait Transport: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send {
+    /// Wait until the socket is writable.
+    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Try one `sendfile`; `WouldBlock` when the socket is full.
+    fn try_sendfile(
+        &self,
+        file: &OwnedFd,
+        offset: &mut i64,
+        count: usize,
+    ) -> std::io::Result<usize>;
+}
+
+macro_rules! transport {
+    ($ty:ty) => {
+        impl Transport for $ty {
+            async fn writable(&self) -> std::io::Result<()> {
+                <$ty>::writable(self).await
+            }
+            fn try_sendfile(
+                &self,
+                file: &OwnedFd,
+                offset: &mut i64,
+                count: usize,
+            ) -> std::io::Result<usize> {
+                self.try_io(tokio::io::Interest::WRITABLE, || {
+                    nix::sys::sendfile::sendfile(self, file, Some(offset), count)
+                        .map_err(std::io::Error::from)
+                })
+            }
+        }
+    };
+}
+transport!(tokio::net::TcpStream);
+transport!(tokio::net::UnixStream);
+
+const STDIN_QUEUE: usize = 4;
+const OUT_QUEUE: usize = 8;
+
+enum Phase {
+    /// Collecting PARAMS.
+    Params { role: Role, params: BytesMut },
+    /// Dispatched; STDIN goes to the job until its empty record.
+    Running {
+        /// `None` once the app stopped reading, the stream ended or the request was aborted.
+        stdin: Option<mpsc::Sender<Bytes>>,
+        /// The empty STDIN record arrived.
+        stdin_ended: bool,
+        out: mpsc::Receiver<Out>,
+        aborted: Arc<AtomicBool>,
+    },
+    /// END_REQUEST was sent before the STDIN stream ended: discard the rest.
+    Draining,
+}
+
+struct Active {
+    id: u16,
+    keep_conn: bool,
+    phase: Phase,
+}
+
+/// Why a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The web server closed it between requests, or keep-conn was clear.
+    Normal,
+    /// The peer closed it mid-request.
+    PeerGone,
+    /// Malformed input; the message names the fault.
+    Protocol(String),
+}
+
+/// Serve one connection until it closes.
+///
+/// Once `shutdown` turns true the connection closes as soon as it has no
+/// request in flight (after END_REQUEST), never in the middle of one.
+pub async fn serve<T: Transport>(
+    mut stream: T,
+    dispatch: Arc<dyn Dispatch>,
+    limits: Arc<Limits>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Closed {
+    let mut conn = Connection {
+        active: None,
+        dispatch,
+        limits,
+        pending_stdin: None,
+        ended_keep_conn: None,
+        shutdown,
+    };
+    let closed = conn.run(&mut stream).await;
+    if let Some(active) = &conn.active {
+        if let Phase::Running { aborted, .. } = &active.phase {
+            aborted.store(true, Ordering::Relaxed);
+        }
+    }
+    match &closed {
+        Closed::Protocol(fault) => log_error!("closing FastCGI connection: {fault}"),
+        Closed::PeerGone => log_info!("web server closed the connection during a request"),
+        Closed::Normal => {}
+    }
+    let _ = stream.shutdown().await;
+    closed
+}
+
+struct Connection {
+    active: Option<Active>,
+    dispatch: Arc<dyn Dispatch>,
+    limits: Arc<Limits>,
+    /// STDIN content waiting for room in the job's queue (back-pressure:
+    /// the socket is not read meanwhile).
+    pending_stdin: Option<Bytes>,
+    /// Set after END_REQUEST: whether the connection stays open.
+    ended_keep_conn: Option<bool>,
+    /// The worker is stopping: close when idle.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Output(Option<Out>),
+    StdinRoom(Result<mpsc::OwnedPermit<Bytes>, mpsc::error::SendError<()>>),
+    Shutdown,
+}
+
+impl Connection {
+    async fn run<T: Transport>(&mut self, stream: &mut T) -> Closed {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut decoder = RecordDecoder;
+        loop {
+            // Handle every complete record already buffered.
+            if self.pending_stdin.is_none() {
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(record)) => {
+                            if let Err(fault) = self.on_record(stream, record).await {
+                                return fault;
+                            }
+                            if self.pending_stdin.is_some() {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Closed::Protocol(e.to_string()),
+                    }
+                }
+            }
+            if let Some(keep) = self.ended_keep_conn.take() {
+                if !keep {
+                    return Closed::Normal;
+                }
+            }
+            let idle = self.active.is_none() && buf.is_empty();
+            if idle && *self.shutdown.borrow() {
+                return Closed::Normal;
+            }
+            let event = {
+                let reading = self.pending_stdin.is_none();
+                let stdin_tx = match (&self.pending_stdin, &self.active) {
+                    (
+                        Some(_),
+                        Some(Active {
+                            phase:
+                                Phase::Running {
+                                    stdin: Some(tx), ..
+                                },
+                            ..
+                        }),
+                    ) => Some(tx.clone()),
+                    _ => None,
+                };
+                let out_rx = match &mut self.active {
+                    Some(Active {
+                        phase: Phase::Running { out, .. },
+                        ..
+                    }) => Some(out),
+                    _ => None,
+                };
+                tokio::select! {
+                    r = stream.read_buf(&mut buf), if reading => Event::Read(r),
+                    o = async { out_rx.unwrap().recv().await }, if out_rx.is_some() => Event::Output(o),
+                    p = async { stdin_tx.unwrap().reserve_owned().await }, if stdin_tx.is_some() => Event::StdinRoom(p),
+                    _ = self.shutdown.changed(), if idle => Event::Shutdown,
+                }
+            };
+            match event {
+                Event::Read(Ok(0)) => {
+                    return match decoder.decode_eof(&mut buf) {
+                        Err(CodecError::Truncated(n)) => Closed::Protocol(format!(
+                            "connection closed inside a record ({n} bytes of it received)"
+                        )),
+                        _ if self
+                            .active
+                            .as_ref()
+                            .is_some_and(|a| !matches!(a.phase, Phase::Draining)) =>
+                        {
+                            Closed::PeerGone
+                        }
+                        _ => Closed::Normal,
+                    };
+                }
+                Event::Read(Ok(_)) => {}
+                Event::Read(Err(e)) => {
+                    return if self.active.is_some() {
+                        Closed::PeerGone
+                    } else {
+                        Closed::Protocol(format!("read error: {e}"))
+                    };
+                }
+                Event::StdinRoom(Ok(permit)) => {
+                    if let Some(data) = self.pending_stdin.take() {
+                        permit.send(data);
+                    }
+                }
+                Event::StdinRoom(Err(_)) => {
+                    // The app stopped reading (it finished): drop the rest.
+                    self.pending_stdin = None;
+                    if let Some(Active {
+                        phase: Phase::Running { stdin, .. },
+                        ..
+                    }) = &mut self.active
+                    {
+                        *stdin = None;
+                    }
+                }
+                Event::Shutdown => {}
+                Event::Output(message) => {
+                    if let Err(e) = self.on_output(stream, message).await {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_output<T: Transport>(
+        &mut self,
+        stream: &mut T,
+        message: Option<Out>,
+    ) -> Result<(), Closed> {
+        let Some(active) = &mut self.active else {
+            return Ok(());
+        };
+        let id = active.id;
+        let aborted = match &active.phase {
+            Phase::Running { aborted, .. } => aborted.load(Ordering::Relaxed),
+            _ => false,
+        };
+        let mut out = BytesMut::new();
+        let app_status = match message {
+            Some(Out::Stdout(data)) if !aborted => {
+                record::encode_stream(&mut out, RecordType::Stdout, id, &data);
+                None
+            }
+            Some(Out::Stderr(data)) if !aborted => {
+                record::encode_stream(&mut out, RecordType::Stderr, id, &data);
+                None
+            }
+            Some(Out::File { file, offset, len }) if !aborted => {
+                send_file(stream, id, &file, offset, len)
+                    .await
+                    .map_err(|_| Closed::PeerGone)?;
+                None
+            }
+            Some(Out::End(status)) => Some(status),
+            // The job vanished without End (it panicked): still end the request.
+            None => Some(crate::cgi::Exit::AppError as u32),
+            Some(_) => None, // aborted: output is dropped
+        };
+        if let Some(status) = app_status {
+            record::encode_stream_end(&mut out, RecordType::Stdout, id);
+            record::encode_end_request(&mut out, id, status, ProtocolStatus::RequestComplete);
+            let stdin_done = matches!(
+                &active.phase,
+                Phase::Running {
+                    stdin_ended: true,
+                    ..
+                }
+            );
+            self.ended_keep_conn = Some(active.keep_conn);
+            self.pending_stdin = None;
+            if stdin_done {
+                self.active = None;
+            } else {
+                active.phase = Phase::Draining;
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+        }
+        Ok(())
+    }
+
+    async fn on_record<T: Transport>(
+        &mut self,
+        stream: &mut T,
+        record: Record,
+    ) -> Result<(), Closed> {
+        let fault = |m: String| Err(Closed::Protocol(m));
+        if record.request_id == NULL_REQUEST_ID {
+            return self.on_management(stream, record).await;
+        }
+        let kind = RecordType::from_u8(record.kind);
+        let id = record.request_id;
+        match kind {
+            Some(RecordType::BeginRequest) => {
+                let Some(begin) = BeginRequest::parse(&record.content) else {
+                    return fault(format!(
+                        "BEGIN_REQUEST for request {id} is {} bytes, expected 8",
+                        record.content.len()
+                    ));
+                };
+                if let Some(active) = &self.active {
+                    if active.id == id && !matches!(active.phase, Phase::Draining) {
+                        return fault(format!(
+                            "BEGIN_REQUEST for request {id}, which is already active"
+                        ));
+                    }
+                    if !matches!(active.phase, Phase::Draining) {
+                        return self
+                            .end_now(stream, id, 0, ProtocolStatus::CantMpxConn)
+                            .await;
+                    }
+                }
+                if !matches!(begin.role, Role::Responder | Role::Authorizer) {
+                    return self
+                        .end_now(stream, id, 0, ProtocolStatus::UnknownRole)
+                        .await;
+                }
+                self.active = Some(Active {
+                    id,
+                    keep_conn: begin.keep_conn,
+                    phase: Phase::Params {
+                        role: begin.role,
+                        params: BytesMut::new(),
+                    },
+                });
+                Ok(())
+            }
+            Some(RecordType::AbortRequest) => {
+                match &mut self.active {
+                    Some(Active {
+                        id: active_id,
+                        phase,
+                        ..
+                    }) if *active_id == id => match phase {
+                        Phase::Running { stdin, aborted, .. } => {
+                            log_info!("web server aborted request {id}");
+                            aborted.store(true, Ordering::Relaxed);
+                            *stdin = None;
+                            self.pending_stdin = None;
+                        }
+                        Phase::Params { .. } => {
+                            let keep = self.active.as_ref().is_some_and(|a| a.keep_conn);
+                            self.active = None;
+                            let mut out = BytesMut::new();
+                            record::encode_end_request(
+                                &mut out,
+                                id,
+                                0,
+                                ProtocolStatus::RequestComplete,
+                            );
+                            stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+                            self.ended_keep_conn = Some(keep);
+                        }
+                        Phase::Draining => {}
+                    },
+                    _ => {} // a request that already ended: nothing to do (§5.4)
+                }
+                Ok(())
+            }
+            Some(RecordType::Params) => {
+                let Some(Active {
+                    phase: Phase::Params { params, .. },
+                    ..
+                }) = self.active.as_mut().filter(|a| a.id == id)
+                else {
+                    return fault(format!(
+                        "PARAMS for request {id}, which is not expecting params"
+                    ));
+                };
+                if record.content.is_empty() {
+                    return self.start(stream).await;
+                }
+                if params.len() + record.content.len() > self.limits.max_params {
+                    return fault(format!(
+                        "PARAMS of request {id} exceed the limit of {} bytes",
+                        self.limits.max_params
+                    ));
+                }
+                params.extend_from_slice(&record.content);
+                Ok(())
+            }
+            Some(RecordType::Stdin) | Some(RecordType::Data) => {
+                let Some(active) = self.active.as_mut().filter(|a| a.id == id) else {
+                    return fault(format!(
+                        "{:?} for request {id}, which was never begun",
+                        kind.unwrap_or(RecordType::Stdin)
+                    ));
+                };
+                match &mut active.phase {
+                    Phase::Params { .. } => {
+                        fault(format!("STDIN for request {id} before its PARAMS ended"))
+                    }
+                    Phase::Draining => {
+                        if record.content.is_empty() {
+                            self.active = None;
+                        }
+                        Ok(())
+                    }
+                    Phase::Running {
+                        stdin, stdin_ended, ..
+                    } => {
+                        if *stdin_ended {
+                            return fault(format!("STDIN for request {id} after its stream ended"));
+                        }
+                        if kind == Some(RecordType::Data) {
+                            return Ok(()); // FILTER data: not used by RESPONDER/AUTHORIZER
+                        }
+                        if record.content.is_empty() {
+                            *stdin = None; // end of stream: the reader sees EOF
+                            *stdin_ended = true;
+                        } else if stdin.is_some() {
+                            self.pending_stdin = Some(record.content);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            _ => fault(format!(
+                "unexpected record type {} for request {id}",
+                record.kind
+            )),
+        }
+    }
+
+    /// PARAMS are complete: check limits and hand the request to the pool.
+    async fn start<T: Transport>(&mut self, stream: &mut T) -> Result<(), Closed> {
+        let Some(active) = &mut self.active else {
+            return Ok(());
+        };
+        let id = active.id;
+        let Phase::Params { role, params } = &mut active.phase else {
+            return Ok(());
+        };
+        let role = *role;
+        let meta = match params::decode(params) {
+            Ok(meta) => meta,
+            Err(e) => return Err(Closed::Protocol(format!("PARAMS of request {id}: {e}"))),
+        };
+        let content_length = meta
+            .iter()
+            .find(|(k, _)| k == b"CONTENT_LENGTH")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        if let (Some(limit), Some(length)) = (self.limits.max_body, content_length) {
+            if length > limit {
+                log_error!(
+                    "request {id}: body of {length} bytes exceeds the limit of {limit}: 413"
+                );
+                let (head, body) = error_head(413);
+                let mut response = Vec::new();
+                wire::cgi_head(&head, &mut response);
+                response.extend_from_slice(body);
+                let mut out = BytesMut::new();
+                record::encode_stream(&mut out, RecordType::Stdout, id, &response);
+                record::encode_stream_end(&mut out, RecordType::Stdout, id);
+                record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
+                stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+                active.phase = Phase::Draining;
+                self.ended_keep_conn = Some(active.keep_conn);
+                return Ok(());
+            }
+        }
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        let aborted = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            request_id: id,
+            role,
+            meta,
+            stdin: stdin_rx,
+            out: out_tx,
+            aborted: aborted.clone(),
+        };
+        active.phase = Phase::Running {
+            stdin: Some(stdin_tx),
+            stdin_ended: false,
+            out: out_rx,
+            aborted,
+        };
+        if self.dispatch.dispatch(job).is_err() {
+            log_error!("request {id}: all app threads busy and the queue is full: FCGI_OVERLOADED");
+            let keep = active.keep_conn;
+            self.active = None;
+            let mut out = BytesMut::new();
+            record::encode_end_request(&mut out, id, 0, ProtocolStatus::Overloaded);
+            stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+            self.ended_keep_conn = Some(keep);
+        }
+        Ok(())
+    }
+
+    async fn end_now<T: Transport>(
+        &mut self,
+        stream: &mut T,
+        id: u16,
+        app_status: u32,
+        status: ProtocolStatus,
+    ) -> Result<(), Closed> {
+        let mut out = BytesMut::new();
+        record::encode_end_request(&mut out, id, app_status, status);
+        stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
+    }
+
+    async fn on_management<T: Transport>(
+        &mut self,
+        stream: &mut T,
+        record: Record,
+    ) -> Result<(), Closed> {
+        let mut out = BytesMut::new();
+        if record.kind == RecordType::GetValues as u8 {
+            let asked = params::decode(&record.content)
+                .map_err(|e| Closed::Protocol(format!("GET_VALUES: {e}")))?;
+            let mut answer = BytesMut::new();
+            for (name, _) in asked {
+                let value = match name.as_slice() {
+                    b"FCGI_MAX_CONNS" => self.limits.max_conns.to_string(),
+                    b"FCGI_MAX_REQS" => self.limits.max_reqs.to_string(),
+                    b"FCGI_MPXS_CONNS" => "0".to_string(),
+                    _ => continue, // unknown names are omitted (§4.1)
+                };
+                params::encode_pair(&mut answer, &name, value.as_bytes());
+            }
+            record::encode_management(&mut out, RecordType::GetValuesResult, &answer);
+        } else {
+            record::encode_unknown_type(&mut out, record.kind);
+        }
+        stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
+    }
+}
+
+/// Send file contents as STDOUT records: header, `sendfile` of the content,
+/// padding — the bytes never pass through userspace.
+async fn send_file<T: Transport>(
+    stream: &mut T,
+    id: u16,
+    file: &OwnedFd,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let mut position = i64::try_from(offset).map_err(std::io::Error::other)?;
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(record::MAX_CONTENT as u64) as usize;
+        let mut header = BytesMut::new();
+        let padding = record::encode_header(&mut header, RecordType::Stdout, id, chunk);
+        stream.write_all(&header).await?;
+        let mut sent = 0;
+        while sent < chunk {
+            match stream.try_sendfile(file, &mut position, chunk - sent) {
+                Ok(0) => {
+                    // The file shrank: fill the announced record with zeros.
+                    stream.write_all(&vec![0u8; chunk - sent]).await?;
+                    sent = chunk;
+                }
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        stream.write_all(&[0u8; 8][..padding]).await?;
+        left -= chunk as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! The FastCGI worker's app threads: `--threads N` Python threads that take
+//! [`Job`]s from the connections and run them through the shared core
+//! (environ → app → response). Each thread stays attached to the
+//! interpreter and releases the GIL whenever it waits: for a job, for body
+//! bytes (`wsgi.input`), for room in the connection's output queue.
+
+use std::io::{self, Read};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes};
+use pyo3::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::app::{self, Outcome};
+use crate::cgi::Exit;
+use crate::environ::{self, Flavor};
+use crate::fcgi::connection::{Dispatch, Job, Out};
+use crate::fcgi::record::Role;
+use crate::input::Input;
+use crate::request::BodyReader;
+use crate::response::{Head, ResponseWriter, Sink};
+use crate::{log_error, wire};
+
+/// Options of the pool.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolOptions {
+    /// Number of app threads.
+    pub threads: usize,
+    /// Jobs that may wait for a thread before requests are refused (OVERLOADED).
+    pub queue: usize,
+    /// `wsgi.multiprocess`.
+    pub multiprocess: bool,
+    /// Copy `wsgi.errors` output to the web server as FCGI_STDERR.
+    pub forward_stderr: bool,
+}
+
+/// The pool: a bounded job queue feeding the app threads.
+pub struct Pool {
+    jobs: SyncSender<Job>,
+}
+
+impl Dispatch for Pool {
+    fn dispatch(&self, job: Job) -> Result<(), Box<Job>> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(job) | TrySendError::Disconnected(job) => Box::new(job),
+        })
+    }
+}
+
+impl Pool {
+    /// Start the threads; `app` is the loaded application callable.
+    pub fn start(app: Py<PyAny>, options: PoolOptions) -> io::Result<Pool> {
+        let (tx, rx) = sync_channel::<Job>(options.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let app = Arc::new(app);
+        for index in 0..options.threads.max(1) {
+            let rx = rx.clone();
+            let app = app.clone();
+            std::thread::Builder::new()
+                .name(format!("wsgi-app-{index}"))
+                .spawn(move || app_thread(&app, &rx, options))?;
+        }
+        Ok(Pool { jobs: tx })
+    }
+}
+
+fn app_thread(app: &Py<PyAny>, jobs: &Mutex<Receiver<Job>>, options: PoolOptions) {
+    Python::attach(|py| {
+        let flavor = Flavor {
+            multithread: options.threads > 1,
+            multiprocess: options.multiprocess,
+            run_once: false,
+        };
+        loop {
+            let next = py.detach(|| {
+                jobs.lock()
+                    .map_err(|_| ())
+                    .and_then(|rx| rx.recv().map_err(|_| ()))
+            });
+            let Ok(job) = next else { return };
+            run_job(py, app.bind(py), job, flavor, options.forward_stderr);
+        }
+    });
+}
+
+fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, forward_stderr: bool) {
+    let Job {
+        role,
+        meta,
+        stdin,
+        out,
+        aborted,
+        ..
+    } = job;
+    let sink = FcgiSink {
+        out: out.clone(),
+        aborted: aborted.clone(),
+    };
+    let status = match environ::build(&meta) {
+        Err(err) => {
+            log_error!("rejecting request: {err}");
+            let _ = py.detach(|| ResponseWriter::new(Box::new(sink), false).fail(400));
+            Exit::BadRequest
+        }
+        Ok(mut environ) => {
+            let role_name = if role == Role::Authorizer {
+                "AUTHORIZER"
+            } else {
+                "RESPONDER"
+            };
+            environ.vars.push(("FCGI_ROLE".into(), role_name.into()));
+            let limit = if role == Role::Authorizer {
+                Some(0)
+            } else {
+                environ.content_length
+            };
+            let input = Input::new(BodyReader::new(
+                Box::new(ChannelReader {
+                    rx: stdin,
+                    current: Bytes::new(),
+                }),
+                limit,
+            ));
+            let errors = Bound::new(
+                py,
+                ErrorStream {
+                    out: forward_stderr.then(|| out.clone()),
+                },
+            );
+            let writer = ResponseWriter::new(Box::new(sink), environ.is_head);
+            match errors.and_then(|errors| {
+                app::environ_dict(py, &environ, flavor, input, errors.into_any())
+            }) {
+                Err(err) => {
+                    err.display(py);
+                    let _ = py.detach(|| {
+                        let mut w = writer;
+                        w.fail(500)
+                    });
+                    Exit::AppError
+                }
+                Ok(dict) => {
+                    let (outcome, writer) = app::serve(py, app, dict, writer);
+                    drop(writer);
+                    match outcome {
+                        Outcome::Complete => Exit::Served,
+                        Outcome::AppFailed => Exit::AppError,
+                        Outcome::Truncated => Exit::Truncated,
+                        Outcome::ClientGone => Exit::ClientGone,
+                    }
+                }
+            }
+        }
+    };
+    // The connection is gone if this fails: nothing left to tell.
+    let _ = py.detach(|| out.blocking_send(Out::End(status as u32)));
+}
+
+/// `wsgi.input`'s source: STDIN records as they arrive.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(data) => self.current = data,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// The response side: CGI header block and body as STDOUT data.
+struct FcgiSink {
+    out: mpsc::Sender<Out>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl FcgiSink {
+    fn push(&self, message: Out) -> io::Result<()> {
+        if self.aborted.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the web server aborted the request",
+            ));
+        }
+        self.out.blocking_send(message).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the web server closed the connection",
+            )
+        })
+    }
+}
+
+impl Sink for FcgiSink {
+    fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()> {
+        let mut data = Vec::with_capacity(body.len() + 256);
+        if let Some(head) = head {
+            wire::cgi_head(head, &mut data);
+        }
+        data.extend_from_slice(body);
+        self.push(Out::Stdout(Bytes::from(data)))
+    }
+
+    fn send_file(
+        &mut self,
+        head: Option<&Head>,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Option<u64>> {
+        if let Some(head) = head {
+            let mut data = Vec::with_capacity(256);
+            wire::cgi_head(head, &mut data);
+            self.push(Out::Stdout(Bytes::from(data)))?;
+        }
+        if len > 0 {
+            let file = file.try_clone_to_owned()?;
+            self.push(Out::File { file, offset, len })?;
+        }
+        Ok(Some(len))
+    }
+}
+
+/// `wsgi.errors`: to the worker's log (stderr), and to the web server as
+/// FCGI_STDERR when forwarding is on (like `fcgiwrap -f`).
+#[pyclass(module = "wsgi_gateway", name = "ErrorStream", frozen)]
+struct ErrorStream {
+    out: Option<mpsc::Sender<Out>>,
+}
+
+#[pymethods]
+impl ErrorStream {
+    fn write(&self, py: Python<'_>, text: &str) -> usize {
+        let bytes = text.as_bytes().to_vec();
+        let len = text.chars().count();
+        py.detach(|| {
+            use std::io::Write;
+            let _ = io::stderr().write_all(&bytes);
+            if let Some(out) = &self.out {
+                let _ = out.blocking_send(Out::Stderr(Bytes::from(bytes)));
+            }
+        });
+        len
+    }
+
+    fn writelines(&self, py: Python<'_>, lines: Vec<String>) {
+        for line in lines {
+            self.write(py, &line);
+        }
+    }
+
+    fn flush(&self) {}
+}

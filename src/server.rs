@@ -1,0 +1,133 @@
+//! A worker's accept loop: listening sockets registered with the tokio
+//! runtime, one task per connection ([`crate::fcgi::connection`]), the
+//! `FCGI_MAX_CONNS` limit, the `FCGI_WEB_SERVER_ADDRS` peer allow-list, and a
+//! graceful stop (stop accepting; each connection closes once idle).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::fcgi::connection::{self, Dispatch, Limits};
+use crate::listener::Listener;
+use crate::{log_error, log_info, log_warn};
+
+/// How the accept loop behaves.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Connection limits and advertised values.
+    pub limits: Limits,
+    /// TCP peers allowed to connect (`FCGI_WEB_SERVER_ADDRS`); `None`: all.
+    pub allowed_peers: Option<Vec<IpAddr>>,
+    /// How long a graceful stop waits for in-flight requests.
+    pub graceful_timeout: Duration,
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+enum AsyncListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl AsyncListener {
+    fn new(listener: Listener) -> std::io::Result<AsyncListener> {
+        Ok(match listener {
+            Listener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                AsyncListener::Tcp(tokio::net::TcpListener::from_std(l)?)
+            }
+            Listener::Unix(l) => {
+                l.set_nonblocking(true)?;
+                AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?)
+            }
+        })
+    }
+
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            AsyncListener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+            AsyncListener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+/// Serve until `stop` resolves, then stop gracefully.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    dispatch: Arc<dyn Dispatch>,
+    options: ServerOptions,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let limits = Arc::new(options.limits.clone());
+    let slots = Arc::new(Semaphore::new(options.limits.max_conns.max(1)));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut accepting = JoinSet::new();
+    let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+    for listener in listeners {
+        let listener = AsyncListener::new(listener)?;
+        let dispatch = dispatch.clone();
+        let limits = limits.clone();
+        let slots = slots.clone();
+        let allowed = options.allowed_peers.clone();
+        let shutdown = shutdown_rx.clone();
+        let connections = connections.clone();
+        accepting.spawn(async move {
+            loop {
+                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let accepted = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        log_warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let dispatch = dispatch.clone();
+                let limits = limits.clone();
+                let shutdown = shutdown.clone();
+                let allowed = allowed.clone();
+                let task = async move {
+                    match accepted {
+                        Accepted::Tcp(stream, peer) => {
+                            if allowed.as_ref().is_some_and(|list| !list.contains(&peer.ip())) {
+                                log_error!("refused FastCGI connection from {peer}: not in FCGI_WEB_SERVER_ADDRS");
+                                return;
+                            }
+                            let _ = stream.set_nodelay(true);
+                            connection::serve(stream, dispatch, limits, shutdown).await;
+                        }
+                        Accepted::Unix(stream) => {
+                            connection::serve(stream, dispatch, limits, shutdown).await;
+                        }
+                    }
+                    drop(permit);
+                };
+                connections.lock().await.spawn(task);
+            }
+        });
+    }
+    stop.await;
+    log_info!("stopping: no new connections; finishing requests in flight");
+    accepting.abort_all();
+    let _ = shutdown_tx.send(true);
+    let mut connections = connections.lock().await;
+    let drained = tokio::time::timeout(options.graceful_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log_warn!(
+            "graceful timeout of {:?} passed with {} connections still busy; closing them",
+            options.graceful_timeout,
+            connections.len()
+        );
+        connections.abort_all();
+    }
+    Ok(())
+}
