@@ -13,6 +13,7 @@
 pub mod app;
 pub mod appspec;
 pub mod cgi;
+pub mod client;
 pub mod config;
 pub mod environ;
 pub mod fcgi;
@@ -26,3 +27,4 @@ pub mod response;
 pub mod server;
 pub mod site;
 pub mod wire;
+pub mod worker;

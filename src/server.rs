@@ -21,8 +21,6 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// TCP peers allowed to connect (`FCGI_WEB_SERVER_ADDRS`); `None`: all.
     pub allowed_peers: Option<Vec<IpAddr>>,
-    /// How long a graceful stop waits for in-flight requests.
-    pub graceful_timeout: Duration,
 }
 
 enum Accepted {
@@ -57,12 +55,14 @@ impl AsyncListener {
     }
 }
 
-/// Serve until `stop` resolves, then stop gracefully.
+/// Serve until `stop` resolves to a grace period, then stop: no new
+/// connections, requests in flight get up to the grace period to finish
+/// (zero: a fast stop).
 pub async fn serve(
     listeners: Vec<Listener>,
     dispatch: Arc<dyn Dispatch>,
     options: ServerOptions,
-    stop: impl Future<Output = ()>,
+    stop: impl Future<Output = Duration>,
 ) -> std::io::Result<()> {
     let limits = Arc::new(options.limits.clone());
     let slots = Arc::new(Semaphore::new(options.limits.max_conns.max(1)));
@@ -112,21 +112,22 @@ pub async fn serve(
             }
         });
     }
-    stop.await;
-    log_info!("stopping: no new connections; finishing requests in flight");
+    let grace = stop.await;
+    log_info!("stopping: no new connections; {grace:?} for requests in flight");
     accepting.abort_all();
     let _ = shutdown_tx.send(true);
     let mut connections = connections.lock().await;
-    let drained = tokio::time::timeout(options.graceful_timeout, async {
+    let drained = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
-        log_warn!(
-            "graceful timeout of {:?} passed with {} connections still busy; closing them",
-            options.graceful_timeout,
-            connections.len()
-        );
+        if !connections.is_empty() {
+            log_warn!(
+                "{grace:?} passed with {} connections still busy; closing them",
+                connections.len()
+            );
+        }
         connections.abort_all();
     }
     Ok(())

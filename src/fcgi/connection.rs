@@ -172,6 +172,7 @@ pub async fn serve<T: Transport>(
         limits,
         pending_stdin: None,
         ended_keep_conn: None,
+        last_ended: None,
         shutdown,
     };
     let closed = conn.run(&mut stream).await;
@@ -200,6 +201,8 @@ struct Connection {
     ended_keep_conn: Option<bool>,
     /// The worker is stopping: close when idle.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The last request that got END_REQUEST (a repeated empty STDIN for it is tolerated).
+    last_ended: Option<u16>,
 }
 
 enum Event {
@@ -365,6 +368,7 @@ impl Connection {
             );
             self.ended_keep_conn = Some(active.keep_conn);
             self.pending_stdin = None;
+            self.last_ended = Some(id);
             if stdin_done {
                 self.active = None;
             } else {
@@ -478,6 +482,10 @@ impl Connection {
                 Ok(())
             }
             Some(RecordType::Stdin) | Some(RecordType::Data) => {
+                if record.content.is_empty() && self.last_ended == Some(id) && self.active.is_none()
+                {
+                    return Ok(()); // a repeated end-of-stream after END_REQUEST
+                }
                 let Some(active) = self.active.as_mut().filter(|a| a.id == id) else {
                     return fault(format!(
                         "{:?} for request {id}, which was never begun",
@@ -498,6 +506,9 @@ impl Connection {
                         stdin, stdin_ended, ..
                     } => {
                         if *stdin_ended {
+                            if record.content.is_empty() {
+                                return Ok(()); // a second end-of-stream (fastcgi-client sends one)
+                            }
                             return fault(format!("STDIN for request {id} after its stream ended"));
                         }
                         if kind == Some(RecordType::Data) {

@@ -1,0 +1,217 @@
+//! `wsgi-fcgi`: the resident FastCGI responder, and `wsgi-fcgi request`,
+//! its health probe. argv → options → [`wsgi_gateway::worker::run`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use wsgi_gateway::client::{self, Probe};
+use wsgi_gateway::fcgi::connection::Limits;
+use wsgi_gateway::listener::{Bind, UnixSocketOptions};
+use wsgi_gateway::worker::{self, WorkerError, WorkerOptions};
+
+const AFTER_HELP: &str =
+    "Listening: --bind unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable). Without
+--bind, a listening socket inherited on fd 0 (spawn-fcgi, mod_fcgid, lighttpd
+bin-path) or from systemd (LISTEN_FDS) is used. FCGI_WEB_SERVER_ADDRS (comma-
+separated IPs) restricts TCP peers.
+
+Signals: TERM stops gracefully (no new connections, requests in flight finish
+within --graceful-timeout); INT and QUIT stop at once.
+
+Exit status: 0 stopped normally; 1 could not start (bad option, socket,
+interpreter); 4 the application failed to import.
+`wsgi-fcgi request`: 0 when the response status is 2xx, 1 otherwise, 2 when
+the request failed.";
+
+/// Serve a Python WSGI application to web servers over FastCGI.
+#[derive(Parser)]
+#[command(version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send one request to a FastCGI responder and print the response.
+    Request(RequestArgs),
+}
+
+#[derive(Args)]
+struct Serve {
+    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi [default: built-in demo app]
+    #[arg(long, value_name = "SPEC", env = "WSGI_APP")]
+    app: Option<String>,
+    /// Listen on unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable)
+    #[arg(long, value_name = "ADDRESS")]
+    bind: Vec<String>,
+    /// Python threads running the app
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    threads: usize,
+    /// A virtualenv; its Python version must match the linked libpython
+    #[arg(long, value_name = "DIR", env = "WSGI_VENV")]
+    venv: Option<PathBuf>,
+    /// Change to DIR before loading the app (it is put on sys.path)
+    #[arg(long, value_name = "DIR", env = "WSGI_CHDIR")]
+    chdir: Option<PathBuf>,
+    /// Put DIR in front of sys.path (repeatable)
+    #[arg(long, value_name = "DIR")]
+    pythonpath: Vec<PathBuf>,
+    /// Mode of a unix socket (octal); never world-writable by default
+    #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Owner (user name) of a unix socket
+    #[arg(long, value_name = "USER")]
+    socket_owner: Option<String>,
+    /// Group of a unix socket
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Listen backlog
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    backlog: i32,
+    /// Connections served at once (advertised as FCGI_MAX_CONNS and FCGI_MAX_REQS)
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_conns: usize,
+    /// Largest PARAMS (request headers and CGI variables) in bytes; more closes the connection
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    max_params_size: usize,
+    /// Largest request body in bytes; a larger CONTENT_LENGTH gets 413 before the app runs [default: no limit]
+    #[arg(long, value_name = "BYTES")]
+    max_body_size: Option<u64>,
+    /// Also send wsgi.errors output to the web server as FCGI_STDERR (like fcgiwrap -f)
+    #[arg(long)]
+    forward_stderr: bool,
+    /// Seconds TERM waits for requests in flight
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    graceful_timeout: f64,
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// The responder: unix:PATH, HOST:PORT or [IPv6]:PORT
+    address: String,
+    /// The path, with an optional ?query
+    #[arg(default_value = "/")]
+    path: String,
+    /// Request method
+    #[arg(short = 'X', long, default_value = "GET")]
+    method: String,
+    /// A header, "Name: value" (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// Request body
+    #[arg(short = 'd', long, value_name = "DATA", conflicts_with = "data_file")]
+    data: Option<String>,
+    /// Request body from a file
+    #[arg(long, value_name = "FILE")]
+    data_file: Option<PathBuf>,
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("not an octal mode: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Request(args)) => request(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("wsgi-fcgi: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: Serve) -> anyhow::Result<ExitCode> {
+    let binds = args
+        .bind
+        .iter()
+        .map(|b| Bind::parse(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = WorkerOptions {
+        app: args.app,
+        binds,
+        unix: UnixSocketOptions {
+            mode: args.socket_mode,
+            owner: args.socket_owner,
+            group: args.socket_group,
+        },
+        backlog: args.backlog,
+        threads: args.threads.max(1),
+        venv: args.venv,
+        chdir: args.chdir,
+        pythonpath: args.pythonpath,
+        limits: Limits {
+            max_params: args.max_params_size,
+            max_body: args.max_body_size,
+            max_conns: args.max_conns,
+            max_reqs: args.max_conns,
+        },
+        forward_stderr: args.forward_stderr,
+        graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
+    };
+    let listeners = worker::listeners(&options)?;
+    match worker::run(options, listeners) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(WorkerError::AppLoad) => {
+            eprintln!("wsgi-fcgi: the application failed to load (traceback above)");
+            Ok(ExitCode::from(4))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("header {h:?} is not \"Name: value\""))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let body = match (&args.data, &args.data_file) {
+        (Some(data), _) => data.clone().into_bytes(),
+        (None, Some(file)) => {
+            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let probe = Probe {
+        address: Bind::parse(&args.address)?,
+        path: args.path,
+        method: args.method,
+        headers,
+        body,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(client::send(&probe)) {
+        Ok(response) => {
+            std::io::stdout().write_all(&response.stdout)?;
+            std::io::stderr().write_all(&response.stderr)?;
+            Ok(ExitCode::from(if (200..300).contains(&response.status) {
+                0
+            } else {
+                1
+            }))
+        }
+        Err(err) => {
+            eprintln!("wsgi-fcgi request: {err}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

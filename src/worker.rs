@@ -1,0 +1,168 @@
+//! One FastCGI worker process: the tokio runtime (current-thread: sockets
+//! only), signal handling, the interpreter and the app, the Python thread
+//! pool, and the accept loop. Python is initialized after the runtime has
+//! registered its SIGINT handler, so an app importing `signal` cannot take
+//! Ctrl-C away (research/deps.md §1.7).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::appspec::AppSpec;
+use crate::fcgi::connection::Limits;
+use crate::listener::{self, Bind, Listener, UnixSocketOptions};
+use crate::pool::{Pool, PoolOptions};
+use crate::server::{self, ServerOptions};
+use crate::{app, log_error, log_info, python};
+
+/// Everything a worker needs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The app spec (`None`: the demo app).
+    pub app: Option<String>,
+    /// Addresses to bind (empty: inherited sockets).
+    pub binds: Vec<Bind>,
+    /// Unix socket mode and owner.
+    pub unix: UnixSocketOptions,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// App threads.
+    pub threads: usize,
+    /// Virtualenv.
+    pub venv: Option<PathBuf>,
+    /// Working directory.
+    pub chdir: Option<PathBuf>,
+    /// Extra `sys.path` entries.
+    pub pythonpath: Vec<PathBuf>,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Forward `wsgi.errors` as FCGI_STDERR.
+    pub forward_stderr: bool,
+    /// How long TERM waits for requests in flight.
+    pub graceful_timeout: Duration,
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Binding or adopting sockets failed.
+    #[error(transparent)]
+    Listen(#[from] listener::ListenError),
+    /// Interpreter or settings.
+    #[error("{0}")]
+    Setup(String),
+    /// The app failed to import (the traceback was logged).
+    #[error("the application failed to load")]
+    AppLoad,
+    /// I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Bind (or adopt) the listening sockets.
+pub fn listeners(options: &WorkerOptions) -> Result<Vec<Listener>, WorkerError> {
+    if options.binds.is_empty() {
+        let inherited = listener::inherited()?;
+        if inherited.is_empty() {
+            return Err(listener::ListenError::Nothing.into());
+        }
+        return Ok(inherited);
+    }
+    options
+        .binds
+        .iter()
+        .map(|b| listener::bind(b, &options.unix, options.backlog).map_err(WorkerError::from))
+        .collect()
+}
+
+/// Run a worker until TERM (graceful), INT or QUIT (fast).
+pub fn run(options: WorkerOptions, listeners: Vec<Listener>) -> Result<(), WorkerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _guard = runtime.enter();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+
+    // print() and C code writing to fd 1 go to the log, like everything else.
+    nix::unistd::dup2_stdout(std::io::stderr()).map_err(std::io::Error::from)?;
+    let application = load(&options)?;
+    let pool = Pool::start(
+        application,
+        PoolOptions {
+            threads: options.threads,
+            queue: options.limits.max_conns,
+            multiprocess: false,
+            forward_stderr: options.forward_stderr,
+        },
+    )?;
+    let server_options = ServerOptions {
+        limits: options.limits.clone(),
+        allowed_peers: listener::web_server_addrs(),
+    };
+    log_info!(
+        "serving {} with {} app threads on {} socket(s)",
+        options.app.as_deref().unwrap_or("the demo app"),
+        options.threads,
+        listeners.len()
+    );
+    let graceful_timeout = options.graceful_timeout;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => graceful_timeout,
+            _ = int.recv() => Duration::ZERO,
+            _ = quit.recv() => Duration::ZERO,
+        }
+    };
+    runtime.block_on(server::serve(
+        listeners,
+        Arc::new(pool),
+        server_options,
+        stop,
+    ))?;
+    Python::attach(python::run_exit_hooks);
+    log_info!("stopped");
+    Ok(())
+}
+
+fn load(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
+    let base = std::env::current_dir()?;
+    let spec = options
+        .app
+        .as_deref()
+        .map(|text| AppSpec::parse(text, &base))
+        .transpose()
+        .map_err(|e| WorkerError::Setup(e.to_string()))?;
+    if let Some(dir) = &options.chdir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| WorkerError::Setup(format!("cannot chdir to {}: {e}", dir.display())))?;
+    }
+    let program_name = match &options.venv {
+        Some(venv) => {
+            python::venv_program_name(venv).map_err(|e| WorkerError::Setup(e.to_string()))?
+        }
+        None => python::BUILD_PYTHON.into(),
+    };
+    python::initialize(&program_name, false).map_err(|e| WorkerError::Setup(e.to_string()))?;
+    Python::attach(|py| {
+        let mut path = options.pythonpath.clone();
+        path.push(std::env::current_dir()?);
+        let loaded =
+            python::prepend_sys_path(py, &path).and_then(|()| app::load(py, spec.as_ref()));
+        match loaded {
+            Ok(app) => Ok(app.unbind()),
+            Err(err) => {
+                log_error!(
+                    "failed to load the application {}; traceback follows",
+                    options.app.as_deref().unwrap_or("<demo>")
+                );
+                err.display(py);
+                Err(WorkerError::AppLoad)
+            }
+        }
+    })
+}
