@@ -120,3 +120,52 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::fcgi::params;
+    use crate::fcgi::record::{RecordType, encode_stream};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any stream content, split into records and fed in arbitrary
+        /// pieces, decodes back to the same bytes.
+        #[test]
+        fn stream_round_trip(data in proptest::collection::vec(any::<u8>(), 0..200_000), id in 1u16.., cut in 1usize..70_000) {
+            let mut wire = BytesMut::new();
+            encode_stream(&mut wire, RecordType::Stdout, id, &data);
+            let wire = wire.freeze();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for piece in wire.chunks(cut) {
+                buf.extend_from_slice(piece);
+                while let Some(record) = RecordDecoder.decode(&mut buf).unwrap() {
+                    prop_assert_eq!(record.request_id, id);
+                    prop_assert_eq!(record.kind, RecordType::Stdout as u8);
+                    got.extend_from_slice(&record.content);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, data);
+        }
+
+        /// Name-value pairs of any lengths round-trip.
+        #[test]
+        fn params_round_trip(pairs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..300), proptest::collection::vec(any::<u8>(), 0..300)), 0..20)) {
+            let mut out = BytesMut::new();
+            for (name, value) in &pairs {
+                params::encode_pair(&mut out, name, value);
+            }
+            prop_assert_eq!(params::decode(&out).unwrap(), pairs);
+        }
+
+        /// Arbitrary bytes never panic the decoder or the params parser.
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..5000)) {
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(_)) = RecordDecoder.decode(&mut buf) {}
+            let _ = params::decode(&data);
+        }
+    }
+}

@@ -322,40 +322,54 @@ impl Connection {
         }
     }
 
+    /// Output of the running request: this message plus whatever else is
+    /// already queued, framed into one buffer and written with one call
+    /// (a small response and its END_REQUEST leave in a single write).
     async fn on_output<T: Transport>(
         &mut self,
         stream: &mut T,
-        message: Option<Out>,
+        first: Option<Out>,
     ) -> Result<(), Closed> {
         let Some(active) = &mut self.active else {
             return Ok(());
         };
         let id = active.id;
-        let aborted = match &active.phase {
-            Phase::Running { aborted, .. } => aborted.load(Ordering::Relaxed),
-            _ => false,
-        };
         let mut out = BytesMut::new();
-        let app_status = match message {
-            Some(Out::Stdout(data)) if !aborted => {
-                record::encode_stream(&mut out, RecordType::Stdout, id, &data);
-                None
+        let mut next = Some(first);
+        let mut app_status = None;
+        while let Some(message) = next.take() {
+            let Phase::Running {
+                aborted, out: rx, ..
+            } = &mut active.phase
+            else {
+                break;
+            };
+            let dropped = aborted.load(Ordering::Relaxed);
+            match message {
+                Some(Out::Stdout(data)) if !dropped => {
+                    record::encode_stream(&mut out, RecordType::Stdout, id, &data);
+                }
+                Some(Out::Stderr(data)) if !dropped => {
+                    record::encode_stream(&mut out, RecordType::Stderr, id, &data);
+                }
+                Some(Out::File { file, offset, len }) if !dropped => {
+                    if !out.is_empty() {
+                        stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+                        out.clear();
+                    }
+                    send_file(stream, id, &file, offset, len)
+                        .await
+                        .map_err(|_| Closed::PeerGone)?;
+                }
+                Some(Out::End(status)) => app_status = Some(status),
+                // The job vanished without End (it panicked): still end the request.
+                None => app_status = Some(crate::cgi::Exit::AppError as u32),
+                Some(_) => {} // aborted: output is dropped
             }
-            Some(Out::Stderr(data)) if !aborted => {
-                record::encode_stream(&mut out, RecordType::Stderr, id, &data);
-                None
+            if app_status.is_none() && out.len() < 256 * 1024 {
+                next = rx.try_recv().ok().map(Some);
             }
-            Some(Out::File { file, offset, len }) if !aborted => {
-                send_file(stream, id, &file, offset, len)
-                    .await
-                    .map_err(|_| Closed::PeerGone)?;
-                None
-            }
-            Some(Out::End(status)) => Some(status),
-            // The job vanished without End (it panicked): still end the request.
-            None => Some(crate::cgi::Exit::AppError as u32),
-            Some(_) => None, // aborted: output is dropped
-        };
+        }
         if let Some(status) = app_status {
             record::encode_stream_end(&mut out, RecordType::Stdout, id);
             record::encode_end_request(&mut out, id, status, ProtocolStatus::RequestComplete);
