@@ -43,6 +43,17 @@ pub enum Exit {
     BadRequest = 8,
 }
 
+impl From<app::Outcome> for Exit {
+    fn from(outcome: app::Outcome) -> Exit {
+        match outcome {
+            app::Outcome::Complete => Exit::Served,
+            app::Outcome::AppFailed => Exit::AppError,
+            app::Outcome::Truncated => Exit::Truncated,
+            app::Outcome::ClientGone => Exit::ClientGone,
+        }
+    }
+}
+
 /// The exit status table for `--help` and the README.
 pub const EXIT_TABLE: &str = "Exit status:
   0  the response was sent completely (whatever its HTTP status)
@@ -308,10 +319,5 @@ fn serve(
     let (outcome, writer) = app::serve(py, &application, dict, writer);
     // Close the response before atexit handlers run: the server can finish.
     drop(writer);
-    match outcome {
-        app::Outcome::Complete => Exit::Served,
-        app::Outcome::AppFailed => Exit::AppError,
-        app::Outcome::Truncated => Exit::Truncated,
-        app::Outcome::ClientGone => Exit::ClientGone,
-    }
+    Exit::from(outcome)
 }

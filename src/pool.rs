@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::app::{self, Outcome};
+use crate::app;
 use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
 use crate::fcgi::connection::{Dispatch, Job, Out};
@@ -145,12 +145,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
                 Ok(dict) => {
                     let (outcome, writer) = app::serve(py, app, dict, writer);
                     drop(writer);
-                    match outcome {
-                        Outcome::Complete => Exit::Served,
-                        Outcome::AppFailed => Exit::AppError,
-                        Outcome::Truncated => Exit::Truncated,
-                        Outcome::ClientGone => Exit::ClientGone,
-                    }
+                    Exit::from(outcome)
                 }
             }
         }
