@@ -46,11 +46,32 @@ impl Input {
 
 #[pymethods]
 impl Input {
-    /// `read(size=-1)`: up to `size` bytes, or all that is left.
+    /// `read(size=-1)`: up to `size` bytes, or all that is left. When the
+    /// length is known the bytes object is allocated once and filled straight
+    /// from the source (a 1 GiB upload read whole costs 1 GiB, not 3).
     #[pyo3(signature = (size=None))]
     fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.with_reader(py, |r| r.read(size_arg(size)))?;
-        Ok(PyBytes::new(py, &data))
+        let size = size_arg(size);
+        let hint = self.with_reader(py, |r| Ok(r.size_hint()))?;
+        let exact = match (size, hint.and_then(|h| usize::try_from(h).ok())) {
+            (Some(size), Some(hint)) => Some(size.min(hint)),
+            (None, Some(hint)) => Some(hint),
+            (_, None) => None,
+        };
+        let Some(exact) = exact else {
+            let data = self.with_reader(py, |r| r.read(size))?;
+            return Ok(PyBytes::new(py, &data));
+        };
+        let mut got = 0;
+        let bytes = PyBytes::new_with(py, exact, |buf| {
+            got = self.with_reader(py, |r| r.read_into(buf))?;
+            Ok(())
+        })?;
+        if got < exact {
+            // The body ended early: hand out only what arrived.
+            return Ok(PyBytes::new(py, &bytes.as_bytes()[..got]));
+        }
+        Ok(bytes)
     }
 
     /// `readline(size=-1)`: one line, at most `size` bytes.

@@ -86,6 +86,47 @@ impl BodyReader {
         Ok(true)
     }
 
+    /// How many bytes are left at most, when the limit is known.
+    pub fn size_hint(&self) -> Option<u64> {
+        let buffered = self.buffered().len() as u64;
+        if self.eof {
+            return Some(buffered);
+        }
+        self.remaining.map(|r| r + buffered)
+    }
+
+    /// Fill `buf` from the buffer, then straight from the source (no
+    /// intermediate copy); fewer bytes only at the end of the body.
+    pub fn read_into(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let from_buffer = buf.len().min(self.buffered().len());
+        buf[..from_buffer].copy_from_slice(&self.buffered()[..from_buffer]);
+        self.position += from_buffer;
+        let mut filled = from_buffer;
+        while filled < buf.len() && !self.eof {
+            let mut want = buf.len() - filled;
+            if let Some(remaining) = self.remaining {
+                want = want.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            }
+            let n = match self.source.read(&mut buf[filled..filled + want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                self.eof = true;
+                break;
+            }
+            filled += n;
+            if let Some(remaining) = self.remaining.as_mut() {
+                *remaining -= n as u64;
+                if *remaining == 0 {
+                    self.eof = true;
+                }
+            }
+        }
+        Ok(filled)
+    }
+
     /// Read up to `size` bytes (`None`: everything that is left).
     pub fn read(&mut self, size: Option<usize>) -> io::Result<Vec<u8>> {
         match size {
@@ -103,8 +144,8 @@ impl BodyReader {
             }
             None => {
                 while self.fill(CHUNK)? {}
-                let out = self.buffered().to_vec();
-                self.buffer.clear();
+                let mut out = std::mem::take(&mut self.buffer);
+                out.drain(..self.position);
                 self.position = 0;
                 Ok(out)
             }
@@ -171,6 +212,20 @@ mod tests {
         assert_eq!(r.readline(None).unwrap(), b"o\n");
         assert_eq!(r.readline(None).unwrap(), b"three");
         assert_eq!(r.readline(None).unwrap(), b"");
+    }
+
+    #[test]
+    fn read_into_uses_the_buffer_then_the_source() {
+        let mut r = reader(b"line\nrest of the body", Some(12));
+        assert_eq!(r.readline(None).unwrap(), b"line\n");
+        assert_eq!(r.size_hint(), Some(7));
+        let mut buf = [0u8; 20];
+        assert_eq!(r.read_into(&mut buf).unwrap(), 7);
+        assert_eq!(&buf[..7], b"rest of");
+        assert_eq!(r.size_hint(), Some(0));
+        let mut short = reader(b"abc", Some(10));
+        assert_eq!(short.size_hint(), Some(10));
+        assert_eq!(short.read_into(&mut buf).unwrap(), 3);
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub async fn serve<T: Transport>(
         pending_stdin: None,
         ended_keep_conn: None,
         last_ended: None,
+        refused: Vec::new(),
+        close_after_drain: None,
         shutdown,
     };
     let closed = conn.run(&mut stream).await;
@@ -187,6 +189,9 @@ pub async fn serve<T: Transport>(
         Closed::Normal => {}
     }
     let _ = stream.shutdown().await;
+    if closed == Closed::Normal {
+        linger(&mut stream).await;
+    }
     closed
 }
 
@@ -203,6 +208,12 @@ struct Connection {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// The last request that got END_REQUEST (a repeated empty STDIN for it is tolerated).
     last_ended: Option<u16>,
+    /// Requests refused at BEGIN_REQUEST (CANT_MPX_CONN, UNKNOWN_ROLE,
+    /// OVERLOADED): their records are ignored until their STDIN ends (§3.3).
+    refused: Vec<u16>,
+    /// END_REQUEST went out without FCGI_KEEP_CONN while STDIN was still
+    /// coming: close once it has ended, or at this deadline.
+    close_after_drain: Option<tokio::time::Instant>,
 }
 
 enum Event {
@@ -210,6 +221,7 @@ enum Event {
     Output(Option<Out>),
     StdinRoom(Result<mpsc::OwnedPermit<Bytes>, mpsc::error::SendError<()>>),
     Shutdown,
+    DrainTimeout,
 }
 
 impl Connection {
@@ -235,8 +247,22 @@ impl Connection {
                 }
             }
             if let Some(keep) = self.ended_keep_conn.take() {
-                if !keep {
+                let draining = matches!(
+                    &self.active,
+                    Some(Active {
+                        phase: Phase::Draining,
+                        ..
+                    })
+                );
+                if !keep && !draining {
                     return Closed::Normal;
+                }
+                if !keep {
+                    // Read the rest of the body before closing: a web server
+                    // still writing STDIN would otherwise see EPIPE, not the
+                    // response it was sent.
+                    self.close_after_drain =
+                        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
                 }
             }
             let idle = self.active.is_none() && buf.is_empty();
@@ -270,6 +296,7 @@ impl Connection {
                     o = async { out_rx.unwrap().recv().await }, if out_rx.is_some() => Event::Output(o),
                     p = async { stdin_tx.unwrap().reserve_owned().await }, if stdin_tx.is_some() => Event::StdinRoom(p),
                     _ = self.shutdown.changed(), if idle => Event::Shutdown,
+                    _ = tokio::time::sleep_until(self.close_after_drain.unwrap_or_else(tokio::time::Instant::now)), if self.close_after_drain.is_some() => Event::DrainTimeout,
                 }
             };
             match event {
@@ -313,6 +340,7 @@ impl Connection {
                     }
                 }
                 Event::Shutdown => {}
+                Event::DrainTimeout => return Closed::Normal,
                 Event::Output(message) => {
                     if let Err(e) = self.on_output(stream, message).await {
                         return e;
@@ -406,6 +434,14 @@ impl Connection {
         }
         let kind = RecordType::from_u8(record.kind);
         let id = record.request_id;
+        if kind == Some(RecordType::BeginRequest) {
+            self.refused.retain(|&r| r != id);
+        } else if let Some(i) = self.refused.iter().position(|&r| r == id) {
+            if kind == Some(RecordType::Stdin) && record.content.is_empty() {
+                self.refused.swap_remove(i);
+            }
+            return Ok(());
+        }
         match kind {
             Some(RecordType::BeginRequest) => {
                 let Some(begin) = BeginRequest::parse(&record.content) else {
@@ -421,15 +457,23 @@ impl Connection {
                         ));
                     }
                     if !matches!(active.phase, Phase::Draining) {
-                        return self
-                            .end_now(stream, id, 0, ProtocolStatus::CantMpxConn)
-                            .await;
+                        return self.refuse(stream, id, ProtocolStatus::CantMpxConn).await;
                     }
                 }
+                if let Some(Active {
+                    id: old,
+                    phase: Phase::Draining,
+                    ..
+                }) = &self.active
+                {
+                    // The previous request's STDIN may still trail in: ignore it.
+                    if *old != id {
+                        self.refused.push(*old);
+                    }
+                    self.active = None;
+                }
                 if !matches!(begin.role, Role::Responder | Role::Authorizer) {
-                    return self
-                        .end_now(stream, id, 0, ProtocolStatus::UnknownRole)
-                        .await;
+                    return self.refuse(stream, id, ProtocolStatus::UnknownRole).await;
                 }
                 self.active = Some(Active {
                     id,
@@ -513,6 +557,9 @@ impl Connection {
                     Phase::Draining => {
                         if record.content.is_empty() {
                             self.active = None;
+                            if self.close_after_drain.take().is_some() {
+                                self.ended_keep_conn = Some(false);
+                            }
                         }
                         Ok(())
                     }
@@ -601,14 +648,29 @@ impl Connection {
         };
         if self.dispatch.dispatch(job).is_err() {
             log_error!("request {id}: all app threads busy and the queue is full: FCGI_OVERLOADED");
-            let keep = active.keep_conn;
-            self.active = None;
+            active.phase = Phase::Draining;
+            self.ended_keep_conn = Some(active.keep_conn);
             let mut out = BytesMut::new();
             record::encode_end_request(&mut out, id, 0, ProtocolStatus::Overloaded);
             stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
-            self.ended_keep_conn = Some(keep);
         }
         Ok(())
+    }
+
+    /// Refuse a request at BEGIN_REQUEST and ignore its later records.
+    async fn refuse<T: Transport>(
+        &mut self,
+        stream: &mut T,
+        id: u16,
+        status: ProtocolStatus,
+    ) -> Result<(), Closed> {
+        if self.refused.len() >= 64 {
+            return Err(Closed::Protocol(
+                "more than 64 refused requests with unfinished streams".into(),
+            ));
+        }
+        self.refused.push(id);
+        self.end_now(stream, id, 0, status).await
     }
 
     async fn end_now<T: Transport>(
@@ -648,6 +710,22 @@ impl Connection {
         }
         stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
     }
+}
+
+/// A lingering close: after our half-close, read and discard what the peer
+/// still sends (e.g. a trailing empty STDIN record) until it closes, for at
+/// most two seconds, so its last writes do not fail with EPIPE/RST before it
+/// has read the response.
+async fn linger<T: Transport>(stream: &mut T) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Send file contents as STDOUT records: header, `sendfile` of the content,
