@@ -9,12 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wsgi_gateway::client::{self, Probe};
+use wsgi_gateway::config::Layer;
 use wsgi_gateway::fcgi::connection::Limits;
 use wsgi_gateway::listener::{Bind, UnixSocketOptions};
 use wsgi_gateway::worker::{self, WorkerError, WorkerOptions};
 
 const AFTER_HELP: &str =
-    "Listening: --bind unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable). Without
+    "Environment: WSGI_APP, WSGI_VENV, WSGI_CHDIR, WSGI_PYTHONPATH (':'-separated)
+apply when the flag is not given; an empty variable counts as unset.
+
+Listening: --bind unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable). Without
 --bind, a listening socket inherited on fd 0 (spawn-fcgi, mod_fcgid, lighttpd
 bin-path) or from systemd (LISTEN_FDS) is used. FCGI_WEB_SERVER_ADDRS (comma-
 separated IPs) restricts TCP peers.
@@ -46,7 +50,7 @@ enum Command {
 #[derive(Args)]
 struct Serve {
     /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi [default: built-in demo app]
-    #[arg(long, value_name = "SPEC", env = "WSGI_APP")]
+    #[arg(long, value_name = "SPEC")]
     app: Option<String>,
     /// Listen on unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable)
     #[arg(long, value_name = "ADDRESS")]
@@ -55,10 +59,10 @@ struct Serve {
     #[arg(long, value_name = "N", default_value_t = 4)]
     threads: usize,
     /// A virtualenv; its Python version must match the linked libpython
-    #[arg(long, value_name = "DIR", env = "WSGI_VENV")]
+    #[arg(long, value_name = "DIR")]
     venv: Option<PathBuf>,
     /// Change to DIR before loading the app (it is put on sys.path)
-    #[arg(long, value_name = "DIR", env = "WSGI_CHDIR")]
+    #[arg(long, value_name = "DIR")]
     chdir: Option<PathBuf>,
     /// Put DIR in front of sys.path (repeatable)
     #[arg(long, value_name = "DIR")]
@@ -139,8 +143,16 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|b| Bind::parse(b))
         .collect::<Result<Vec<_>, _>>()?;
+    // WSGI_APP, WSGI_VENV, WSGI_CHDIR, WSGI_PYTHONPATH, as for wsgi-cgi (an
+    // empty variable is unset: web servers pass "" for "not configured").
+    let env = Layer::from_env(|k| std::env::var_os(k));
+    let pythonpath = if args.pythonpath.is_empty() {
+        env.pythonpath.unwrap_or_default()
+    } else {
+        args.pythonpath
+    };
     let options = WorkerOptions {
-        app: args.app,
+        app: args.app.or(env.app),
         binds,
         unix: UnixSocketOptions {
             mode: args.socket_mode,
@@ -149,9 +161,9 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         },
         backlog: args.backlog,
         threads: args.threads.max(1),
-        venv: args.venv,
-        chdir: args.chdir,
-        pythonpath: args.pythonpath,
+        venv: args.venv.or(env.venv),
+        chdir: args.chdir.or(env.chdir),
+        pythonpath,
         limits: Limits {
             max_params: args.max_params_size,
             max_body: args.max_body_size,

@@ -108,7 +108,10 @@ pub async fn serve(
                     }
                     drop(permit);
                 };
-                connections.lock().await.spawn(task);
+                let mut set = connections.lock().await;
+                // Reap finished connections: a JoinSet keeps them until joined.
+                while set.try_join_next().is_some() {}
+                set.spawn(task);
             }
         });
     }

@@ -96,7 +96,9 @@ pub fn run(options: WorkerOptions, listeners: Vec<Listener>) -> Result<(), Worke
         PoolOptions {
             threads: options.threads,
             queue: options.limits.max_conns,
-            multiprocess: false,
+            // Inherited sockets (spawn-fcgi -F, mod_fcgid, lighttpd max-procs)
+            // are usually shared by several processes of the same app.
+            multiprocess: options.binds.is_empty(),
             forward_stderr: options.forward_stderr,
         },
     )?;
@@ -124,6 +126,11 @@ pub fn run(options: WorkerOptions, listeners: Vec<Listener>) -> Result<(), Worke
         server_options,
         stop,
     ))?;
+    for bind in &options.binds {
+        if let Bind::Unix(path) = bind {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     Python::attach(python::run_exit_hooks);
     log_info!("stopped");
     Ok(())

@@ -1,19 +1,25 @@
-//! Helpers for the tests that go through real web servers (tests/webservers.rs):
-//! finding the servers and libpython, a free loopback port, a minimal HTTP/1.1
-//! client (`Connection: close`, chunked or length-delimited bodies), a
-//! [`Server`] guard that starts a server in its own process group, waits
-//! until its port answers and kills the whole group when dropped, a small
-//! JSON reader for the apps' replies, and request-body builders
-//! (pseudo-random bytes, multipart/form-data).
+//! Helpers for the tests that go through real web servers (tests/webservers.rs,
+//! tests/webservers_fcgi.rs): finding the servers and libpython, a free
+//! loopback port, a minimal HTTP/1.1 client (`Connection: close`, chunked or
+//! length-delimited bodies; [`request_streamed`] reads a body as it arrives
+//! and hashes it instead of keeping it), a [`Server`] guard that starts a
+//! server in its own process group, waits until its port (or unix socket)
+//! answers and kills the whole group when dropped, a small JSON reader for
+//! the apps' replies, request-body builders (pseudo-random bytes,
+//! multipart/form-data), a streaming SHA-256, whether `www-data` can reach
+//! a path, the connections established on a listening socket, a
+//! [`Responder`] guard for a FastCGI responder the test runs, and [`Site`]:
+//! checks of the fixture apps behind a server (forms, uploads, redirects,
+//! clean 500s, streamed responses, 100 MiB transfers).
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago.
@@ -181,6 +187,15 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// What tells [`Server::start_ready`] that a server is up.
+#[derive(Clone, Copy, Debug)]
+pub enum Ready<'a> {
+    /// A TCP connection to 127.0.0.1:`port` succeeds.
+    Port,
+    /// A connection to the unix socket `dir/<name>` succeeds.
+    Unix(&'a str),
+}
+
 /// A web server running in its own process group; dropping it stops the
 /// server and everything it started (CGI processes included).
 pub struct Server {
@@ -201,9 +216,16 @@ impl Server {
     /// goes to `dir/server.out`. `logs` are the files (in `dir`) that
     /// [`Server::log`] reads. Retries with a new port if the first one was
     /// taken meanwhile (tests run in parallel).
-    pub fn start(
+    pub fn start(name: &str, logs: &[&str], setup: impl FnMut(&Path, u16) -> Command) -> Server {
+        Server::start_ready(name, logs, Ready::Port, setup)
+    }
+
+    /// [`Server::start`], waiting for `ready` instead of the port (a FastCGI
+    /// responder on a unix socket, say).
+    pub fn start_ready(
         name: &str,
         logs: &[&str],
+        ready: Ready,
         mut setup: impl FnMut(&Path, u16) -> Command,
     ) -> Server {
         let tmp = tempfile::Builder::new()
@@ -234,7 +256,7 @@ impl Server {
                 child,
                 tmp: tmp.take(),
             };
-            match server.wait_until_listening() {
+            match server.wait_until_listening(ready) {
                 Ok(()) => return server,
                 Err(why) => {
                     let log = server.log();
@@ -250,18 +272,26 @@ impl Server {
         unreachable!()
     }
 
-    fn wait_until_listening(&mut self) -> Result<(), String> {
+    fn wait_until_listening(&mut self, ready: Ready) -> Result<(), String> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return Err(format!("it exited with {status}"));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let up = match ready {
+                Ready::Port => {
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                }
+                Ready::Unix(name) => {
+                    std::os::unix::net::UnixStream::connect(self.dir.join(name)).is_ok()
+                }
+            };
+            if up {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err("the port did not answer within 30 s".into());
+                return Err(format!("{ready:?} did not answer within 30 s"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -605,4 +635,537 @@ pub fn multipart(fields: &[(&str, &str)], file: (&str, &str, &[u8])) -> (String,
     body.extend_from_slice(data);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// SHA-256 of a stream of bytes, by coreutils' `sha256sum` reading a pipe:
+/// nothing is kept in memory.
+pub struct Sha256 {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Sha256 {
+    pub fn new() -> Sha256 {
+        let mut child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run sha256sum");
+        let stdin = child.stdin.take();
+        Sha256 { child, stdin }
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        self.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(data)
+            .expect("feed sha256sum");
+    }
+    /// The digest in hex.
+    pub fn hex(mut self) -> String {
+        drop(self.stdin.take());
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .expect("sha256sum output");
+        self.child.wait().expect("wait for sha256sum");
+        out.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Sha256::new()
+    }
+}
+
+/// A response read as it arrived, its body hashed rather than kept.
+#[derive(Debug)]
+pub struct Streamed {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Body bytes received.
+    pub size: u64,
+    /// SHA-256 of the body, in hex.
+    pub sha256: String,
+    /// The first 64 KiB of the body.
+    pub head: Vec<u8>,
+    /// When each piece of the body arrived, since the request was sent.
+    pub arrivals: Vec<Duration>,
+}
+
+impl Streamed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.head).into_owned()
+    }
+}
+
+/// Send one request to 127.0.0.1:`port` whose body of `body_len` bytes
+/// `write_body` writes (in pieces, so that a large body is never held in
+/// memory), then read the response as it arrives: chunked, length-delimited
+/// or up to the end of the connection.
+pub fn request_streamed(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body_len: u64,
+    write_body: impl FnOnce(&mut dyn Write),
+) -> Streamed {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if body_len > 0 || method == "POST" {
+        head.push_str(&format!("Content-Length: {body_len}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .expect("send request head");
+    write_body(&mut stream);
+    let start = Instant::now();
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+
+    // The response head, line by line.
+    let mut raw_head = Vec::new();
+    loop {
+        let n = reader
+            .read_until(b'\n', &mut raw_head)
+            .unwrap_or_else(|e| panic!("read the response head of {method} {target}: {e}"));
+        if n == 0 || raw_head.ends_with(b"\r\n\r\n") || raw_head == b"\r\n" {
+            break;
+        }
+    }
+    let mut parsed_headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut parsed_headers);
+    if !matches!(parsed.parse(&raw_head), Ok(httparse::Status::Complete(_))) {
+        panic!(
+            "not an HTTP response to {method} {target}: {:?}",
+            String::from_utf8_lossy(&raw_head)
+        );
+    }
+    let mut response = Streamed {
+        status: parsed.code.unwrap_or(0),
+        headers: parsed
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value).into_owned();
+                (h.name.to_string(), value)
+            })
+            .collect(),
+        size: 0,
+        sha256: String::new(),
+        head: Vec::new(),
+        arrivals: Vec::new(),
+    };
+
+    let chunked = response
+        .header("Transfer-Encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let length = response
+        .header("Content-Length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let no_body = method == "HEAD" || matches!(response.status, 204 | 304);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 256 * 1024];
+    let mut take = |reader: &mut BufReader<TcpStream>, limit: Option<u64>| -> u64 {
+        let want = limit.map_or(buf.len(), |l| buf.len().min(l as usize));
+        let n = reader
+            .read(&mut buf[..want])
+            .unwrap_or_else(|e| panic!("read the body of {method} {target}: {e}"));
+        if n > 0 {
+            response.arrivals.push(start.elapsed());
+            hasher.update(&buf[..n]);
+            let keep = n.min((64 * 1024usize).saturating_sub(response.head.len()));
+            response.head.extend_from_slice(&buf[..keep]);
+        }
+        n as u64
+    };
+    let mut size = 0;
+    if no_body {
+    } else if chunked {
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("chunk size line");
+            let text = line.split(';').next().unwrap().trim();
+            let mut left = u64::from_str_radix(text, 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            if left == 0 {
+                break; // (no trailers expected)
+            }
+            while left > 0 {
+                let n = take(&mut reader, Some(left));
+                assert!(n > 0, "connection closed inside a chunk");
+                left -= n;
+                size += n;
+            }
+            let mut crlf = [0; 2];
+            reader.read_exact(&mut crlf).expect("chunk CRLF");
+        }
+    } else if let Some(length) = length {
+        while size < length {
+            let n = take(&mut reader, Some(length - size));
+            assert!(n > 0, "short body: {size} of {length} bytes");
+            size += n;
+        }
+    } else {
+        loop {
+            let n = take(&mut reader, None);
+            if n == 0 {
+                break;
+            }
+            size += n;
+        }
+    }
+    response.size = size;
+    response.sha256 = hasher.hex();
+    response
+}
+
+/// Root's web servers run their workers (and the FastCGI programs mod_fcgid
+/// starts) as `www-data`: check that this user passes `test FLAG PATH` for
+/// each of `wanted` (e.g. `("-x", binary)`), else say which directories
+/// lack `o+x`. Always fine when not running as root.
+pub fn www_data_can(wanted: &[(&str, PathBuf)]) -> Result<(), String> {
+    if !is_root() {
+        return Ok(());
+    }
+    let can = |flag: &str, path: &Path| {
+        Command::new("runuser")
+            .args(["-u", "www-data", "--", "test", flag])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let blocked: Vec<&PathBuf> = wanted
+        .iter()
+        .filter(|(flag, path)| !can(flag, path))
+        .map(|(_, path)| path)
+        .collect();
+    if blocked.is_empty() {
+        return Ok(());
+    }
+    let mut dirs: Vec<String> = blocked
+        .iter()
+        .flat_map(|p| p.ancestors().skip(1))
+        .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(|d| d.display().to_string())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    Err(format!(
+        "www-data cannot reach {blocked:?}; let it traverse the parent directories: \
+         `chmod o+x {}` (.ci/run does this)",
+        dirs.join(" ")
+    ))
+}
+
+/// Connections established to a listening unix socket at `path` (the
+/// accepted ends, which carry the socket's path), from /proc/net/unix.
+pub fn established_unix(path: &Path) -> usize {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let path = path.to_string_lossy();
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // Num RefCount Protocol Flags Type St Inode Path; St 03 = connected
+        .filter(|f| f.len() >= 8 && f[5] == "03" && f[7] == path)
+        .count()
+}
+
+/// Connections established to 127.0.0.1:`port` (the accepted ends), from
+/// /proc/net/tcp.
+pub fn established_tcp(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // sl local_address rem_address st ...; st 01 = ESTABLISHED
+        .filter(|f| f.len() >= 4 && f[1] == local && f[3] == "01")
+        .count()
+}
+
+/// An app mounted at `prefix` behind the web server `web`, and the process
+/// whose log gets the app's stderr (the web server itself, or a FastCGI
+/// responder the test started): the checks common to the web-server tests.
+pub struct Site<'a> {
+    pub web: &'a Server,
+    pub log: &'a Server,
+    pub prefix: &'a str,
+}
+
+impl Site<'_> {
+    /// GET `prefix` + `path`.
+    pub fn get(&self, path: &str) -> Response {
+        self.web.get(&format!("{}{path}", self.prefix))
+    }
+
+    /// POST `body` to `prefix` + `path`.
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Response {
+        let target = format!("{}{path}", self.prefix);
+        let headers = [("Content-Type", content_type)];
+        self.web.request("POST", &target, &headers, body)
+    }
+
+    /// Assert the status, showing the response if not (the server's logs
+    /// are printed when it is dropped during the panic).
+    pub fn expect(&self, r: &Response, status: u16) {
+        let name = &self.web.name;
+        assert_eq!(r.status, status, "{name}: {r:?}\nbody: {}", r.text());
+    }
+
+    /// GET `prefix` + `path`, expecting 200.
+    pub fn get_ok(&self, path: &str) -> Response {
+        let r = self.get(path);
+        self.expect(&r, 200);
+        r
+    }
+
+    /// `path` answers a clean 500 (no traceback, nothing marked SECRET) and
+    /// the log gets every one of `needles`.
+    pub fn check_500(&self, path: &str, needles: &[&str]) {
+        let mark = self.log.log_mark();
+        let r = self.get(path);
+        self.expect(&r, 500);
+        let body = r.text();
+        assert!(
+            !body.contains("SECRET") && !body.contains("Traceback"),
+            "leaked: {body}"
+        );
+        let log = self.log.log_since(&mark, needles);
+        let name = &self.log.name;
+        assert!(
+            needles.iter().all(|n| log.contains(n)),
+            "{needles:?} not in {name}'s log: {log}"
+        );
+    }
+
+    /// `path` redirects to `to`, as a path or as an absolute URL.
+    pub fn check_redirect(&self, path: &str, to: &str) {
+        let r = self.get(path);
+        let redirect = matches!(r.status, 301 | 302 | 303 | 307 | 308);
+        assert!(redirect, "{}: {path}: {r:?}", self.web.name);
+        let location = r.header("Location").expect("Location header");
+        let absolute = format!("http://127.0.0.1:{}{to}", self.web.port);
+        assert!(
+            location == to || location == absolute,
+            "{path} redirected to {location}"
+        );
+    }
+
+    /// The fixture apps' form route echoes `name` and `city` as JSON.
+    pub fn check_form(&self, path: &str) {
+        let form = "application/x-www-form-urlencoded";
+        let r = self.post(path, form, b"name=Zo%C3%A9&city=Paris");
+        self.expect(&r, 200);
+        let j = r.json();
+        assert_eq!(
+            (j.get("name").str(), j.get("city").str()),
+            (Some("Zoé"), Some("Paris"))
+        );
+    }
+
+    /// The fixture apps' upload route: a 1 MiB multipart file and a note
+    /// come back as `{filename, size, sha256, note}`.
+    pub fn check_upload(&self, path: &str) {
+        let data = random_bytes(1 << 20, 0x5eed);
+        let (content_type, body) = multipart(&[("note", "one MiB")], ("file", "r.bin", &data));
+        let r = self.post(path, &content_type, &body);
+        self.expect(&r, 200);
+        let j = r.json();
+        assert_eq!(j.get("size").num(), Some((1 << 20) as f64), "{j:?}");
+        assert_eq!(j.get("sha256").str(), Some(sha256_hex(&data).as_str()));
+        assert_eq!(
+            (j.get("filename").str(), j.get("note").str()),
+            (Some("r.bin"), Some("one MiB"))
+        );
+    }
+}
+
+/// `name` as [`find_program`] finds it, or `None` after `skip`ping (or
+/// failing, under WSGI_TEST_STRICT=1) with the Debian package to install.
+pub fn require_program(name: &str, package: &str) -> Option<PathBuf> {
+    let found = find_program(name);
+    if found.is_none() {
+        let why = format!("{name} is not installed (apt-get install {package})");
+        if std::env::var_os("WSGI_TEST_STRICT").is_some_and(|v| v == "1") {
+            panic!("prerequisite missing (WSGI_TEST_STRICT=1): {why}");
+        }
+        eprintln!("skipped: {why}");
+    }
+    found
+}
+
+impl Server {
+    /// Start the web server `exe` with the main configuration
+    /// `conf(dir, port)` written to `dir/<name>.conf`, run as
+    /// `exe <args> <that file>` in a clean environment (nothing from the
+    /// test run leaks into the apps).
+    pub fn start_conf(
+        name: &str,
+        exe: &Path,
+        logs: &[&str],
+        args: impl Fn(&Path) -> Vec<std::ffi::OsString>,
+        conf: impl Fn(&Path, u16) -> String,
+    ) -> Server {
+        Server::start(name, logs, |dir, port| {
+            let file = dir.join(format!("{name}.conf"));
+            std::fs::write(&file, conf(dir, port)).unwrap();
+            let mut cmd = Command::new(exe);
+            cmd.env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .env("LANG", "C.UTF-8");
+            cmd.args(args(dir)).arg(&file);
+            cmd
+        })
+    }
+}
+
+/// Where a FastCGI responder listens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Listen {
+    /// The unix socket `dir/app.sock`.
+    Unix,
+    /// 127.0.0.1 on a free port.
+    Tcp,
+}
+
+/// A FastCGI responder the test started (a [`Server`]: own directory,
+/// process group, stderr in `server.out`).
+pub struct Responder {
+    pub proc: Server,
+    pub listen: Listen,
+}
+
+impl Responder {
+    /// Start `command(bind)`, `bind` being `unix:PATH` or `127.0.0.1:PORT`.
+    pub fn start(listen: Listen, command: impl Fn(&str) -> Command) -> Responder {
+        let ready = match listen {
+            Listen::Unix => Ready::Unix("app.sock"),
+            Listen::Tcp => Ready::Port,
+        };
+        let proc = Server::start_ready("responder", &[], ready, |dir, port| match listen {
+            Listen::Unix => command(&format!("unix:{}", dir.join("app.sock").display())),
+            Listen::Tcp => command(&format!("127.0.0.1:{port}")),
+        });
+        Responder { proc, listen }
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.proc.dir.join("app.sock")
+    }
+    /// The address as `--bind` and nginx's `server` write it.
+    pub fn address(&self) -> String {
+        match self.listen {
+            Listen::Unix => format!("unix:{}", self.socket().display()),
+            Listen::Tcp => format!("127.0.0.1:{}", self.proc.port),
+        }
+    }
+    /// Connections established to it now.
+    pub fn connections(&self) -> usize {
+        match self.listen {
+            Listen::Unix => established_unix(&self.socket()),
+            Listen::Tcp => established_tcp(self.proc.port),
+        }
+    }
+}
+
+/// Size of the big transfers.
+pub const BIG: u64 = 100 << 20;
+
+/// A file of [`BIG`] random bytes in target/test-data (which www-data can
+/// read under .ci/run) and its SHA-256, made once per test run; and the
+/// SHA-256 of tests/apps/stream_app.py's /bytes pattern of that size.
+pub fn big_file() -> &'static (PathBuf, String, String) {
+    static BIG_FILE: std::sync::OnceLock<(PathBuf, String, String)> = std::sync::OnceLock::new();
+    BIG_FILE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-data");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("random-100MiB.bin");
+        let tmp = dir.join(format!("random-100MiB.{}.tmp", std::process::id()));
+        let (mut file, mut sha) = (File::create(&tmp).unwrap(), Sha256::new());
+        for i in 0..BIG >> 20 {
+            let chunk = random_bytes(1 << 20, 0xb16 + i);
+            sha.update(&chunk);
+            file.write_all(&chunk).unwrap();
+        }
+        drop(file);
+        std::fs::rename(&tmp, &path).unwrap();
+        let mut pattern = Sha256::new();
+        for i in 0..BIG / 65536 {
+            pattern.update(&[(i % 251) as u8; 65536]);
+        }
+        (path, sha.hex(), pattern.hex())
+    })
+}
+
+impl Site<'_> {
+    /// stream_app.py's /stream: a generator's 5 chunks, 250 ms apart, reach
+    /// the client as they are yielded (not all at once at the end).
+    pub fn check_stream(&self) {
+        let target = format!("{}/stream?n=5&delay=0.25", self.prefix);
+        let r = request_streamed(self.web.port, "GET", &target, &[], 0, |_| {});
+        assert_eq!(r.status, 200, "{}: {r:?}", self.web.name);
+        let want: String = (0..5).map(|i| format!("chunk {i}\n")).collect();
+        assert_eq!(r.text(), want);
+        let spread = *r.arrivals.last().unwrap() - r.arrivals[0];
+        assert!(
+            spread >= Duration::from_millis(600),
+            "{}: the 1 s stream arrived within {spread:?} (reads at {:?}): buffered, not streamed",
+            self.web.name,
+            r.arrivals
+        );
+    }
+
+    /// [`BIG`] bytes up to stream_app.py's /sha256 (hashed by the app as it
+    /// reads), and down from gateway.py's /file (`wsgi.file_wrapper`) and
+    /// stream_app.py's /bytes (a generator), hashed as they arrive.
+    pub fn check_big(&self) {
+        let (name, (path, sha, pattern_sha)) = (&self.web.name, big_file());
+        let binary = [("Content-Type", "application/octet-stream")];
+        let target = format!("{}/sha256", self.prefix);
+        let r = request_streamed(self.web.port, "POST", &target, &binary, BIG, |out| {
+            let mut file = File::open(path).unwrap();
+            std::io::copy(&mut file, out).expect("send the upload");
+        });
+        assert_eq!(r.status, 200, "{name}: upload: {r:?}");
+        let j = Json::parse(&r.text()).unwrap();
+        assert_eq!(j.get("size").num(), Some(BIG as f64), "{name}: {j:?}");
+        assert_eq!(j.get("sha256").str(), Some(sha.as_str()), "{name}: upload");
+        for (what, query, want) in [
+            ("file", format!("/file?path={}", path.display()), sha),
+            ("generator", format!("/bytes?size={BIG}"), pattern_sha),
+        ] {
+            let target = format!("{}{query}", self.prefix);
+            let r = request_streamed(self.web.port, "GET", &target, &[], 0, |_| {});
+            assert_eq!(r.status, 200, "{name}: {what} download: {r:?}");
+            assert_eq!((r.size, &r.sha256), (BIG, want), "{name}: {what} download");
+        }
+    }
 }

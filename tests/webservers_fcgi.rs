@@ -1,0 +1,578 @@
+//! End to end over FastCGI through real web servers, each started on a free
+//! loopback port with a generated main configuration that includes the
+//! shipped snippet from conf/ as it is:
+//!
+//! - nginx (conf/nginx/wsgi-fcgi.conf) → a `wsgi-fcgi` responder the test
+//!   starts, on a unix socket and on TCP, through a `keepalive` upstream;
+//! - Apache mod_proxy_fcgi (conf/apache/wsgi-fcgi-proxy.conf, enablereuse=on)
+//!   → a responder on a unix socket, and on TCP;
+//! - Apache mod_fcgid (conf/apache/wsgi-fcgid.conf), which starts wsgi-fcgi
+//!   itself with the listening socket on fd 0;
+//! - lighttpd mod_fastcgi (conf/lighttpd/wsgi-fcgi.conf) → a responder on a
+//!   unix socket, and in `bin-path` mode, where lighttpd starts wsgi-fcgi;
+//! - spawn-fcgi (conf/spawn-fcgi.sh) starting wsgi-fcgi with the socket on
+//!   fd 0, probed with `wsgi-fcgi request`, then served through nginx;
+//! - Mercurial's hgweb behind nginx at /hg/, cloned with `hg clone`.
+//!
+//! The app is tests/apps/fcgi_site.py (Flask plus gateway.py's and
+//! stream_app.py's routes in one responder); Django through nginx. Checked:
+//! routes, JSON, forms, uploads, redirects and SCRIPT_NAME/PATH_INFO under
+//! the prefix, a generator's chunks arriving as they are yielded, 100 MiB up
+//! and down (hashed as they go, never held in memory), clean 500s with the
+//! traceback in the right log, and connections kept open and reused where
+//! the server does that (nginx, mod_proxy_fcgi).
+//! A missing server or module is reported with `support::skip`.
+
+#[path = "support/http.rs"]
+mod http;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use http::{Json, Listen, Ready, Responder, Server, Site};
+
+const MOUNT: &str = "/app";
+
+/// What a responder serves: wsgi-fcgi's settings.
+struct App {
+    spec: String,
+    venv: PathBuf,
+    chdir: Option<PathBuf>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl App {
+    /// A file app under tests/apps, run with the test virtualenv.
+    fn file(name: &str) -> Option<App> {
+        let spec = support::app(name).display().to_string();
+        Some(App {
+            spec,
+            venv: support::venv()?,
+            chdir: None,
+            env: vec![],
+        })
+    }
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--app".into(), self.spec.clone(), "--venv".into()];
+        args.push(self.venv.display().to_string());
+        if let Some(dir) = &self.chdir {
+            args.extend(["--chdir".into(), dir.display().to_string()]);
+        }
+        args
+    }
+}
+
+fn wsgi_fcgi() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wsgi-fcgi"))
+}
+
+/// Web servers started as root run their workers as www-data: the unix
+/// socket (mode 0660) gets that group, as the snippets recommend.
+fn socket_group() -> Option<&'static str> {
+    http::is_root().then_some("www-data")
+}
+
+/// wsgi-fcgi serving `app`, started by the test.
+fn responder(app: &App, listen: Listen) -> Responder {
+    Responder::start(listen, |bind| {
+        let mut cmd = Command::new(wsgi_fcgi());
+        cmd.args(app.args()).args(["--bind", bind]);
+        if let Some(group) = socket_group() {
+            cmd.args(["--socket-group", group]);
+        }
+        cmd.envs(app.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    })
+}
+
+/// Start web server `name` with the main configuration `conf(dir, port)`.
+fn start(name: &str, logs: &[&str], conf: impl Fn(&Path, u16) -> String) -> Option<Server> {
+    let exe = http::require_program(name, name)?;
+    let args = |dir: &Path| {
+        let d = dir.display();
+        let words = match name {
+            "nginx" => format!("-p {d} -e {d}/error.log -c"),
+            "apache2" => "-DFOREGROUND -f".into(),
+            _ => "-D -f".into(),
+        };
+        words.split(' ').map(Into::into).collect()
+    };
+    Some(Server::start_conf(name, &exe, logs, args, conf))
+}
+
+/// nginx in front of `upstream` (as its `server` line writes it), mounted at
+/// `prefix`: the shipped snippet for /app, else a copy with /app replaced,
+/// as the snippet's header tells users to do.
+fn nginx(upstream: &str, prefix: &str) -> Option<Server> {
+    start("nginx", &["error.log"], |dir, port| {
+        // `include fastcgi_params` is relative to the main configuration.
+        std::fs::copy("/etc/nginx/fastcgi_params", dir.join("fastcgi_params"))
+            .expect("/etc/nginx/fastcgi_params (Debian's nginx-common)");
+        let mut snippet = support::root().join("conf/nginx/wsgi-fcgi.conf");
+        if prefix != MOUNT {
+            let text = std::fs::read_to_string(&snippet).unwrap();
+            snippet = dir.join("location.conf");
+            std::fs::write(&snippet, text.replace(MOUNT, prefix)).unwrap();
+        }
+        let (d, snippet) = (dir.display(), snippet.display());
+        let user = http::is_root().then_some("user www-data www-data;");
+        let user = user.unwrap_or_default();
+        format!(
+            r#"# Generated by tests/webservers_fcgi.rs
+daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+{user}
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_max_body_size 200m;
+    client_body_temp_path {d}/body;
+    fastcgi_temp_path {d}/fastcgi;
+    proxy_temp_path {d}/proxy;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream wsgi_fcgi {{
+        server {upstream};
+        keepalive 8;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name 127.0.0.1;
+        include {snippet};
+    }}
+}}
+"#
+        )
+    })
+}
+
+enum Apache<'a> {
+    /// mod_proxy_fcgi to this `WSGI_FCGI_BACKEND`.
+    Proxy(String),
+    /// mod_fcgid starting wsgi-fcgi for this app.
+    Fcgid(&'a App),
+}
+
+fn apache(mode: Apache) -> Option<Server> {
+    let (module, package) = match mode {
+        Apache::Proxy(_) => ("proxy_fcgi", "apache2"),
+        Apache::Fcgid(_) => ("fcgid", "libapache2-mod-fcgid"),
+    };
+    let so = format!("/usr/lib/apache2/modules/mod_{module}.so");
+    if http::find_program("apache2").is_some() && !Path::new(&so).is_file() {
+        support::skip(&format!("no {so} (apt-get install {package})"));
+        return None;
+    }
+    if let Apache::Fcgid(app) = &mode {
+        // mod_fcgid runs wsgi-fcgi as www-data.
+        let mut wanted = vec![("-x", wsgi_fcgi()), ("-r", app.venv.join("pyvenv.cfg"))];
+        wanted.extend([
+            ("-r", PathBuf::from(&app.spec)),
+            ("-r", http::big_file().0.clone()),
+        ]);
+        wanted.extend(http::libpython(&wsgi_fcgi()).map(|lib| ("-r", lib)));
+        if let Err(why) = http::www_data_can(&wanted) {
+            support::skip(&format!("mod_fcgid: {why}"));
+            return None;
+        }
+    }
+    start("apache2", &["error.log"], |dir, port| {
+        let d = dir.display();
+        let mut conf = format!(
+            r#"# Generated by tests/webservers_fcgi.rs
+ServerRoot "{d}"
+DefaultRuntimeDir "{d}"
+PidFile "{d}/httpd.pid"
+ErrorLog "{d}/error.log"
+LogLevel warn
+Listen 127.0.0.1:{port}
+ServerName 127.0.0.1
+LogFormat "%h \"%r\" %>s %b %D" test
+CustomLog "{d}/access.log" test
+<Directory />
+    Require all denied
+</Directory>
+"#
+        );
+        if http::is_root() {
+            conf.push_str("User www-data\nGroup www-data\n");
+        }
+        let modules = format!("mpm_event authz_core alias setenvif log_config proxy {module}");
+        for m in modules.split_whitespace() {
+            let so = format!("/usr/lib/apache2/modules/mod_{m}.so");
+            conf.push_str(&format!(
+                "<IfModule !{m}_module>\n    LoadModule {m}_module {so}\n</IfModule>\n"
+            ));
+        }
+        let snippet = match &mode {
+            Apache::Proxy(backend) => {
+                conf.push_str(&format!("Define WSGI_FCGI_BACKEND \"{backend}\"\n"));
+                "wsgi-fcgi-proxy.conf"
+            }
+            Apache::Fcgid(app) => {
+                let (bin, venv) = (wsgi_fcgi(), app.venv.display());
+                conf.push_str(&format!(
+                    r#"# Server-wide mod_fcgid paths (Debian's fcgid.conf sets them).
+FcgidIPCDir "{d}/fcgid"
+FcgidProcessTableFile "{d}/fcgid_shm"
+Define WSGI_FCGID_BIN "{}"
+Define WSGI_FCGID_APP "{}"
+Define WSGI_FCGID_VENV "{venv}"
+"#,
+                    bin.display(),
+                    app.spec
+                ));
+                "wsgi-fcgid.conf"
+            }
+        };
+        let snippet = support::root().join("conf/apache").join(snippet);
+        conf.push_str(&format!(
+            "<VirtualHost 127.0.0.1:{port}>\n    ServerName 127.0.0.1\n    Include \"{}\"\n</VirtualHost>\n",
+            snippet.display()
+        ));
+        conf
+    })
+}
+
+/// lighttpd → the `responder`, or in bin-path mode (no responder) starting
+/// wsgi-fcgi for `app` itself.
+fn lighttpd(responder: Option<&Responder>, app: &App) -> Option<Server> {
+    start("lighttpd", &["error.log", "breakage.log"], |dir, port| {
+        let d = dir.display();
+        let socket = responder.map_or(dir.join("app.sock"), |r| r.socket());
+        let bin = if responder.is_none() {
+            wsgi_fcgi()
+        } else {
+            PathBuf::new()
+        };
+        // Unset is "", as the snippet documents (with a responder they are unused).
+        let chdir = app.chdir.clone().unwrap_or_default();
+        let (socket, bin, chdir, venv) = (
+            socket.display(),
+            bin.display(),
+            chdir.display(),
+            app.venv.display(),
+        );
+        let snippet = support::root().join("conf/lighttpd/wsgi-fcgi.conf");
+        format!(
+            r#"# Generated by tests/webservers_fcgi.rs
+server.modules = ( "mod_accesslog" )
+server.bind = "127.0.0.1"
+server.port = {port}
+server.document-root = "{d}"
+server.errorlog = "{d}/error.log"
+# The stderr of the programs lighttpd starts (bin-path).
+server.breakagelog = "{d}/breakage.log"
+server.upload-dirs = ( "{d}" )
+server.max-request-size = 204800
+accesslog.filename = "{d}/access.log"
+var.wsgi_fcgi_prefix = "{MOUNT}"
+var.wsgi_fcgi_socket = "{socket}"
+var.wsgi_fcgi_bin_path = "{bin}"
+var.wsgi_fcgi_app = "{}"
+var.wsgi_fcgi_venv = "{venv}"
+var.wsgi_fcgi_chdir = "{chdir}"
+include "{}"
+"#,
+            app.spec,
+            snippet.display()
+        )
+    })
+}
+
+/// conf/spawn-fcgi.sh starting wsgi-fcgi for `app` on `dir/app.sock`.
+fn spawn_fcgi(app: &App) -> Option<Server> {
+    http::require_program("spawn-fcgi", "spawn-fcgi")?;
+    let script = support::root().join("conf/spawn-fcgi.sh");
+    let ready = Ready::Unix("app.sock");
+    Some(Server::start_ready("spawn-fcgi", &[], ready, |dir, _| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(&script)
+            .args(app.args())
+            .env("WSGI_FCGI_BIN", wsgi_fcgi());
+        cmd.env("SPAWN_FCGI_SOCKET", dir.join("app.sock"));
+        cmd.envs(socket_group().map(|g| ("SPAWN_FCGI_GROUP", g)));
+        cmd
+    }))
+}
+
+fn check_flask(s: &Site) {
+    let p = s.prefix;
+    assert_eq!(s.get_ok("/").text(), "Hello from Flask\n");
+    // The prefix without its slash is sent to it (by the server or by Flask).
+    s.check_redirect("", &format!("{p}/"));
+    // SCRIPT_NAME from the server is Flask's script_root: URLs stay under the prefix.
+    let j = s.get_ok("/json?x=1").json();
+    assert_eq!(j.get("script_root").str(), Some(p), "{j:?}");
+    let (path, x) = (j.get("path").str(), j.get("args").get("x").str());
+    assert_eq!((path, x), (Some("/json"), Some("1")), "{j:?}");
+    s.check_redirect("/go", &format!("{p}/json"));
+    s.check_form("/form");
+    s.check_upload("/upload");
+    let name = s.get_ok("/path/caf%C3%A9").json().get("name").clone();
+    assert_eq!(name.str(), Some("café"));
+    s.check_500("/boom", &["Traceback", "SECRET-FLASK-DETAIL"]);
+}
+
+fn check_environ(s: &Site) {
+    let (env, port) = (s.get_ok("/environ?q=1").json(), s.web.port.to_string());
+    for (key, value) in [
+        ("SCRIPT_NAME", s.prefix),
+        ("PATH_INFO", "/environ"),
+        ("QUERY_STRING", "q=1"),
+        ("REQUEST_METHOD", "GET"),
+        ("SERVER_PORT", &port),
+        ("wsgi.url_scheme", "http"),
+    ] {
+        let name = &s.web.name;
+        assert_eq!(
+            env.get(key).str(),
+            Some(value),
+            "{key} from {name}: {env:?}"
+        );
+    }
+    // A resident, threaded responder.
+    assert_eq!(env.get("wsgi.run_once"), &Json::Bool(false), "{env:?}");
+    assert_eq!(env.get("wsgi.multithread"), &Json::Bool(true), "{env:?}");
+
+    let data = http::random_bytes(100_000, 7);
+    let r = s.post("/echo", "application/octet-stream", &data);
+    s.expect(&r, 200);
+    assert!(
+        r.body == data,
+        "echoed {} bytes of {}",
+        r.body.len(),
+        data.len()
+    );
+    s.check_500("/raise", &["SECRET-TRACEBACK-DETAIL"]);
+}
+
+/// Sequential requests reuse kept-open connections (FCGI_KEEP_CONN): some
+/// stay open afterwards, far fewer than the requests.
+fn check_kept_open(s: &Site, responder: &Responder) {
+    for _ in 0..12 {
+        s.get_ok("/json");
+    }
+    let open = responder.connections();
+    assert!(
+        (1..=4).contains(&open),
+        "{}: {open} connections open to wsgi-fcgi after 12 requests \
+         (expected 1 to 4: kept open and reused)",
+        s.web.name
+    );
+}
+
+fn site<'a>(web: &'a Server, log: &'a Server) -> Site<'a> {
+    let prefix = MOUNT;
+    Site { web, log, prefix }
+}
+
+/// One test per case; a case returns `None` when it was skipped (a missing
+/// prerequisite, reported by `support::skip`).
+macro_rules! cases {
+    ($($test:ident => $case:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            let _: Option<()> = $case;
+        }
+    )*};
+}
+
+cases! {
+    nginx_unix_socket => nginx_site(Listen::Unix, true);
+    nginx_tcp => nginx_site(Listen::Tcp, false);
+    nginx_django => run_nginx_django();
+    nginx_hgweb_clone => nginx_hgweb();
+    apache_proxy_fcgi_unix_socket => apache_proxy(Listen::Unix);
+    apache_proxy_fcgi_tcp => apache_proxy(Listen::Tcp);
+    apache_fcgid => run_apache_fcgid();
+    lighttpd_socket => run_lighttpd_socket();
+    lighttpd_bin_path => run_lighttpd_bin_path();
+    spawn_fcgi_fd0 => run_spawn_fcgi_fd0();
+}
+
+/// nginx → wsgi-fcgi serving fcgi_site.py over `listen`.
+fn nginx_site(listen: Listen, big: bool) -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let responder = responder(&app, listen);
+    let web = nginx(&responder.address(), MOUNT)?;
+    let s = site(&web, &responder.proc);
+    check_environ(&s);
+    check_flask(&s);
+    s.check_stream();
+    if big {
+        s.check_big();
+    }
+    check_kept_open(&s, &responder);
+    Some(())
+}
+
+fn run_nginx_django() -> Option<()> {
+    let venv = support::venv()?;
+    let (spec, chdir) = ("djangoapp.wsgi".into(), Some(support::app("")));
+    let app = App {
+        spec,
+        venv,
+        chdir,
+        env: vec![],
+    };
+    let responder = responder(&app, Listen::Unix);
+    let web = nginx(&responder.address(), MOUNT)?;
+    let s = site(&web, &responder.proc);
+    assert_eq!(s.get_ok("/").text(), "Hello from Django\n");
+    let j = s.get_ok("/json/?q=1").json();
+    assert_eq!(j.get("script_name").str(), Some(MOUNT), "{j:?}");
+    assert_eq!(j.get("path").str(), Some("/app/json/"), "{j:?}");
+    assert_eq!(j.get("path_info").str(), Some("/json/"), "{j:?}");
+    assert_eq!(j.get("q").get("q").str(), Some("1"), "{j:?}");
+    s.check_redirect("/go/", "/app/json/");
+    s.check_form("/form/");
+    s.check_upload("/upload/");
+    s.check_500("/boom/", &["SECRET-DJANGO-DETAIL"]);
+    Some(())
+}
+
+fn apache_proxy(listen: Listen) -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let responder = responder(&app, listen);
+    let backend = match listen {
+        Listen::Unix => format!("unix:{}|fcgi://localhost", responder.socket().display()),
+        Listen::Tcp => format!("fcgi://127.0.0.1:{}", responder.proc.port),
+    };
+    let web = apache(Apache::Proxy(backend))?;
+    let s = site(&web, &responder.proc);
+    check_environ(&s);
+    check_flask(&s);
+    s.check_stream();
+    if listen == Listen::Unix {
+        s.check_big();
+    }
+    check_kept_open(&s, &responder);
+    Some(())
+}
+
+fn run_apache_fcgid() -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let web = apache(Apache::Fcgid(&app))?;
+    // mod_fcgid gives wsgi-fcgi's stderr to Apache's error log.
+    let s = site(&web, &web);
+    check_environ(&s);
+    check_flask(&s);
+    s.check_stream();
+    s.check_big();
+    // The processes mod_fcgid started adopted the socket on fd 0.
+    let log = web.log();
+    assert!(log.contains("app threads on 1 socket(s)"), "{log}");
+    Some(())
+}
+
+fn run_lighttpd_socket() -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let responder = responder(&app, Listen::Unix);
+    let web = lighttpd(Some(&responder), &app)?;
+    let s = site(&web, &responder.proc);
+    check_environ(&s);
+    check_flask(&s);
+    s.check_stream();
+    s.check_big();
+    Some(())
+}
+
+fn run_lighttpd_bin_path() -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let web = lighttpd(None, &app)?;
+    let s = site(&web, &web);
+    let r = web.get("/app/environ");
+    let refused = "a value is required for '--chdir";
+    if r.status != 200 && web.log_since(&[0, 0, 0], &[refused]).contains(refused) {
+        panic!(
+            "gateway bug: lighttpd starts wsgi-fcgi with WSGI_CHDIR=\"\" (the snippet's \
+             \"no chdir\"; wsgi-cgi treats an empty WSGI_* as unset) and wsgi-fcgi exits \
+             at once with \"error: a value is required for '--chdir <DIR>'\", so lighttpd \
+             answers {} (its log follows)",
+            r.status
+        );
+    }
+    check_environ(&s);
+    check_flask(&s);
+    s.check_stream();
+    Some(())
+}
+
+fn run_spawn_fcgi_fd0() -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let spawned = spawn_fcgi(&app)?;
+    let address = format!("unix:{}", spawned.dir.join("app.sock").display());
+    let mut probe = Command::new(wsgi_fcgi());
+    let probe = probe
+        .args(["request", &address, "/environ?probe=1"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        probe.status.success(),
+        "wsgi-fcgi request: {:?} {out}",
+        probe.status
+    );
+    let probed = out.starts_with("Status: 200") && out.contains(r#""QUERY_STRING": "probe=1""#);
+    assert!(probed, "{out}");
+    let web = nginx(&address, MOUNT)?;
+    let s = site(&web, &spawned);
+    check_environ(&s);
+    check_flask(&s);
+    s.check_stream();
+    Some(())
+}
+
+/// Mercurial's hgweb at /hg/ behind nginx: its pages link under /hg/ and
+/// `hg clone` over HTTP gets the commit.
+fn nginx_hgweb() -> Option<()> {
+    const DESC: &str = "first commit over fcgi";
+    let mut app = App::file("hgweb_app.py")?;
+    let hg = app.venv.join("bin/hg");
+    if !hg.is_file() {
+        support::skip("no hg in the test virtualenv: rerun tests/setup-venv.sh (mercurial)");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, clone) = (tmp.path().join("repo"), tmp.path().join("clone"));
+    let hg = |args: &[&str]| {
+        let mut cmd = Command::new(&hg);
+        let out = cmd
+            .args(args)
+            .env("HGRCPATH", "")
+            .env("HGPLAIN", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "hg {args:?}: {stdout}{stderr}");
+        stdout
+    };
+    let (r, c) = (repo.to_str().unwrap(), clone.to_str().unwrap());
+    hg(&["init", r]);
+    std::fs::write(repo.join("README"), "served by wsgi-fcgi\n").unwrap();
+    hg(&["-R", r, "add", "-q", &format!("{r}/README")]);
+    hg(&["-R", r, "commit", "-qu", "test", "-m", DESC]);
+
+    app.env.push(("HGWEB_REPO", r.to_string()));
+    let responder = responder(&app, Listen::Unix);
+    let web = nginx(&responder.address(), "/hg")?;
+    let page = web.get("/hg/");
+    assert_eq!(page.status, 200, "{page:?}");
+    let html = page.text();
+    assert!(
+        html.contains(DESC) && html.contains(r#"href="/hg/"#),
+        "{html}"
+    );
+
+    let url = format!("http://127.0.0.1:{}/hg/", web.port);
+    hg(&["clone", "-q", &url, c]);
+    assert_eq!(hg(&["-R", c, "log", "-T", "{desc}"]), DESC);
+    let readme = std::fs::read_to_string(clone.join("README")).unwrap();
+    assert_eq!(readme, "served by wsgi-fcgi\n");
+    Some(())
+}
