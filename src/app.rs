@@ -9,6 +9,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
@@ -96,12 +97,46 @@ impl StartResponse {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_bytes(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        py.detach(|| self.lock().write(data)).map_err(|e| {
+    fn write_bytes(&self, py: Python<'_>, data: &Bound<'_, PyBytes>, last: bool) -> PyResult<()> {
+        let data = shared_bytes(data);
+        py.detach(|| self.lock().write(data, last)).map_err(|e| {
             self.client_gone.store(true, Ordering::Relaxed);
             PyErr::from(e)
         })
     }
+}
+
+/// A Python `bytes` object as [`Bytes`] without copying: the object is
+/// immutable and kept alive by the reference held here, so its buffer can be
+/// read from any thread, GIL or not. Small chunks are copied instead (cheaper
+/// than a reference that must be released later).
+fn shared_bytes(data: &Bound<'_, PyBytes>) -> Bytes {
+    struct Owner {
+        object: Py<PyBytes>,
+        ptr: *const u8,
+        len: usize,
+    }
+    // SAFETY: `ptr`/`len` point into the immutable buffer of `object`, which
+    // this struct keeps alive; a bytes object's buffer never moves or
+    // changes, so sharing it with another thread is sound. Dropping the
+    // `Py` without the GIL defers the decref to pyo3's reference pool.
+    unsafe impl Send for Owner {}
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            let _ = &self.object;
+            // SAFETY: see the `Send` impl above.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+    let slice = data.as_bytes();
+    if slice.len() <= 16 * 1024 {
+        return Bytes::copy_from_slice(slice);
+    }
+    Bytes::from_owner(Owner {
+        object: data.clone().unbind(),
+        ptr: slice.as_ptr(),
+        len: slice.len(),
+    })
 }
 
 fn extract_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
@@ -160,7 +195,7 @@ impl StartResponse {
                 "write() called before start_response",
             ));
         }
-        self.write_bytes(py, data.as_bytes())
+        self.write_bytes(py, data, false)
     }
 }
 
@@ -270,7 +305,16 @@ fn stream(py: Python<'_>, sr: &StartResponse, iterable: &Bound<'_, PyAny>) -> Py
             return Ok(());
         }
     }
-    for item in iterable.try_iter()? {
+    // A list or tuple says when its last item comes: that one may leave
+    // together with the end of the response.
+    let known_len = if iterable.is_exact_instance_of::<pyo3::types::PyList>()
+        || iterable.is_exact_instance_of::<pyo3::types::PyTuple>()
+    {
+        iterable.len().ok()
+    } else {
+        None
+    };
+    for (index, item) in iterable.try_iter()?.enumerate() {
         let item = item?;
         let chunk = item.cast::<PyBytes>().map_err(|_| {
             PyTypeError::new_err(format!(
@@ -290,7 +334,7 @@ fn stream(py: Python<'_>, sr: &StartResponse, iterable: &Bound<'_, PyAny>) -> Py
                 "the application yielded body data before calling start_response",
             ));
         }
-        sr.write_bytes(py, data)?;
+        sr.write_bytes(py, chunk, known_len == Some(index + 1))?;
     }
     Ok(())
 }
@@ -339,7 +383,12 @@ fn send_file(py: Python<'_>, sr: &StartResponse, wrapper: &FileWrapper) -> PyRes
 struct NullSink;
 
 impl crate::response::Sink for NullSink {
-    fn send(&mut self, _: Option<&crate::response::Head>, _: &[u8]) -> std::io::Result<()> {
+    fn send(
+        &mut self,
+        _: Option<&crate::response::Head>,
+        _: Bytes,
+        _: bool,
+    ) -> std::io::Result<()> {
         Ok(())
     }
     fn send_file(

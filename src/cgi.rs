@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
+use bytes::Bytes;
 use pyo3::prelude::*;
 
 use crate::appspec::AppSpec;
@@ -93,14 +94,14 @@ impl CgiSink {
 }
 
 impl Sink for CgiSink {
-    fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()> {
+    fn send(&mut self, head: Option<&Head>, body: Bytes, _last: bool) -> io::Result<()> {
         let mut buf = Self::head_bytes(head);
         if buf.len() + body.len() <= 64 * 1024 {
-            buf.extend_from_slice(body);
+            buf.extend_from_slice(&body);
             self.out.write_all(&buf)
         } else {
             self.out.write_all(&buf)?;
-            self.out.write_all(body)
+            self.out.write_all(&body)
         }
     }
 

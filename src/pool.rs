@@ -95,9 +95,11 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
         aborted,
         ..
     } = job;
+    let held = Arc::new(Mutex::new(None));
     let sink = FcgiSink {
         out: out.clone(),
         aborted: aborted.clone(),
+        held: held.clone(),
     };
     let status = match environ::build(&meta) {
         Err(err) => {
@@ -150,8 +152,19 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
             }
         }
     };
+    // The last output, held back by the sink, leaves with END_REQUEST.
+    let (head, body) = held
+        .lock()
+        .ok()
+        .and_then(|mut h| h.take())
+        .unwrap_or_default();
+    let end = Out::End {
+        status: status as u32,
+        head,
+        body,
+    };
     // The connection is gone if this fails: nothing left to tell.
-    let _ = py.detach(|| out.blocking_send(Out::End(status as u32)));
+    let _ = py.detach(|| out.blocking_send(end));
 }
 
 /// `wsgi.input`'s source: STDIN records as they arrive.
@@ -179,6 +192,9 @@ impl Read for ChannelReader {
 struct FcgiSink {
     out: mpsc::Sender<Out>,
     aborted: Arc<AtomicBool>,
+    /// The final output (a list's last item, an error page), sent with
+    /// END_REQUEST by the job instead of on its own.
+    held: Arc<Mutex<Option<(Bytes, Bytes)>>>,
 }
 
 impl FcgiSink {
@@ -198,14 +214,25 @@ impl FcgiSink {
     }
 }
 
+fn head_bytes(head: Option<&Head>) -> Bytes {
+    let mut data = Vec::new();
+    if let Some(head) = head {
+        data.reserve(256);
+        wire::cgi_head(head, &mut data);
+    }
+    Bytes::from(data)
+}
+
 impl Sink for FcgiSink {
-    fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()> {
-        let mut data = Vec::with_capacity(body.len() + 256);
-        if let Some(head) = head {
-            wire::cgi_head(head, &mut data);
+    fn send(&mut self, head: Option<&Head>, body: Bytes, last: bool) -> io::Result<()> {
+        let head = head_bytes(head);
+        if last && !self.aborted.load(Ordering::Relaxed) {
+            if let Ok(mut held) = self.held.lock() {
+                *held = Some((head, body));
+                return Ok(());
+            }
         }
-        data.extend_from_slice(body);
-        self.push(Out::Stdout(Bytes::from(data)))
+        self.push(Out::Stdout { head, body })
     }
 
     fn send_file(
@@ -215,10 +242,11 @@ impl Sink for FcgiSink {
         offset: u64,
         len: u64,
     ) -> io::Result<Option<u64>> {
-        if let Some(head) = head {
-            let mut data = Vec::with_capacity(256);
-            wire::cgi_head(head, &mut data);
-            self.push(Out::Stdout(Bytes::from(data)))?;
+        if head.is_some() {
+            self.push(Out::Stdout {
+                head: head_bytes(head),
+                body: Bytes::new(),
+            })?;
         }
         if len > 0 {
             let file = file.try_clone_to_owned()?;

@@ -7,6 +7,8 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
+use bytes::Bytes;
+
 use crate::{log_error, log_warn};
 
 /// A response status and header list that passed validation.
@@ -114,10 +116,13 @@ pub fn make_head(status: &str, headers: Vec<(String, String)>) -> Result<Head, R
 }
 
 /// Where a front end puts the response. `head` is `Some` exactly once, with
-/// the first call that sends anything.
+/// the first call that sends anything. Bodies are [`Bytes`]: the Python layer
+/// hands over the app's `bytes` objects without copying them.
 pub trait Sink: Send {
-    /// Send the head (if given) and then `body`, without delaying it.
-    fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()>;
+    /// Send the head (if given) and then `body`, without delaying it —
+    /// except that when `last` is true nothing else follows, so a sink may
+    /// hold it to go out together with the end of the response.
+    fn send(&mut self, head: Option<&Head>, body: Bytes, last: bool) -> io::Result<()>;
 
     /// Send the head (if given) and then `len` bytes of `file` from `offset`
     /// without copying through userspace. `Ok(None)`: not supported here, the
@@ -225,7 +230,9 @@ impl ResponseWriter {
 
     /// Send a body chunk (the head goes first if it has not yet).
     /// Empty chunks send nothing: headers wait for real body bytes.
-    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    /// `last`: the application has no more body (e.g. the final item of a
+    /// list), so the sink may send it together with the end of the response.
+    pub fn write(&mut self, data: Bytes, last: bool) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -238,7 +245,7 @@ impl ResponseWriter {
             return Ok(());
         }
         let head = self.head_to_send().cloned();
-        self.sink.send(head.as_ref(), &data[..take])?;
+        self.sink.send(head.as_ref(), data.slice(..take), last)?;
         self.body_bytes += take as u64;
         Ok(())
     }
@@ -267,7 +274,7 @@ impl ResponseWriter {
     pub fn finish(&mut self) -> io::Result<()> {
         if !self.sent {
             let head = self.head_to_send().cloned();
-            self.sink.send(head.as_ref(), &[])?;
+            self.sink.send(head.as_ref(), Bytes::new(), true)?;
         }
         if let Some(declared) = self.head.as_ref().and_then(|h| h.content_length) {
             if !self.discard_body && self.body_bytes < declared {
@@ -289,9 +296,13 @@ impl ResponseWriter {
         let (head, body) = error_head(code);
         self.head = Some(head);
         self.sent = true;
-        let body: &[u8] = if self.discard_body { b"" } else { body };
+        let body = if self.discard_body {
+            Bytes::new()
+        } else {
+            Bytes::from_static(body)
+        };
         let head = self.head.clone();
-        self.sink.send(head.as_ref(), body)?;
+        self.sink.send(head.as_ref(), body, true)?;
         Ok(true)
     }
 }
@@ -364,7 +375,7 @@ mod tests {
     struct Recorder(Arc<Mutex<Sent>>);
 
     impl Sink for Recorder {
-        fn send(&mut self, head: Option<&Head>, body: &[u8]) -> io::Result<()> {
+        fn send(&mut self, head: Option<&Head>, body: Bytes, _: bool) -> io::Result<()> {
             self.0
                 .lock()
                 .unwrap()
@@ -387,10 +398,10 @@ mod tests {
         let rec = Recorder::default();
         let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
         w.set_head(make_head("200 OK", vec![]).unwrap());
-        w.write(b"").unwrap();
+        w.write(Bytes::new(), false).unwrap();
         assert!(rec.0.lock().unwrap().is_empty());
-        w.write(b"abc").unwrap();
-        w.write(b"def").unwrap();
+        w.write(Bytes::from_static(b"abc"), false).unwrap();
+        w.write(Bytes::from_static(b"def"), false).unwrap();
         w.finish().unwrap();
         let sent = rec.0.lock().unwrap().clone();
         assert_eq!(
@@ -416,8 +427,8 @@ mod tests {
         let rec = Recorder::default();
         let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
         w.set_head(make_head("200 OK", vec![("Content-Length".into(), "4".into())]).unwrap());
-        w.write(b"abc").unwrap();
-        w.write(b"defg").unwrap();
+        w.write(Bytes::from_static(b"abc"), false).unwrap();
+        w.write(Bytes::from_static(b"defg"), false).unwrap();
         assert_eq!(w.body_bytes(), 4);
     }
 
@@ -426,7 +437,7 @@ mod tests {
         let rec = Recorder::default();
         let mut w = ResponseWriter::new(Box::new(rec.clone()), true);
         w.set_head(make_head("200 OK", vec![]).unwrap());
-        w.write(b"abc").unwrap();
+        w.write(Bytes::from_static(b"abc"), false).unwrap();
         assert!(!w.fail(500).unwrap());
         assert_eq!(
             rec.0.lock().unwrap().clone(),

@@ -45,8 +45,13 @@ pub struct Limits {
 /// What a running request sends back to its connection.
 #[derive(Debug)]
 pub enum Out {
-    /// Response bytes (the CGI header block, then the body).
-    Stdout(Bytes),
+    /// Response bytes: the CGI header block (empty after the first), then body.
+    Stdout {
+        /// The CGI header block, or empty.
+        head: Bytes,
+        /// Body bytes.
+        body: Bytes,
+    },
     /// Bytes for the web server's error log.
     Stderr(Bytes),
     /// `len` bytes of a file from `offset`, sent with `sendfile(2)`.
@@ -58,8 +63,16 @@ pub enum Out {
         /// Byte count.
         len: u64,
     },
-    /// The request is over: send END_REQUEST with this `appStatus`.
-    End(u32),
+    /// The request is over: its last output (if any), then END_REQUEST
+    /// with this `appStatus` — one message, so one write for small responses.
+    End {
+        /// `appStatus`.
+        status: u32,
+        /// A last CGI header block, or empty.
+        head: Bytes,
+        /// A last body chunk, or empty.
+        body: Bytes,
+    },
 }
 
 /// A request ready to run, handed to the [`Dispatch`].
@@ -362,7 +375,7 @@ impl Connection {
             return Ok(());
         };
         let id = active.id;
-        let mut out = BytesMut::new();
+        let mut frames = Frames::default();
         let mut next = Some(first);
         let mut app_status = None;
         while let Some(message) = next.take() {
@@ -374,33 +387,40 @@ impl Connection {
             };
             let dropped = aborted.load(Ordering::Relaxed);
             match message {
-                Some(Out::Stdout(data)) if !dropped => {
-                    record::encode_stream(&mut out, RecordType::Stdout, id, &data);
+                Some(Out::Stdout { head, body }) if !dropped => {
+                    frames.stream(RecordType::Stdout, id, head);
+                    frames.stream(RecordType::Stdout, id, body);
                 }
                 Some(Out::Stderr(data)) if !dropped => {
-                    record::encode_stream(&mut out, RecordType::Stderr, id, &data);
+                    frames.stream(RecordType::Stderr, id, data);
                 }
                 Some(Out::File { file, offset, len }) if !dropped => {
-                    if !out.is_empty() {
-                        stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
-                        out.clear();
-                    }
+                    write_frames(stream, &mut frames)
+                        .await
+                        .map_err(|_| Closed::PeerGone)?;
                     send_file(stream, id, &file, offset, len)
                         .await
                         .map_err(|_| Closed::PeerGone)?;
                 }
-                Some(Out::End(status)) => app_status = Some(status),
+                Some(Out::End { status, head, body }) => {
+                    if !dropped {
+                        frames.stream(RecordType::Stdout, id, head);
+                        frames.stream(RecordType::Stdout, id, body);
+                    }
+                    app_status = Some(status);
+                }
                 // The job vanished without End (it panicked): still end the request.
                 None => app_status = Some(crate::cgi::Exit::AppError as u32),
                 Some(_) => {} // aborted: output is dropped
             }
-            if app_status.is_none() && out.len() < 256 * 1024 {
+            if app_status.is_none() && frames.len < 256 * 1024 {
                 next = rx.try_recv().ok().map(Some);
             }
         }
         if let Some(status) = app_status {
-            record::encode_stream_end(&mut out, RecordType::Stdout, id);
-            record::encode_end_request(&mut out, id, status, ProtocolStatus::RequestComplete);
+            let end = frames.small();
+            record::encode_stream_end(end, RecordType::Stdout, id);
+            record::encode_end_request(end, id, status, ProtocolStatus::RequestComplete);
             let stdin_done = matches!(
                 &active.phase,
                 Phase::Running {
@@ -417,10 +437,9 @@ impl Connection {
                 active.phase = Phase::Draining;
             }
         }
-        if !out.is_empty() {
-            stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
-        }
-        Ok(())
+        write_frames(stream, &mut frames)
+            .await
+            .map_err(|_| Closed::PeerGone)
     }
 
     async fn on_record<T: Transport>(
@@ -710,6 +729,83 @@ impl Connection {
         }
         stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
     }
+}
+
+/// Outgoing records as segments: headers, padding and small payloads are
+/// copied into one buffer; large payloads are referenced, not copied, and
+/// everything leaves with vectored writes.
+#[derive(Default)]
+struct Frames {
+    segments: std::collections::VecDeque<Bytes>,
+    buffer: BytesMut,
+    len: usize,
+}
+
+/// Payloads larger than this are written from the app's own buffer.
+const COPY_LIMIT: usize = 8 * 1024;
+
+impl Frames {
+    fn small(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    fn seal(&mut self) {
+        if !self.buffer.is_empty() {
+            self.segments.push_back(self.buffer.split().freeze());
+        }
+    }
+
+    /// Frame `data` as records of `kind` (nothing for empty data).
+    fn stream(&mut self, kind: RecordType, id: u16, data: Bytes) {
+        self.len += data.len();
+        let mut offset = 0;
+        while offset < data.len() {
+            let end = (offset + record::MAX_CONTENT).min(data.len());
+            let padding = record::encode_header(&mut self.buffer, kind, id, end - offset);
+            if end - offset <= COPY_LIMIT {
+                self.buffer.extend_from_slice(&data[offset..end]);
+            } else {
+                self.seal();
+                self.segments.push_back(data.slice(offset..end));
+            }
+            self.buffer.extend_from_slice(&[0u8; 8][..padding]);
+            offset = end;
+        }
+    }
+}
+
+/// Write all frames (vectored; partial writes resume where they stopped).
+async fn write_frames<T: Transport>(stream: &mut T, frames: &mut Frames) -> std::io::Result<()> {
+    frames.seal();
+    frames.len = 0;
+    let segments = &mut frames.segments;
+    while !segments.is_empty() {
+        let written = {
+            let slices: Vec<std::io::IoSlice<'_>> = segments
+                .iter()
+                .take(64)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            stream.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = written;
+        while left > 0 {
+            let Some(front) = segments.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                segments.pop_front();
+            } else {
+                bytes::Buf::advance(front, left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A lingering close: after our half-close, read and discard what the peer
