@@ -31,6 +31,13 @@ interpreter); 4 the application failed to import.
 `wsgi-fcgi request`: 0 when the response status is 2xx, 1 otherwise, 2 when
 the request failed.";
 
+/// mimalloc instead of glibc malloc: buffers allocated on the I/O thread are
+/// freed on the app threads and back; under glibc the two contend on malloc's
+/// locks (most of the futex calls per request, tests/bench/fcgi.sh), mimalloc
+/// frees them without locking. Python's own allocator is not affected.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serve a Python WSGI application to web servers over FastCGI.
 #[derive(Parser)]
 #[command(version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
