@@ -133,8 +133,13 @@ macro_rules! transport {
 transport!(tokio::net::TcpStream);
 transport!(tokio::net::UnixStream);
 
+/// STDIN records waiting for the app: past this, the socket is not read.
 const STDIN_QUEUE: usize = 4;
-const OUT_QUEUE: usize = 8;
+/// Output messages waiting for the socket: past this, the app thread waits.
+/// Only running requests have one (at most `--threads`), and the messages
+/// reference the app's own `bytes`, so this bounds what is held, not copied;
+/// 32 lets a 64 KiB-chunk stream run without a context switch per chunk.
+const OUT_QUEUE: usize = 32;
 
 enum Phase {
     /// Collecting PARAMS.
