@@ -11,16 +11,18 @@
 //! `FCGI_CANT_MPX_CONN`. (No web server multiplexes; without it, STDIN
 //! back-pressure is exact.)
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use super::codec::{CodecError, RecordDecoder};
+pub use super::output::Transport;
+use super::output::{Frames, linger, send_file, write_frames};
 use super::params;
 use super::record::{
     self, BeginRequest, NULL_REQUEST_ID, ProtocolStatus, Record, RecordType, Role,
@@ -96,42 +98,6 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Queue a job; `Err` gives it back when overloaded.
     fn dispatch(&self, job: Job) -> Result<(), Box<Job>>;
 }
-
-/// A transport that can also send file contents with `sendfile(2)`.
-pub trait Transport: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send {
-    /// Wait until the socket is writable.
-    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
-    /// Try one `sendfile`; `WouldBlock` when the socket is full.
-    fn try_sendfile(
-        &self,
-        file: &OwnedFd,
-        offset: &mut i64,
-        count: usize,
-    ) -> std::io::Result<usize>;
-}
-
-macro_rules! transport {
-    ($ty:ty) => {
-        impl Transport for $ty {
-            async fn writable(&self) -> std::io::Result<()> {
-                <$ty>::writable(self).await
-            }
-            fn try_sendfile(
-                &self,
-                file: &OwnedFd,
-                offset: &mut i64,
-                count: usize,
-            ) -> std::io::Result<usize> {
-                self.try_io(tokio::io::Interest::WRITABLE, || {
-                    nix::sys::sendfile::sendfile(self, file, Some(offset), count)
-                        .map_err(std::io::Error::from)
-                })
-            }
-        }
-    };
-}
-transport!(tokio::net::TcpStream);
-transport!(tokio::net::UnixStream);
 
 /// STDIN records waiting for the app: past this, the socket is not read.
 const STDIN_QUEUE: usize = 4;
@@ -734,132 +700,4 @@ impl Connection {
         }
         stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
     }
-}
-
-/// Outgoing records as segments: headers, padding and small payloads are
-/// copied into one buffer; large payloads are referenced, not copied, and
-/// everything leaves with vectored writes.
-#[derive(Default)]
-struct Frames {
-    segments: std::collections::VecDeque<Bytes>,
-    buffer: BytesMut,
-    len: usize,
-}
-
-/// Payloads larger than this are written from the app's own buffer.
-const COPY_LIMIT: usize = 8 * 1024;
-
-impl Frames {
-    fn small(&mut self) -> &mut BytesMut {
-        &mut self.buffer
-    }
-
-    fn seal(&mut self) {
-        if !self.buffer.is_empty() {
-            self.segments.push_back(self.buffer.split().freeze());
-        }
-    }
-
-    /// Frame `data` as records of `kind` (nothing for empty data).
-    fn stream(&mut self, kind: RecordType, id: u16, data: Bytes) {
-        self.len += data.len();
-        let mut offset = 0;
-        while offset < data.len() {
-            let end = (offset + record::MAX_CONTENT).min(data.len());
-            let padding = record::encode_header(&mut self.buffer, kind, id, end - offset);
-            if end - offset <= COPY_LIMIT {
-                self.buffer.extend_from_slice(&data[offset..end]);
-            } else {
-                self.seal();
-                self.segments.push_back(data.slice(offset..end));
-            }
-            self.buffer.extend_from_slice(&[0u8; 8][..padding]);
-            offset = end;
-        }
-    }
-}
-
-/// Write all frames (vectored; partial writes resume where they stopped).
-async fn write_frames<T: Transport>(stream: &mut T, frames: &mut Frames) -> std::io::Result<()> {
-    frames.seal();
-    frames.len = 0;
-    let segments = &mut frames.segments;
-    while !segments.is_empty() {
-        let written = {
-            let slices: Vec<std::io::IoSlice<'_>> = segments
-                .iter()
-                .take(64)
-                .map(|b| std::io::IoSlice::new(b))
-                .collect();
-            stream.write_vectored(&slices).await?
-        };
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut left = written;
-        while left > 0 {
-            let Some(front) = segments.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                segments.pop_front();
-            } else {
-                bytes::Buf::advance(front, left);
-                left = 0;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A lingering close: after our half-close, read and discard what the peer
-/// still sends (e.g. a trailing empty STDIN record) until it closes, for at
-/// most two seconds, so its last writes do not fail with EPIPE/RST before it
-/// has read the response.
-async fn linger<T: Transport>(stream: &mut T) {
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// Send file contents as STDOUT records: header, `sendfile` of the content,
-/// padding — the bytes never pass through userspace.
-async fn send_file<T: Transport>(
-    stream: &mut T,
-    id: u16,
-    file: &OwnedFd,
-    offset: u64,
-    len: u64,
-) -> std::io::Result<()> {
-    let mut position = i64::try_from(offset).map_err(std::io::Error::other)?;
-    let mut left = len;
-    while left > 0 {
-        let chunk = left.min(record::MAX_CONTENT as u64) as usize;
-        let mut header = BytesMut::new();
-        let padding = record::encode_header(&mut header, RecordType::Stdout, id, chunk);
-        stream.write_all(&header).await?;
-        let mut sent = 0;
-        while sent < chunk {
-            match stream.try_sendfile(file, &mut position, chunk - sent) {
-                Ok(0) => {
-                    // The file shrank: fill the announced record with zeros.
-                    stream.write_all(&vec![0u8; chunk - sent]).await?;
-                    sent = chunk;
-                }
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.writable().await?,
-                Err(e) => return Err(e),
-            }
-        }
-        stream.write_all(&[0u8; 8][..padding]).await?;
-        left -= chunk as u64;
-    }
-    Ok(())
 }

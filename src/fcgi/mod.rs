@@ -1,7 +1,10 @@
-//! The FastCGI 1.0 wire format, sans I/O: records ([`record`]), name-value
-//! pairs ([`params`]) and the byte-stream decoder ([`codec`]).
+//! FastCGI 1.0: the wire format, sans I/O — records ([`record`]), name-value
+//! pairs ([`params`]), the byte-stream decoder ([`codec`]) — then one
+//! connection's state machine ([`connection`]) and how its records are
+//! written to the socket ([`output`]).
 
 pub mod codec;
 pub mod connection;
+pub mod output;
 pub mod params;
 pub mod record;
