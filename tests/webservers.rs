@@ -15,7 +15,7 @@ mod http;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use http::{Json, Response, Server};
@@ -69,9 +69,6 @@ impl Served {
 /// the loader silently falls back to the distribution's libpython of the
 /// same soname, if any) and read the app and the virtualenv.
 fn www_data_can_run(served: &Served) -> Result<(), String> {
-    if !http::is_root() {
-        return Ok(()); // Apache then runs CGI programs as the current user
-    }
     let mut wanted = vec![
         ("-x", support::wsgi_cgi()),
         ("-r", served.script_app.clone().into()),
@@ -80,34 +77,8 @@ fn www_data_can_run(served: &Served) -> Result<(), String> {
     if !served.venv.is_empty() {
         wanted.push(("-r", Path::new(&served.venv).join("pyvenv.cfg")));
     }
-    let www_data = |test: &str, path: &Path| {
-        Command::new("runuser")
-            .args(["-u", "www-data", "--", "test", test])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let blocked: Vec<&PathBuf> = wanted
-        .iter()
-        .filter(|(test, path)| !www_data(test, path))
-        .map(|(_, path)| path)
-        .collect();
-    if blocked.is_empty() {
-        return Ok(());
-    }
-    let mut dirs: Vec<String> = blocked
-        .iter()
-        .flat_map(|p| p.ancestors().skip(1))
-        .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
-        .map(|d| d.display().to_string())
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    Err(format!(
-        "Apache runs CGI programs as www-data, which cannot reach {blocked:?}; \
-         let it traverse the parent directories: `chmod o+x {}` (.ci/run does this)",
-        dirs.join(" ")
-    ))
+    http::www_data_can(&wanted)
+        .map_err(|why| format!("Apache runs CGI programs as www-data: {why}"))
 }
 
 /// Write `dir/cgi-bin/app.cgi` (and an empty document root) for `served`.
