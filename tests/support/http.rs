@@ -77,16 +77,16 @@ impl Response {
 }
 
 /// Send one request to 127.0.0.1:`port` and read the whole response.
-/// `target` goes on the request line as is (percent-encode it yourself).
-pub fn request(
+/// Connect to the loopback `port` and start a request head (request line,
+/// Host, `Connection: close`, the given headers; no blank line yet).
+fn open_request(
     port: u16,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
+) -> (TcpStream, String) {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
@@ -99,6 +99,18 @@ pub fn request(
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    (stream, head)
+}
+
+/// `target` goes on the request line as is (percent-encode it yourself).
+pub fn request(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let (mut stream, mut head) = open_request(port, method, target, headers);
     if !body.is_empty() || method == "POST" {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
@@ -724,20 +736,7 @@ pub fn request_streamed(
     body_len: u64,
     write_body: impl FnOnce(&mut dyn Write),
 ) -> Streamed {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut head =
-        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
+    let (mut stream, mut head) = open_request(port, method, target, headers);
     if body_len > 0 || method == "POST" {
         head.push_str(&format!("Content-Length: {body_len}\r\n"));
     }
