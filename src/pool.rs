@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
 
@@ -19,6 +19,7 @@ use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
 use crate::fcgi::connection::{Dispatch, Job, Out};
 use crate::fcgi::record::Role;
+use crate::fcgi::record::{self, ProtocolStatus, RecordType};
 use crate::input::Input;
 use crate::request::BodyReader;
 use crate::response::{Head, ResponseWriter, Sink};
@@ -88,18 +89,21 @@ fn app_thread(app: &Py<PyAny>, jobs: &Mutex<Receiver<Job>>, options: PoolOptions
 
 fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, forward_stderr: bool) {
     let Job {
+        request_id,
         role,
         meta,
         stdin,
         out,
         aborted,
-        ..
+        direct,
     } = job;
     let held = Arc::new(Mutex::new(None));
+    let queued = Arc::new(AtomicBool::new(false));
     let sink = FcgiSink {
         out: out.clone(),
         aborted: aborted.clone(),
         held: held.clone(),
+        queued: queued.clone(),
     };
     let status = match environ::build(&meta) {
         Err(err) => {
@@ -158,6 +162,30 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
         .ok()
         .and_then(|mut h| h.take())
         .unwrap_or_default();
+    // The whole response is here and nothing went through the queue: write
+    // it ourselves, without waking the I/O thread (see `DirectWrite`).
+    let direct = direct.filter(|_| {
+        !forward_stderr
+            && !queued.load(Ordering::Relaxed)
+            && !aborted.load(Ordering::Relaxed)
+            && head.len() + body.len() <= DIRECT_LIMIT
+    });
+    if let Some(direct) = direct {
+        let mut records = BytesMut::with_capacity(head.len() + body.len() + 64);
+        record::encode_stream(&mut records, RecordType::Stdout, request_id, &head);
+        record::encode_stream(&mut records, RecordType::Stdout, request_id, &body);
+        record::encode_stream_end(&mut records, RecordType::Stdout, request_id);
+        record::encode_end_request(
+            &mut records,
+            request_id,
+            status as u32,
+            ProtocolStatus::RequestComplete,
+        );
+        let sender = out.clone();
+        if py.detach(|| direct.write_final(request_id, status as u32, &records, sender)) {
+            return;
+        }
+    }
     let end = Out::End {
         status: status as u32,
         head,
@@ -195,10 +223,17 @@ struct FcgiSink {
     /// The final output (a list's last item, an error page), sent with
     /// END_REQUEST by the job instead of on its own.
     held: Arc<Mutex<Option<(Bytes, Bytes)>>>,
+    /// Something of this response went through the queue (so the final
+    /// part must follow it there, in order).
+    queued: Arc<AtomicBool>,
 }
+
+/// Largest final response the app thread writes to the socket itself.
+const DIRECT_LIMIT: usize = 32 * 1024;
 
 impl FcgiSink {
     fn push(&self, message: Out) -> io::Result<()> {
+        self.queued.store(true, Ordering::Relaxed);
         if self.aborted.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,

@@ -65,6 +65,10 @@ pub enum Out {
         /// Byte count.
         len: u64,
     },
+    /// Already framed records (the rest of a direct write that came short).
+    Raw(Bytes),
+    /// The request is over and its END_REQUEST already went out (directly).
+    Finalize(u32),
     /// The request is over: its last output (if any), then END_REQUEST
     /// with this `appStatus` — one message, so one write for small responses.
     End {
@@ -91,6 +95,85 @@ pub struct Job {
     pub out: mpsc::Sender<Out>,
     /// Set when the web server aborted the request or went away.
     pub aborted: Arc<AtomicBool>,
+    /// The socket, for writing a complete final response without waking the
+    /// I/O thread (only on kept-alive connections); see [`DirectWrite`].
+    pub direct: Option<Arc<DirectWrite>>,
+}
+
+/// A response that is complete when the app returns (hello world, an error
+/// page) can be written by the app thread itself: one non-blocking write of
+/// its records and END_REQUEST on a duplicate of the socket. The I/O thread
+/// is not woken for it; it learns that the request ended when it next wakes
+/// (the web server's next request on this kept-alive connection). `busy`
+/// makes the two writers exclusive: the I/O thread holds it whenever it is
+/// not idle, the app thread only ever tries it.
+pub struct DirectWrite {
+    socket: OwnedFd,
+    busy: AtomicBool,
+    stopping: AtomicBool,
+    /// Set by the app thread (while holding `busy`): the request id, its
+    /// `appStatus`, and the output sender (kept, so that dropping it does
+    /// not wake the I/O thread).
+    finished: std::sync::Mutex<Option<(u16, u32, mpsc::Sender<Out>)>>,
+}
+
+impl DirectWrite {
+    fn try_lock(&self) -> bool {
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    async fn lock(&self) {
+        while !self.try_lock() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn unlock(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// App thread: write `records` (STDOUT records and END_REQUEST of
+    /// request `id`) now if the socket is free and takes them; on a short
+    /// write the rest goes through `out`. Returns false when nothing was
+    /// written (the caller uses `out` as usual).
+    pub fn write_final(
+        &self,
+        id: u16,
+        status: u32,
+        records: &[u8],
+        out: mpsc::Sender<Out>,
+    ) -> bool {
+        if self.stopping.load(Ordering::Relaxed) || !self.try_lock() {
+            return false;
+        }
+        let written = match nix::unistd::write(&self.socket, records) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => 0,
+            Err(_) => {
+                // The connection is gone; nothing more to tell anyone.
+                self.unlock();
+                return true;
+            }
+        };
+        if written == records.len() {
+            if let Ok(mut finished) = self.finished.lock() {
+                *finished = Some((id, status, out));
+            }
+            self.unlock();
+            return true;
+        }
+        if written > 0 {
+            // Frames are in order: the rest, then the end, through the queue.
+            let _ = out.try_send(Out::Raw(Bytes::copy_from_slice(&records[written..])));
+            let _ = out.try_send(Out::Finalize(status));
+            self.unlock();
+            return true;
+        }
+        self.unlock();
+        false
+    }
 }
 
 /// Runs jobs (the Python thread pool in the worker; a plain function in tests).
@@ -150,7 +233,19 @@ pub async fn serve<T: Transport>(
     limits: Arc<Limits>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Closed {
+    // SAFETY: the descriptor belongs to `stream`, alive for this call; dup()
+    // fails only on descriptor exhaustion, and then the direct path is off.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let direct = nix::unistd::dup(socket).ok().map(|socket| {
+        Arc::new(DirectWrite {
+            socket,
+            busy: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            finished: std::sync::Mutex::new(None),
+        })
+    });
     let mut conn = Connection {
+        direct,
         active: None,
         dispatch,
         limits,
@@ -190,6 +285,8 @@ struct Connection {
     ended_keep_conn: Option<bool>,
     /// The worker is stopping: close when idle.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The app thread's direct path to the socket (held busy while we work).
+    direct: Option<Arc<DirectWrite>>,
     /// The last request that got END_REQUEST (a repeated empty STDIN for it is tolerated).
     last_ended: Option<u16>,
     /// Requests refused at BEGIN_REQUEST (CANT_MPX_CONN, UNKNOWN_ROLE,
@@ -213,6 +310,8 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut decoder = RecordDecoder;
         loop {
+            // (The direct-write lock is held here: only this task writes.)
+            self.finalize_direct();
             // Handle every complete record already buffered.
             if self.pending_stdin.is_none() {
                 loop {
@@ -253,7 +352,11 @@ impl Connection {
             if idle && *self.shutdown.borrow() {
                 return Closed::Normal;
             }
+            if let Some(direct) = &self.direct {
+                direct.unlock();
+            }
             let event = {
+                let stopping = *self.shutdown.borrow();
                 let reading = self.pending_stdin.is_none();
                 let stdin_tx = match (&self.pending_stdin, &self.active) {
                     (
@@ -279,12 +382,16 @@ impl Connection {
                     r = stream.read_buf(&mut buf), if reading => Event::Read(r),
                     o = async { out_rx.unwrap().recv().await }, if out_rx.is_some() => Event::Output(o),
                     p = async { stdin_tx.unwrap().reserve_owned().await }, if stdin_tx.is_some() => Event::StdinRoom(p),
-                    _ = self.shutdown.changed(), if idle => Event::Shutdown,
+                    _ = self.shutdown.changed(), if !stopping => Event::Shutdown,
                     _ = tokio::time::sleep_until(self.close_after_drain.unwrap_or_else(tokio::time::Instant::now)), if self.close_after_drain.is_some() => Event::DrainTimeout,
                 }
             };
+            if let Some(direct) = self.direct.clone() {
+                direct.lock().await;
+            }
             match event {
                 Event::Read(Ok(0)) => {
+                    self.finalize_direct();
                     return match decoder.decode_eof(&mut buf) {
                         Err(CodecError::Truncated(n)) => Closed::Protocol(format!(
                             "connection closed inside a record ({n} bytes of it received)"
@@ -323,7 +430,11 @@ impl Connection {
                         *stdin = None;
                     }
                 }
-                Event::Shutdown => {}
+                Event::Shutdown => {
+                    if let Some(direct) = &self.direct {
+                        direct.stopping.store(true, Ordering::Relaxed);
+                    }
+                }
                 Event::DrainTimeout => return Closed::Normal,
                 Event::Output(message) => {
                     if let Err(e) = self.on_output(stream, message).await {
@@ -331,6 +442,43 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// The active request is over (END_REQUEST sent): keep the connection,
+    /// or drain the rest of its STDIN first.
+    fn end_active(&mut self) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let stdin_done = matches!(
+            &active.phase,
+            Phase::Running {
+                stdin_ended: true,
+                ..
+            }
+        );
+        self.ended_keep_conn = Some(active.keep_conn);
+        self.pending_stdin = None;
+        self.last_ended = Some(active.id);
+        if stdin_done {
+            self.active = None;
+        } else {
+            active.phase = Phase::Draining;
+        }
+    }
+
+    /// A request the app thread finished with a direct write: end it here too.
+    fn finalize_direct(&mut self) {
+        let Some(direct) = &self.direct else {
+            return;
+        };
+        let finished = direct.finished.lock().ok().and_then(|mut f| f.take());
+        if let Some((id, _status, sender)) = finished {
+            if self.active.as_ref().is_some_and(|a| a.id == id) {
+                self.end_active();
+            }
+            drop(sender);
         }
     }
 
@@ -378,35 +526,25 @@ impl Connection {
                         frames.stream(RecordType::Stdout, id, head);
                         frames.stream(RecordType::Stdout, id, body);
                     }
-                    app_status = Some(status);
+                    app_status = Some((status, true));
                 }
+                Some(Out::Raw(bytes)) => frames.small().extend_from_slice(&bytes),
+                Some(Out::Finalize(status)) => app_status = Some((status, false)),
                 // The job vanished without End (it panicked): still end the request.
-                None => app_status = Some(crate::cgi::Exit::AppError as u32),
+                None => app_status = Some((crate::cgi::Exit::AppError as u32, true)),
                 Some(_) => {} // aborted: output is dropped
             }
             if app_status.is_none() && frames.len < 256 * 1024 {
                 next = rx.try_recv().ok().map(Some);
             }
         }
-        if let Some(status) = app_status {
-            let end = frames.small();
-            record::encode_stream_end(end, RecordType::Stdout, id);
-            record::encode_end_request(end, id, status, ProtocolStatus::RequestComplete);
-            let stdin_done = matches!(
-                &active.phase,
-                Phase::Running {
-                    stdin_ended: true,
-                    ..
-                }
-            );
-            self.ended_keep_conn = Some(active.keep_conn);
-            self.pending_stdin = None;
-            self.last_ended = Some(id);
-            if stdin_done {
-                self.active = None;
-            } else {
-                active.phase = Phase::Draining;
+        if let Some((status, write_end)) = app_status {
+            if write_end {
+                let end = frames.small();
+                record::encode_stream_end(end, RecordType::Stdout, id);
+                record::encode_end_request(end, id, status, ProtocolStatus::RequestComplete);
             }
+            self.end_active();
         }
         write_frames(stream, &mut frames)
             .await
@@ -629,6 +767,11 @@ impl Connection {
             stdin: stdin_rx,
             out: out_tx,
             aborted: aborted.clone(),
+            direct: if active.keep_conn && !*self.shutdown.borrow() {
+                self.direct.clone()
+            } else {
+                None
+            },
         };
         active.phase = Phase::Running {
             stdin: Some(stdin_tx),
