@@ -8,6 +8,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+
+use super::connection::Out;
 use super::record::{self, RecordType};
 
 /// A transport that can also send file contents with `sendfile(2)`.
@@ -45,6 +51,95 @@ macro_rules! transport {
 }
 transport!(tokio::net::TcpStream);
 transport!(tokio::net::UnixStream);
+
+/// A response that is complete when the app returns (hello world, an error
+/// page) can be written by the app thread itself: one non-blocking write of
+/// its records and END_REQUEST on a duplicate of the socket. The I/O thread
+/// is not woken for it; it learns that the request ended when it next wakes
+/// (the web server's next request on this kept-alive connection). `busy`
+/// makes the two writers exclusive: the I/O thread holds it whenever it is
+/// not idle, the app thread only ever tries it.
+pub struct DirectWrite {
+    socket: OwnedFd,
+    busy: AtomicBool,
+    pub(super) stopping: AtomicBool,
+    /// Set by the app thread (while holding `busy`): the request id, its
+    /// `appStatus`, and the output sender (kept, so that dropping it does
+    /// not wake the I/O thread).
+    pub(super) finished: std::sync::Mutex<Option<(u16, u32, mpsc::Sender<Out>)>>,
+}
+
+impl DirectWrite {
+    fn try_lock(&self) -> bool {
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub(super) async fn lock(&self) {
+        while !self.try_lock() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    pub(super) fn unlock(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// App thread: write `records` (STDOUT records and END_REQUEST of
+    /// request `id`) now if the socket is free and takes them; on a short
+    /// write the rest goes through `out`. Returns false when nothing was
+    /// written (the caller uses `out` as usual).
+    pub fn write_final(
+        &self,
+        id: u16,
+        status: u32,
+        records: &[u8],
+        out: mpsc::Sender<Out>,
+    ) -> bool {
+        if self.stopping.load(Ordering::Relaxed) || !self.try_lock() {
+            return false;
+        }
+        let written = match nix::unistd::write(&self.socket, records) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => 0,
+            Err(_) => {
+                // The connection is gone; nothing more to tell anyone.
+                self.unlock();
+                return true;
+            }
+        };
+        if written == records.len() {
+            if let Ok(mut finished) = self.finished.lock() {
+                *finished = Some((id, status, out));
+            }
+            self.unlock();
+            return true;
+        }
+        if written > 0 {
+            // Frames are in order: the rest, then the end, through the queue.
+            let _ = out.try_send(Out::Raw(Bytes::copy_from_slice(&records[written..])));
+            let _ = out.try_send(Out::Finalize(status));
+            self.unlock();
+            return true;
+        }
+        self.unlock();
+        false
+    }
+}
+
+impl DirectWrite {
+    /// A direct path on a duplicate of the connection's socket, held busy
+    /// by the connection until it first waits.
+    pub(super) fn new(socket: OwnedFd) -> Arc<DirectWrite> {
+        Arc::new(DirectWrite {
+            socket,
+            busy: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            finished: std::sync::Mutex::new(None),
+        })
+    }
+}
 
 /// Outgoing records as segments: headers, padding and small payloads are
 /// copied into one buffer; large payloads are referenced, not copied, and
