@@ -83,19 +83,11 @@ impl CgiSink {
             out: File::from(out),
         })
     }
-
-    fn head_bytes(head: Option<&Head>) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(256);
-        if let Some(head) = head {
-            wire::cgi_head(head, &mut buf);
-        }
-        buf
-    }
 }
 
 impl Sink for CgiSink {
     fn send(&mut self, head: Option<&Head>, body: Bytes, _last: bool) -> io::Result<()> {
-        let mut buf = Self::head_bytes(head);
+        let mut buf = wire::head_block(head);
         if buf.len() + body.len() <= 64 * 1024 {
             buf.extend_from_slice(&body);
             self.out.write_all(&buf)
@@ -112,7 +104,7 @@ impl Sink for CgiSink {
         offset: u64,
         len: u64,
     ) -> io::Result<Option<u64>> {
-        self.out.write_all(&Self::head_bytes(head))?;
+        self.out.write_all(&wire::head_block(head))?;
         let mut position = i64::try_from(offset).map_err(io::Error::other)?;
         let mut sent = 0u64;
         while sent < len {

@@ -249,18 +249,9 @@ impl FcgiSink {
     }
 }
 
-fn head_bytes(head: Option<&Head>) -> Bytes {
-    let mut data = Vec::new();
-    if let Some(head) = head {
-        data.reserve(256);
-        wire::cgi_head(head, &mut data);
-    }
-    Bytes::from(data)
-}
-
 impl Sink for FcgiSink {
     fn send(&mut self, head: Option<&Head>, body: Bytes, last: bool) -> io::Result<()> {
-        let head = head_bytes(head);
+        let head = Bytes::from(wire::head_block(head));
         if last && !self.aborted.load(Ordering::Relaxed) {
             if let Ok(mut held) = self.held.lock() {
                 *held = Some((head, body));
@@ -279,7 +270,7 @@ impl Sink for FcgiSink {
     ) -> io::Result<Option<u64>> {
         if head.is_some() {
             self.push(Out::Stdout {
-                head: head_bytes(head),
+                head: Bytes::from(wire::head_block(head)),
                 body: Bytes::new(),
             })?;
         }

@@ -18,6 +18,17 @@ pub fn cgi_head(head: &Head, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The header block for `head` (empty when there is none to send), the
+/// first bytes every front end writes.
+pub fn head_block(head: Option<&Head>) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(head) = head {
+        out.reserve(256);
+        cgi_head(head, &mut out);
+    }
+    out
+}
+
 /// Encode validated latin-1 text back to its bytes.
 fn push_latin1(text: &str, out: &mut Vec<u8>) {
     if text.is_ascii() {

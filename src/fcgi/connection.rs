@@ -661,8 +661,7 @@ impl Connection {
                     "request {id}: body of {length} bytes exceeds the limit of {limit}: 413"
                 );
                 let (head, body) = error_head(413);
-                let mut response = Vec::new();
-                wire::cgi_head(&head, &mut response);
+                let mut response = wire::head_block(Some(&head));
                 response.extend_from_slice(body);
                 let mut out = BytesMut::new();
                 record::encode_stream(&mut out, RecordType::Stdout, id, &response);
