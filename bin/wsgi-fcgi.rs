@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wsgi_gateway::client::{self, Probe};
 use wsgi_gateway::config::Layer;
-use wsgi_gateway::fcgi::connection::Limits;
+use wsgi_gateway::fcgi::job::Limits;
 use wsgi_gateway::listener::{Bind, UnixSocketOptions};
 use wsgi_gateway::worker::{self, WorkerError, WorkerOptions};
 

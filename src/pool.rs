@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::app;
 use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
-use crate::fcgi::connection::{Dispatch, Job, Out};
+use crate::fcgi::job::{Dispatch, Job, Out};
 use crate::fcgi::record::Role;
 use crate::fcgi::record::{self, ProtocolStatus, RecordType};
 use crate::input::Input;

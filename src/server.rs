@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::fcgi::connection::{self, Dispatch, Limits};
+use crate::fcgi::connection;
+use crate::fcgi::job::{Dispatch, Limits};
 use crate::listener::Listener;
 use crate::{log_error, log_info, log_warn};
 

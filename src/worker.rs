@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::appspec::AppSpec;
-use crate::fcgi::connection::Limits;
+use crate::fcgi::job::Limits;
 use crate::listener::{self, Bind, Listener, UnixSocketOptions};
 use crate::pool::{Pool, PoolOptions};
 use crate::server::{self, ServerOptions};

@@ -11,7 +11,6 @@
 //! `FCGI_CANT_MPX_CONN`. (No web server multiplexes; without it, STDIN
 //! back-pressure is exact.)
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,90 +20,15 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use super::codec::{CodecError, RecordDecoder};
+use super::job::{Dispatch, Job, Limits, Out};
 pub use super::output::{DirectWrite, Transport};
 use super::output::{Frames, linger, send_file, write_frames};
 use super::params;
 use super::record::{
     self, BeginRequest, NULL_REQUEST_ID, ProtocolStatus, Record, RecordType, Role,
 };
-use crate::request::MetaVariables;
 use crate::response::error_head;
 use crate::{log_error, log_info, wire};
-
-/// Limits and advertised values of a connection.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Largest PARAMS stream accepted (bytes).
-    pub max_params: usize,
-    /// Largest request body (`CONTENT_LENGTH`) accepted; `None`: no limit.
-    pub max_body: Option<u64>,
-    /// `FCGI_MAX_CONNS` as advertised.
-    pub max_conns: usize,
-    /// `FCGI_MAX_REQS` as advertised.
-    pub max_reqs: usize,
-}
-
-/// What a running request sends back to its connection.
-#[derive(Debug)]
-pub enum Out {
-    /// Response bytes: the CGI header block (empty after the first), then body.
-    Stdout {
-        /// The CGI header block, or empty.
-        head: Bytes,
-        /// Body bytes.
-        body: Bytes,
-    },
-    /// Bytes for the web server's error log.
-    Stderr(Bytes),
-    /// `len` bytes of a file from `offset`, sent with `sendfile(2)`.
-    File {
-        /// A descriptor of the file (a duplicate the connection owns).
-        file: OwnedFd,
-        /// Start offset.
-        offset: u64,
-        /// Byte count.
-        len: u64,
-    },
-    /// Already framed records (the rest of a direct write that came short).
-    Raw(Bytes),
-    /// The request is over and its END_REQUEST already went out (directly).
-    Finalize(u32),
-    /// The request is over: its last output (if any), then END_REQUEST
-    /// with this `appStatus` — one message, so one write for small responses.
-    End {
-        /// `appStatus`.
-        status: u32,
-        /// A last CGI header block, or empty.
-        head: Bytes,
-        /// A last body chunk, or empty.
-        body: Bytes,
-    },
-}
-
-/// A request ready to run, handed to the [`Dispatch`].
-pub struct Job {
-    /// The request id on its connection.
-    pub request_id: u16,
-    /// RESPONDER or AUTHORIZER.
-    pub role: Role,
-    /// The PARAMS.
-    pub meta: MetaVariables,
-    /// STDIN content as it arrives; closed at the end of the stream.
-    pub stdin: mpsc::Receiver<Bytes>,
-    /// Where the request's output goes.
-    pub out: mpsc::Sender<Out>,
-    /// Set when the web server aborted the request or went away.
-    pub aborted: Arc<AtomicBool>,
-    /// The socket, for writing a complete final response without waking the
-    /// I/O thread (only on kept-alive connections); see [`DirectWrite`].
-    pub direct: Option<Arc<DirectWrite>>,
-}
-
-/// Runs jobs (the Python thread pool in the worker; a plain function in tests).
-pub trait Dispatch: Send + Sync + 'static {
-    /// Queue a job; `Err` gives it back when overloaded.
-    fn dispatch(&self, job: Job) -> Result<(), Box<Job>>;
-}
 
 /// STDIN records waiting for the app: past this, the socket is not read.
 const STDIN_QUEUE: usize = 4;
@@ -468,12 +392,13 @@ impl Connection {
             .map_err(|_| Closed::PeerGone)
     }
 
+    /// A record of a request (id ≠ 0): dispatch on its type. Records of
+    /// refused requests are ignored until their STDIN ends (§3.3).
     async fn on_record<T: Transport>(
         &mut self,
         stream: &mut T,
         record: Record,
     ) -> Result<(), Closed> {
-        let fault = |m: String| Err(Closed::Protocol(m));
         if record.request_id == NULL_REQUEST_ID {
             return self.on_management(stream, record).await;
         }
@@ -488,152 +413,174 @@ impl Connection {
             return Ok(());
         }
         match kind {
-            Some(RecordType::BeginRequest) => {
-                let Some(begin) = BeginRequest::parse(&record.content) else {
-                    return fault(format!(
-                        "BEGIN_REQUEST for request {id} is {} bytes, expected 8",
-                        record.content.len()
-                    ));
-                };
-                if let Some(active) = &self.active {
-                    if active.id == id && !matches!(active.phase, Phase::Draining) {
-                        return fault(format!(
-                            "BEGIN_REQUEST for request {id}, which is already active"
-                        ));
-                    }
-                    if !matches!(active.phase, Phase::Draining) {
-                        return self.refuse(stream, id, ProtocolStatus::CantMpxConn).await;
-                    }
-                }
-                if let Some(Active {
-                    id: old,
-                    phase: Phase::Draining,
-                    ..
-                }) = &self.active
-                {
-                    // The previous request's STDIN may still trail in: ignore it.
-                    if *old != id {
-                        self.refused.push(*old);
-                    }
-                    self.active = None;
-                }
-                if !matches!(begin.role, Role::Responder | Role::Authorizer) {
-                    return self.refuse(stream, id, ProtocolStatus::UnknownRole).await;
-                }
-                self.active = Some(Active {
-                    id,
-                    keep_conn: begin.keep_conn,
-                    phase: Phase::Params {
-                        role: begin.role,
-                        params: BytesMut::new(),
-                    },
-                });
-                Ok(())
+            Some(RecordType::BeginRequest) => self.on_begin(stream, id, &record.content).await,
+            Some(RecordType::AbortRequest) => self.on_abort(stream, id).await,
+            Some(RecordType::Params) => self.on_params(stream, id, &record.content).await,
+            Some(kind @ (RecordType::Stdin | RecordType::Data)) => {
+                self.on_stdin(kind, id, record.content)
             }
-            Some(RecordType::AbortRequest) => {
-                match &mut self.active {
-                    Some(Active {
-                        id: active_id,
-                        phase,
-                        ..
-                    }) if *active_id == id => match phase {
-                        Phase::Running { stdin, aborted, .. } => {
-                            log_info!("web server aborted request {id}");
-                            aborted.store(true, Ordering::Relaxed);
-                            *stdin = None;
-                            self.pending_stdin = None;
-                        }
-                        Phase::Params { .. } => {
-                            let keep = self.active.as_ref().is_some_and(|a| a.keep_conn);
-                            self.active = None;
-                            let mut out = BytesMut::new();
-                            record::encode_end_request(
-                                &mut out,
-                                id,
-                                0,
-                                ProtocolStatus::RequestComplete,
-                            );
-                            stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
-                            self.ended_keep_conn = Some(keep);
-                        }
-                        Phase::Draining => {}
-                    },
-                    _ => {} // a request that already ended: nothing to do (§5.4)
-                }
-                Ok(())
-            }
-            Some(RecordType::Params) => {
-                let Some(Active {
-                    phase: Phase::Params { params, .. },
-                    ..
-                }) = self.active.as_mut().filter(|a| a.id == id)
-                else {
-                    return fault(format!(
-                        "PARAMS for request {id}, which is not expecting params"
-                    ));
-                };
-                if record.content.is_empty() {
-                    return self.start(stream).await;
-                }
-                if params.len() + record.content.len() > self.limits.max_params {
-                    return fault(format!(
-                        "PARAMS of request {id} exceed the limit of {} bytes",
-                        self.limits.max_params
-                    ));
-                }
-                params.extend_from_slice(&record.content);
-                Ok(())
-            }
-            Some(RecordType::Stdin) | Some(RecordType::Data) => {
-                if record.content.is_empty() && self.last_ended == Some(id) && self.active.is_none()
-                {
-                    return Ok(()); // a repeated end-of-stream after END_REQUEST
-                }
-                let Some(active) = self.active.as_mut().filter(|a| a.id == id) else {
-                    return fault(format!(
-                        "{:?} for request {id}, which was never begun",
-                        kind.unwrap_or(RecordType::Stdin)
-                    ));
-                };
-                match &mut active.phase {
-                    Phase::Params { .. } => {
-                        fault(format!("STDIN for request {id} before its PARAMS ended"))
-                    }
-                    Phase::Draining => {
-                        if record.content.is_empty() {
-                            self.active = None;
-                            if self.close_after_drain.take().is_some() {
-                                self.ended_keep_conn = Some(false);
-                            }
-                        }
-                        Ok(())
-                    }
-                    Phase::Running {
-                        stdin, stdin_ended, ..
-                    } => {
-                        if *stdin_ended {
-                            if record.content.is_empty() {
-                                return Ok(()); // a second end-of-stream (fastcgi-client sends one)
-                            }
-                            return fault(format!("STDIN for request {id} after its stream ended"));
-                        }
-                        if kind == Some(RecordType::Data) {
-                            return Ok(()); // FILTER data: not used by RESPONDER/AUTHORIZER
-                        }
-                        if record.content.is_empty() {
-                            *stdin = None; // end of stream: the reader sees EOF
-                            *stdin_ended = true;
-                        } else if stdin.is_some() {
-                            self.pending_stdin = Some(record.content);
-                        }
-                        Ok(())
-                    }
-                }
-            }
-            _ => fault(format!(
+            _ => Err(Closed::Protocol(format!(
                 "unexpected record type {} for request {id}",
                 record.kind
-            )),
+            ))),
+        }
+    }
+
+    /// BEGIN_REQUEST: a new request, or a refusal (one at a time; roles).
+    async fn on_begin<T: Transport>(
+        &mut self,
+        stream: &mut T,
+        id: u16,
+        content: &[u8],
+    ) -> Result<(), Closed> {
+        let fault = |m: String| Err(Closed::Protocol(m));
+        let Some(begin) = BeginRequest::parse(content) else {
+            return fault(format!(
+                "BEGIN_REQUEST for request {id} is {} bytes, expected 8",
+                content.len()
+            ));
+        };
+        if let Some(active) = &self.active {
+            if active.id == id && !matches!(active.phase, Phase::Draining) {
+                return fault(format!(
+                    "BEGIN_REQUEST for request {id}, which is already active"
+                ));
+            }
+            if !matches!(active.phase, Phase::Draining) {
+                return self.refuse(stream, id, ProtocolStatus::CantMpxConn).await;
+            }
+        }
+        if let Some(Active {
+            id: old,
+            phase: Phase::Draining,
+            ..
+        }) = &self.active
+        {
+            // The previous request's STDIN may still trail in: ignore it.
+            if *old != id {
+                self.refused.push(*old);
+            }
+            self.active = None;
+        }
+        if !matches!(begin.role, Role::Responder | Role::Authorizer) {
+            return self.refuse(stream, id, ProtocolStatus::UnknownRole).await;
+        }
+        self.active = Some(Active {
+            id,
+            keep_conn: begin.keep_conn,
+            phase: Phase::Params {
+                role: begin.role,
+                params: BytesMut::new(),
+            },
+        });
+        Ok(())
+    }
+
+    /// ABORT_REQUEST (§5.4): stop the request's output; its END_REQUEST
+    /// follows when the app returns.
+    async fn on_abort<T: Transport>(&mut self, stream: &mut T, id: u16) -> Result<(), Closed> {
+        match &mut self.active {
+            Some(Active {
+                id: active_id,
+                phase,
+                ..
+            }) if *active_id == id => match phase {
+                Phase::Running { stdin, aborted, .. } => {
+                    log_info!("web server aborted request {id}");
+                    aborted.store(true, Ordering::Relaxed);
+                    *stdin = None;
+                    self.pending_stdin = None;
+                }
+                Phase::Params { .. } => {
+                    let keep = self.active.as_ref().is_some_and(|a| a.keep_conn);
+                    self.active = None;
+                    let mut out = BytesMut::new();
+                    record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
+                    stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+                    self.ended_keep_conn = Some(keep);
+                }
+                Phase::Draining => {}
+            },
+            _ => {} // a request that already ended: nothing to do (§5.4)
+        }
+        Ok(())
+    }
+
+    /// PARAMS: collect up to the limit; the empty record starts the request.
+    async fn on_params<T: Transport>(
+        &mut self,
+        stream: &mut T,
+        id: u16,
+        content: &[u8],
+    ) -> Result<(), Closed> {
+        let fault = |m: String| Err(Closed::Protocol(m));
+        let Some(Active {
+            phase: Phase::Params { params, .. },
+            ..
+        }) = self.active.as_mut().filter(|a| a.id == id)
+        else {
+            return fault(format!(
+                "PARAMS for request {id}, which is not expecting params"
+            ));
+        };
+        if content.is_empty() {
+            return self.start(stream).await;
+        }
+        if params.len() + content.len() > self.limits.max_params {
+            return fault(format!(
+                "PARAMS of request {id} exceed the limit of {} bytes",
+                self.limits.max_params
+            ));
+        }
+        params.extend_from_slice(content);
+        Ok(())
+    }
+
+    /// STDIN (and FILTER's DATA): to the app, with back-pressure.
+    fn on_stdin(&mut self, kind: RecordType, id: u16, content: Bytes) -> Result<(), Closed> {
+        let fault = |m: String| Err(Closed::Protocol(m));
+        if content.is_empty() && self.last_ended == Some(id) && self.active.is_none() {
+            return Ok(()); // a repeated end-of-stream after END_REQUEST
+        }
+        let Some(active) = self.active.as_mut().filter(|a| a.id == id) else {
+            return fault(format!(
+                "{:?} for request {id}, which was never begun",
+                kind
+            ));
+        };
+        match &mut active.phase {
+            Phase::Params { .. } => {
+                fault(format!("STDIN for request {id} before its PARAMS ended"))
+            }
+            Phase::Draining => {
+                if content.is_empty() {
+                    self.active = None;
+                    if self.close_after_drain.take().is_some() {
+                        self.ended_keep_conn = Some(false);
+                    }
+                }
+                Ok(())
+            }
+            Phase::Running {
+                stdin, stdin_ended, ..
+            } => {
+                if *stdin_ended {
+                    if content.is_empty() {
+                        return Ok(()); // a second end-of-stream (fastcgi-client sends one)
+                    }
+                    return fault(format!("STDIN for request {id} after its stream ended"));
+                }
+                if kind == RecordType::Data {
+                    return Ok(()); // FILTER data: not used by RESPONDER/AUTHORIZER
+                }
+                if content.is_empty() {
+                    *stdin = None; // end of stream: the reader sees EOF
+                    *stdin_ended = true;
+                } else if stdin.is_some() {
+                    self.pending_stdin = Some(content);
+                }
+                Ok(())
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod job;
 pub mod output;
 pub mod params;
 pub mod record;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::connection::Out;
+use super::job::Out;
 use super::record::{self, RecordType};
 
 /// A transport that can also send file contents with `sendfile(2)`.

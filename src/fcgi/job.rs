@@ -1,0 +1,90 @@
+//! What a connection and the app side exchange: the [`Job`] a connection
+//! hands to a [`Dispatch`] once a request's PARAMS are complete, and the
+//! [`Out`] messages the request sends back — plus the connection [`Limits`].
+//! The data flow is connection → `Job` → app threads → `Out` → connection.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::output::DirectWrite;
+use super::record::Role;
+use crate::request::MetaVariables;
+
+/// Limits and advertised values of a connection.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest PARAMS stream accepted (bytes).
+    pub max_params: usize,
+    /// Largest request body (`CONTENT_LENGTH`) accepted; `None`: no limit.
+    pub max_body: Option<u64>,
+    /// `FCGI_MAX_CONNS` as advertised.
+    pub max_conns: usize,
+    /// `FCGI_MAX_REQS` as advertised.
+    pub max_reqs: usize,
+}
+
+/// What a running request sends back to its connection.
+#[derive(Debug)]
+pub enum Out {
+    /// Response bytes: the CGI header block (empty after the first), then body.
+    Stdout {
+        /// The CGI header block, or empty.
+        head: Bytes,
+        /// Body bytes.
+        body: Bytes,
+    },
+    /// Bytes for the web server's error log.
+    Stderr(Bytes),
+    /// `len` bytes of a file from `offset`, sent with `sendfile(2)`.
+    File {
+        /// A descriptor of the file (a duplicate the connection owns).
+        file: OwnedFd,
+        /// Start offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Already framed records (the rest of a direct write that came short).
+    Raw(Bytes),
+    /// The request is over and its END_REQUEST already went out (directly).
+    Finalize(u32),
+    /// The request is over: its last output (if any), then END_REQUEST
+    /// with this `appStatus` — one message, so one write for small responses.
+    End {
+        /// `appStatus`.
+        status: u32,
+        /// A last CGI header block, or empty.
+        head: Bytes,
+        /// A last body chunk, or empty.
+        body: Bytes,
+    },
+}
+
+/// A request ready to run, handed to the [`Dispatch`].
+pub struct Job {
+    /// The request id on its connection.
+    pub request_id: u16,
+    /// RESPONDER or AUTHORIZER.
+    pub role: Role,
+    /// The PARAMS.
+    pub meta: MetaVariables,
+    /// STDIN content as it arrives; closed at the end of the stream.
+    pub stdin: mpsc::Receiver<Bytes>,
+    /// Where the request's output goes.
+    pub out: mpsc::Sender<Out>,
+    /// Set when the web server aborted the request or went away.
+    pub aborted: Arc<AtomicBool>,
+    /// The socket, for writing a complete final response without waking the
+    /// I/O thread (only on kept-alive connections); see [`DirectWrite`].
+    pub direct: Option<Arc<DirectWrite>>,
+}
+
+/// Runs jobs (the Python thread pool in the worker; a plain function in tests).
+pub trait Dispatch: Send + Sync + 'static {
+    /// Queue a job; `Err` gives it back when overloaded.
+    fn dispatch(&self, job: Job) -> Result<(), Box<Job>>;
+}
