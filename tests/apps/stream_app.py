@@ -13,16 +13,9 @@ import hashlib
 import json
 import time
 
+from gateway import _query
+
 BLOCK = 65536
-
-
-def _query(environ):
-    out = {}
-    for part in environ.get("QUERY_STRING", "").split("&"):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k] = v
-    return out
 
 
 def stream(environ, start_response):
