@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
@@ -60,27 +61,107 @@ pub fn load<'py>(py: Python<'py>, spec: Option<&AppSpec>) -> PyResult<Bound<'py,
     Ok(app)
 }
 
+/// Python `str` objects for environ keys and values, reused from request
+/// to request: a web server sends the same names (and many of the same
+/// values: `GATEWAY_INTERFACE`, `SERVER_PROTOCOL`, `REQUEST_METHOD`…) every
+/// time, and a reused `str` costs no allocation, no decoding and — since
+/// it caches its hash — no hashing when it goes into the `dict`. A small
+/// direct-mapped table: a new string simply replaces what was in its slot.
+/// `str` is immutable, so sharing one between requests is invisible to apps.
+pub struct StrCache {
+    slots: Vec<Option<Cached>>,
+}
+
+/// A cache entry: hash, bytes, the `str`.
+type Cached = (u64, Box<[u8]>, Py<PyString>);
+
+impl StrCache {
+    const SLOTS: usize = 512;
+    /// Longer strings are not kept (query strings, cookies: rarely repeated).
+    const MAX_LEN: usize = 64;
+
+    /// A cache for a thread that serves many requests.
+    pub fn new() -> StrCache {
+        StrCache {
+            slots: (0..Self::SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    /// No caching (one request per process: CGI).
+    pub fn none() -> StrCache {
+        StrCache { slots: Vec::new() }
+    }
+
+    /// The latin-1 decoding of `bytes` as a `str`.
+    pub fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+        if self.slots.is_empty() || bytes.len() > Self::MAX_LEN {
+            return latin1_str(py, bytes);
+        }
+        // FNV-1a: the keys are short.
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let slot = &mut self.slots[(hash as usize) % Self::SLOTS];
+        if let Some((h, cached, string)) = slot {
+            if *h == hash && **cached == *bytes {
+                return Ok(string.bind(py).clone());
+            }
+        }
+        let string = latin1_str(py, bytes)?;
+        *slot = Some((hash, bytes.into(), string.clone().unbind()));
+        Ok(string)
+    }
+}
+
+impl Default for StrCache {
+    fn default() -> Self {
+        StrCache::new()
+    }
+}
+
+/// Bytes decoded as latin-1 into a `str` (PEP 3333 native strings).
+fn latin1_str<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(bytes.len())
+        .map_err(|_| PyValueError::new_err("environ value too long"))?;
+    // SAFETY: `bytes` is valid for `len` bytes; latin-1 decoding cannot fail
+    // on content; the result is a new reference (or NULL with an exception).
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), len, std::ptr::null()),
+        )
+        .map(|s| s.cast_into_unchecked())
+    }
+}
+
 /// Build the environ `dict` from the plain [`Environ`].
 pub fn environ_dict<'py>(
     py: Python<'py>,
-    environ: &Environ,
+    environ: &Environ<'_>,
     flavor: Flavor,
     input: Input,
     errors: Bound<'py, PyAny>,
+    strings: &mut StrCache,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (key, value) in &environ.vars {
-        dict.set_item(PyString::new(py, key), PyString::new(py, value))?;
+        dict.set_item(strings.get(py, key)?, strings.get(py, value)?)?;
     }
-    dict.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
-    dict.set_item("wsgi.url_scheme", environ.url_scheme)?;
-    dict.set_item("wsgi.input", Bound::new(py, input)?)?;
-    dict.set_item("wsgi.errors", errors)?;
-    dict.set_item("wsgi.multithread", flavor.multithread)?;
-    dict.set_item("wsgi.multiprocess", flavor.multiprocess)?;
-    dict.set_item("wsgi.run_once", flavor.run_once)?;
-    dict.set_item("wsgi.input_terminated", true)?;
-    dict.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+    dict.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
+    dict.set_item(
+        intern!(py, "wsgi.url_scheme"),
+        strings.get(py, environ.url_scheme.as_bytes())?,
+    )?;
+    dict.set_item(intern!(py, "wsgi.input"), Bound::new(py, input)?)?;
+    dict.set_item(intern!(py, "wsgi.errors"), errors)?;
+    dict.set_item(intern!(py, "wsgi.multithread"), flavor.multithread)?;
+    dict.set_item(intern!(py, "wsgi.multiprocess"), flavor.multiprocess)?;
+    dict.set_item(intern!(py, "wsgi.run_once"), flavor.run_once)?;
+    dict.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    dict.set_item(
+        intern!(py, "wsgi.file_wrapper"),
+        py.get_type::<FileWrapper>(),
+    )?;
     Ok(dict)
 }
 
@@ -99,7 +180,17 @@ impl StartResponse {
 
     fn write_bytes(&self, py: Python<'_>, data: &Bound<'_, PyBytes>, last: bool) -> PyResult<()> {
         let data = shared_bytes(data);
-        py.detach(|| self.lock().write(data, last)).map_err(|e| {
+        // A final chunk the sink only holds needs no GIL hand-off. (Taking the
+        // writer lock with the GIL held is safe: nobody holding it waits for
+        // the GIL.)
+        let mut writer = self.lock();
+        let written = if writer.may_block(last) {
+            drop(writer);
+            py.detach(|| self.lock().write(data, last))
+        } else {
+            writer.write(data, last)
+        };
+        written.map_err(|e| {
             self.client_gone.store(true, Ordering::Relaxed);
             PyErr::from(e)
         })
@@ -258,7 +349,14 @@ pub fn serve(
         outcome = fail_before_headers(sr);
     }
     if outcome == Outcome::Complete {
-        if let Err(err) = py.detach(|| sr.lock().finish()) {
+        let mut writer = sr.lock();
+        let finished = if writer.may_block(true) {
+            drop(writer);
+            py.detach(|| sr.lock().finish())
+        } else {
+            writer.finish()
+        };
+        if let Err(err) = finished {
             log_info!("client went away before the response was complete: {err}");
             outcome = Outcome::ClientGone;
         }

@@ -270,7 +270,7 @@ fn serve(
     py: Python<'_>,
     settings: &Settings,
     spec: Option<&AppSpec>,
-    environ: &Environ,
+    environ: &Environ<'_>,
     mut writer: ResponseWriter,
     phases: &Phases,
 ) -> Exit {
@@ -299,9 +299,16 @@ fn serve(
     };
     let input = Input::new(BodyReader::new(Box::new(io::stdin()), limit));
     let errors = py.import("sys").and_then(|sys| sys.getattr("stderr"));
-    let dict = match errors
-        .and_then(|errors| app::environ_dict(py, environ, environ::CGI, input, errors))
-    {
+    let dict = match errors.and_then(|errors| {
+        app::environ_dict(
+            py,
+            environ,
+            environ::CGI,
+            input,
+            errors,
+            &mut app::StrCache::none(),
+        )
+    }) {
         Ok(dict) => dict,
         Err(err) => {
             err.display(py);

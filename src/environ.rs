@@ -4,6 +4,8 @@
 //! the keys PEP 3333 requires, `CONTENT_LENGTH` validated, `wsgi.url_scheme`
 //! derived. The Python layer turns an [`Environ`] into the `dict`.
 
+use std::borrow::Cow;
+
 use crate::request::RequestError;
 
 /// The `wsgi.*` flags that depend on the front end (CGI vs FastCGI).
@@ -25,10 +27,15 @@ pub const CGI: Flavor = Flavor {
 };
 
 /// The environ's string part plus the facts the gateway itself needs.
+///
+/// Keys and values stay raw bytes borrowed from the request's
+/// meta-variables (a native string is their latin-1 decoding, done by the
+/// Python layer straight into `str` objects, or by [`Environ::get`]): no
+/// copy is made on the way to the `dict`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Environ {
-    /// Every `str`-valued key, latin-1 decoded, in a stable order.
-    pub vars: Vec<(String, String)>,
+pub struct Environ<'a> {
+    /// Every `str`-valued key and its raw value, in a stable order.
+    pub vars: Vec<(&'a [u8], Cow<'a, [u8]>)>,
     /// `wsgi.url_scheme`: `"http"` or `"https"`.
     pub url_scheme: &'static str,
     /// The validated `CONTENT_LENGTH` (`None` when absent or empty).
@@ -37,13 +44,17 @@ pub struct Environ {
     pub is_head: bool,
 }
 
-impl Environ {
-    /// Look a key up.
-    pub fn get(&self, key: &str) -> Option<&str> {
+impl Environ<'_> {
+    /// Look a key up and decode the value (latin-1).
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.raw(key.as_bytes()).map(latin1)
+    }
+
+    fn raw(&self, key: &[u8]) -> Option<&[u8]> {
         self.vars
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -58,84 +69,90 @@ pub fn latin1(bytes: &[u8]) -> String {
 
 /// Headers the server must not pass twice: the CGI names are authoritative
 /// (`wsgiref.validate` rejects the `HTTP_` duplicates).
-const SHADOWED: [&str; 2] = ["HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"];
+const SHADOWED: [&[u8]; 2] = [b"HTTP_CONTENT_TYPE", b"HTTP_CONTENT_LENGTH"];
 
 /// Build the environ's plain part from raw meta-variables.
-pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ, RequestError> {
-    let mut vars: Vec<(String, String)> = Vec::with_capacity(meta.len() + 8);
+pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ<'_>, RequestError> {
+    let mut vars: Vec<(&[u8], Cow<'_, [u8]>)> = Vec::with_capacity(meta.len() + 8);
     let mut content_length = None;
     for (name, value) in meta {
-        let name = latin1(name);
-        if SHADOWED.contains(&name.as_str()) || vars.iter().any(|(k, _)| *k == name) {
+        let name = name.as_slice();
+        if SHADOWED.contains(&name) || vars.iter().any(|(k, _)| *k == name) {
             continue;
         }
-        if name == "CONTENT_LENGTH" {
-            let text = latin1(value);
-            let trimmed = text.trim();
+        if name == b"CONTENT_LENGTH" {
+            let trimmed = value.trim_ascii();
             if trimmed.is_empty() {
                 continue;
             }
-            if !trimmed.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(RequestError::BadContentLength(text));
+            let bad = || RequestError::BadContentLength(latin1(value));
+            if !trimmed.iter().all(u8::is_ascii_digit) {
+                return Err(bad());
             }
-            let length: u64 = trimmed
-                .parse()
-                .map_err(|_| RequestError::BadContentLength(text.clone()))?;
+            let length: u64 = std::str::from_utf8(trimmed)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(bad)?;
             content_length = Some(length);
-            vars.push((name, length.to_string()));
+            vars.push((name, Cow::Owned(length.to_string().into_bytes())));
             continue;
         }
-        vars.push((name, latin1(value)));
+        vars.push((name, Cow::Borrowed(value.as_slice())));
     }
 
-    let find = |vars: &[(String, String)], key: &str| {
-        vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    let find = |vars: &[(&[u8], Cow<'_, [u8]>)], key: &[u8]| vars.iter().any(|(k, _)| *k == key);
+    let value = |key: &[u8]| {
+        meta.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
     };
-    let https = find(&vars, "HTTPS")
-        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "on" | "1" | "yes"));
-    let scheme_https =
-        find(&vars, "REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let https = value(b"HTTPS").is_some_and(|v| {
+        v.eq_ignore_ascii_case(b"on") || v == b"1" || v.eq_ignore_ascii_case(b"yes")
+    });
+    let scheme_https = value(b"REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case(b"https"));
     let url_scheme = if https || scheme_https {
         "https"
     } else {
         "http"
     };
 
-    let host = find(&vars, "HTTP_HOST").unwrap_or_default();
-    let default_name = host_name(&host).unwrap_or("localhost").to_string();
-    let default_port = if url_scheme == "https" { "443" } else { "80" };
-    let defaults: [(&str, &str); 7] = [
-        ("REQUEST_METHOD", "GET"),
-        ("SCRIPT_NAME", ""),
-        ("PATH_INFO", ""),
-        ("QUERY_STRING", ""),
-        ("SERVER_NAME", &default_name),
-        ("SERVER_PORT", default_port),
-        ("SERVER_PROTOCOL", "HTTP/1.0"),
+    let default_name = value(b"HTTP_HOST")
+        .and_then(host_name)
+        .unwrap_or(b"localhost");
+    let default_port: &[u8] = if url_scheme == "https" { b"443" } else { b"80" };
+    let defaults: [(&'static [u8], &[u8]); 7] = [
+        (b"REQUEST_METHOD", b"GET"),
+        (b"SCRIPT_NAME", b""),
+        (b"PATH_INFO", b""),
+        (b"QUERY_STRING", b""),
+        (b"SERVER_NAME", default_name),
+        (b"SERVER_PORT", default_port),
+        (b"SERVER_PROTOCOL", b"HTTP/1.0"),
     ];
     for (key, value) in defaults {
-        if find(&vars, key).is_none() {
-            vars.push((key.to_string(), value.to_string()));
+        if !find(&vars, key) {
+            vars.push((key, Cow::Borrowed(value)));
         }
     }
-    let is_head = find(&vars, "REQUEST_METHOD").is_some_and(|m| m == "HEAD");
-    Ok(Environ {
+    let environ = Environ {
         vars,
         url_scheme,
         content_length,
-        is_head,
-    })
+        is_head: false,
+    };
+    let is_head = environ.raw(b"REQUEST_METHOD") == Some(b"HEAD");
+    Ok(Environ { is_head, ..environ })
 }
 
 /// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`).
-fn host_name(host: &str) -> Option<&str> {
+fn host_name(host: &[u8]) -> Option<&[u8]> {
     if host.is_empty() {
         return None;
     }
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.find(']').map(|end| &host[..end + 2]);
+    if host.starts_with(b"[") {
+        return memchr::memchr(b']', host).map(|end| &host[..=end]);
     }
-    Some(host.split(':').next().unwrap_or(host))
+    Some(host.split(|&b| b == b':').next().unwrap_or(host))
 }
 
 #[cfg(test)]
@@ -231,8 +248,13 @@ mod tests {
             (&[(b"HTTP_A", b"1"), (b"HTTP_A", b"2")], "HTTP_A", Some("1")),
         ];
         for (pairs, key, expected) in rows {
-            let environ = build(&meta(pairs)).unwrap();
-            assert_eq!(environ.get(key), *expected, "key {key} from {pairs:?}");
+            let meta = meta(pairs);
+            let environ = build(&meta).unwrap();
+            assert_eq!(
+                environ.get(key).as_deref(),
+                *expected,
+                "key {key} from {pairs:?}"
+            );
         }
     }
 
@@ -273,7 +295,8 @@ mod tests {
             let err = build(&meta(&[(b"CONTENT_LENGTH", bad)])).unwrap_err();
             assert!(matches!(err, RequestError::BadContentLength(_)), "{bad:?}");
         }
-        let environ = build(&meta(&[(b"CONTENT_LENGTH", b"42")])).unwrap();
+        let meta = meta(&[(b"CONTENT_LENGTH", b"42")]);
+        let environ = build(&meta).unwrap();
         assert_eq!(environ.content_length, Some(42));
     }
 

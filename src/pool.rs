@@ -4,17 +4,18 @@
 //! interpreter and releases the GIL whenever it waits: for a job, for body
 //! bytes (`wsgi.input`), for room in the connection's output queue.
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::app;
+use crate::app::{self, StrCache};
 use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
 use crate::fcgi::job::{Dispatch, Job, Out};
@@ -38,56 +39,131 @@ pub struct PoolOptions {
     pub forward_stderr: bool,
 }
 
-/// The pool: a bounded job queue feeding the app threads.
+/// The pool: a bounded queue of jobs waiting for a thread, and the idle
+/// threads, most recently idle first.
+///
+/// Scheduling is what keeps GIL hand-offs rare: a thread that finishes a
+/// job takes the next queued one *without releasing the GIL*; only when the
+/// queue is empty does it release the GIL and park. A new job goes to the
+/// thread that parked last (its stack and caches are warm), so under light
+/// load one thread does all the work and the others stay asleep, and under
+/// full load the busy threads keep the GIL until the interpreter's switch
+/// interval moves it — instead of a hand-off per request.
 pub struct Pool {
-    jobs: SyncSender<Job>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Jobs that may wait in the queue.
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    idle: Vec<Arc<Parked>>,
+}
+
+/// An idle thread's mailbox: `dispatch` puts its next job here.
+#[derive(Default)]
+struct Parked {
+    job: Mutex<Option<Job>>,
+    ready: Condvar,
+}
+
+impl Parked {
+    fn wait(&self) -> Job {
+        let mut slot = lock(&self.job);
+        loop {
+            if let Some(job) = slot.take() {
+                return job;
+            }
+            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the data is still valid.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Dispatch for Pool {
     fn dispatch(&self, job: Job) -> Result<(), Box<Job>> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(job) | TrySendError::Disconnected(job) => Box::new(job),
-        })
+        let mut state = lock(&self.shared.state);
+        if let Some(thread) = state.idle.pop() {
+            drop(state);
+            *lock(&thread.job) = Some(job);
+            thread.ready.notify_one();
+            return Ok(());
+        }
+        if state.queue.len() >= self.shared.capacity {
+            return Err(Box::new(job));
+        }
+        state.queue.push_back(job);
+        Ok(())
     }
 }
 
 impl Pool {
     /// Start the threads; `app` is the loaded application callable.
     pub fn start(app: Py<PyAny>, options: PoolOptions) -> io::Result<Pool> {
-        let (tx, rx) = sync_channel::<Job>(options.queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            capacity: options.queue.max(1),
+        });
         let app = Arc::new(app);
         for index in 0..options.threads.max(1) {
-            let rx = rx.clone();
+            let shared = shared.clone();
             let app = app.clone();
             std::thread::Builder::new()
                 .name(format!("wsgi-app-{index}"))
-                .spawn(move || app_thread(&app, &rx, options))?;
+                .spawn(move || app_thread(&app, &shared, options))?;
         }
-        Ok(Pool { jobs: tx })
+        Ok(Pool { shared })
     }
 }
 
-fn app_thread(app: &Py<PyAny>, jobs: &Mutex<Receiver<Job>>, options: PoolOptions) {
+fn app_thread(app: &Py<PyAny>, shared: &Shared, options: PoolOptions) {
+    let me = Arc::new(Parked::default());
     Python::attach(|py| {
-        let flavor = Flavor {
-            multithread: options.threads > 1,
-            multiprocess: options.multiprocess,
-            run_once: false,
+        let mut thread = ThreadState {
+            flavor: Flavor {
+                multithread: options.threads > 1,
+                multiprocess: options.multiprocess,
+                run_once: false,
+            },
+            forward_stderr: options.forward_stderr,
+            strings: StrCache::new(),
         };
         loop {
-            let next = py.detach(|| {
-                jobs.lock()
-                    .map_err(|_| ())
-                    .and_then(|rx| rx.recv().map_err(|_| ()))
-            });
-            let Ok(job) = next else { return };
-            run_job(py, app.bind(py), job, flavor, options.forward_stderr);
+            let queued = {
+                let mut state = lock(&shared.state);
+                let job = state.queue.pop_front();
+                if job.is_none() {
+                    state.idle.push(me.clone());
+                }
+                job
+            };
+            let job = match queued {
+                Some(job) => job,
+                None => py.detach(|| me.wait()),
+            };
+            run_job(py, app.bind(py), job, &mut thread);
         }
     });
 }
 
-fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, forward_stderr: bool) {
+/// What an app thread keeps from job to job.
+struct ThreadState {
+    flavor: Flavor,
+    forward_stderr: bool,
+    strings: StrCache,
+}
+
+fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut ThreadState) {
+    let forward_stderr = thread.forward_stderr;
     let Job {
         request_id,
         role,
@@ -117,7 +193,9 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
             } else {
                 "RESPONDER"
             };
-            environ.vars.push(("FCGI_ROLE".into(), role_name.into()));
+            environ
+                .vars
+                .push((b"FCGI_ROLE", Cow::Borrowed(role_name.as_bytes())));
             let limit = if role == Role::Authorizer {
                 Some(0)
             } else {
@@ -138,7 +216,14 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
             );
             let writer = ResponseWriter::new(Box::new(sink), environ.is_head);
             match errors.and_then(|errors| {
-                app::environ_dict(py, &environ, flavor, input, errors.into_any())
+                app::environ_dict(
+                    py,
+                    &environ,
+                    thread.flavor,
+                    input,
+                    errors.into_any(),
+                    &mut thread.strings,
+                )
             }) {
                 Err(err) => {
                     err.display(py);
@@ -181,8 +266,8 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
             status as u32,
             ProtocolStatus::RequestComplete,
         );
-        let sender = out.clone();
-        if py.detach(|| direct.write_final(request_id, status as u32, &records, sender)) {
+        // A non-blocking write: no reason to hand the GIL to anyone.
+        if direct.write_final(request_id, status as u32, &records, out.clone()) {
             return;
         }
     }
@@ -192,7 +277,12 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, flavor: Flavor, for
         body,
     };
     // The connection is gone if this fails: nothing left to tell.
-    let _ = py.detach(|| out.blocking_send(end));
+    match out.try_send(end) {
+        Err(mpsc::error::TrySendError::Full(end)) => {
+            let _ = py.detach(|| out.blocking_send(end));
+        }
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
 }
 
 /// `wsgi.input`'s source: STDIN records as they arrive.
@@ -279,6 +369,10 @@ impl Sink for FcgiSink {
             self.push(Out::File { file, offset, len })?;
         }
         Ok(Some(len))
+    }
+
+    fn holds_last(&self) -> bool {
+        true
     }
 }
 

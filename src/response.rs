@@ -134,6 +134,12 @@ pub trait Sink: Send {
         offset: u64,
         len: u64,
     ) -> io::Result<Option<u64>>;
+
+    /// True when a `send` with `last` set never blocks (the sink holds it
+    /// for the end of the response): the caller may keep the GIL for it.
+    fn holds_last(&self) -> bool {
+        false
+    }
 }
 
 /// The state of one response: the head set by `start_response`, whether it
@@ -267,6 +273,12 @@ impl ResponseWriter {
                 Ok(true)
             }
         }
+    }
+
+    /// True when `write(_, last)` (or `finish()` when `last`) may wait on
+    /// I/O, so the caller should release the GIL around it.
+    pub fn may_block(&self, last: bool) -> bool {
+        !(last && self.sink.holds_last())
     }
 
     /// End of the body: send the head now if the body was empty, and log a

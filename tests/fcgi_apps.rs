@@ -73,6 +73,44 @@ fn environ_keys_types_latin1_and_defaults() {
     assert_eq!(env["SERVER_PROTOCOL"], "HTTP/1.0");
 }
 
+/// The app threads reuse `str` objects for repeated environ keys and values
+/// (see `app::StrCache`): every request must still see exactly its own
+/// values — same key with changing values, same value under other keys,
+/// non-ASCII bytes, lengths around the cache's limit — on one connection and
+/// one thread.
+#[test]
+fn reused_environ_strings_never_leak_between_requests() {
+    let r = Responder::fixtures(&["--threads", "1"]);
+    let mut conn = r.connect();
+    for i in 0..200u32 {
+        let long = "v".repeat(60 + (i as usize % 10));
+        let latin = [b'x', 0xe0 + (i % 16) as u8];
+        let req = Req::get(&format!("/environ?n={}", i % 7))
+            .param("HTTP_X_COUNTER", &i.to_string())
+            .param("HTTP_X_SAME", if i % 2 == 0 { "even" } else { "odd" })
+            .param("HTTP_X_LONG", &long)
+            .param_bytes("HTTP_X_LATIN", &latin)
+            .param(&format!("HTTP_X_KEY_{}", i % 5), "k")
+            .keep_conn();
+        let env = conn.request(1, &req).json();
+        assert_eq!(env["HTTP_X_COUNTER"], i.to_string(), "request {i}");
+        assert_eq!(env["HTTP_X_SAME"], if i % 2 == 0 { "even" } else { "odd" });
+        assert_eq!(env["HTTP_X_LONG"], long.as_str());
+        let expected: String = latin.iter().map(|&b| char::from(b)).collect();
+        assert_eq!(env["HTTP_X_LATIN"], expected.as_str());
+        assert_eq!(env["QUERY_STRING"], format!("n={}", i % 7));
+        for k in 0..5 {
+            let key = format!("HTTP_X_KEY_{k}");
+            let want = if k == i % 5 {
+                serde_json::json!("k")
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(env[key.as_str()], want, "request {i}, {key}");
+        }
+    }
+}
+
 #[test]
 fn httpoxy_header_never_reaches_the_process_environment() {
     let env = get(
