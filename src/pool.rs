@@ -279,9 +279,53 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     // The connection is gone if this fails: nothing left to tell.
     match out.try_send(end) {
         Err(mpsc::error::TrySendError::Full(end)) => {
-            let _ = py.detach(|| out.blocking_send(end));
+            let _ = py.detach(|| send_batched(&out, end));
         }
         Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+/// Queue `message` for the connection. When the queue is full, wait until
+/// half of it is free again, not merely one slot: the I/O thread then
+/// writes in batches and this thread wakes once per batch instead of once
+/// per message (the hysteresis the kernel gives a blocking socket write,
+/// which wakes the writer only when much of the buffer is free). `Err`:
+/// the connection is gone.
+fn send_batched(out: &mpsc::Sender<Out>, message: Out) -> Result<(), ()> {
+    match out.try_send(message) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        Err(mpsc::error::TrySendError::Full(message)) => {
+            let room = (out.max_capacity() / 2).max(1);
+            let mut permits = block_on(out.reserve_many(room)).map_err(|_| ())?;
+            // The other permits go back to the queue as they drop.
+            permits.next().ok_or(())?.send(message);
+            Ok(())
+        }
+    }
+}
+
+/// Run a future to completion on this (non-runtime) thread, parked while
+/// it is pending.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
     }
 }
 
@@ -330,7 +374,7 @@ impl FcgiSink {
                 "the web server aborted the request",
             ));
         }
-        self.out.blocking_send(message).map_err(|_| {
+        send_batched(&self.out, message).map_err(|()| {
             io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the web server closed the connection",
