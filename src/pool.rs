@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,6 +19,7 @@ use crate::app::{self, StrCache};
 use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
 use crate::fcgi::job::{Dispatch, Job, Out};
+use crate::fcgi::output::DirectWrite;
 use crate::fcgi::record::Role;
 use crate::fcgi::record::{self, ProtocolStatus, RecordType};
 use crate::input::Input;
@@ -171,15 +172,20 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         stdin,
         out,
         aborted,
+        pending,
         direct,
+        direct_final,
     } = job;
+    // Forwarded stderr goes through the queue, so the response must too.
+    let direct = direct.filter(|_| !forward_stderr);
     let held = Arc::new(Mutex::new(None));
-    let queued = Arc::new(AtomicBool::new(false));
     let sink = FcgiSink {
+        id: request_id,
         out: out.clone(),
         aborted: aborted.clone(),
+        pending: pending.clone(),
+        direct: direct.clone(),
         held: held.clone(),
-        queued: queued.clone(),
     };
     let status = match environ::build(&meta) {
         Err(err) => {
@@ -250,8 +256,8 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     // The whole response is here and nothing went through the queue: write
     // it ourselves, without waking the I/O thread (see `DirectWrite`).
     let direct = direct.filter(|_| {
-        !forward_stderr
-            && !queued.load(Ordering::Relaxed)
+        direct_final
+            && pending.load(Ordering::Acquire) == 0
             && !aborted.load(Ordering::Relaxed)
             && head.len() + body.len() <= DIRECT_LIMIT
     });
@@ -352,14 +358,17 @@ impl Read for ChannelReader {
 
 /// The response side: CGI header block and body as STDOUT data.
 struct FcgiSink {
+    id: u16,
     out: mpsc::Sender<Out>,
     aborted: Arc<AtomicBool>,
     /// The final output (a list's last item, an error page), sent with
     /// END_REQUEST by the job instead of on its own.
     held: Arc<Mutex<Option<(Bytes, Bytes)>>>,
-    /// Something of this response went through the queue (so the final
-    /// part must follow it there, in order).
-    queued: Arc<AtomicBool>,
+    /// Messages queued and not yet written by the connection: while any
+    /// are, everything else must follow them through the queue (order).
+    pending: Arc<AtomicUsize>,
+    /// The app thread's own path to the socket.
+    direct: Option<Arc<DirectWrite>>,
 }
 
 /// Largest final response the app thread writes to the socket itself.
@@ -367,13 +376,13 @@ const DIRECT_LIMIT: usize = 32 * 1024;
 
 impl FcgiSink {
     fn push(&self, message: Out) -> io::Result<()> {
-        self.queued.store(true, Ordering::Relaxed);
         if self.aborted.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the web server aborted the request",
             ));
         }
+        self.pending.fetch_add(1, Ordering::AcqRel);
         send_batched(&self.out, message).map_err(|()| {
             io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -390,6 +399,26 @@ impl Sink for FcgiSink {
             if let Ok(mut held) = self.held.lock() {
                 *held = Some((head, body));
                 return Ok(());
+            }
+        }
+        if let Some(direct) = &self.direct {
+            if self.pending.load(Ordering::Acquire) == 0 && !self.aborted.load(Ordering::Relaxed) {
+                match direct.write_stream(self.id, head.clone(), body.clone(), &self.aborted) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {} // the connection has the socket: queue it
+                    Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "the web server aborted the request",
+                        ));
+                    }
+                    Err(err) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            format!("the web server closed the connection ({err})"),
+                        ));
+                    }
+                }
             }
         }
         self.push(Out::Stdout { head, body })

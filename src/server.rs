@@ -4,6 +4,7 @@
 //! graceful stop (stop accepting; each connection closes once idle).
 
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::fcgi::connection;
 use crate::fcgi::job::{Dispatch, Limits};
+use crate::fcgi::socket::Socket;
 use crate::listener::Listener;
 use crate::{log_error, log_info, log_warn};
 
@@ -101,10 +103,22 @@ pub async fn serve(
                                 return;
                             }
                             let _ = stream.set_nodelay(true);
-                            connection::serve(stream, dispatch, limits, shutdown).await;
+                            let socket = stream.into_std().map(OwnedFd::from);
+                            match socket.and_then(|fd| Socket::new(fd, false)) {
+                                Ok(socket) => {
+                                    connection::serve(socket, dispatch, limits, shutdown).await;
+                                }
+                                Err(e) => log_error!("cannot set up a connection from {peer}: {e}"),
+                            }
                         }
                         Accepted::Unix(stream) => {
-                            connection::serve(stream, dispatch, limits, shutdown).await;
+                            let socket = stream.into_std().map(OwnedFd::from);
+                            match socket.and_then(|fd| Socket::new(fd, true)) {
+                                Ok(socket) => {
+                                    connection::serve(socket, dispatch, limits, shutdown).await;
+                                }
+                                Err(e) => log_error!("cannot set up a connection: {e}"),
+                            }
                         }
                     }
                     drop(permit);

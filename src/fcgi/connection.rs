@@ -12,7 +12,7 @@
 //! back-pressure is exact.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,6 +49,8 @@ enum Phase {
         stdin_ended: bool,
         out: mpsc::Receiver<Out>,
         aborted: Arc<AtomicBool>,
+        /// The job's count of messages not yet written (see `Job::pending`).
+        pending: Arc<AtomicUsize>,
     },
     /// END_REQUEST was sent before the STDIN stream ended: discard the rest.
     Draining,
@@ -196,6 +198,7 @@ impl Connection {
             if let Some(direct) = &self.direct {
                 direct.unlock();
             }
+            stream.idle();
             let event = {
                 let stopping = *self.shutdown.borrow();
                 let reading = self.pending_stdin.is_none();
@@ -338,6 +341,11 @@ impl Connection {
         let mut frames = Frames::default();
         let mut next = Some(first);
         let mut app_status = None;
+        let mut taken = 0;
+        let pending = match &active.phase {
+            Phase::Running { pending, .. } => Some(pending.clone()),
+            _ => None,
+        };
         while let Some(message) = next.take() {
             let Phase::Running {
                 aborted, out: rx, ..
@@ -345,6 +353,7 @@ impl Connection {
             else {
                 break;
             };
+            taken += usize::from(message.is_some());
             let dropped = aborted.load(Ordering::Relaxed);
             match message {
                 Some(Out::Stdout { head, body }) if !dropped => {
@@ -387,9 +396,12 @@ impl Connection {
             }
             self.end_active();
         }
-        write_frames(stream, &mut frames)
-            .await
-            .map_err(|_| Closed::PeerGone)
+        let written = write_frames(stream, &mut frames).await;
+        // Only now may the app thread write past these messages.
+        if let Some(pending) = pending {
+            pending.fetch_sub(taken, Ordering::Release);
+        }
+        written.map_err(|_| Closed::PeerGone)
     }
 
     /// A record of a request (id ≠ 0): dispatch on its type. Records of
@@ -623,6 +635,7 @@ impl Connection {
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let aborted = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(AtomicUsize::new(0));
         let job = Job {
             request_id: id,
             role,
@@ -630,17 +643,16 @@ impl Connection {
             stdin: stdin_rx,
             out: out_tx,
             aborted: aborted.clone(),
-            direct: if active.keep_conn && !*self.shutdown.borrow() {
-                self.direct.clone()
-            } else {
-                None
-            },
+            pending: pending.clone(),
+            direct: self.direct.clone(),
+            direct_final: active.keep_conn && !*self.shutdown.borrow(),
         };
         active.phase = Phase::Running {
             stdin: Some(stdin_tx),
             stdin_ended: false,
             out: out_rx,
             aborted,
+            pending,
         };
         if self.dispatch.dispatch(job).is_err() {
             log_error!("request {id}: all app threads busy and the queue is full: FCGI_OVERLOADED");

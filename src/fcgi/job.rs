@@ -5,7 +5,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -78,9 +78,16 @@ pub struct Job {
     pub out: mpsc::Sender<Out>,
     /// Set when the web server aborted the request or went away.
     pub aborted: Arc<AtomicBool>,
-    /// The socket, for writing a complete final response without waking the
-    /// I/O thread (only on kept-alive connections); see [`DirectWrite`].
+    /// Messages sent on `out` that the connection has not written yet: the
+    /// app thread writes to `direct` itself only while this is zero (order).
+    pub pending: Arc<AtomicUsize>,
+    /// The socket, for the app thread's own writes (streamed chunks; see
+    /// [`DirectWrite`]).
     pub direct: Option<Arc<DirectWrite>>,
+    /// Whether the final response may also be written directly (only on
+    /// kept-alive connections outside shutdown: otherwise the connection
+    /// must see the end to close).
+    pub direct_final: bool,
 }
 
 /// Runs jobs (the Python thread pool in the worker; a plain function in tests).

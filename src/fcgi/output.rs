@@ -27,6 +27,9 @@ pub trait Transport: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send {
         offset: &mut i64,
         count: usize,
     ) -> std::io::Result<usize>;
+    /// The connection goes idle (nothing of ours left to write): a chance
+    /// to drop interest in write readiness.
+    fn idle(&mut self) {}
 }
 
 macro_rules! transport {
@@ -52,16 +55,26 @@ macro_rules! transport {
 transport!(tokio::net::TcpStream);
 transport!(tokio::net::UnixStream);
 
-/// A response that is complete when the app returns (hello world, an error
-/// page) can be written by the app thread itself: one non-blocking write of
-/// its records and END_REQUEST on a duplicate of the socket. The I/O thread
-/// is not woken for it; it learns that the request ended when it next wakes
-/// (the web server's next request on this kept-alive connection). `busy`
-/// makes the two writers exclusive: the I/O thread holds it whenever it is
-/// not idle, the app thread only ever tries it.
+/// The app thread's own path to the socket, on a duplicate of it.
+///
+/// - A response that is complete when the app returns (hello world, an
+///   error page) is written by the app thread in one non-blocking write of
+///   its records and END_REQUEST ([`DirectWrite::write_final`]); the I/O
+///   thread is not woken for it and learns that the request ended when it
+///   next wakes (the web server's next request on this kept-alive connection).
+/// - A streamed body is written chunk by chunk by the app thread, waiting
+///   for the socket like a blocking write ([`DirectWrite::write_stream`]),
+///   as long as nothing of the request is still queued for the I/O thread
+///   (order is kept); so a large body moves socket-ward with one thread and
+///   no hand-off per chunk.
+///
+/// `busy` makes the two writers exclusive: the I/O thread holds it whenever
+/// it is not idle, the app thread only takes it when free.
 pub struct DirectWrite {
     socket: OwnedFd,
     busy: AtomicBool,
+    /// Signalled when the app thread lets go of `busy`.
+    released: tokio::sync::Notify,
     pub(super) stopping: AtomicBool,
     /// Set by the app thread (while holding `busy`): the request id, its
     /// `appStatus`, and the output sender (kept, so that dropping it does
@@ -76,14 +89,95 @@ impl DirectWrite {
             .is_ok()
     }
 
+    /// I/O thread: take the socket (waiting while the app thread writes).
     pub(super) async fn lock(&self) {
-        while !self.try_lock() {
-            tokio::task::yield_now().await;
+        loop {
+            let released = self.released.notified();
+            if self.try_lock() {
+                return;
+            }
+            released.await;
         }
     }
 
+    /// I/O thread: let the app thread write.
     pub(super) fn unlock(&self) {
         self.busy.store(false, Ordering::Release);
+    }
+
+    /// App thread: take the socket if the I/O thread lets go of it within a
+    /// moment (it holds it only while handling an event).
+    fn lock_app(&self) -> bool {
+        for _ in 0..64 {
+            if self.try_lock() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    fn unlock_app(&self) {
+        self.busy.store(false, Ordering::Release);
+        self.released.notify_one();
+    }
+
+    /// App thread: write `head` and `body` as STDOUT records of request
+    /// `id`, waiting (without the GIL: the caller released it) whenever the
+    /// socket is full. `Ok(false)`: the I/O thread has the socket; nothing
+    /// was written and the caller queues the chunk instead.
+    pub fn write_stream(
+        &self,
+        id: u16,
+        head: Bytes,
+        body: Bytes,
+        aborted: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        if !self.lock_app() {
+            return Ok(false);
+        }
+        let mut frames = Frames::default();
+        frames.stream(RecordType::Stdout, id, head);
+        frames.stream(RecordType::Stdout, id, body);
+        frames.seal();
+        let result = self.write_blocking(&mut frames, aborted);
+        self.unlock_app();
+        result.map(|()| true)
+    }
+
+    fn write_blocking(&self, frames: &mut Frames, aborted: &AtomicBool) -> std::io::Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        while !frames.segments.is_empty() {
+            let written = {
+                let slices: Vec<std::io::IoSlice<'_>> = frames
+                    .segments
+                    .iter()
+                    .take(64)
+                    .map(|b| std::io::IoSlice::new(b))
+                    .collect();
+                nix::sys::uio::writev(&self.socket, &slices)
+            };
+            match written {
+                Ok(n) => frames.advance(n),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    // A record may be half written: nobody else may write
+                    // until it is complete, so wait holding the socket. The
+                    // wait is cut short by an ABORT or a closed connection.
+                    if aborted.load(Ordering::Relaxed) {
+                        return Err(std::io::ErrorKind::ConnectionAborted.into());
+                    }
+                    let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLOUT)];
+                    match poll(&mut fds, PollTimeout::from(100u16)) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// App thread: write `records` (STDOUT records and END_REQUEST of
@@ -100,12 +194,23 @@ impl DirectWrite {
         if self.stopping.load(Ordering::Relaxed) || !self.try_lock() {
             return false;
         }
+        let done = self.write_final_locked(id, status, records, out);
+        self.unlock_app();
+        done
+    }
+
+    fn write_final_locked(
+        &self,
+        id: u16,
+        status: u32,
+        records: &[u8],
+        out: mpsc::Sender<Out>,
+    ) -> bool {
         let written = match nix::unistd::write(&self.socket, records) {
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => 0,
             Err(_) => {
                 // The connection is gone; nothing more to tell anyone.
-                self.unlock();
                 return true;
             }
         };
@@ -113,17 +218,14 @@ impl DirectWrite {
             if let Ok(mut finished) = self.finished.lock() {
                 *finished = Some((id, status, out));
             }
-            self.unlock();
             return true;
         }
         if written > 0 {
             // Frames are in order: the rest, then the end, through the queue.
             let _ = out.try_send(Out::Raw(Bytes::copy_from_slice(&records[written..])));
             let _ = out.try_send(Out::Finalize(status));
-            self.unlock();
             return true;
         }
-        self.unlock();
         false
     }
 }
@@ -135,6 +237,7 @@ impl DirectWrite {
         Arc::new(DirectWrite {
             socket,
             busy: AtomicBool::new(true),
+            released: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             finished: std::sync::Mutex::new(None),
         })
@@ -166,6 +269,23 @@ impl Frames {
         }
     }
 
+    /// Drop the first `written` bytes (a write took them).
+    fn advance(&mut self, written: usize) {
+        let mut left = written;
+        while left > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.segments.pop_front();
+            } else {
+                bytes::Buf::advance(front, left);
+                left = 0;
+            }
+        }
+    }
+
     /// Frame `data` as records of `kind` (nothing for empty data).
     pub fn stream(&mut self, kind: RecordType, id: u16, data: Bytes) {
         self.len += data.len();
@@ -192,10 +312,10 @@ pub async fn write_frames<T: Transport>(
 ) -> std::io::Result<()> {
     frames.seal();
     frames.len = 0;
-    let segments = &mut frames.segments;
-    while !segments.is_empty() {
+    while !frames.segments.is_empty() {
         let written = {
-            let slices: Vec<std::io::IoSlice<'_>> = segments
+            let slices: Vec<std::io::IoSlice<'_>> = frames
+                .segments
                 .iter()
                 .take(64)
                 .map(|b| std::io::IoSlice::new(b))
@@ -205,19 +325,7 @@ pub async fn write_frames<T: Transport>(
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let mut left = written;
-        while left > 0 {
-            let Some(front) = segments.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                segments.pop_front();
-            } else {
-                bytes::Buf::advance(front, left);
-                left = 0;
-            }
-        }
+        frames.advance(written);
     }
     Ok(())
 }
