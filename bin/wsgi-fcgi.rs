@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use wsgi_gateway::client::{self, Probe};
 use wsgi_gateway::config::Layer;
 use wsgi_gateway::fcgi::job::Limits;
-use wsgi_gateway::listener::{Bind, UnixSocketOptions};
+use wsgi_gateway::listener::{Bind, Listener, UnixSocketOptions};
+use wsgi_gateway::process::Ready;
+use wsgi_gateway::process::master::{self, MasterOptions, exit};
 use wsgi_gateway::worker::{self, WorkerError, WorkerOptions};
 
 const AFTER_HELP: &str =
@@ -23,11 +25,19 @@ Listening: --bind unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable). Without
 bin-path) or from systemd (LISTEN_FDS) is used. FCGI_WEB_SERVER_ADDRS (comma-
 separated IPs) restricts TCP peers.
 
-Signals: TERM stops gracefully (no new connections, requests in flight finish
-within --graceful-timeout); INT and QUIT stop at once.
+Signals (the process, or with --workers the master):
+  TERM        graceful stop: no new connections, requests in flight finish
+              within --graceful-timeout
+  INT, QUIT   stop at once
+  HUP         (--workers) reload: new workers import the app afresh and start
+              accepting; the old ones then finish their requests and exit.
+              The listening sockets stay open throughout. If the new code
+              does not import, the old workers go on serving.
+  TTIN, TTOU  (--workers) one worker process more / fewer
 
 Exit status: 0 stopped normally; 1 could not start (bad option, socket,
-interpreter); 4 the application failed to import.
+interpreter); 4 the application failed to import (with --workers: in the
+first worker, which stops the master instead of a respawn loop).
 `wsgi-fcgi request`: 0 when the response status is 2xx, 1 otherwise, 2 when
 the request failed.";
 
@@ -101,6 +111,9 @@ struct Serve {
     /// Seconds TERM waits for requests in flight
     #[arg(long, value_name = "S", default_value_t = 30.0)]
     graceful_timeout: f64,
+    /// Run a master with N pre-forked worker processes (signals: see below) [default: one process, no master]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    workers: Option<u32>,
 }
 
 #[derive(Args)]
@@ -179,15 +192,46 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         },
         forward_stderr: args.forward_stderr,
         graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
+        workers: args.workers.map_or(0, |n| n as usize),
     };
     let listeners = worker::listeners(&options)?;
-    match worker::run(options, listeners) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+    if options.workers == 0 {
+        return Ok(match worker_main(&options, listeners, None) {
+            0 => ExitCode::SUCCESS,
+            code => ExitCode::from(code as u8),
+        });
+    }
+    let master_options = MasterOptions {
+        workers: options.workers,
+        graceful_timeout: options.graceful_timeout,
+    };
+    let code = master::run(master_options, &|ready| match listeners
+        .iter()
+        .map(|l| l.try_clone())
+        .collect()
+    {
+        Ok(copies) => worker_main(&options, copies, Some(ready)),
+        Err(err) => {
+            eprintln!("wsgi-fcgi: worker: {err}");
+            exit::SETUP
+        }
+    })?;
+    worker::remove_socket_files(&options);
+    Ok(ExitCode::from(code as u8))
+}
+
+/// One worker process (or the only process); returns the exit status.
+fn worker_main(options: &WorkerOptions, listeners: Vec<Listener>, ready: Option<Ready>) -> i32 {
+    match worker::run(options.clone(), listeners, ready) {
+        Ok(()) => exit::OK,
         Err(WorkerError::AppLoad) => {
             eprintln!("wsgi-fcgi: the application failed to load (traceback above)");
-            Ok(ExitCode::from(4))
+            exit::APP_LOAD
         }
-        Err(err) => Err(err.into()),
+        Err(err) => {
+            eprintln!("wsgi-fcgi: {err}");
+            exit::SETUP
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub mod input;
 pub mod listener;
 pub mod log;
 pub mod pool;
+pub mod process;
 pub mod python;
 pub mod request;
 pub mod response;

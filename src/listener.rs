@@ -77,6 +77,17 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+impl Listener {
+    /// Another descriptor for the same listening socket (each worker
+    /// process of a master takes one).
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
+    }
+}
+
 /// Unix socket ownership and mode.
 #[derive(Clone, Debug)]
 pub struct UnixSocketOptions {

@@ -15,6 +15,7 @@ use crate::appspec::AppSpec;
 use crate::fcgi::job::Limits;
 use crate::listener::{self, Bind, Listener, UnixSocketOptions};
 use crate::pool::{Pool, PoolOptions};
+use crate::process::Ready;
 use crate::server::{self, ServerOptions};
 use crate::{app, log_error, log_info, python};
 
@@ -43,6 +44,8 @@ pub struct WorkerOptions {
     pub forward_stderr: bool,
     /// How long TERM waits for requests in flight.
     pub graceful_timeout: Duration,
+    /// Worker processes under a master (0: a single process, no master).
+    pub workers: usize,
 }
 
 /// Why a worker could not start.
@@ -78,8 +81,14 @@ pub fn listeners(options: &WorkerOptions) -> Result<Vec<Listener>, WorkerError> 
         .collect()
 }
 
-/// Run a worker until TERM (graceful), INT or QUIT (fast).
-pub fn run(options: WorkerOptions, listeners: Vec<Listener>) -> Result<(), WorkerError> {
+/// Run a worker until TERM (graceful), INT or QUIT (fast). `ready`: the
+/// master's pipe (a worker of `--workers N`), told once the app is loaded;
+/// such a worker leaves the sockets (and unix socket files) to the master.
+pub fn run(
+    options: WorkerOptions,
+    listeners: Vec<Listener>,
+    ready: Option<Ready>,
+) -> Result<(), WorkerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -98,7 +107,7 @@ pub fn run(options: WorkerOptions, listeners: Vec<Listener>) -> Result<(), Worke
             queue: options.limits.max_conns,
             // Inherited sockets (spawn-fcgi -F, mod_fcgid, lighttpd max-procs)
             // are usually shared by several processes of the same app.
-            multiprocess: options.binds.is_empty(),
+            multiprocess: options.binds.is_empty() || options.workers > 1,
             forward_stderr: options.forward_stderr,
         },
     )?;
@@ -112,6 +121,9 @@ pub fn run(options: WorkerOptions, listeners: Vec<Listener>) -> Result<(), Worke
         options.threads,
         listeners.len()
     );
+    if let Some(ready) = &ready {
+        ready.notify()?;
+    }
     let graceful_timeout = options.graceful_timeout;
     let stop = async move {
         tokio::select! {
@@ -126,14 +138,21 @@ pub fn run(options: WorkerOptions, listeners: Vec<Listener>) -> Result<(), Worke
         server_options,
         stop,
     ))?;
+    if ready.is_none() {
+        remove_socket_files(&options);
+    }
+    Python::attach(python::run_exit_hooks);
+    log_info!("stopped");
+    Ok(())
+}
+
+/// Remove the unix socket files this process bound (at the final stop).
+pub fn remove_socket_files(options: &WorkerOptions) {
     for bind in &options.binds {
         if let Bind::Unix(path) = bind {
             let _ = std::fs::remove_file(path);
         }
     }
-    Python::attach(python::run_exit_hooks);
-    log_info!("stopped");
-    Ok(())
 }
 
 fn load(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
