@@ -437,11 +437,17 @@ impl Master<'_> {
 
     fn spawn(&mut self) -> std::io::Result<()> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let master = nix::unistd::getpid();
         // SAFETY: the master is single-threaded (no runtime, no Python), so
         // the child may run arbitrary code after fork.
         match unsafe { fork() }? {
             ForkResult::Child => {
                 drop(read);
+                // Workers do not outlive their master (even a SIGKILLed one).
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                if nix::unistd::getppid() != master {
+                    std::process::exit(exit::OK);
+                }
                 // The worker handles its own signals.
                 let _ = SigSet::empty().thread_set_mask();
                 let code = (self.worker_main)(Ready(write));

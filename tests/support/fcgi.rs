@@ -601,6 +601,26 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::response`] for load loops: a connection that closes or
+    /// breaks before END_REQUEST, or a timeout, is an `Err`, not a panic.
+    pub fn response_with_result(&mut self, id: u16, timeout: Duration) -> Result<Response, String> {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut stdout = Vec::new();
+            let mut response =
+                self.response_with(id, timeout, |chunk| stdout.extend_from_slice(chunk));
+            response.stdout = stdout;
+            response
+        }));
+        match caught {
+            Ok(response) if response.end.is_some() => Ok(response),
+            Ok(_) => Err("connection closed before END_REQUEST".into()),
+            Err(panic) => Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "broken response".into())),
+        }
+    }
+
     /// Send a whole request in one write.
     pub fn send_request(&mut self, id: u16, req: &Req) -> io::Result<()> {
         self.send(&req.wire(id))

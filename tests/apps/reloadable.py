@@ -1,0 +1,22 @@
+"""Fixture for the master/worker tests (tests/process.rs and the nginx
+reload test): the version comes from the file named by $RELOADABLE_VERSION,
+read when the module is imported, so only a worker that imported the app
+afresh (a reload) serves a new one; "broken" in the file makes the import
+fail. Responses are "VERSION PID"; /slow?s=SECONDS sleeps first."""
+
+import os
+import time
+
+with open(os.environ["RELOADABLE_VERSION"]) as f:
+    VERSION = f.read().strip()
+if VERSION == "broken":
+    raise RuntimeError("this version of the app does not import")
+
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/slow":
+        query = environ.get("QUERY_STRING", "")
+        time.sleep(float(query.split("=", 1)[1]) if query.startswith("s=") else 1.0)
+    body = f"{VERSION} {os.getpid()}\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

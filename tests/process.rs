@@ -1,0 +1,350 @@
+//! `wsgi-fcgi --workers N`: the master and its worker processes, driven with
+//! real signals — kill -9 of a worker under load, TERM draining a slow
+//! request, HUP serving new code (and keeping the old when the new does not
+//! import), TTIN/TTOU, and an app that never imports stopping the master
+//! instead of a respawn loop. The app is tests/apps/reloadable.py, whose
+//! responses say which version (read at import) and which process served.
+//! (The reload under load through nginx is in tests/webservers_fcgi.rs.)
+
+#[path = "support/fcgi.rs"]
+mod fcgi;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fcgi::*;
+
+/// A master with `workers` workers serving reloadable.py, its version file
+/// holding `version`.
+fn master(workers: u32, version: &str, extra: &[&str]) -> Responder {
+    let dir = tempfile::tempdir().unwrap();
+    let version_file = dir.path().join("version");
+    std::fs::write(&version_file, version).unwrap();
+    let addr = Addr::Unix(dir.path().join("fcgi.sock"));
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--app")
+        .arg(app("reloadable.py"))
+        .args(["--workers", &workers.to_string(), "--threads", "2"])
+        .args(extra)
+        .arg("--bind")
+        .arg(addr.arg())
+        .env("RELOADABLE_VERSION", &version_file);
+    let r = Responder::spawn(cmd, addr, dir);
+    assert!(
+        wait_until(Duration::from_secs(20), || workers_of(r.pid).len()
+            == workers as usize),
+        "{workers} workers did not start; log:\n{}",
+        r.log()
+    );
+    r
+}
+
+fn set_version(r: &Responder, version: &str) {
+    std::fs::write(r.path("version"), version).unwrap();
+}
+
+/// "VERSION PID" from one request on a fresh connection.
+fn served(r: &Responder, path: &str) -> Result<(String, u32), String> {
+    let mut c = r.addr.connect().map_err(|e| format!("connect: {e}"))?;
+    c.send_request(1, &Req::get(path))
+        .map_err(|e| format!("send: {e}"))?;
+    let out = c.response_with_result(1, Duration::from_secs(10))?;
+    if out.status() != 200 {
+        return Err(format!("status {}", out.status()));
+    }
+    let text = out.text();
+    let (version, pid) = text.trim().split_once(' ').ok_or(text.clone())?;
+    Ok((version.to_string(), pid.parse().map_err(|_| text.clone())?))
+}
+
+/// The worker processes of `master` (its children), from /proc.
+fn workers_of(master: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may hold spaces: split after ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .collect();
+        if fields.first() != Some(&"Z") && fields.get(1) == Some(&master.to_string().as_str()) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -s {signal} {pid}");
+}
+
+/// Requests in a loop on `threads` threads until stopped: (ok, failed, last error).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Option<String>>>,
+}
+
+impl Load {
+    fn start(r: &Responder, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let addr = r.addr.clone();
+                std::thread::spawn(move || {
+                    let mut last = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let result = addr.connect().map_err(|e| e.to_string()).and_then(|mut c| {
+                            c.send_request(1, &Req::get("/"))
+                                .map_err(|e| e.to_string())?;
+                            c.response_with_result(1, Duration::from_secs(10))
+                        });
+                        match result {
+                            Ok(out) if out.status() == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(out) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                last = Some(format!("status {}", out.status()));
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                last = Some(e);
+                            }
+                        }
+                    }
+                    last
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stop; returns (ok, failed, an error seen).
+    fn finish(self) -> (usize, usize, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors: Vec<String> = self
+            .threads
+            .into_iter()
+            .filter_map(|t| t.join().unwrap())
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors.into_iter().next(),
+        )
+    }
+}
+
+#[test]
+fn kill_9_of_a_worker_under_load_fails_only_its_requests_and_is_replaced_within_a_second() {
+    let r = master(2, "v1", &[]);
+    let before = workers_of(r.pid);
+    let load = Load::start(&r, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = before[0];
+    kill(victim, "KILL");
+    let killed_at = Instant::now();
+    let replaced = wait_until(Duration::from_secs(5), || {
+        let now = workers_of(r.pid);
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert!(replaced, "no replacement worker; log:\n{}", r.log());
+    let replacement = *workers_of(r.pid)
+        .iter()
+        .find(|p| !before.contains(p))
+        .unwrap();
+    // The replacement serves within a second of the kill.
+    let mut served_by_new = false;
+    while killed_at.elapsed() < Duration::from_secs(1) && !served_by_new {
+        served_by_new = served(&r, "/").is_ok_and(|(_, pid)| pid == replacement);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, error) = load.finish();
+    eprintln!("kill -9 under load: {ok} served, {failed} failed ({error:?})");
+    assert!(
+        served_by_new,
+        "replacement {replacement} served nothing within 1 s of the kill; log:\n{}",
+        r.log()
+    );
+    // Each of the 4 load threads has one request in flight at most: only
+    // requests the killed worker had accepted may fail.
+    assert!(ok > 100, "only {ok} requests served");
+    assert!(
+        failed <= 4,
+        "{failed} requests failed (e.g. {error:?}) for one killed worker"
+    );
+    assert!(
+        r.log()
+            .contains(&format!("worker {victim} died (signal SIGKILL)")),
+        "{}",
+        r.log()
+    );
+}
+
+#[test]
+fn term_lets_an_in_flight_slow_request_finish_then_the_master_exits() {
+    let mut r = master(2, "v1", &[]);
+    let addr = r.addr.clone();
+    let slow = std::thread::spawn(move || {
+        let mut c = addr.connect().unwrap();
+        c.send_request(1, &Req::get("/slow").param("QUERY_STRING", "s=1.5"))
+            .unwrap();
+        c.response_with_result(1, Duration::from_secs(20))
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    r.signal("TERM");
+    let out = slow.join().unwrap().expect("the slow request was cut off");
+    assert_eq!(out.status(), 200, "{}", r.log());
+    assert!(out.text().starts_with("v1 "));
+    let status = r
+        .wait_exit(Duration::from_secs(20))
+        .expect("master did not exit");
+    assert!(status.success(), "{status}; log:\n{}", r.log());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "exited before the request could finish"
+    );
+    assert!(
+        !r.path("fcgi.sock").exists(),
+        "the socket file was left behind"
+    );
+}
+
+#[test]
+fn hup_serves_the_new_code_and_keeps_the_old_when_the_new_does_not_import() {
+    let r = master(2, "v1", &[]);
+    assert_eq!(served(&r, "/").unwrap().0, "v1");
+    let first = workers_of(r.pid);
+
+    // New code that does not import: the old workers go on serving it.
+    set_version(&r, "broken");
+    kill(r.pid, "HUP");
+    assert!(
+        r.wait_log("reload cancelled", Duration::from_secs(20)),
+        "{}",
+        r.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || workers_of(r.pid) == first),
+        "{}",
+        r.log()
+    );
+    for _ in 0..20 {
+        assert_eq!(served(&r, "/").unwrap().0, "v1");
+    }
+
+    // Good new code: every response comes from it once the reload is done.
+    set_version(&r, "v2");
+    kill(r.pid, "HUP");
+    let renewed = wait_until(Duration::from_secs(20), || {
+        let now = workers_of(r.pid);
+        now.len() == 2 && now.iter().all(|p| !first.contains(p))
+    });
+    assert!(renewed, "old workers still there; log:\n{}", r.log());
+    for _ in 0..20 {
+        assert_eq!(served(&r, "/").unwrap().0, "v2", "log:\n{}", r.log());
+    }
+}
+
+#[test]
+fn ttin_and_ttou_change_the_number_of_workers() {
+    let r = master(2, "v1", &[]);
+    kill(r.pid, "TTIN");
+    assert!(
+        wait_until(Duration::from_secs(10), || workers_of(r.pid).len() == 3),
+        "{}",
+        r.log()
+    );
+    // One signal at a time: two of a kind pending at once are one (POSIX).
+    kill(r.pid, "TTOU");
+    assert!(
+        wait_until(Duration::from_secs(10), || workers_of(r.pid).len() == 2),
+        "{}",
+        r.log()
+    );
+    kill(r.pid, "TTOU");
+    assert!(
+        wait_until(Duration::from_secs(10), || workers_of(r.pid).len() == 1),
+        "{}",
+        r.log()
+    );
+    // Never fewer than one.
+    kill(r.pid, "TTOU");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(workers_of(r.pid).len(), 1, "{}", r.log());
+    assert!(served(&r, "/").is_ok());
+}
+
+#[test]
+fn an_app_that_does_not_import_stops_the_master_with_status_4_instead_of_respawning() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("version");
+    std::fs::write(&version, "broken").unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(wsgi_fcgi())
+        .arg("--app")
+        .arg(app("reloadable.py"))
+        .args(["--workers", "3"])
+        .arg("--bind")
+        .arg(format!("unix:{}", dir.path().join("fcgi.sock").display()))
+        .env("RELOADABLE_VERSION", &version)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "master still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(4), "{text}");
+    assert!(text.contains("stopping instead of respawning"), "{text}");
+    assert!(
+        text.contains("this version of the app does not import"),
+        "{text}"
+    );
+    // The first workers only: no respawn loop.
+    let boots = text.matches("the application failed to load").count();
+    assert!((1..=3).contains(&boots), "{boots} failed boots:\n{text}");
+    assert!(!Path::new(&dir.path().join("fcgi.sock")).exists());
+}
