@@ -392,6 +392,7 @@ cases! {
     lighttpd_socket => run_lighttpd_socket();
     lighttpd_bin_path => run_lighttpd_bin_path();
     spawn_fcgi_fd0 => run_spawn_fcgi_fd0();
+    nginx_ten_hup_reloads_under_load => nginx_reloads_under_load();
 }
 
 /// nginx → wsgi-fcgi serving fcgi_site.py over `listen`.
@@ -574,5 +575,112 @@ fn nginx_hgweb() -> Option<()> {
     assert_eq!(hg(&["-R", c, "log", "-T", "{desc}"]), DESC);
     let readme = std::fs::read_to_string(clone.join("README")).unwrap();
     assert_eq!(readme, "served by wsgi-fcgi\n");
+    Some(())
+}
+
+/// `wsgi-fcgi --workers 2` behind nginx (upstream keepalive pool,
+/// `fastcgi_keep_conn on`), four clients requesting without pause, and ten
+/// HUP reloads, each with a new version of the app: not one request may
+/// fail, and the last version is what is served afterwards.
+fn nginx_reloads_under_load() -> Option<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut app = App::file("reloadable.py")?;
+    let versions = tempfile::tempdir().unwrap();
+    let version_file = versions.path().join("version");
+    std::fs::write(&version_file, "v0").unwrap();
+    app.env
+        .push(("RELOADABLE_VERSION", version_file.display().to_string()));
+    let responder = Responder::start(Listen::Unix, |bind| {
+        let mut cmd = Command::new(wsgi_fcgi());
+        cmd.args(app.args())
+            .args(["--workers", "2", "--threads", "2", "--bind", bind]);
+        if let Some(group) = socket_group() {
+            cmd.args(["--socket-group", group]);
+        }
+        cmd.envs(app.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    });
+    let web = nginx(&responder.address(), MOUNT)?;
+    let port = web.port;
+    // One request on its own connection to nginx: the version served.
+    let fetch = move || -> Result<String, String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(b"GET /app/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(head.lines().next().unwrap_or_default().to_string());
+        }
+        Ok(body.split(' ').next().unwrap_or_default().to_string())
+    };
+    assert_eq!(fetch(), Ok("v0".to_string()), "{}", responder.proc.log());
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match fetch() {
+                        Ok(_) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.push(e),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let master = responder.proc.pid();
+    for round in 1..=10 {
+        std::fs::write(&version_file, format!("v{round}")).unwrap();
+        let hup = Command::new("kill")
+            .args(["-s", "HUP", &master.to_string()])
+            .status();
+        assert!(hup.is_ok_and(|s| s.success()));
+        let needle = format!("master: generation {round} ready");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !responder.proc.log().contains(&needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {round} did not complete: {}",
+                responder.proc.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Some load on the new generation before the next reload.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let served = served.load(Ordering::Relaxed);
+    eprintln!(
+        "10 HUP reloads through nginx: {served} requests served, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during reloads, e.g. {:?}\nnginx: {}\nwsgi-fcgi: {}",
+        failures.len(),
+        served + failures.len(),
+        failures.first(),
+        web.log(),
+        responder.proc.log()
+    );
+    assert!(served > 200, "only {served} requests in ten reloads");
+    for _ in 0..10 {
+        assert_eq!(fetch(), Ok("v10".to_string()));
+    }
     Some(())
 }

@@ -321,6 +321,10 @@ impl Server {
     }
 
     /// GET `target` from this server.
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
     pub fn get(&self, target: &str) -> Response {
         get(self.port, target)
     }
