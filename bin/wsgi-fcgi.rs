@@ -114,6 +114,18 @@ struct Serve {
     /// Run a master with N pre-forked worker processes (signals: see below) [default: one process, no master]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     workers: Option<u32>,
+    /// (--workers) Replace a worker after it served N requests (its replacement starts first)
+    #[arg(long, value_name = "N", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: Option<u64>,
+    /// (--workers) Up to N more requests per worker, at random, so workers do not recycle together
+    #[arg(long, value_name = "N", requires = "max_requests", default_value_t = 0)]
+    max_requests_jitter: u64,
+    /// (--workers) Replace a worker after S seconds (plus up to 10% at random)
+    #[arg(long, value_name = "S", requires = "workers")]
+    max_lifetime: Option<f64>,
+    /// (--workers) Replace a worker whose resident memory exceeds MiB (minus up to 5% at random; sampled every second)
+    #[arg(long, value_name = "MiB", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
+    max_rss: Option<u64>,
 }
 
 #[derive(Args)]
@@ -193,6 +205,8 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         forward_stderr: args.forward_stderr,
         graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
         workers: args.workers.map_or(0, |n| n as usize),
+        max_requests: args.max_requests,
+        max_requests_jitter: args.max_requests_jitter,
     };
     let listeners = worker::listeners(&options)?;
     if options.workers == 0 {
@@ -204,6 +218,10 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
     let master_options = MasterOptions {
         workers: options.workers,
         graceful_timeout: options.graceful_timeout,
+        max_lifetime: args
+            .max_lifetime
+            .map(|s| Duration::from_secs_f64(s.max(0.001))),
+        max_rss: args.max_rss.map(|mib| mib << 20),
     };
     let code = master::run(master_options, &|ready| match listeners
         .iter()

@@ -40,6 +40,30 @@ pub struct PoolOptions {
     pub forward_stderr: bool,
 }
 
+/// `--max-requests`: once `limit` requests are done, `reached` runs (once).
+pub struct RequestLimit {
+    limit: u64,
+    served: std::sync::atomic::AtomicU64,
+    reached: Box<dyn Fn() + Send + Sync>,
+}
+
+impl RequestLimit {
+    /// A limit of `limit` requests.
+    pub fn new(limit: u64, reached: Box<dyn Fn() + Send + Sync>) -> RequestLimit {
+        RequestLimit {
+            limit,
+            served: std::sync::atomic::AtomicU64::new(0),
+            reached,
+        }
+    }
+
+    fn count(&self) {
+        if self.served.fetch_add(1, Ordering::Relaxed) + 1 == self.limit {
+            (self.reached)();
+        }
+    }
+}
+
 /// The pool: a bounded queue of jobs waiting for a thread, and the idle
 /// threads, most recently idle first.
 ///
@@ -109,7 +133,11 @@ impl Dispatch for Pool {
 
 impl Pool {
     /// Start the threads; `app` is the loaded application callable.
-    pub fn start(app: Py<PyAny>, options: PoolOptions) -> io::Result<Pool> {
+    pub fn start(
+        app: Py<PyAny>,
+        options: PoolOptions,
+        limit: Option<Arc<RequestLimit>>,
+    ) -> io::Result<Pool> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             capacity: options.queue.max(1),
@@ -118,15 +146,21 @@ impl Pool {
         for index in 0..options.threads.max(1) {
             let shared = shared.clone();
             let app = app.clone();
+            let limit = limit.clone();
             std::thread::Builder::new()
                 .name(format!("wsgi-app-{index}"))
-                .spawn(move || app_thread(&app, &shared, options))?;
+                .spawn(move || app_thread(&app, &shared, options, limit.as_deref()))?;
         }
         Ok(Pool { shared })
     }
 }
 
-fn app_thread(app: &Py<PyAny>, shared: &Shared, options: PoolOptions) {
+fn app_thread(
+    app: &Py<PyAny>,
+    shared: &Shared,
+    options: PoolOptions,
+    limit: Option<&RequestLimit>,
+) {
     let me = Arc::new(Parked::default());
     Python::attach(|py| {
         let mut thread = ThreadState {
@@ -152,6 +186,9 @@ fn app_thread(app: &Py<PyAny>, shared: &Shared, options: PoolOptions) {
                 None => py.detach(|| me.wait()),
             };
             run_job(py, app.bind(py), job, &mut thread);
+            if let Some(limit) = limit {
+                limit.count();
+            }
         }
     });
 }

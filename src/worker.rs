@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::appspec::AppSpec;
 use crate::fcgi::job::Limits;
 use crate::listener::{self, Bind, Listener, UnixSocketOptions};
-use crate::pool::{Pool, PoolOptions};
+use crate::pool::{Pool, PoolOptions, RequestLimit};
 use crate::process::Ready;
 use crate::server::{self, ServerOptions};
 use crate::{app, log_error, log_info, python};
@@ -46,6 +46,11 @@ pub struct WorkerOptions {
     pub graceful_timeout: Duration,
     /// Worker processes under a master (0: a single process, no master).
     pub workers: usize,
+    /// Ask the master for a replacement after this many requests (plus up
+    /// to `max_requests_jitter`).
+    pub max_requests: Option<u64>,
+    /// Random extra requests per worker, so workers do not recycle together.
+    pub max_requests_jitter: u64,
 }
 
 /// Why a worker could not start.
@@ -100,6 +105,20 @@ pub fn run(
     // print() and C code writing to fd 1 go to the log, like everything else.
     nix::unistd::dup2_stdout(std::io::stderr()).map_err(std::io::Error::from)?;
     let application = load(&options)?;
+    let ready = ready.map(Arc::new);
+    let limit = match (&ready, options.max_requests) {
+        (Some(ready), Some(max)) => {
+            let ready = ready.clone();
+            let limit = max.max(1) + crate::process::master::jitter(options.max_requests_jitter);
+            Some(Arc::new(RequestLimit::new(
+                limit,
+                Box::new(move || {
+                    let _ = ready.recycle();
+                }),
+            )))
+        }
+        _ => None,
+    };
     let pool = Pool::start(
         application,
         PoolOptions {
@@ -110,6 +129,7 @@ pub fn run(
             multiprocess: options.binds.is_empty() || options.workers > 1,
             forward_stderr: options.forward_stderr,
         },
+        limit,
     )?;
     let server_options = ServerOptions {
         limits: options.limits.clone(),

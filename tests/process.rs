@@ -348,3 +348,56 @@ fn an_app_that_does_not_import_stops_the_master_with_status_4_instead_of_respawn
     assert!((1..=3).contains(&boots), "{boots} failed boots:\n{text}");
     assert!(!Path::new(&dir.path().join("fcgi.sock")).exists());
 }
+
+#[test]
+fn max_requests_recycles_workers_under_load_without_a_failed_request() {
+    let r = master(
+        2,
+        "v1",
+        &["--max-requests", "25", "--max-requests-jitter", "5"],
+    );
+    let first = workers_of(r.pid);
+    let load = Load::start(&r, 4);
+    let recycled = wait_until(Duration::from_secs(20), || {
+        r.log().matches("recycled (max-requests)").count() >= 4
+    });
+    let (ok, failed, error) = load.finish();
+    eprintln!("max-requests under load: {ok} served, {failed} failed");
+    assert!(recycled, "fewer than 4 recycles; log:\n{}", r.log());
+    assert_eq!(failed, 0, "e.g. {error:?}; log:\n{}", r.log());
+    // Once any recycle in progress is over: two workers, none of the first.
+    let settled = wait_until(Duration::from_secs(10), || {
+        let now = workers_of(r.pid);
+        now.len() == 2 && now.iter().all(|p| !first.contains(p))
+    });
+    assert!(
+        settled,
+        "{:?} vs {first:?}; log:\n{}",
+        workers_of(r.pid),
+        r.log()
+    );
+}
+
+#[test]
+fn max_lifetime_and_max_rss_recycle_workers() {
+    let r = master(1, "v1", &["--max-lifetime", "1"]);
+    let first = workers_of(r.pid)[0];
+    let load = Load::start(&r, 2);
+    let recycled = wait_until(Duration::from_secs(10), || {
+        r.log().matches("recycled (max-lifetime)").count() >= 2
+    });
+    let (_, failed, error) = load.finish();
+    assert!(recycled, "{}", r.log());
+    assert_eq!(failed, 0, "e.g. {error:?}; log:\n{}", r.log());
+    assert!(!workers_of(r.pid).contains(&first));
+
+    // Every worker is over 1 MiB: each is replaced once its successor is up.
+    let r = master(1, "v1", &["--max-rss", "1"]);
+    assert!(
+        r.wait_log("recycled (max-rss)", Duration::from_secs(10)),
+        "{}",
+        r.log()
+    );
+    assert!(r.log().contains("(max-rss 1 MiB)") || r.log().contains("(max-rss 0 MiB)"));
+    assert!(served(&r, "/").is_ok());
+}

@@ -393,6 +393,7 @@ cases! {
     lighttpd_bin_path => run_lighttpd_bin_path();
     spawn_fcgi_fd0 => run_spawn_fcgi_fd0();
     nginx_ten_hup_reloads_under_load => nginx_reloads_under_load();
+    nginx_max_requests_50_under_load => nginx_max_requests_under_load();
 }
 
 /// nginx → wsgi-fcgi serving fcgi_site.py over `listen`.
@@ -578,11 +579,18 @@ fn nginx_hgweb() -> Option<()> {
     Some(())
 }
 
-/// `wsgi-fcgi --workers 2` behind nginx (upstream keepalive pool,
-/// `fastcgi_keep_conn on`), four clients requesting without pause, and ten
-/// HUP reloads, each with a new version of the app: not one request may
-/// fail, and the last version is what is served afterwards.
-fn nginx_reloads_under_load() -> Option<()> {
+/// A request through nginx: the app version served.
+type Fetch = Box<dyn Fn() -> Result<String, String>>;
+
+/// `wsgi-fcgi --workers 2 EXTRA` serving reloadable.py (version file
+/// starting at "v0") behind nginx (upstream keepalive pool,
+/// `fastcgi_keep_conn on`), four clients requesting without pause while
+/// `during(master pid, version file, log)` runs: not one request may fail.
+/// Returns the requests served and a fetch of the current version.
+fn nginx_master_under_load(
+    extra: &[&str],
+    during: impl FnOnce(u32, &Path, &dyn Fn() -> String),
+) -> Option<(usize, Fetch)> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let mut app = App::file("reloadable.py")?;
     let versions = tempfile::tempdir().unwrap();
@@ -593,7 +601,8 @@ fn nginx_reloads_under_load() -> Option<()> {
     let responder = Responder::start(Listen::Unix, |bind| {
         let mut cmd = Command::new(wsgi_fcgi());
         cmd.args(app.args())
-            .args(["--workers", "2", "--threads", "2", "--bind", bind]);
+            .args(["--workers", "2", "--threads", "2", "--bind", bind])
+            .args(extra);
         if let Some(group) = socket_group() {
             cmd.args(["--socket-group", group]);
         }
@@ -639,48 +648,77 @@ fn nginx_reloads_under_load() -> Option<()> {
             })
         })
         .collect();
-    let master = responder.proc.pid();
-    for round in 1..=10 {
-        std::fs::write(&version_file, format!("v{round}")).unwrap();
-        let hup = Command::new("kill")
-            .args(["-s", "HUP", &master.to_string()])
-            .status();
-        assert!(hup.is_ok_and(|s| s.success()));
-        let needle = format!("master: generation {round} ready");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !responder.proc.log().contains(&needle) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "reload {round} did not complete: {}",
-                responder.proc.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        // Some load on the new generation before the next reload.
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    let log = || responder.proc.log();
+    during(responder.proc.pid(), &version_file, &log);
     stop.store(true, Ordering::Relaxed);
     let failures: Vec<String> = clients
         .into_iter()
         .flat_map(|c| c.join().unwrap())
         .collect();
     let served = served.load(Ordering::Relaxed);
-    eprintln!(
-        "10 HUP reloads through nginx: {served} requests served, {} failed",
-        failures.len()
-    );
     assert!(
         failures.is_empty(),
-        "{} of {} requests failed during reloads, e.g. {:?}\nnginx: {}\nwsgi-fcgi: {}",
+        "{} of {} requests failed, e.g. {:?}\nnginx: {}\nwsgi-fcgi: {}",
         failures.len(),
         served + failures.len(),
         failures.first(),
         web.log(),
         responder.proc.log()
     );
+    // Keep both servers up for the caller's last checks.
+    let keep = (web, responder, versions);
+    let fetch_after = move || {
+        let _ = &keep;
+        fetch()
+    };
+    Some((served, Box::new(fetch_after)))
+}
+
+fn wait_for_log(log: &dyn Fn() -> String, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !log().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} within 30 s: {}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Ten HUP reloads under load, each with a new version of the app: not one
+/// request fails, and the last version is what is served afterwards.
+fn nginx_reloads_under_load() -> Option<()> {
+    let (served, fetch) = nginx_master_under_load(&[], |master, version_file, log| {
+        for round in 1..=10 {
+            std::fs::write(version_file, format!("v{round}")).unwrap();
+            let hup = Command::new("kill")
+                .args(["-s", "HUP", &master.to_string()])
+                .status();
+            assert!(hup.is_ok_and(|s| s.success()));
+            wait_for_log(log, &format!("master: generation {round} ready"));
+            // Some load on the new generation before the next reload.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    })?;
+    eprintln!("10 HUP reloads through nginx: {served} requests served, none failed");
     assert!(served > 200, "only {served} requests in ten reloads");
     for _ in 0..10 {
         assert_eq!(fetch(), Ok("v10".to_string()));
     }
+    Some(())
+}
+
+/// `--max-requests 50` under keep-alive load: workers are replaced again
+/// and again, and not one request fails.
+fn nginx_max_requests_under_load() -> Option<()> {
+    let (served, _) = nginx_master_under_load(&["--max-requests", "50"], |_, _, log| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log().matches("recycled (max-requests)").count() < 10 {
+            assert!(std::time::Instant::now() < deadline, "{}", log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })?;
+    eprintln!("--max-requests 50 through nginx: {served} requests served, none failed");
     Some(())
 }

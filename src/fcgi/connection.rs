@@ -97,6 +97,7 @@ pub async fn serve<T: Transport>(
         last_ended: None,
         refused: Vec::new(),
         close_after_drain: None,
+        begun: false,
         shutdown,
     };
     let closed = conn.run(&mut stream).await;
@@ -136,9 +137,17 @@ struct Connection {
     /// OVERLOADED): their records are ignored until their STDIN ends (§3.3).
     refused: Vec<u16>,
     /// END_REQUEST went out without FCGI_KEEP_CONN while STDIN was still
-    /// coming: close once it has ended, or at this deadline.
+    /// coming: close once it has ended, or at this deadline. (Also: the
+    /// worker is stopping and this connection has not sent its first
+    /// request yet.)
     close_after_drain: Option<tokio::time::Instant>,
+    /// A request was begun on this connection.
+    begun: bool,
 }
+
+/// How long a connection accepted just before a graceful stop may take to
+/// send its first request (a web server sends it right after connecting).
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum Event {
     Read(std::io::Result<usize>),
@@ -193,7 +202,13 @@ impl Connection {
             }
             let idle = self.active.is_none() && buf.is_empty();
             if idle && *self.shutdown.borrow() {
-                return Closed::Normal;
+                if self.begun {
+                    return Closed::Normal;
+                }
+                // Accepted just before the stop: its first request is on
+                // its way; closing now would lose it.
+                self.close_after_drain
+                    .get_or_insert_with(|| tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
             }
             if let Some(direct) = &self.direct {
                 direct.unlock();
@@ -445,6 +460,10 @@ impl Connection {
         id: u16,
         content: &[u8],
     ) -> Result<(), Closed> {
+        if !self.begun {
+            self.begun = true;
+            self.close_after_drain = None;
+        }
         let fault = |m: String| Err(Closed::Protocol(m));
         let Some(begin) = BeginRequest::parse(content) else {
             return fault(format!(

@@ -5,7 +5,8 @@
 //! while workers come and go.
 //!
 //! One loop, no threads: signals arrive on a `signalfd`, each worker's
-//! "ready" pipe is polled while it boots, children are reaped every turn.
+//! message pipe ("ready", "recycle me") is polled, children are reaped and
+//! limits checked every turn.
 //!
 //! | signal | intent |
 //! |---|---|
@@ -13,6 +14,12 @@
 //! | INT, QUIT | fast stop |
 //! | HUP | reload: a new generation of workers imports the app afresh; the old one is told to stop only once every new worker is ready |
 //! | TTIN / TTOU | one worker more / fewer |
+//!
+//! Recycling (`--max-requests` with `--max-requests-jitter`,
+//! `--max-lifetime`, `--max-rss`; each threshold jittered per worker so that
+//! workers do not all recycle at once): the master starts the replacement
+//! first and tells the old worker to stop (TERM: it finishes its requests
+//! and kept-alive connections) only once the replacement is ready.
 //!
 //! A worker that fails while booting (its app does not import, or it cannot
 //! start) stops the master with the worker's exit status instead of being
@@ -41,6 +48,54 @@ pub struct MasterOptions {
     /// How long a graceful stop waits before SIGKILL (the workers' own
     /// graceful timeout, plus a margin).
     pub graceful_timeout: Duration,
+    /// Recycle a worker after this long (plus up to 10% jitter).
+    pub max_lifetime: Option<Duration>,
+    /// Recycle a worker whose resident memory exceeds this (bytes; minus
+    /// up to 5% jitter), sampled every second.
+    pub max_rss: Option<u64>,
+}
+
+/// Why a worker is recycled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recycle {
+    /// It served `--max-requests` (it says so on its pipe).
+    MaxRequests,
+    /// `--max-lifetime`.
+    MaxLifetime,
+    /// `--max-rss`.
+    MaxRss,
+}
+
+impl Recycle {
+    fn name(self) -> &'static str {
+        match self {
+            Recycle::MaxRequests => "max-requests",
+            Recycle::MaxLifetime => "max-lifetime",
+            Recycle::MaxRss => "max-rss",
+        }
+    }
+}
+
+/// A small random number generator for jitter (xorshift, seeded from the
+/// clock and the pid): no cryptographic use.
+pub fn jitter(bound: u64) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    if bound == 0 {
+        return 0;
+    }
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        x = nanos ^ (u64::from(std::process::id()) << 32) | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Ordering::Relaxed);
+    x % (bound + 1)
 }
 
 /// Exit statuses shared by workers and the master.
@@ -70,9 +125,14 @@ struct Worker {
     pid: Pid,
     generation: u64,
     state: State,
-    /// Read end of the ready pipe, while booting.
-    ready: Option<OwnedFd>,
+    /// Read end of the worker's message pipe (until it closes).
+    pipe: Option<OwnedFd>,
     started: Instant,
+    /// Set once it is to be replaced; it stops when the replacement is ready.
+    recycle: Option<Recycle>,
+    /// This worker's jittered limits.
+    lifetime: Option<Duration>,
+    rss: Option<u64>,
 }
 
 /// What a signal asks of the master.
@@ -128,6 +188,7 @@ struct Master<'a> {
     exit_code: i32,
     backoff: Duration,
     next_spawn: Instant,
+    next_sample: Instant,
 }
 
 /// Run the master until it is told to stop; returns the exit status.
@@ -148,6 +209,7 @@ pub fn run(options: MasterOptions, worker_main: WorkerMain<'_>) -> std::io::Resu
         exit_code: exit::OK,
         backoff: Duration::ZERO,
         next_spawn: Instant::now(),
+        next_sample: Instant::now(),
     };
     log_info!("master: starting {} worker process(es)", master.target);
     loop {
@@ -163,14 +225,14 @@ pub fn run(options: MasterOptions, worker_main: WorkerMain<'_>) -> std::io::Resu
 impl Master<'_> {
     /// Sleep until a signal, a worker's ready message, or the next deadline.
     fn wait(&mut self, signals: &mut SignalFd) -> std::io::Result<()> {
-        let booting: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.workers[i].ready.is_some())
+        let open: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| self.workers[i].pipe.is_some())
             .collect();
         let mut revents = Vec::new();
         {
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            for &i in &booting {
-                if let Some(fd) = &self.workers[i].ready {
+            for &i in &open {
+                if let Some(fd) = &self.workers[i].pipe {
                     fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                 }
             }
@@ -187,9 +249,9 @@ impl Master<'_> {
                 self.on_intent(intent);
             }
         }
-        for (&i, &readable) in booting.iter().zip(&revents) {
+        for (&i, &readable) in open.iter().zip(&revents) {
             if readable {
-                self.on_ready_pipe(i);
+                self.on_pipe(i);
             }
         }
         Ok(())
@@ -207,22 +269,42 @@ impl Master<'_> {
         due.saturating_duration_since(now).as_millis() as u32 + 1
     }
 
-    fn on_ready_pipe(&mut self, index: usize) {
+    /// A worker's message: "R" ready, "X" recycle me (max-requests).
+    fn on_pipe(&mut self, index: usize) {
         let worker = &mut self.workers[index];
-        let Some(fd) = worker.ready.take() else {
+        let Some(fd) = &worker.pipe else {
             return;
         };
-        let mut byte = [0u8; 1];
-        // EOF instead: it died while booting; reaping tells why.
-        if let Ok(1) = nix::unistd::read(&fd, &mut byte) {
-            if worker.state == State::Booting {
-                worker.state = State::Ready;
+        let mut bytes = [0u8; 16];
+        let n = match nix::unistd::read(fd, &mut bytes) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR) => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            // EOF: it exited (or is exiting); reaping tells why.
+            worker.pipe = None;
+            return;
+        }
+        for &byte in &bytes[..n] {
+            match byte {
+                b'R' if worker.state == State::Booting => {
+                    worker.state = State::Ready;
+                    log_info!(
+                        "master: worker {} ready ({:.1} s to boot)",
+                        worker.pid,
+                        worker.started.elapsed().as_secs_f64()
+                    );
+                }
+                b'X' if worker.recycle.is_none() && worker.state != State::Stopping => {
+                    worker.recycle = Some(Recycle::MaxRequests);
+                    log_info!(
+                        "master: worker {} reached max-requests: starting its replacement",
+                        worker.pid
+                    );
+                }
+                _ => {}
             }
-            log_info!(
-                "master: worker {} ready ({:.1} s to boot)",
-                worker.pid,
-                worker.started.elapsed().as_secs_f64()
-            );
         }
     }
 
@@ -388,7 +470,10 @@ impl Master<'_> {
             }
             return Ok(None);
         }
-        let current = |w: &&Worker, g: u64| w.generation == g && w.state != State::Stopping;
+        self.check_limits(now);
+        let current = |w: &&Worker, g: u64| {
+            w.generation == g && w.state != State::Stopping && w.recycle.is_none()
+        };
         let live = self
             .workers
             .iter()
@@ -415,6 +500,19 @@ impl Master<'_> {
                     self.generation
                 );
             }
+            // Recycling: the replacements are ready, the old ones may go.
+            for worker in &mut self.workers {
+                if let (Some(cause), State::Ready | State::Booting) = (worker.recycle, worker.state)
+                {
+                    let _ = kill(worker.pid, Signal::SIGTERM);
+                    worker.state = State::Stopping;
+                    log_info!(
+                        "master: worker {} recycled ({}): finishing its requests",
+                        worker.pid,
+                        cause.name()
+                    );
+                }
+            }
         }
         if live < self.target && now >= self.next_spawn {
             for _ in live..self.target {
@@ -425,7 +523,11 @@ impl Master<'_> {
             if let Some(worker) = self
                 .workers
                 .iter_mut()
-                .filter(|w| w.generation == self.generation && w.state != State::Stopping)
+                .filter(|w| {
+                    w.generation == self.generation
+                        && w.state != State::Stopping
+                        && w.recycle.is_none()
+                })
                 .max_by_key(|w| w.started)
             {
                 let _ = kill(worker.pid, Signal::SIGTERM);
@@ -433,6 +535,40 @@ impl Master<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// `--max-lifetime` and `--max-rss` (sampled once a second).
+    fn check_limits(&mut self, now: Instant) {
+        let sample = now >= self.next_sample;
+        if sample {
+            self.next_sample = now + Duration::from_secs(1);
+        }
+        for worker in &mut self.workers {
+            if worker.state != State::Ready || worker.recycle.is_some() {
+                continue;
+            }
+            if worker
+                .lifetime
+                .is_some_and(|l| worker.started.elapsed() >= l)
+            {
+                worker.recycle = Some(Recycle::MaxLifetime);
+                log_info!(
+                    "master: worker {} reached max-lifetime: starting its replacement",
+                    worker.pid
+                );
+            } else if let (true, Some(limit)) = (sample, worker.rss) {
+                let rss = resident_bytes(worker.pid).unwrap_or(0);
+                if rss > limit {
+                    worker.recycle = Some(Recycle::MaxRss);
+                    log_info!(
+                        "master: worker {} uses {} MiB (max-rss {} MiB): starting its replacement",
+                        worker.pid,
+                        rss >> 20,
+                        limit >> 20
+                    );
+                }
+            }
+        }
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
@@ -459,11 +595,25 @@ impl Master<'_> {
                     pid: child,
                     generation: self.generation,
                     state: State::Booting,
-                    ready: Some(read),
+                    pipe: Some(read),
                     started: Instant::now(),
+                    recycle: None,
+                    lifetime: self
+                        .options
+                        .max_lifetime
+                        .map(|l| l + Duration::from_millis(jitter(l.as_millis() as u64 / 10))),
+                    rss: self.options.max_rss.map(|r| r - jitter(r / 20)),
                 });
                 Ok(())
             }
         }
     }
+}
+
+/// A process's resident set size, from /proc/PID/statm.
+fn resident_bytes(pid: Pid) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+    Some(pages * page as u64)
 }

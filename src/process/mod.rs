@@ -1,7 +1,8 @@
 //! Process management for `wsgi-fcgi --workers N`: a master that holds the
 //! listening sockets and supervises pre-forked worker processes
-//! ([`master`]), and the one-byte "ready" message a worker sends it once
-//! its app is imported ([`Ready`]).
+//! ([`master`]), and a worker's end of its message pipe to the master
+//! ([`Ready`]: "ready" once its app is imported, "recycle me" once it has
+//! served `--max-requests`).
 //!
 //! Layering: nothing here imports pyo3 or tokio. The master never runs
 //! Python or a runtime; what a worker runs after the fork is handed in as a
@@ -12,14 +13,21 @@ pub mod master;
 use std::io;
 use std::os::fd::OwnedFd;
 
-/// The worker's end of its "ready" pipe.
+/// The worker's end of its message pipe to the master.
 #[derive(Debug)]
-pub struct Ready(OwnedFd);
+pub struct Ready(pub(crate) OwnedFd);
 
 impl Ready {
     /// Tell the master this worker imported its app and is about to accept.
     pub fn notify(&self) -> io::Result<()> {
         nix::unistd::write(&self.0, b"R")?;
+        Ok(())
+    }
+
+    /// Ask the master for a replacement: this worker served its
+    /// `--max-requests`. It goes on serving until the master sends TERM.
+    pub fn recycle(&self) -> io::Result<()> {
+        nix::unistd::write(&self.0, b"X")?;
         Ok(())
     }
 }
