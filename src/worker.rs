@@ -141,16 +141,23 @@ pub fn run(
         options.threads,
         listeners.len()
     );
-    if let Some(ready) = &ready {
-        ready.notify()?;
+    match &ready {
+        Some(ready) => ready.notify()?,
+        // A single process tells systemd itself (Type=notify).
+        None => crate::process::notify::notify("READY=1"),
     }
     let graceful_timeout = options.graceful_timeout;
+    let managed = ready.is_some();
     let stop = async move {
-        tokio::select! {
+        let grace = tokio::select! {
             _ = term.recv() => graceful_timeout,
             _ = int.recv() => Duration::ZERO,
             _ = quit.recv() => Duration::ZERO,
+        };
+        if !managed {
+            crate::process::notify::notify("STOPPING=1");
         }
+        grace
     };
     runtime.block_on(server::serve(
         listeners,

@@ -33,9 +33,13 @@ fn master(workers: u32, version: &str, extra: &[&str]) -> Responder {
         .arg(addr.arg())
         .env("RELOADABLE_VERSION", &version_file);
     let r = Responder::spawn(cmd, addr, dir);
+    // Every worker has imported the app (a test that changes the version
+    // next must not race a worker still booting).
     assert!(
-        wait_until(Duration::from_secs(20), || workers_of(r.pid).len()
-            == workers as usize),
+        wait_until(Duration::from_secs(20), || {
+            r.log().matches(" ready (").count() >= workers as usize
+                && workers_of(r.pid).len() == workers as usize
+        }),
         "{workers} workers did not start; log:\n{}",
         r.log()
     );
@@ -400,4 +404,129 @@ fn max_lifetime_and_max_rss_recycle_workers() {
     );
     assert!(r.log().contains("(max-rss 1 MiB)") || r.log().contains("(max-rss 0 MiB)"));
     assert!(served(&r, "/").is_ok());
+}
+
+/// Messages on a datagram socket standing in for systemd's NOTIFY_SOCKET.
+fn notifications(socket: &std::os::unix::net::UnixDatagram, until: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    while let Ok(n) = socket.recv(&mut buf) {
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = message.lines().any(|l| l == until);
+        seen.push(message);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no {until} from the master; got {seen:?}");
+}
+
+#[test]
+fn systemd_type_notify_ready_reloading_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let version = dir.path().join("version");
+    std::fs::write(&version, "v1").unwrap();
+    let addr = Addr::Unix(dir.path().join("fcgi.sock"));
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--app")
+        .arg(app("reloadable.py"))
+        .args(["--workers", "2"])
+        .arg("--bind")
+        .arg(addr.arg())
+        .env("RELOADABLE_VERSION", &version)
+        .env("NOTIFY_SOCKET", &notify_path);
+    let mut r = Responder::spawn(cmd, addr, dir);
+    let ready = notifications(&socket, "READY=1");
+    assert!(
+        ready
+            .last()
+            .unwrap()
+            .contains(&format!("MAINPID={}", r.pid)),
+        "{ready:?}"
+    );
+    assert!(
+        ready.last().unwrap().contains("serving with 2 worker(s)"),
+        "{ready:?}"
+    );
+
+    kill(r.pid, "HUP");
+    let reload = notifications(&socket, "READY=1");
+    assert!(
+        reload[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reload:?}"
+    );
+    assert!(
+        reload.last().unwrap().contains("generation 1"),
+        "{reload:?}"
+    );
+
+    r.signal("TERM");
+    assert_eq!(notifications(&socket, "STOPPING=1"), ["STOPPING=1"]);
+    assert!(
+        r.wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+}
+
+/// The shipped systemd units: `systemd-analyze verify` accepts them (with
+/// ExecStart pointing at the built binary), and every flag the service
+/// passes is one `wsgi-fcgi --help` documents.
+#[test]
+fn shipped_systemd_units_verify_and_use_real_flags() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/systemd");
+    let service = std::fs::read_to_string(root.join("wsgi-fcgi.service")).unwrap();
+    let help = Command::new(wsgi_fcgi()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let exec = service
+        .split("ExecStart=")
+        .nth(1)
+        .and_then(|rest| rest.split("\nExecReload").next())
+        .unwrap();
+    for flag in exec.split_whitespace().filter(|w| w.starts_with("--")) {
+        assert!(
+            help.contains(flag),
+            "{flag} (in ExecStart) is not in --help"
+        );
+    }
+    assert!(service.contains("Type=notify") && service.contains("RestartPreventExitStatus=4"));
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("SKIP systemd-analyze verify: systemd-analyze is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let binary = wsgi_fcgi();
+    std::fs::write(
+        dir.path().join("wsgi-fcgi.service"),
+        service.replace("/usr/local/bin/wsgi-fcgi", &binary.display().to_string()),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("wsgi-fcgi.socket"),
+        dir.path().join("wsgi-fcgi.socket"),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(dir.path().join("wsgi-fcgi.service"))
+        .arg(dir.path().join("wsgi-fcgi.socket"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    // Only complaints about these two files count (not the host's units).
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains("wsgi-fcgi.")).collect();
+    assert!(out.status.success() && ours.is_empty(), "{text}");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
 }

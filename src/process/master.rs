@@ -37,7 +37,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use super::Ready;
+use super::{Ready, notify};
 use crate::{log_error, log_info, log_warn};
 
 /// How the master runs.
@@ -189,6 +189,9 @@ struct Master<'a> {
     backoff: Duration,
     next_spawn: Instant,
     next_sample: Instant,
+    /// READY=1 is due (at start and after each reload) once the current
+    /// generation is all ready.
+    announce_ready: bool,
 }
 
 /// Run the master until it is told to stop; returns the exit status.
@@ -210,6 +213,7 @@ pub fn run(options: MasterOptions, worker_main: WorkerMain<'_>) -> std::io::Resu
         backoff: Duration::ZERO,
         next_spawn: Instant::now(),
         next_sample: Instant::now(),
+        announce_ready: true,
     };
     log_info!("master: starting {} worker process(es)", master.target);
     loop {
@@ -314,6 +318,7 @@ impl Master<'_> {
         }
         match intent {
             Intent::GracefulStop => {
+                notify::notify("STOPPING=1");
                 log_info!("master: TERM: stopping gracefully");
                 self.stop_all(
                     Signal::SIGTERM,
@@ -321,10 +326,13 @@ impl Master<'_> {
                 );
             }
             Intent::FastStop => {
+                notify::notify("STOPPING=1");
                 log_info!("master: stopping now");
                 self.stop_all(Signal::SIGINT, Duration::from_secs(2));
             }
             Intent::Reload => {
+                notify::reloading();
+                self.announce_ready = true;
                 self.generation += 1;
                 self.backoff = Duration::ZERO;
                 self.next_spawn = Instant::now();
@@ -432,6 +440,7 @@ impl Master<'_> {
                     }
                 }
                 self.generation = old;
+                self.announce_ready = true;
             }
             Some(_) => {
                 self.backoff =
@@ -486,6 +495,14 @@ impl Master<'_> {
             .count();
         // Reload: the old generation stops once the new one is all ready.
         if ready >= self.target {
+            if self.announce_ready {
+                self.announce_ready = false;
+                notify::notify(&format!(
+                    "READY=1\nMAINPID={}\nSTATUS=serving with {ready} worker(s), generation {}",
+                    std::process::id(),
+                    self.generation
+                ));
+            }
             let mut retired = 0;
             for worker in &mut self.workers {
                 if worker.generation < self.generation && worker.state != State::Stopping {

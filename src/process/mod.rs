@@ -2,13 +2,15 @@
 //! listening sockets and supervises pre-forked worker processes
 //! ([`master`]), and a worker's end of its message pipe to the master
 //! ([`Ready`]: "ready" once its app is imported, "recycle me" once it has
-//! served `--max-requests`).
+//! served `--max-requests`), and systemd's `Type=notify` protocol
+//! ([`notify`]).
 //!
 //! Layering: nothing here imports pyo3 or tokio. The master never runs
 //! Python or a runtime; what a worker runs after the fork is handed in as a
 //! function by the binary.
 
 pub mod master;
+pub mod notify;
 
 use std::io;
 use std::os::fd::OwnedFd;
