@@ -123,6 +123,12 @@ struct Serve {
     /// (--workers) Replace a worker after S seconds (plus up to 10% at random)
     #[arg(long, value_name = "S", requires = "workers")]
     max_lifetime: Option<f64>,
+    /// Run the app as this user once the sockets are bound (with --workers: the workers; the master stays as started)
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Run the app as this group [default: the --user's primary group]
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// (--workers) Replace a worker whose resident memory exceeds MiB (minus up to 5% at random; sampled every second)
     #[arg(long, value_name = "MiB", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
     max_rss: Option<u64>,
@@ -207,6 +213,8 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         workers: args.workers.map_or(0, |n| n as usize),
         max_requests: args.max_requests,
         max_requests_jitter: args.max_requests_jitter,
+        user: args.user,
+        group: args.group,
     };
     let listeners = worker::listeners(&options)?;
     if options.workers == 0 {

@@ -51,6 +51,10 @@ pub struct WorkerOptions {
     pub max_requests: Option<u64>,
     /// Random extra requests per worker, so workers do not recycle together.
     pub max_requests_jitter: u64,
+    /// Run as this user (after the sockets are bound).
+    pub user: Option<String>,
+    /// Run as this group (default: the user's primary group).
+    pub group: Option<String>,
 }
 
 /// Why a worker could not start.
@@ -94,6 +98,7 @@ pub fn run(
     listeners: Vec<Listener>,
     ready: Option<Ready>,
 ) -> Result<(), WorkerError> {
+    drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -170,6 +175,52 @@ pub fn run(
     }
     Python::attach(python::run_exit_hooks);
     log_info!("stopped");
+    Ok(())
+}
+
+/// `--user` / `--group`: become that user and group (supplementary groups:
+/// the user's, from the group database), before Python or any thread starts.
+pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), WorkerError> {
+    use nix::unistd::{Gid, Group, User};
+    let setup = |m: String| WorkerError::Setup(m);
+    if user.is_none() && group.is_none() {
+        return Ok(());
+    }
+    let user = match user {
+        Some(name) => Some(
+            User::from_name(name)
+                .map_err(|e| setup(format!("--user {name}: {e}")))?
+                .ok_or_else(|| setup(format!("--user {name}: no such user")))?,
+        ),
+        None => None,
+    };
+    let gid: Gid = match (group, &user) {
+        (Some(name), _) => {
+            Group::from_name(name)
+                .map_err(|e| setup(format!("--group {name}: {e}")))?
+                .ok_or_else(|| setup(format!("--group {name}: no such group")))?
+                .gid
+        }
+        (None, Some(user)) => user.gid,
+        (None, None) => unreachable!("checked above"),
+    };
+    let fail = |what: &str, e: nix::Error| {
+        setup(format!(
+            "cannot {what}: {e} (run as root to use --user/--group)"
+        ))
+    };
+    match &user {
+        Some(user) => {
+            let name = std::ffi::CString::new(user.name.as_str())
+                .map_err(|_| setup("--user: a NUL in the name".into()))?;
+            nix::unistd::initgroups(&name, gid).map_err(|e| fail("set the groups", e))?;
+        }
+        None => nix::unistd::setgroups(&[gid]).map_err(|e| fail("set the groups", e))?,
+    }
+    nix::unistd::setgid(gid).map_err(|e| fail("change group", e))?;
+    if let Some(user) = &user {
+        nix::unistd::setuid(user.uid).map_err(|e| fail("change user", e))?;
+    }
     Ok(())
 }
 

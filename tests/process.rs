@@ -530,3 +530,74 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// The real user id of a process, from /proc.
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `--user nobody --group nogroup`: the workers (and a single process)
+/// serve as nobody; a master stays as started (it must be able to signal
+/// and replace its workers and remove the socket).
+#[test]
+fn user_and_group_drop_privileges_after_binding() {
+    if !nix_is_root() {
+        eprintln!("SKIP --user/--group: the tests do not run as root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for workers in [Some("1"), None] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let version = dir.path().join("version");
+        std::fs::write(&version, "v1").unwrap();
+        let addr = Addr::Unix(dir.path().join("fcgi.sock"));
+        let mut cmd = Command::new(wsgi_fcgi());
+        cmd.arg("--app").arg(app("reloadable.py"));
+        if let Some(n) = workers {
+            cmd.args(["--workers", n]);
+        }
+        cmd.args(["--user", "nobody", "--group", "nogroup", "--bind"])
+            .arg(addr.arg())
+            .env("RELOADABLE_VERSION", &version);
+        let r = Responder::spawn(cmd, addr, dir);
+        let (_, served_by) = served(&r, "/").unwrap_or_else(|e| panic!("{e}: {}", r.log()));
+        assert_eq!(
+            uid_of(served_by),
+            65534,
+            "the app runs as nobody ({workers:?})"
+        );
+        if workers.is_some() {
+            assert_eq!(uid_of(r.pid), 0, "the master stays root");
+            assert_ne!(served_by, r.pid);
+        } else {
+            assert_eq!(served_by, r.pid);
+        }
+    }
+    // A user that does not exist: the worker cannot boot, the master stops.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(wsgi_fcgi())
+        .args(["--workers", "1", "--user", "no-such-user-here", "--bind"])
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("--user no-such-user-here: no such user"),
+        "{text}"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
