@@ -12,6 +12,7 @@ use wsgi_gateway::client::{self, Probe};
 use wsgi_gateway::config::Layer;
 use wsgi_gateway::fcgi::job::Limits;
 use wsgi_gateway::listener::{Bind, Listener, UnixSocketOptions};
+use wsgi_gateway::pool::Timeouts;
 use wsgi_gateway::process::Ready;
 use wsgi_gateway::process::master::{self, MasterOptions, exit};
 use wsgi_gateway::worker::{self, WorkerError, WorkerOptions};
@@ -123,6 +124,12 @@ struct Serve {
     /// (--workers) Replace a worker after S seconds (plus up to 10% at random)
     #[arg(long, value_name = "S", requires = "workers")]
     max_lifetime: Option<f64>,
+    /// A request running longer than S seconds: its Python stack is logged, it gets a 504 if its response has not begun, and (with --workers) the worker is replaced once its other requests are done
+    #[arg(long, value_name = "S")]
+    request_timeout: Option<f64>,
+    /// Log the Python stack of requests running longer than S seconds (like PHP-FPM's slowlog)
+    #[arg(long, value_name = "S")]
+    slow_request_log: Option<f64>,
     /// Run the app as this user once the sockets are bound (with --workers: the workers; the master stays as started)
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
@@ -213,6 +220,14 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         workers: args.workers.map_or(0, |n| n as usize),
         max_requests: args.max_requests,
         max_requests_jitter: args.max_requests_jitter,
+        timeouts: Timeouts {
+            request: args
+                .request_timeout
+                .map(|s| Duration::from_secs_f64(s.max(0.001))),
+            slow: args
+                .slow_request_log
+                .map(|s| Duration::from_secs_f64(s.max(0.001))),
+        },
         user: args.user,
         group: args.group,
     };

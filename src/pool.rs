@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use pyo3::prelude::*;
@@ -25,7 +26,7 @@ use crate::fcgi::record::{self, ProtocolStatus, RecordType};
 use crate::input::Input;
 use crate::request::BodyReader;
 use crate::response::{Head, ResponseWriter, Sink};
-use crate::{log_error, wire};
+use crate::{log_error, log_warn, wire};
 
 /// Options of the pool.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +39,118 @@ pub struct PoolOptions {
     pub multiprocess: bool,
     /// Copy `wsgi.errors` output to the web server as FCGI_STDERR.
     pub forward_stderr: bool,
+}
+
+/// `--request-timeout` and `--slow-request-log`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timeouts {
+    /// A request running longer gets its stack logged, a 504 (if no header
+    /// went out yet), and the worker is replaced.
+    pub request: Option<Duration>,
+    /// A request running longer gets its stack logged (once).
+    pub slow: Option<Duration>,
+}
+
+/// What an app thread is running, for the watchdog.
+struct Running {
+    started: Instant,
+    what: String,
+    thread: u64,
+    thread_name: String,
+    out: mpsc::Sender<Out>,
+    aborted: Arc<AtomicBool>,
+    slow_logged: bool,
+    timed_out: bool,
+}
+
+/// One slot per app thread.
+type Slots = Arc<Vec<Mutex<Option<Running>>>>;
+
+/// The watchdog thread: checks the running requests a few times per
+/// shortest limit; logs the Python stack of exactly the thread that runs a
+/// slow or overrunning request (`sys._current_frames()`, in-process: no
+/// ptrace), answers an overrun with 504 and calls `on_timeout` (the worker
+/// asks its master for a replacement).
+fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn() + Send>) {
+    let shortest = [timeouts.request, timeouts.slow]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    let tick = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut replacement_asked = false;
+    loop {
+        std::thread::sleep(tick);
+        let mut reports = Vec::new();
+        for slot in slots.iter() {
+            let mut slot = lock(slot);
+            let Some(running) = slot.as_mut() else {
+                continue;
+            };
+            let elapsed = running.started.elapsed();
+            if timeouts.request.is_some_and(|t| elapsed >= t) && !running.timed_out {
+                running.aborted.store(true, Ordering::Relaxed);
+                // Full queue: its output is dropped now, so try again next tick.
+                if running.out.try_send(Out::Timeout).is_ok() || running.out.is_closed() {
+                    running.timed_out = true;
+                    reports.push((
+                        true,
+                        elapsed,
+                        running.what.clone(),
+                        running.thread,
+                        running.thread_name.clone(),
+                    ));
+                }
+            } else if timeouts.slow.is_some_and(|t| elapsed >= t) && !running.slow_logged {
+                running.slow_logged = true;
+                reports.push((
+                    false,
+                    elapsed,
+                    running.what.clone(),
+                    running.thread,
+                    running.thread_name.clone(),
+                ));
+            }
+        }
+        for (timed_out, elapsed, what, thread, name) in reports {
+            let stack = Python::attach(|py| python_stack(py, thread));
+            if timed_out {
+                log_error!(
+                    "request timed out after {:.1} s: {what} (thread {name}); answered 504 unless its \
+                     response had begun; Python stack, most recent call last:\n{stack}",
+                    elapsed.as_secs_f64()
+                );
+                if !replacement_asked {
+                    replacement_asked = true;
+                    on_timeout();
+                }
+            } else {
+                log_warn!(
+                    "slow request ({:.1} s so far): {what} (thread {name}); Python stack, most recent call last:\n{stack}",
+                    elapsed.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+/// The Python stack of the thread with this ident, formatted.
+fn python_stack(py: Python<'_>, thread: u64) -> String {
+    let stack = || -> PyResult<String> {
+        let frames = py.import("sys")?.call_method0("_current_frames")?;
+        let Ok(frame) = frames.get_item(thread) else {
+            return Ok("  (the thread is no longer running Python code)".into());
+        };
+        let lines = py
+            .import("traceback")?
+            .call_method1("format_stack", (frame,))?;
+        let mut text = String::new();
+        for line in lines.try_iter()? {
+            text.push_str(&line?.extract::<String>()?);
+        }
+        Ok(text.trim_end().to_string())
+    };
+    stack().unwrap_or_else(|e| format!("  (stack unavailable: {e})"))
 }
 
 /// `--max-requests`: once `limit` requests are done, `reached` runs (once).
@@ -137,19 +250,31 @@ impl Pool {
         app: Py<PyAny>,
         options: PoolOptions,
         limit: Option<Arc<RequestLimit>>,
+        timeouts: Timeouts,
+        on_timeout: Box<dyn Fn() + Send>,
     ) -> io::Result<Pool> {
+        let threads = options.threads.max(1);
+        let slots: Option<Slots> = (timeouts.request.is_some() || timeouts.slow.is_some())
+            .then(|| Arc::new((0..threads).map(|_| Mutex::new(None)).collect()));
+        if let Some(slots) = &slots {
+            let slots = slots.clone();
+            std::thread::Builder::new()
+                .name("wsgi-watchdog".into())
+                .spawn(move || watchdog(slots, timeouts, on_timeout))?;
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             capacity: options.queue.max(1),
         });
         let app = Arc::new(app);
-        for index in 0..options.threads.max(1) {
+        for index in 0..threads {
             let shared = shared.clone();
             let app = app.clone();
             let limit = limit.clone();
+            let slot = slots.clone().map(|s| (s, index));
             std::thread::Builder::new()
                 .name(format!("wsgi-app-{index}"))
-                .spawn(move || app_thread(&app, &shared, options, limit.as_deref()))?;
+                .spawn(move || app_thread(&app, &shared, options, limit.as_deref(), slot))?;
         }
         Ok(Pool { shared })
     }
@@ -160,6 +285,7 @@ fn app_thread(
     shared: &Shared,
     options: PoolOptions,
     limit: Option<&RequestLimit>,
+    slot: Option<(Slots, usize)>,
 ) {
     let me = Arc::new(Parked::default());
     Python::attach(|py| {
@@ -171,6 +297,7 @@ fn app_thread(
             },
             forward_stderr: options.forward_stderr,
             strings: StrCache::new(),
+            slot,
         };
         loop {
             let queued = {
@@ -186,6 +313,7 @@ fn app_thread(
                 None => py.detach(|| me.wait()),
             };
             run_job(py, app.bind(py), job, &mut thread);
+            thread.watch(None);
             if let Some(limit) = limit {
                 limit.count();
             }
@@ -198,6 +326,36 @@ struct ThreadState {
     flavor: Flavor,
     forward_stderr: bool,
     strings: StrCache,
+    /// Where the watchdog sees what this thread runs (with timeouts).
+    slot: Option<(Slots, usize)>,
+}
+
+impl ThreadState {
+    fn watch(&self, running: Option<Running>) {
+        if let Some((slots, index)) = &self.slot {
+            *lock(&slots[*index]) = running;
+        }
+    }
+}
+
+/// "METHOD URI" of a request, for log lines.
+fn describe(meta: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let get = |key: &[u8]| {
+        meta.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let uri = get(b"REQUEST_URI").unwrap_or_else(|| {
+        let path = get(b"SCRIPT_NAME").unwrap_or_default() + &get(b"PATH_INFO").unwrap_or_default();
+        match get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        }
+    });
+    format!(
+        "{} {uri}",
+        get(b"REQUEST_METHOD").unwrap_or_else(|| "GET".into())
+    )
 }
 
 fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut ThreadState) {
@@ -212,9 +370,24 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         pending,
         direct,
         direct_final,
+        head_sent,
     } = job;
     // Forwarded stderr goes through the queue, so the response must too.
     let direct = direct.filter(|_| !forward_stderr);
+    if thread.slot.is_some() {
+        thread.watch(Some(Running {
+            started: Instant::now(),
+            what: describe(&meta),
+            // SAFETY: pthread_self() has no preconditions. CPython's thread
+            // idents (sys._current_frames() keys) are this value.
+            thread: unsafe { nix::libc::pthread_self() } as u64,
+            thread_name: std::thread::current().name().unwrap_or("?").to_string(),
+            out: out.clone(),
+            aborted: aborted.clone(),
+            slow_logged: false,
+            timed_out: false,
+        }));
+    }
     let held = Arc::new(Mutex::new(None));
     let sink = FcgiSink {
         id: request_id,
@@ -222,6 +395,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         aborted: aborted.clone(),
         pending: pending.clone(),
         direct: direct.clone(),
+        head_sent: head_sent.clone(),
         held: held.clone(),
     };
     let status = match environ::build(&meta) {
@@ -406,6 +580,8 @@ struct FcgiSink {
     pending: Arc<AtomicUsize>,
     /// The app thread's own path to the socket.
     direct: Option<Arc<DirectWrite>>,
+    /// Set when the header block reaches the socket (see `Job::head_sent`).
+    head_sent: Arc<AtomicBool>,
 }
 
 /// Largest final response the app thread writes to the socket itself.
@@ -440,7 +616,8 @@ impl Sink for FcgiSink {
         }
         if let Some(direct) = &self.direct {
             if self.pending.load(Ordering::Acquire) == 0 && !self.aborted.load(Ordering::Relaxed) {
-                match direct.write_stream(self.id, head.clone(), body.clone(), &self.aborted) {
+                let (id, aborted, head_sent) = (self.id, &self.aborted, &self.head_sent);
+                match direct.write_stream(id, head.clone(), body.clone(), aborted, head_sent) {
                     Ok(true) => return Ok(()),
                     Ok(false) => {} // the connection has the socket: queue it
                     Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {

@@ -158,6 +158,7 @@ pub fn error_head(code: u16) -> (Head, &'static [u8]) {
     let (status, body): (&str, &'static [u8]) = match code {
         400 => ("400 Bad Request", b"<html><head><title>400 Bad Request</title></head><body><h1>Bad Request</h1><p>The request could not be understood.</p></body></html>\n"),
         413 => ("413 Content Too Large", b"<html><head><title>413 Content Too Large</title></head><body><h1>Content Too Large</h1></body></html>\n"),
+        504 => ("504 Gateway Timeout", b"<html><head><title>504 Gateway Timeout</title></head><body><h1>Gateway Timeout</h1><p>The application did not answer in time.</p></body></html>\n"),
         _ => ("500 Internal Server Error", b"<html><head><title>500 Internal Server Error</title></head><body><h1>Internal Server Error</h1><p>The server encountered an internal error and was unable to complete your request.</p></body></html>\n"),
     };
     let head = Head {

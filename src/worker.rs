@@ -51,6 +51,8 @@ pub struct WorkerOptions {
     pub max_requests: Option<u64>,
     /// Random extra requests per worker, so workers do not recycle together.
     pub max_requests_jitter: u64,
+    /// `--request-timeout`, `--slow-request-log`.
+    pub timeouts: crate::pool::Timeouts,
     /// Run as this user (after the sockets are bound).
     pub user: Option<String>,
     /// Run as this group (default: the user's primary group).
@@ -135,6 +137,24 @@ pub fn run(
             forward_stderr: options.forward_stderr,
         },
         limit,
+        options.timeouts,
+        match &ready {
+            Some(ready) => {
+                let ready = ready.clone();
+                Box::new(move || {
+                    log_info!(
+                        "a request overran --request-timeout: asking the master for a replacement"
+                    );
+                    let _ = ready.timed_out();
+                })
+            }
+            None => Box::new(|| {
+                log_error!(
+                    "a request overran --request-timeout; its thread stays busy until it returns \
+                     (run with --workers to have this process replaced)"
+                )
+            }),
+        },
     )?;
     let server_options = ServerOptions {
         limits: options.limits.clone(),

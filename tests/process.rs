@@ -601,3 +601,73 @@ fn nix_is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn a_hanging_request_gets_its_stack_logged_a_504_and_its_worker_replaced() {
+    let r = master(
+        1,
+        "v1",
+        &["--request-timeout", "1", "--graceful-timeout", "3"],
+    );
+    let first = workers_of(r.pid)[0];
+    let started = Instant::now();
+    let mut c = r.connect();
+    c.send_request(1, &Req::get("/hang")).unwrap();
+    // Another request on the same worker (shorter than the timeout), in
+    // flight when the hanging one times out and the worker is retired.
+    std::thread::sleep(Duration::from_millis(500));
+    let addr = r.addr.clone();
+    let slow = std::thread::spawn(move || {
+        let mut c = addr.connect().unwrap();
+        c.send_request(1, &Req::get("/slow").param("QUERY_STRING", "s=0.9"))
+            .unwrap();
+        c.response_with_result(1, Duration::from_secs(20))
+    });
+    let out = c.response_with_result(1, Duration::from_secs(20)).unwrap();
+    assert_eq!(out.status(), 504, "{}", r.log());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let other = slow.join().unwrap().unwrap();
+    assert_eq!(
+        other.status(),
+        200,
+        "the worker's other request was cut off"
+    );
+    // The log names the culprit: the request and its Python stack.
+    let log = r.log();
+    assert!(log.contains("request timed out after 1."), "{log}");
+    assert!(log.contains("GET /hang"), "{log}");
+    assert!(log.contains("reloadable.py\", line"), "{log}");
+    assert!(log.contains("in hang_forever"), "{log}");
+    // The worker is replaced; the replacement serves.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let now = workers_of(r.pid);
+            now.len() == 1 && now[0] != first
+        }),
+        "{}",
+        r.log()
+    );
+    assert!(r.log().contains("recycled (request-timeout)"));
+    assert_eq!(served(&r, "/").unwrap().0, "v1");
+}
+
+#[test]
+fn slow_request_log_shows_the_stack_without_stopping_anything() {
+    let r = master(1, "v1", &["--slow-request-log", "0.3"]);
+    let first = workers_of(r.pid);
+    let mut c = r.connect();
+    c.send_request(1, &Req::get("/slow").param("QUERY_STRING", "s=1"))
+        .unwrap();
+    let out = c.response_with_result(1, Duration::from_secs(20)).unwrap();
+    assert_eq!(out.status(), 200);
+    let log = r.log();
+    assert!(log.contains("slow request (0."), "{log}");
+    assert!(
+        log.contains("GET /slow?s=1") || log.contains("GET /slow"),
+        "{log}"
+    );
+    assert!(log.contains("time.sleep("), "{log}");
+    assert_eq!(log.matches("slow request").count(), 1, "logged once: {log}");
+    assert!(!log.contains("recycled"), "{log}");
+    assert_eq!(workers_of(r.pid), first);
+}

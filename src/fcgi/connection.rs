@@ -51,6 +51,8 @@ enum Phase {
         aborted: Arc<AtomicBool>,
         /// The job's count of messages not yet written (see `Job::pending`).
         pending: Arc<AtomicUsize>,
+        /// Whether the response's header block went out (`Job::head_sent`).
+        head_sent: Arc<AtomicBool>,
     },
     /// END_REQUEST was sent before the STDIN stream ended: discard the rest.
     Draining,
@@ -363,7 +365,10 @@ impl Connection {
         };
         while let Some(message) = next.take() {
             let Phase::Running {
-                aborted, out: rx, ..
+                aborted,
+                out: rx,
+                head_sent,
+                ..
             } = &mut active.phase
             else {
                 break;
@@ -372,6 +377,9 @@ impl Connection {
             let dropped = aborted.load(Ordering::Relaxed);
             match message {
                 Some(Out::Stdout { head, body }) if !dropped => {
+                    if !head.is_empty() {
+                        head_sent.store(true, Ordering::Release);
+                    }
                     frames.stream(RecordType::Stdout, id, head);
                     frames.stream(RecordType::Stdout, id, body);
                 }
@@ -388,6 +396,9 @@ impl Connection {
                 }
                 Some(Out::End { status, head, body }) => {
                     if !dropped {
+                        if !head.is_empty() {
+                            head_sent.store(true, Ordering::Release);
+                        }
                         frames.stream(RecordType::Stdout, id, head);
                         frames.stream(RecordType::Stdout, id, body);
                     }
@@ -395,6 +406,19 @@ impl Connection {
                 }
                 Some(Out::Raw(bytes)) => frames.small().extend_from_slice(&bytes),
                 Some(Out::Finalize(status)) => app_status = Some((status, false)),
+                Some(Out::Timeout) => {
+                    // (The app thread cannot be writing now: we hold the socket.)
+                    if !head_sent.swap(true, Ordering::AcqRel) {
+                        let (head, body) = error_head(504);
+                        frames.stream(
+                            RecordType::Stdout,
+                            id,
+                            Bytes::from(wire::head_block(Some(&head))),
+                        );
+                        frames.stream(RecordType::Stdout, id, Bytes::from_static(body));
+                    }
+                    app_status = Some((crate::cgi::Exit::AppError as u32, true));
+                }
                 // The job vanished without End (it panicked): still end the request.
                 None => app_status = Some((crate::cgi::Exit::AppError as u32, true)),
                 Some(_) => {} // aborted: output is dropped
@@ -655,7 +679,9 @@ impl Connection {
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let aborted = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicUsize::new(0));
+        let head_sent = Arc::new(AtomicBool::new(false));
         let job = Job {
+            head_sent: head_sent.clone(),
             request_id: id,
             role,
             meta,
@@ -672,6 +698,7 @@ impl Connection {
             out: out_rx,
             aborted,
             pending,
+            head_sent,
         };
         if self.dispatch.dispatch(job).is_err() {
             log_error!("request {id}: all app threads busy and the queue is full: FCGI_OVERLOADED");

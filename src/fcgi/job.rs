@@ -52,6 +52,10 @@ pub enum Out {
     Raw(Bytes),
     /// The request is over and its END_REQUEST already went out (directly).
     Finalize(u32),
+    /// The request overran `--request-timeout` (its output is now dropped):
+    /// answer 504 if no header went out yet, else cut the response short;
+    /// then END_REQUEST.
+    Timeout,
     /// The request is over: its last output (if any), then END_REQUEST
     /// with this `appStatus` — one message, so one write for small responses.
     End {
@@ -78,6 +82,8 @@ pub struct Job {
     pub out: mpsc::Sender<Out>,
     /// Set when the web server aborted the request or went away.
     pub aborted: Arc<AtomicBool>,
+    /// Set once any of the response (its header block) was sent.
+    pub head_sent: Arc<AtomicBool>,
     /// Messages sent on `out` that the connection has not written yet: the
     /// app thread writes to `direct` itself only while this is zero (order).
     pub pending: Arc<AtomicUsize>,

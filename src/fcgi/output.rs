@@ -132,9 +132,17 @@ impl DirectWrite {
         head: Bytes,
         body: Bytes,
         aborted: &AtomicBool,
+        head_sent: &AtomicBool,
     ) -> std::io::Result<bool> {
         if !self.lock_app() {
             return Ok(false);
+        }
+        if aborted.load(Ordering::Relaxed) {
+            self.unlock_app();
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
+        }
+        if !head.is_empty() {
+            head_sent.store(true, Ordering::Release);
         }
         let mut frames = Frames::default();
         frames.stream(RecordType::Stdout, id, head);

@@ -64,6 +64,8 @@ pub enum Recycle {
     MaxLifetime,
     /// `--max-rss`.
     MaxRss,
+    /// A request overran `--request-timeout`.
+    RequestTimeout,
 }
 
 impl Recycle {
@@ -72,6 +74,7 @@ impl Recycle {
             Recycle::MaxRequests => "max-requests",
             Recycle::MaxLifetime => "max-lifetime",
             Recycle::MaxRss => "max-rss",
+            Recycle::RequestTimeout => "request-timeout",
         }
     }
 }
@@ -130,6 +133,8 @@ struct Worker {
     started: Instant,
     /// Set once it is to be replaced; it stops when the replacement is ready.
     recycle: Option<Recycle>,
+    /// When it was told to stop (SIGKILL after the graceful timeout).
+    stopping_since: Option<Instant>,
     /// This worker's jittered limits.
     lifetime: Option<Duration>,
     rss: Option<u64>,
@@ -300,11 +305,17 @@ impl Master<'_> {
                         worker.started.elapsed().as_secs_f64()
                     );
                 }
-                b'X' if worker.recycle.is_none() && worker.state != State::Stopping => {
-                    worker.recycle = Some(Recycle::MaxRequests);
+                b'X' | b'T' if worker.recycle.is_none() && worker.state != State::Stopping => {
+                    let cause = if byte == b'X' {
+                        Recycle::MaxRequests
+                    } else {
+                        Recycle::RequestTimeout
+                    };
+                    worker.recycle = Some(cause);
                     log_info!(
-                        "master: worker {} reached max-requests: starting its replacement",
-                        worker.pid
+                        "master: worker {} reached {}: starting its replacement",
+                        worker.pid,
+                        cause.name()
                     );
                 }
                 _ => {}
@@ -359,6 +370,7 @@ impl Master<'_> {
         for worker in &mut self.workers {
             let _ = kill(worker.pid, signal);
             worker.state = State::Stopping;
+            worker.stopping_since = Some(Instant::now());
         }
         let deadline = Instant::now() + grace;
         match &mut self.stop {
@@ -437,6 +449,7 @@ impl Master<'_> {
                     if other.generation > old && other.state != State::Stopping {
                         let _ = kill(other.pid, Signal::SIGTERM);
                         other.state = State::Stopping;
+                        other.stopping_since = Some(Instant::now());
                     }
                 }
                 self.generation = old;
@@ -480,6 +493,7 @@ impl Master<'_> {
             return Ok(None);
         }
         self.check_limits(now);
+        self.kill_overdue();
         let current = |w: &&Worker, g: u64| {
             w.generation == g && w.state != State::Stopping && w.recycle.is_none()
         };
@@ -508,6 +522,7 @@ impl Master<'_> {
                 if worker.generation < self.generation && worker.state != State::Stopping {
                     let _ = kill(worker.pid, Signal::SIGTERM);
                     worker.state = State::Stopping;
+                    worker.stopping_since = Some(Instant::now());
                     retired += 1;
                 }
             }
@@ -523,6 +538,7 @@ impl Master<'_> {
                 {
                     let _ = kill(worker.pid, Signal::SIGTERM);
                     worker.state = State::Stopping;
+                    worker.stopping_since = Some(Instant::now());
                     log_info!(
                         "master: worker {} recycled ({}): finishing its requests",
                         worker.pid,
@@ -549,9 +565,27 @@ impl Master<'_> {
             {
                 let _ = kill(worker.pid, Signal::SIGTERM);
                 worker.state = State::Stopping;
+                worker.stopping_since = Some(Instant::now());
             }
         }
         Ok(None)
+    }
+
+    /// A worker told to stop that is still there after the graceful
+    /// timeout (a request stuck for good) is killed.
+    fn kill_overdue(&mut self) {
+        for worker in &mut self.workers {
+            if let (State::Stopping, Some(since)) = (worker.state, worker.stopping_since) {
+                if since.elapsed() > self.options.graceful_timeout + Duration::from_secs(5) {
+                    log_warn!(
+                        "master: worker {} did not stop within the graceful timeout: SIGKILL",
+                        worker.pid
+                    );
+                    let _ = kill(worker.pid, Signal::SIGKILL);
+                    worker.stopping_since = None;
+                }
+            }
+        }
     }
 
     /// `--max-lifetime` and `--max-rss` (sampled once a second).
@@ -615,6 +649,7 @@ impl Master<'_> {
                     pipe: Some(read),
                     started: Instant::now(),
                     recycle: None,
+                    stopping_since: None,
                     lifetime: self
                         .options
                         .max_lifetime

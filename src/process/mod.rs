@@ -26,6 +26,14 @@ impl Ready {
         Ok(())
     }
 
+    /// Ask the master for a replacement: a request of this worker overran
+    /// `--request-timeout` (its thread is stuck). The worker goes on serving
+    /// its other requests until the master sends TERM.
+    pub fn timed_out(&self) -> io::Result<()> {
+        nix::unistd::write(&self.0, b"T")?;
+        Ok(())
+    }
+
     /// Ask the master for a replacement: this worker served its
     /// `--max-requests`. It goes on serving until the master sends TERM.
     pub fn recycle(&self) -> io::Result<()> {

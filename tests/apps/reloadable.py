@@ -2,7 +2,8 @@
 reload test): the version comes from the file named by $RELOADABLE_VERSION,
 read when the module is imported, so only a worker that imported the app
 afresh (a reload) serves a new one; "broken" in the file makes the import
-fail. Responses are "VERSION PID"; /slow?s=SECONDS sleeps first."""
+fail. Responses are "VERSION PID"; /slow?s=SECONDS sleeps first; /hang
+never returns (in `hang_forever`, for the request timeout tests)."""
 
 import os
 import time
@@ -13,7 +14,14 @@ if VERSION == "broken":
     raise RuntimeError("this version of the app does not import")
 
 
+def hang_forever():
+    while True:
+        time.sleep(0.05)
+
+
 def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/hang":
+        hang_forever()
     if environ.get("PATH_INFO") == "/slow":
         query = environ.get("QUERY_STRING", "")
         time.sleep(float(query.split("=", 1)[1]) if query.startswith("s=") else 1.0)
