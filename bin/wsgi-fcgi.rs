@@ -35,6 +35,7 @@ Signals (the process, or with --workers the master):
               The listening sockets stay open throughout. If the new code
               does not import, the old workers go on serving.
   TTIN, TTOU  (--workers) one worker process more / fewer
+  USR1        reopen the access log (the master passes it to its workers)
 
 Exit status: 0 stopped normally; 1 could not start (bad option, socket,
 interpreter); 4 the application failed to import (with --workers: in the
@@ -130,6 +131,12 @@ struct Serve {
     /// Log the Python stack of requests running longer than S seconds (like PHP-FPM's slowlog)
     #[arg(long, value_name = "S")]
     slow_request_log: Option<f64>,
+    /// Write an access log line per request to FILE ('-': stderr); USR1 reopens it
+    #[arg(long, value_name = "FILE")]
+    access_log: Option<String>,
+    /// Apache LogFormat atoms: %h %l %u %t %r %m %U %q %H %s %b %B %D %T %P %{Header}i %{VAR}e %%
+    #[arg(long, value_name = "FMT", default_value = wsgi_gateway::accesslog::DEFAULT_FORMAT)]
+    access_log_format: String,
     /// Run the app as this user once the sockets are bound (with --workers: the workers; the master stays as started)
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
@@ -228,6 +235,8 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
                 .slow_request_log
                 .map(|s| Duration::from_secs_f64(s.max(0.001))),
         },
+        access_log: args.access_log,
+        access_log_format: args.access_log_format,
         user: args.user,
         group: args.group,
     };

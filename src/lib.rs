@@ -10,6 +10,7 @@
 //! only place pyo3 appears; `cgi` is the front end that ties them together.
 //! The FastCGI responder reuses everything below `cgi` unchanged.
 
+pub mod accesslog;
 pub mod app;
 pub mod appspec;
 pub mod cgi;

@@ -16,6 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::accesslog::AccessLog;
 use crate::app::{self, StrCache};
 use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
@@ -252,6 +253,7 @@ impl Pool {
         limit: Option<Arc<RequestLimit>>,
         timeouts: Timeouts,
         on_timeout: Box<dyn Fn() + Send>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> io::Result<Pool> {
         let threads = options.threads.max(1);
         let slots: Option<Slots> = (timeouts.request.is_some() || timeouts.slow.is_some())
@@ -272,9 +274,12 @@ impl Pool {
             let app = app.clone();
             let limit = limit.clone();
             let slot = slots.clone().map(|s| (s, index));
+            let access_log = access_log.clone();
             std::thread::Builder::new()
                 .name(format!("wsgi-app-{index}"))
-                .spawn(move || app_thread(&app, &shared, options, limit.as_deref(), slot))?;
+                .spawn(move || {
+                    app_thread(&app, &shared, options, limit.as_deref(), slot, access_log)
+                })?;
         }
         Ok(Pool { shared })
     }
@@ -286,6 +291,7 @@ fn app_thread(
     options: PoolOptions,
     limit: Option<&RequestLimit>,
     slot: Option<(Slots, usize)>,
+    access_log: Option<Arc<AccessLog>>,
 ) {
     let me = Arc::new(Parked::default());
     Python::attach(|py| {
@@ -298,6 +304,7 @@ fn app_thread(
             forward_stderr: options.forward_stderr,
             strings: StrCache::new(),
             slot,
+            access_log,
         };
         loop {
             let queued = {
@@ -328,6 +335,8 @@ struct ThreadState {
     strings: StrCache,
     /// Where the watchdog sees what this thread runs (with timeouts).
     slot: Option<(Slots, usize)>,
+    /// `--access-log`.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl ThreadState {
@@ -398,10 +407,15 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         head_sent: head_sent.clone(),
         held: held.clone(),
     };
+    let started = Instant::now();
+    // For the access log: status code and body bytes sent.
+    let sent;
+    let error_page = |code: u16| (code, crate::response::error_head(code).1.len() as u64);
     let status = match environ::build(&meta) {
         Err(err) => {
             log_error!("rejecting request: {err}");
             let _ = py.detach(|| ResponseWriter::new(Box::new(sink), false).fail(400));
+            sent = error_page(400);
             Exit::BadRequest
         }
         Ok(mut environ) => {
@@ -448,16 +462,26 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
                         let mut w = writer;
                         w.fail(500)
                     });
+                    sent = error_page(500);
                     Exit::AppError
                 }
                 Ok(dict) => {
                     let (outcome, writer) = app::serve(py, app, dict, writer);
+                    sent = (writer.status_code(), writer.body_bytes());
                     drop(writer);
                     Exit::from(outcome)
                 }
             }
         }
     };
+    if let Some(log) = &thread.access_log {
+        log.log(&crate::accesslog::Entry {
+            meta: &meta,
+            status: sent.0,
+            bytes: sent.1,
+            duration: started.elapsed(),
+        });
+    }
     // The last output, held back by the sink, leaves with END_REQUEST.
     let (head, body) = held
         .lock()

@@ -276,6 +276,14 @@ impl ResponseWriter {
         }
     }
 
+    /// The status code sent (0: none yet).
+    pub fn status_code(&self) -> u16 {
+        self.head
+            .as_ref()
+            .filter(|_| self.sent)
+            .map_or(0, |h| h.code)
+    }
+
     /// True when `write(_, last)` (or `finish()` when `last`) may wait on
     /// I/O, so the caller should release the GIL around it.
     pub fn may_block(&self, last: bool) -> bool {

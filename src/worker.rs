@@ -11,6 +11,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::accesslog::AccessLog;
 use crate::appspec::AppSpec;
 use crate::fcgi::job::Limits;
 use crate::listener::{self, Bind, Listener, UnixSocketOptions};
@@ -53,6 +54,10 @@ pub struct WorkerOptions {
     pub max_requests_jitter: u64,
     /// `--request-timeout`, `--slow-request-log`.
     pub timeouts: crate::pool::Timeouts,
+    /// `--access-log` (a path, or `-` for stderr).
+    pub access_log: Option<String>,
+    /// `--access-log-format`.
+    pub access_log_format: String,
     /// Run as this user (after the sockets are bound).
     pub user: Option<String>,
     /// Run as this group (default: the user's primary group).
@@ -100,6 +105,13 @@ pub fn run(
     listeners: Vec<Listener>,
     ready: Option<Ready>,
 ) -> Result<(), WorkerError> {
+    // Opened before the privileges go (log directories are usually root's).
+    let access_log = match &options.access_log {
+        Some(path) => Some(Arc::new(
+            AccessLog::open(path, &options.access_log_format).map_err(WorkerError::Setup)?,
+        )),
+        None => None,
+    };
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,6 +120,18 @@ pub fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
+    // USR1: reopen the access log (after log rotation).
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    if let Some(log) = access_log.clone() {
+        runtime.spawn(async move {
+            while usr1.recv().await.is_some() {
+                match log.reopen() {
+                    Ok(()) => log_info!("USR1: access log reopened"),
+                    Err(e) => log_error!("USR1: {e}"),
+                }
+            }
+        });
+    }
 
     // print() and C code writing to fd 1 go to the log, like everything else.
     nix::unistd::dup2_stdout(std::io::stderr()).map_err(std::io::Error::from)?;
@@ -155,6 +179,7 @@ pub fn run(
                 )
             }),
         },
+        access_log,
     )?;
     let server_options = ServerOptions {
         limits: options.limits.clone(),

@@ -671,3 +671,64 @@ fn slow_request_log_shows_the_stack_without_stopping_anything() {
     assert!(!log.contains("recycled"), "{log}");
     assert_eq!(workers_of(r.pid), first);
 }
+
+#[test]
+fn access_log_lines_and_usr1_reopen_after_rotation() {
+    let logs = tempfile::tempdir().unwrap();
+    let access = logs.path().join("access.log");
+    let access_arg = access.display().to_string();
+    let r = master(
+        2,
+        "v1",
+        &[
+            "--access-log",
+            &access_arg,
+            "--access-log-format",
+            "%h \"%r\" %>s %b %{X-Trace}i %D",
+        ],
+    );
+    let mut c = r.connect();
+    let req = Req::get("/slow")
+        .param("QUERY_STRING", "s=0.01")
+        .param("REQUEST_URI", "/slow?s=0.01")
+        .param("REMOTE_ADDR", "192.0.2.9")
+        .param("SERVER_PROTOCOL", "HTTP/1.1")
+        .param("HTTP_X_TRACE", "t-1");
+    let out = c.request(1, &req);
+    assert_eq!(out.status(), 200);
+    let body_len = out.body().len();
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(5), || read(&access)
+        .lines()
+        .count()
+        == 1));
+    let line = read(&access);
+    let expected = format!("192.0.2.9 \"GET /slow?s=0.01 HTTP/1.1\" 200 {body_len} t-1 ");
+    assert!(line.starts_with(&expected), "{line:?} vs {expected:?}");
+    let micros: u64 = line.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(micros >= 10_000, "duration {micros} µs for a 10 ms request");
+
+    // Rotation: move the file away, USR1 to the master, new lines go to a new file.
+    let rotated = logs.path().join("access.log.1");
+    std::fs::rename(&access, &rotated).unwrap();
+    kill(r.pid, "USR1");
+    assert!(
+        r.wait_log("access log reopened", Duration::from_secs(5)),
+        "{}",
+        r.log()
+    );
+    // Both workers reopen; make sure they have before the next requests.
+    assert!(wait_until(Duration::from_secs(5), || r
+        .log()
+        .matches("access log reopened")
+        .count()
+        == 2));
+    for _ in 0..4 {
+        assert_eq!(r.connect().request(1, &Req::get("/")).status(), 200);
+    }
+    assert!(wait_until(Duration::from_secs(5), || read(&access)
+        .lines()
+        .count()
+        == 4));
+    assert_eq!(read(&rotated).lines().count(), 1);
+}

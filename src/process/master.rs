@@ -14,6 +14,7 @@
 //! | INT, QUIT | fast stop |
 //! | HUP | reload: a new generation of workers imports the app afresh; the old one is told to stop only once every new worker is ready |
 //! | TTIN / TTOU | one worker more / fewer |
+//! | USR1 | workers reopen the access log |
 //!
 //! Recycling (`--max-requests` with `--max-requests-jitter`,
 //! `--max-lifetime`, `--max-rss`; each threshold jittered per worker so that
@@ -361,7 +362,14 @@ impl Master<'_> {
                 self.target = self.target.saturating_sub(1).max(1);
                 log_info!("master: TTOU: {} worker(s)", self.target);
             }
-            Intent::ReopenLogs => log_info!("master: USR1: no log files to reopen"),
+            Intent::ReopenLogs => {
+                log_info!("master: USR1: workers reopen their log files");
+                for worker in &self.workers {
+                    if worker.state == State::Ready {
+                        let _ = kill(worker.pid, Signal::SIGUSR1);
+                    }
+                }
+            }
             Intent::Reap => {}
         }
     }
