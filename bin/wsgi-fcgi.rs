@@ -131,6 +131,9 @@ struct Serve {
     /// Log the Python stack of requests running longer than S seconds (like PHP-FPM's slowlog)
     #[arg(long, value_name = "S")]
     slow_request_log: Option<f64>,
+    /// Check the configuration and import the app in a child process (as --user), report the import time, and exit: 0 when all is well (like php-fpm -t)
+    #[arg(long)]
+    check: bool,
     /// Write an access log line per request to FILE ('-': stderr); USR1 reopens it
     #[arg(long, value_name = "FILE")]
     access_log: Option<String>,
@@ -190,6 +193,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: Serve) -> anyhow::Result<ExitCode> {
+    let check = args.check;
     let binds = args
         .bind
         .iter()
@@ -240,6 +244,9 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         user: args.user,
         group: args.group,
     };
+    if check {
+        return Ok(ExitCode::from(run_check(&options)? as u8));
+    }
     let listeners = worker::listeners(&options)?;
     if options.workers == 0 {
         return Ok(match worker_main(&options, listeners, None) {
@@ -268,6 +275,54 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
     })?;
     worker::remove_socket_files(&options);
     Ok(ExitCode::from(code as u8))
+}
+
+/// `--check`: the options parsed (clap did that); unix socket directories
+/// exist; then a child process imports the app as a worker would.
+fn run_check(options: &WorkerOptions) -> anyhow::Result<i32> {
+    for bind in &options.binds {
+        if let Bind::Unix(path) = bind {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                eprintln!(
+                    "wsgi-fcgi --check: no directory for the socket {}",
+                    path.display()
+                );
+                return Ok(exit::SETUP);
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    // SAFETY: still single-threaded (no runtime, no Python yet).
+    let child = match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            let code = match worker::check_import(options) {
+                Ok(()) => exit::OK,
+                Err(WorkerError::AppLoad) => exit::APP_LOAD,
+                Err(err) => {
+                    eprintln!("wsgi-fcgi --check: {err}");
+                    exit::SETUP
+                }
+            };
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    let status = nix::sys::wait::waitpid(child, None)?;
+    let app = options.app.as_deref().unwrap_or("the demo app");
+    let code = match status {
+        nix::sys::wait::WaitStatus::Exited(_, code) => code,
+        _ => exit::SETUP,
+    };
+    match code {
+        exit::OK => println!(
+            "wsgi-fcgi --check: configuration OK; {app} imported in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+        exit::APP_LOAD => eprintln!("wsgi-fcgi --check: {app} does not import (traceback above)"),
+        _ => eprintln!("wsgi-fcgi --check: the configuration is not usable (see above)"),
+    }
+    Ok(code)
 }
 
 /// One worker process (or the only process); returns the exit status.

@@ -214,6 +214,25 @@ impl AccessLog {
     }
 }
 
+/// `--check`: the format compiles and the file's directory exists (the file
+/// itself is not created).
+pub fn check(path: &str, format: &str) -> Result<(), String> {
+    compile(format).map_err(|e| e.to_string())?;
+    if path != "-" {
+        let dir = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!(
+                "--access-log {path}: {} is not a directory",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn open_append(path: &str) -> Result<File, String> {
     OpenOptions::new()
         .create(true)

@@ -269,6 +269,16 @@ pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), Wo
     Ok(())
 }
 
+/// `--check`, in a child process: become `--user`, initialize Python and
+/// import the app, as a worker would, then stop.
+pub fn check_import(options: &WorkerOptions) -> Result<(), WorkerError> {
+    if let Some(path) = &options.access_log {
+        crate::accesslog::check(path, &options.access_log_format).map_err(WorkerError::Setup)?;
+    }
+    drop_privileges(options.user.as_deref(), options.group.as_deref())?;
+    load(options).map(drop)
+}
+
 /// Remove the unix socket files this process bound (at the final stop).
 pub fn remove_socket_files(options: &WorkerOptions) {
     for bind in &options.binds {

@@ -732,3 +732,53 @@ fn access_log_lines_and_usr1_reopen_after_rotation() {
         == 4));
     assert_eq!(read(&rotated).lines().count(), 1);
 }
+
+/// `--check` (like `php-fpm -t`): imports the app in a child process and
+/// reports the import time; a broken app, a missing socket directory or a
+/// bad log format is a non-zero exit. Nothing is bound.
+#[test]
+fn check_validates_the_configuration_and_imports_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("version");
+    let socket = dir.path().join("fcgi.sock");
+    let run = |extra: &[&str], content: &str| {
+        std::fs::write(&version, content).unwrap();
+        let out = Command::new(wsgi_fcgi())
+            .arg("--check")
+            .arg("--app")
+            .arg(app("reloadable.py"))
+            .arg("--bind")
+            .arg(format!("unix:{}", socket.display()))
+            .args(extra)
+            .env("RELOADABLE_VERSION", &version)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&[], "v1");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("configuration OK") && text.contains(" ms"),
+        "{text}"
+    );
+
+    let (code, text) = run(&[], "broken");
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("this version of the app does not import"),
+        "{text}"
+    );
+
+    let (code, text) = run(
+        &["--access-log", "/tmp/x.log", "--access-log-format", "%Z"],
+        "v1",
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("unknown atom %Z"), "{text}");
+
+    let (code, text) = run(&["--access-log", "/no/such/dir/access.log"], "v1");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!socket.exists(), "--check bound the socket");
+}
