@@ -131,6 +131,12 @@ struct Serve {
     /// Log the Python stack of requests running longer than S seconds (like PHP-FPM's slowlog)
     #[arg(long, value_name = "S")]
     slow_request_log: Option<f64>,
+    /// Answer PATH with the pool's status (PHP-FPM's fields; ?json, ?openmetrics, ?full), without the app
+    #[arg(long, value_name = "PATH")]
+    status_path: Option<String>,
+    /// Answer PATH with "pong", without the app (a health check)
+    #[arg(long, value_name = "PATH")]
+    ping_path: Option<String>,
     /// Check the configuration and import the app in a child process (as --user), report the import time, and exit: 0 when all is well (like php-fpm -t)
     #[arg(long)]
     check: bool,
@@ -225,6 +231,7 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             max_body: args.max_body_size,
             max_conns: args.max_conns,
             max_reqs: args.max_conns,
+            pages: None,
         },
         forward_stderr: args.forward_stderr,
         graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
@@ -239,6 +246,8 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
                 .slow_request_log
                 .map(|s| Duration::from_secs_f64(s.max(0.001))),
         },
+        status_path: args.status_path,
+        ping_path: args.ping_path,
         access_log: args.access_log,
         access_log_format: args.access_log_format,
         user: args.user,
@@ -253,6 +262,10 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             0 => ExitCode::SUCCESS,
             code => ExitCode::from(code as u8),
         });
+    }
+    if options.status_path.is_some() || options.ping_path.is_some() {
+        // Shared by every worker forked from here on.
+        wsgi_gateway::process::scoreboard::create()?;
     }
     let master_options = MasterOptions {
         workers: options.workers,

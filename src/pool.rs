@@ -94,6 +94,9 @@ fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn() + Send>) 
                 // Full queue: its output is dropped now, so try again next tick.
                 if running.out.try_send(Out::Timeout).is_ok() || running.out.is_closed() {
                     running.timed_out = true;
+                    if let Some(board) = crate::process::scoreboard::board() {
+                        board.timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
                     reports.push((
                         true,
                         elapsed,
@@ -104,6 +107,9 @@ fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn() + Send>) 
                 }
             } else if timeouts.slow.is_some_and(|t| elapsed >= t) && !running.slow_logged {
                 running.slow_logged = true;
+                if let Some(board) = crate::process::scoreboard::board() {
+                    board.slow_requests.fetch_add(1, Ordering::Relaxed);
+                }
                 reports.push((
                     false,
                     elapsed,
@@ -408,6 +414,18 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         held: held.clone(),
     };
     let started = Instant::now();
+    let slot = crate::process::scoreboard::my_slot();
+    if let Some(slot) = slot {
+        slot.begin(describe(&meta).as_bytes());
+        if let Some(board) = crate::process::scoreboard::board() {
+            let busy = board
+                .slots
+                .iter()
+                .filter(|s| s.running.load(Ordering::Relaxed) > 0)
+                .count();
+            board.max_active.fetch_max(busy as u64, Ordering::Relaxed);
+        }
+    }
     // For the access log: status code and body bytes sent.
     let sent;
     let error_page = |code: u16| (code, crate::response::error_head(code).1.len() as u64);
@@ -481,6 +499,9 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
             bytes: sent.1,
             duration: started.elapsed(),
         });
+    }
+    if let Some(slot) = slot {
+        slot.end();
     }
     // The last output, held back by the sink, leaves with END_REQUEST.
     let (head, body) = held

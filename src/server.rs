@@ -84,7 +84,12 @@ pub async fn serve(
             loop {
                 let Ok(permit) = slots.clone().acquire_owned().await else { return };
                 let accepted = match listener.accept().await {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        if let Some(board) = crate::process::scoreboard::board() {
+                            board.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        accepted
+                    }
                     Err(e) => {
                         log_warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;

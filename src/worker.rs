@@ -13,10 +13,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::accesslog::AccessLog;
 use crate::appspec::AppSpec;
-use crate::fcgi::job::Limits;
+use crate::fcgi::job::{Limits, PageHook};
 use crate::listener::{self, Bind, Listener, UnixSocketOptions};
 use crate::pool::{Pool, PoolOptions, RequestLimit};
 use crate::process::Ready;
+use crate::process::scoreboard;
+use crate::process::status::Pages;
 use crate::server::{self, ServerOptions};
 use crate::{app, log_error, log_info, python};
 
@@ -54,6 +56,10 @@ pub struct WorkerOptions {
     pub max_requests_jitter: u64,
     /// `--request-timeout`, `--slow-request-log`.
     pub timeouts: crate::pool::Timeouts,
+    /// `--status-path`.
+    pub status_path: Option<String>,
+    /// `--ping-path`.
+    pub ping_path: Option<String>,
     /// `--access-log` (a path, or `-` for stderr).
     pub access_log: Option<String>,
     /// `--access-log-format`.
@@ -112,6 +118,24 @@ pub fn run(
         )),
         None => None,
     };
+    let mut options = options;
+    if options.status_path.is_some() || options.ping_path.is_some() {
+        let board = scoreboard::create()?;
+        if ready.is_none() {
+            // A single process is its own (only) worker.
+            if let Some(index) = board.claim(std::process::id()) {
+                scoreboard::adopt(index);
+            }
+        }
+        let pages = Pages {
+            status: options.status_path.clone(),
+            ping: options.ping_path.clone(),
+            pool: options.app.clone().unwrap_or_else(|| "demo".into()),
+        };
+        options.limits.pages = Some(PageHook(Arc::new(move |path, query| {
+            pages.answer(path, query)
+        })));
+    }
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -782,3 +782,90 @@ fn check_validates_the_configuration_and_imports_the_app() {
     assert_eq!(code, Some(1), "{text}");
     assert!(!socket.exists(), "--check bound the socket");
 }
+
+/// The status page in PHP-FPM's three formats, and ping — answered by the
+/// worker's I/O thread, not the app.
+#[test]
+fn status_page_parses_in_text_json_and_openmetrics_and_ping_answers() {
+    let r = master(
+        2,
+        "v1",
+        &["--status-path", "/status", "--ping-path", "/ping"],
+    );
+    for _ in 0..5 {
+        assert!(served(&r, "/").is_ok());
+    }
+    let get = |target: &str| {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let out = r
+            .connect()
+            .request(1, &Req::get(path).param("QUERY_STRING", query));
+        assert_eq!(out.status(), 200, "{target}: {}", r.log());
+        (out.header("Content-Type").unwrap_or_default(), out.text())
+    };
+    assert_eq!(get("/ping").1, "pong\n");
+
+    // Text: "name: value" lines with PHP-FPM's names.
+    let (kind, text) = get("/status");
+    assert_eq!(kind, "text/plain");
+    let fields: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k, v.trim()))
+        .collect();
+    assert_eq!(fields["total processes"], "2", "{text}");
+    assert_eq!(fields["process manager"], "static");
+    let accepted: u64 = fields["accepted conn"].parse().unwrap();
+    assert!(accepted >= 6, "{text}");
+    for key in [
+        "pool",
+        "start time",
+        "start since",
+        "listen queue",
+        "idle processes",
+        "active processes",
+        "max active processes",
+        "slow requests",
+    ] {
+        assert!(fields.contains_key(key), "{key} missing: {text}");
+    }
+
+    // JSON, with per-worker rows under ?full.
+    let (kind, json) = get("/status?json&full");
+    assert_eq!(kind, "application/json");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["total processes"], 2);
+    let pids: Vec<u64> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    let mut expected: Vec<u64> = workers_of(r.pid).iter().map(|&p| u64::from(p)).collect();
+    let mut got = pids.clone();
+    got.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(got, expected);
+    let served_total: u64 = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .sum();
+    assert!(served_total >= 5, "{json}");
+    assert!(v["processes"][0]["last request memory"].as_u64().unwrap() > 1 << 20);
+
+    // OpenMetrics: HELP/TYPE/sample lines, phpfpm_ names, # EOF.
+    let (kind, metrics) = get("/status?openmetrics");
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(metrics.ends_with("# EOF\n"));
+    assert!(
+        metrics.contains("\nphpfpm_total_processes 2\n"),
+        "{metrics}"
+    );
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(name.starts_with("phpfpm_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+}

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use super::codec::{CodecError, RecordDecoder};
-use super::job::{Dispatch, Job, Limits, Out};
+use super::job::{Dispatch, Job, Limits, Out, PageHook};
 pub use super::output::{DirectWrite, Transport};
 use super::output::{Frames, linger, send_file, write_frames};
 use super::params;
@@ -653,6 +653,32 @@ impl Connection {
             Ok(meta) => meta,
             Err(e) => return Err(Closed::Protocol(format!("PARAMS of request {id}: {e}"))),
         };
+        if let Some(PageHook(pages)) = &self.limits.pages {
+            let get = |key: &[u8]| {
+                meta.iter()
+                    .find(|(k, _)| k == key)
+                    .map_or(&[][..], |(_, v)| v.as_slice())
+            };
+            let (script, info) = (get(b"SCRIPT_NAME"), get(b"PATH_INFO"));
+            let full = [script, info].concat();
+            let answer =
+                pages(&full, get(b"QUERY_STRING")).or_else(|| pages(info, get(b"QUERY_STRING")));
+            if let Some((content_type, body)) = answer {
+                let response = format!(
+                    "Status: 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                     Cache-Control: no-store\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut out = BytesMut::new();
+                record::encode_stream(&mut out, RecordType::Stdout, id, response.as_bytes());
+                record::encode_stream_end(&mut out, RecordType::Stdout, id);
+                record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
+                stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+                active.phase = Phase::Draining;
+                self.ended_keep_conn = Some(active.keep_conn);
+                return Ok(());
+            }
+        }
         let content_length = meta
             .iter()
             .find(|(k, _)| k == b"CONTENT_LENGTH")

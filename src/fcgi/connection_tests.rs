@@ -32,6 +32,7 @@ fn limits() -> Arc<Limits> {
         max_body: None,
         max_conns: 7,
         max_reqs: 7,
+        pages: None,
     })
 }
 

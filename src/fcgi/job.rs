@@ -14,6 +14,20 @@ use super::output::DirectWrite;
 use super::record::Role;
 use crate::request::MetaVariables;
 
+/// Pages the connection answers itself, without the app (status, ping):
+/// `(path, query)` → `(content type, body)`.
+#[derive(Clone)]
+pub struct PageHook(pub Arc<PageFn>);
+
+/// `(path, query)` → `(content type, body)` of a page, if it is one.
+pub type PageFn = dyn Fn(&[u8], &[u8]) -> Option<(&'static str, String)> + Send + Sync;
+
+impl std::fmt::Debug for PageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageHook")
+    }
+}
+
 /// Limits and advertised values of a connection.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -25,6 +39,8 @@ pub struct Limits {
     pub max_conns: usize,
     /// `FCGI_MAX_REQS` as advertised.
     pub max_reqs: usize,
+    /// Status and ping pages.
+    pub pages: Option<PageHook>,
 }
 
 /// What a running request sends back to its connection.

@@ -401,6 +401,9 @@ impl Master<'_> {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
+            if let Some(board) = super::scoreboard::board() {
+                board.release(pid.as_raw() as u32);
+            }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
                 continue;
             };
@@ -552,6 +555,10 @@ impl Master<'_> {
                         worker.pid,
                         cause.name()
                     );
+                    if let Some(board) = super::scoreboard::board() {
+                        board.recycles[cause as usize]
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -645,6 +652,11 @@ impl Master<'_> {
                 }
                 // The worker handles its own signals.
                 let _ = SigSet::empty().thread_set_mask();
+                if let Some(board) = super::scoreboard::board() {
+                    if let Some(index) = board.claim(std::process::id()) {
+                        super::scoreboard::adopt(index);
+                    }
+                }
                 let code = (self.worker_main)(Ready(write));
                 std::process::exit(code);
             }

@@ -11,6 +11,8 @@
 
 pub mod master;
 pub mod notify;
+pub mod scoreboard;
+pub mod status;
 
 use std::io;
 use std::os::fd::OwnedFd;

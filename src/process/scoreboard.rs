@@ -1,0 +1,176 @@
+//! The scoreboard: counters every worker process updates and any of them
+//! reads to answer the status page, in one shared anonymous mapping made
+//! before the workers are forked (PHP-FPM keeps its scoreboard the same
+//! way). Plain atomics only — no locks across processes; a request's URI is
+//! written under a per-slot sequence counter and read consistently.
+
+use std::num::NonZeroUsize;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Worker slots (a master never runs more workers than this).
+pub const SLOTS: usize = 256;
+const URI: usize = 192;
+
+/// Recycle causes counted (in `process::master::Recycle` order).
+pub const CAUSES: [&str; 4] = ["max-requests", "max-lifetime", "max-rss", "request-timeout"];
+
+/// One worker's row.
+#[repr(C)]
+pub struct Slot {
+    /// 0: free.
+    pub pid: AtomicU32,
+    /// Requests in flight.
+    pub running: AtomicU32,
+    /// When the worker started (µs since the epoch).
+    pub started: AtomicU64,
+    /// Requests served.
+    pub requests: AtomicU64,
+    /// Start of its latest request (µs since the epoch).
+    pub request_start: AtomicU64,
+    /// Duration of its last finished request (µs).
+    pub last_duration: AtomicU64,
+    seq: AtomicU32,
+    uri_len: AtomicU32,
+    uri: [AtomicU8; URI],
+}
+
+/// The whole board.
+#[repr(C)]
+pub struct Board {
+    /// Pool start (µs since the epoch).
+    pub start_time: AtomicU64,
+    /// Connections accepted by all workers.
+    pub accepted: AtomicU64,
+    /// Requests that crossed `--slow-request-log`.
+    pub slow_requests: AtomicU64,
+    /// Requests that overran `--request-timeout`.
+    pub timeouts: AtomicU64,
+    /// Recycled workers by cause ([`CAUSES`]).
+    pub recycles: [AtomicU64; 4],
+    /// Most workers ever busy at once.
+    pub max_active: AtomicU64,
+    /// The workers.
+    pub slots: [Slot; SLOTS],
+}
+
+static BOARD: OnceLock<&'static Board> = OnceLock::new();
+static MY_SLOT: OnceLock<usize> = OnceLock::new();
+
+/// Microseconds since the epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Map the board (shared with every process forked afterwards). Once.
+pub fn create() -> std::io::Result<&'static Board> {
+    if let Some(board) = BOARD.get() {
+        return Ok(board);
+    }
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
+    let size = NonZeroUsize::new(std::mem::size_of::<Board>()).expect("non-empty");
+    // SAFETY: a fresh anonymous mapping, zero-filled, is a valid `Board`
+    // (all atomics, zero = empty); it is never unmapped, so `'static` holds,
+    // and MAP_SHARED keeps it shared with children forked later.
+    let board = unsafe {
+        let ptr = mmap_anonymous(
+            None,
+            size,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+        )?;
+        &*ptr.as_ptr().cast::<Board>()
+    };
+    board.start_time.store(now_us(), Ordering::Relaxed);
+    Ok(BOARD.get_or_init(|| board))
+}
+
+/// The board, if this process has one.
+pub fn board() -> Option<&'static Board> {
+    BOARD.get().copied()
+}
+
+/// This process's slot, if it is a worker with one.
+pub fn my_slot() -> Option<&'static Slot> {
+    Some(&board()?.slots[*MY_SLOT.get()?])
+}
+
+impl Board {
+    /// A free slot for a new worker (`None`: all taken).
+    pub fn claim(&self, pid: u32) -> Option<usize> {
+        let index = self.slots.iter().position(|s| {
+            s.pid
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        let slot = &self.slots[index];
+        slot.running.store(0, Ordering::Relaxed);
+        slot.requests.store(0, Ordering::Relaxed);
+        slot.request_start.store(0, Ordering::Relaxed);
+        slot.last_duration.store(0, Ordering::Relaxed);
+        slot.uri_len.store(0, Ordering::Relaxed);
+        slot.started.store(now_us(), Ordering::Relaxed);
+        Some(index)
+    }
+
+    /// The worker `pid` is gone.
+    pub fn release(&self, pid: u32) {
+        for slot in &self.slots {
+            let _ = slot
+                .pid
+                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+/// In the worker, after the fork: this is our slot.
+pub fn adopt(index: usize) {
+    let _ = MY_SLOT.set(index);
+}
+
+impl Slot {
+    /// A request starts: `line` is "METHOD URI".
+    pub fn begin(&self, line: &[u8]) {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        self.request_start.store(now_us(), Ordering::Relaxed);
+        let len = line.len().min(URI);
+        self.seq.fetch_add(1, Ordering::AcqRel); // odd: writing
+        for (cell, &byte) in self.uri.iter().zip(&line[..len]) {
+            cell.store(byte, Ordering::Relaxed);
+        }
+        self.uri_len.store(len as u32, Ordering::Relaxed);
+        self.seq.fetch_add(1, Ordering::Release); // even: done
+    }
+
+    /// A request ends.
+    pub fn end(&self) {
+        let start = self.request_start.load(Ordering::Relaxed);
+        self.last_duration
+            .store(now_us().saturating_sub(start), Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The latest request line, read consistently (a few retries).
+    pub fn line(&self) -> String {
+        for _ in 0..100 {
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let len = (self.uri_len.load(Ordering::Relaxed) as usize).min(URI);
+            let bytes: Vec<u8> = self.uri[..len]
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect();
+            if self.seq.load(Ordering::Acquire) == before {
+                return String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+        String::new()
+    }
+}
