@@ -75,6 +75,20 @@ pub enum Closed {
     Protocol(String),
 }
 
+/// A whole response made here (413, status pages): its STDOUT, the end of
+/// the stream and END_REQUEST, in one write.
+async fn write_response<T: Transport>(
+    stream: &mut T,
+    id: u16,
+    response: &[u8],
+) -> Result<(), Closed> {
+    let mut out = BytesMut::new();
+    record::encode_stream(&mut out, RecordType::Stdout, id, response);
+    record::encode_stream_end(&mut out, RecordType::Stdout, id);
+    record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
+    stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
+}
+
 /// Serve one connection until it closes.
 ///
 /// Once `shutdown` turns true the connection closes as soon as it has no
@@ -669,11 +683,7 @@ impl Connection {
                      Cache-Control: no-store\r\n\r\n{body}",
                     body.len()
                 );
-                let mut out = BytesMut::new();
-                record::encode_stream(&mut out, RecordType::Stdout, id, response.as_bytes());
-                record::encode_stream_end(&mut out, RecordType::Stdout, id);
-                record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
-                stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+                write_response(stream, id, response.as_bytes()).await?;
                 active.phase = Phase::Draining;
                 self.ended_keep_conn = Some(active.keep_conn);
                 return Ok(());
@@ -691,11 +701,7 @@ impl Connection {
                 let (head, body) = error_head(413);
                 let mut response = wire::head_block(Some(&head));
                 response.extend_from_slice(body);
-                let mut out = BytesMut::new();
-                record::encode_stream(&mut out, RecordType::Stdout, id, &response);
-                record::encode_stream_end(&mut out, RecordType::Stdout, id);
-                record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
-                stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+                write_response(stream, id, &response).await?;
                 active.phase = Phase::Draining;
                 self.ended_keep_conn = Some(active.keep_conn);
                 return Ok(());

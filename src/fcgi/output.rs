@@ -157,15 +157,7 @@ impl DirectWrite {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         use std::os::fd::AsFd;
         while !frames.segments.is_empty() {
-            let written = {
-                let slices: Vec<std::io::IoSlice<'_>> = frames
-                    .segments
-                    .iter()
-                    .take(64)
-                    .map(|b| std::io::IoSlice::new(b))
-                    .collect();
-                nix::sys::uio::writev(&self.socket, &slices)
-            };
+            let written = nix::sys::uio::writev(&self.socket, &frames.io_slices());
             match written {
                 Ok(n) => frames.advance(n),
                 Err(nix::errno::Errno::EAGAIN) => {
@@ -277,6 +269,15 @@ impl Frames {
         }
     }
 
+    /// The next segments for one vectored write.
+    fn io_slices(&self) -> Vec<std::io::IoSlice<'_>> {
+        self.segments
+            .iter()
+            .take(64)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect()
+    }
+
     /// Drop the first `written` bytes (a write took them).
     fn advance(&mut self, written: usize) {
         let mut left = written;
@@ -321,15 +322,7 @@ pub async fn write_frames<T: Transport>(
     frames.seal();
     frames.len = 0;
     while !frames.segments.is_empty() {
-        let written = {
-            let slices: Vec<std::io::IoSlice<'_>> = frames
-                .segments
-                .iter()
-                .take(64)
-                .map(|b| std::io::IoSlice::new(b))
-                .collect();
-            stream.write_vectored(&slices).await?
-        };
+        let written = stream.write_vectored(&frames.io_slices()).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
