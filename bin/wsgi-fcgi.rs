@@ -52,7 +52,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Serve a Python WSGI application to web servers over FastCGI.
 #[derive(Parser)]
-#[command(version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -137,6 +142,9 @@ struct Serve {
     /// Answer PATH with "pong", without the app (a health check)
     #[arg(long, value_name = "PATH")]
     ping_path: Option<String>,
+    /// Read settings from a TOML file whose keys are these flags' names (e.g. `workers = 4`); flags given here win
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Check the configuration and import the app in a child process (as --user), report the import time, and exit: 0 when all is well (like php-fpm -t)
     #[arg(long)]
     check: bool,
@@ -184,7 +192,14 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match with_config_file(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("wsgi-fcgi: {err:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Some(Command::Request(args)) => request(args),
         None => serve(cli.serve),
@@ -336,6 +351,75 @@ fn run_check(options: &WorkerOptions) -> anyhow::Result<i32> {
         _ => eprintln!("wsgi-fcgi --check: the configuration is not usable (see above)"),
     }
     Ok(code)
+}
+
+/// `--config FILE`: the file's settings become flags placed before the
+/// command line's own (which therefore win: the last occurrence counts).
+/// Its keys are the long flag names — the flag table above is the one
+/// source of settings — with TOML values: `workers = 4`, `bind =
+/// ["unix:/run/app.sock"]`, `forward-stderr = true`. An unknown key is an
+/// unknown flag, and an error.
+fn with_config_file(args: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let position = args.iter().position(|a| a == "--config");
+    let (file, drop_at) = match position {
+        Some(i) => (args.get(i + 1).cloned(), Some((i, 2))),
+        None => match args
+            .iter()
+            .position(|a| a.to_string_lossy().starts_with("--config="))
+        {
+            Some(i) => {
+                let text = args[i].to_string_lossy().into_owned();
+                (Some(text["--config=".len()..].into()), Some((i, 1)))
+            }
+            None => (None, None),
+        },
+    };
+    let (Some(file), Some((at, count))) = (file, drop_at) else {
+        return Ok(args);
+    };
+    if args.get(1).is_some_and(|a| a == "request") {
+        return Ok(args);
+    }
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("--config {}", file.to_string_lossy()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("--config {}", file.to_string_lossy()))?;
+    let mut flags = Vec::new();
+    for (key, value) in &table {
+        if key == "config" {
+            anyhow::bail!(
+                "--config {}: `config` cannot be set in a config file",
+                file.to_string_lossy()
+            );
+        }
+        let values = match value {
+            toml::Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        for value in values {
+            match value {
+                toml::Value::Boolean(true) => flags.push(format!("--{key}")),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(text) => flags.push(format!("--{key}={text}")),
+                toml::Value::Integer(n) => flags.push(format!("--{key}={n}")),
+                toml::Value::Float(x) => flags.push(format!("--{key}={x}")),
+                other => anyhow::bail!(
+                    "--config {}: `{key}`: a {} is not a string, number, boolean or list of them",
+                    file.to_string_lossy(),
+                    other.type_str()
+                ),
+            }
+        }
+    }
+    let mut out: Vec<std::ffi::OsString> = vec![args[0].clone()];
+    out.extend(flags.into_iter().map(Into::into));
+    out.extend(
+        args.into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 0 && !(at..at + count).contains(i))
+            .map(|(_, a)| a),
+    );
+    Ok(out)
 }
 
 /// One worker process (or the only process); returns the exit status.

@@ -869,3 +869,90 @@ fn status_page_parses_in_text_json_and_openmetrics_and_ping_answers() {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
 }
+
+/// conf/wsgi-fcgi.toml lists every flag of `wsgi-fcgi --help` as a key (set
+/// or commented out) and nothing else; `--config` reads it with the command
+/// line winning; an unknown key is refused.
+#[test]
+fn config_file_mirrors_the_flags_and_the_command_line_wins() {
+    let help = Command::new(wsgi_fcgi()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags: std::collections::BTreeSet<String> = help
+        .lines()
+        .filter_map(|l| l.strip_prefix("      --"))
+        .map(|l| l.split([' ', '<']).next().unwrap().to_string())
+        .filter(|f| !["help", "version", "config"].contains(&f.as_str()))
+        .collect();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/wsgi-fcgi.toml"))
+            .unwrap();
+    let keys: std::collections::BTreeSet<String> = shipped
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.split_once(" = "))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(keys, flags, "conf/wsgi-fcgi.toml vs --help");
+    // Uncommented, the shipped file is valid TOML of the right types.
+    let uncommented: String = shipped
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|r| r.contains(" = "))
+                .unwrap_or(l)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(uncommented.parse::<toml::Table>().is_ok(), "{uncommented}");
+
+    // The file's settings apply; a flag on the command line wins.
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("version");
+    std::fs::write(&version, "v1").unwrap();
+    let config = dir.path().join("wsgi-fcgi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "app = {:?}\nworkers = 3\nthreads = 1\nping-path = \"/ping\"\n",
+            app("reloadable.py").display().to_string()
+        ),
+    )
+    .unwrap();
+    let addr = Addr::Unix(dir.path().join("fcgi.sock"));
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--workers", "2", "--bind"])
+        .arg(addr.arg())
+        .env("RELOADABLE_VERSION", &version);
+    let r = Responder::spawn(cmd, addr, dir);
+    assert!(wait_until(Duration::from_secs(20), || r
+        .log()
+        .matches(" ready (")
+        .count()
+        >= 2));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        workers_of(r.pid).len(),
+        2,
+        "--workers 2 on the command line wins"
+    );
+    assert_eq!(r.connect().request(1, &Req::get("/ping")).text(), "pong\n");
+    assert!(r.log().contains("with 1 app threads"), "{}", r.log());
+
+    // An unknown key is an error, not ignored.
+    std::fs::write(&config, "wrokers = 2\n").unwrap();
+    let out = Command::new(wsgi_fcgi())
+        .arg("--config")
+        .arg(&config)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--wrokers"));
+}
