@@ -156,15 +156,28 @@ impl DirectWrite {
     fn write_blocking(&self, frames: &mut Frames, aborted: &AtomicBool) -> std::io::Result<()> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         use std::os::fd::AsFd;
+        let mut wrote = false;
         while !frames.segments.is_empty() {
             let written = nix::sys::uio::writev(&self.socket, &frames.io_slices());
             match written {
-                Ok(n) => frames.advance(n),
+                Ok(n) => {
+                    wrote |= n > 0;
+                    frames.advance(n);
+                }
                 Err(nix::errno::Errno::EAGAIN) => {
                     // A record may be half written: nobody else may write
                     // until it is complete, so wait holding the socket. The
-                    // wait is cut short by an ABORT or a closed connection.
+                    // wait is cut short by an ABORT, a timeout or a closed
+                    // connection; a record left half written then makes the
+                    // stream unusable, so the connection is shut down (the
+                    // web server sees it close, not a corrupt record).
                     if aborted.load(Ordering::Relaxed) {
+                        if wrote {
+                            let _ = nix::sys::socket::shutdown(
+                                std::os::fd::AsRawFd::as_raw_fd(&self.socket),
+                                nix::sys::socket::Shutdown::Both,
+                            );
+                        }
                         return Err(std::io::ErrorKind::ConnectionAborted.into());
                     }
                     let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLOUT)];
