@@ -28,5 +28,6 @@ pub mod request;
 pub mod response;
 pub mod server;
 pub mod site;
+pub mod watchdog;
 pub mod wire;
 pub mod worker;

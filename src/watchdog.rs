@@ -1,0 +1,159 @@
+//! `--request-timeout` and `--slow-request-log`: a watchdog thread per
+//! worker that sees what each app thread runs (a slot per thread), logs the
+//! Python stack of exactly the thread behind a slow or overrunning request
+//! (`sys._current_frames()`, in-process: no ptrace, works in containers),
+//! answers an overrun with 504 (through the connection, `Out::Timeout`) and
+//! asks for the worker to be replaced.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::fcgi::job::Out;
+use crate::{log_error, log_warn};
+
+/// A poisoned lock only means a panic elsewhere; the data is still valid.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `--request-timeout` and `--slow-request-log`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timeouts {
+    /// A request running longer gets its stack logged, a 504 (if no header
+    /// went out yet), and the worker is replaced.
+    pub request: Option<Duration>,
+    /// A request running longer gets its stack logged (once).
+    pub slow: Option<Duration>,
+}
+
+/// What an app thread is running, for the watchdog.
+pub(crate) struct Running {
+    pub(crate) started: Instant,
+    pub(crate) what: String,
+    pub(crate) thread: u64,
+    pub(crate) thread_name: String,
+    pub(crate) out: mpsc::Sender<Out>,
+    pub(crate) aborted: Arc<AtomicBool>,
+    pub(crate) slow_logged: bool,
+    pub(crate) timed_out: bool,
+}
+
+/// One slot per app thread.
+pub(crate) type Slots = Arc<Vec<Mutex<Option<Running>>>>;
+
+/// The watchdog thread: checks the running requests a few times per
+/// shortest limit; logs the Python stack of exactly the thread that runs a
+/// slow or overrunning request (`sys._current_frames()`, in-process: no
+/// ptrace), answers an overrun with 504 and calls `on_timeout` (the worker
+/// asks its master for a replacement).
+pub(crate) fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn() + Send>) {
+    let shortest = [timeouts.request, timeouts.slow]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    let tick = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut replacement_asked = false;
+    loop {
+        std::thread::sleep(tick);
+        let mut reports = Vec::new();
+        for slot in slots.iter() {
+            let mut slot = lock(slot);
+            let Some(running) = slot.as_mut() else {
+                continue;
+            };
+            let elapsed = running.started.elapsed();
+            if timeouts.request.is_some_and(|t| elapsed >= t) && !running.timed_out {
+                running.aborted.store(true, Ordering::Relaxed);
+                // Full queue: its output is dropped now, so try again next tick.
+                if running.out.try_send(Out::Timeout).is_ok() || running.out.is_closed() {
+                    running.timed_out = true;
+                    if let Some(board) = crate::process::scoreboard::board() {
+                        board.timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reports.push((
+                        true,
+                        elapsed,
+                        running.what.clone(),
+                        running.thread,
+                        running.thread_name.clone(),
+                    ));
+                }
+            } else if timeouts.slow.is_some_and(|t| elapsed >= t) && !running.slow_logged {
+                running.slow_logged = true;
+                if let Some(board) = crate::process::scoreboard::board() {
+                    board.slow_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                reports.push((
+                    false,
+                    elapsed,
+                    running.what.clone(),
+                    running.thread,
+                    running.thread_name.clone(),
+                ));
+            }
+        }
+        for (timed_out, elapsed, what, thread, name) in reports {
+            let stack = Python::attach(|py| python_stack(py, thread));
+            if timed_out {
+                log_error!(
+                    "request timed out after {:.1} s: {what} (thread {name}); answered 504 unless its \
+                     response had begun; Python stack, most recent call last:\n{stack}",
+                    elapsed.as_secs_f64()
+                );
+                if !replacement_asked {
+                    replacement_asked = true;
+                    on_timeout();
+                }
+            } else {
+                log_warn!(
+                    "slow request ({:.1} s so far): {what} (thread {name}); Python stack, most recent call last:\n{stack}",
+                    elapsed.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+/// The Python stack of the thread with this ident, formatted.
+fn python_stack(py: Python<'_>, thread: u64) -> String {
+    let stack = || -> PyResult<String> {
+        let frames = py.import("sys")?.call_method0("_current_frames")?;
+        let Ok(frame) = frames.get_item(thread) else {
+            return Ok("  (the thread is no longer running Python code)".into());
+        };
+        let lines = py
+            .import("traceback")?
+            .call_method1("format_stack", (frame,))?;
+        let mut text = String::new();
+        for line in lines.try_iter()? {
+            text.push_str(&line?.extract::<String>()?);
+        }
+        Ok(text.trim_end().to_string())
+    };
+    stack().unwrap_or_else(|e| format!("  (stack unavailable: {e})"))
+}
+
+/// "METHOD URI" of a request, for log lines.
+pub(crate) fn describe(meta: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let get = |key: &[u8]| {
+        meta.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let uri = get(b"REQUEST_URI").unwrap_or_else(|| {
+        let path = get(b"SCRIPT_NAME").unwrap_or_default() + &get(b"PATH_INFO").unwrap_or_default();
+        match get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        }
+    });
+    format!(
+        "{} {uri}",
+        get(b"REQUEST_METHOD").unwrap_or_else(|| "GET".into())
+    )
+}

@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# Multi-process benchmark: N worker processes of each contender behind nginx,
+# driven by wrk, in ONE run. N = WORKERS (default: nproc), T app threads per
+# worker (THREADS, default 1). All contenders use the same interpreter and the
+# same virtualenv (target/bench-venv: flask, flup, uwsgi, gunicorn).
+#
+# Contenders (SYSTEMS):
+#   ours              wsgi-fcgi --workers N --threads T (a master + N workers);
+#                     nginx fastcgi_pass with an upstream keepalive pool and
+#                     fastcgi_keep_conn on
+#   uwsgi             uwsgi --master --processes N --threads T --fastcgi-socket;
+#                     nginx fastcgi_pass without keepalive (uWSGI closes every
+#                     connection after END_REQUEST anyway)
+#   gunicorn-sync     gunicorn --workers N --worker-class sync, HTTP on a unix
+#                     socket; nginx proxy_pass (HTTP/1.1, upstream keepalive
+#                     pool; the sync worker closes after each response anyway)
+#   gunicorn-gthread  gunicorn --workers N --worker-class gthread --threads T;
+#                     nginx proxy_pass with upstream keepalive (gthread keeps
+#                     connections alive)
+#   flup-prefork      tests/bench/flup_prefork.py: flup.server.fcgi_fork, a
+#                     PHP-FPM-style static pool of N single-threaded children;
+#                     nginx fastcgi_pass without keepalive (a child is held by
+#                     its connection until it closes)
+#
+# Workloads (WORKLOADS):
+#   hello  tests/apps/hello.py           "Hello, world!\n"
+#   flask  tests/apps/flask_app.py  /    "Hello from Flask\n"
+#
+# Path: wrk -t1 -cCONNECTIONS over loopback TCP to one nginx worker
+# (worker_processes 1) that passes to the contender over a unix socket. Each
+# contender is started fresh per workload, must answer 200 with the exact
+# expected body through nginx (or the script stops), is warmed up (WARMUP
+# seconds of the same load, not counted), then measured for DURATION seconds.
+#
+# Columns: req/s; p50/p99 latency (wrk's, ms); err (non-2xx + socket errors,
+# must be 0); srv cores / cpu us/req = CPU of the contender's whole process
+# tree (master + workers) over the window, per wall second / per request;
+# other = cores used by anything else on the box in the window (noise:
+# distrust a row where it is high); wk = worker processes found; rss/wk =
+# sum of the workers' VmRSS / N (MiB), pss/wk = sum of their Pss
+# (/proc/PID/smaps_rollup: shared pages split among the sharers) / N, both
+# read right after the measurement; master = the parent's VmRSS. Ratios:
+# ours/other (req/s > 1: ours faster; latency and memory < 1: ours lower).
+#
+# Usage: tests/bench/workers.sh
+# Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
+#   CONNECTIONS=16 WORKLOADS="hello flask"
+#   SYSTEMS="ours uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
+#   NGINX_PORT=18089 RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+WORKERS=${WORKERS:-$(nproc)}
+THREADS=${THREADS:-1}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+CONNECTIONS=${CONNECTIONS:-16}
+WORKLOADS=${WORKLOADS:-"hello flask"}
+SYSTEMS=${SYSTEMS:-"ours uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
+NGINX_PORT=${NGINX_PORT:-18089}
+
+echo "command: WORKERS=$WORKERS THREADS=$THREADS DURATION=$DURATION WARMUP=$WARMUP" \
+  "CONNECTIONS=$CONNECTIONS WORKLOADS=\"$WORKLOADS\" SYSTEMS=\"$SYSTEMS\" NGINX_PORT=$NGINX_PORT" \
+  "$0${*:+ $*}"
+
+die() { echo "workers.sh: $*" >&2; exit 1; }
+log() { echo "workers.sh: $*" >&2; }
+for tool in wrk nginx curl; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install wrk nginx curl)"
+done
+[ "$WORKERS" -ge 1 ] 2>/dev/null || die "WORKERS must be a positive integer"
+[ "$THREADS" -ge 1 ] 2>/dev/null || die "THREADS must be a positive integer"
+
+RUN_DIR=${RUN_DIR:-$(mktemp -d /tmp/workers-bench.XXXXXX)}
+run=$RUN_DIR
+mkdir -p "$run"
+results=$run/results.jsonl
+: > "$results"
+log "logs and raw results in $run"
+
+# --- ours, the venv, gunicorn ------------------------------------------------
+if [ ! -x target/release/wsgi-fcgi ]; then
+  if [ -z "${PYO3_PYTHON:-}" ]; then
+    if command -v pyenv >/dev/null; then PYO3_PYTHON=$(pyenv which python3); else PYO3_PYTHON=$(command -v python3); fi
+  fi
+  export PYO3_PYTHON
+  log "target/release/wsgi-fcgi is missing: building it"
+  cargo build --release --bin wsgi-fcgi >&2
+fi
+# A private copy: a concurrent `cargo build` cannot swap the binary mid-run.
+cp target/release/wsgi-fcgi "$run/wsgi-fcgi"
+BIN=$run/wsgi-fcgi
+
+VENV=$root/target/bench-venv
+PY=$VENV/bin/python
+[ -x "$VENV/bin/uwsgi" ] && "$PY" -c 'import flask, flup' 2>/dev/null \
+  || die "$VENV lacks uwsgi/flask/flup: run tests/bench/fcgi.sh once to create it"
+if [ ! -x "$VENV/bin/gunicorn" ]; then
+  log "installing gunicorn into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check gunicorn >&2
+fi
+# gunicorn >= 23-ish opens a control socket in ~/.gunicorn by default: not wanted here.
+GUNICORN_EXTRA=()
+if "$VENV/bin/gunicorn" --help 2>/dev/null | grep -q -- --no-control-socket; then GUNICORN_EXTRA=(--no-control-socket); fi
+# uWSGI must embed the same libpython as ours (gunicorn and flup run on the venv's python).
+ours_lib=$(ldd "$BIN" | awk '/libpython/ {print $3}')
+uwsgi_lib=$(ldd "$VENV/bin/uwsgi" | awk '/libpython/ {print $3}')
+[ -n "$ours_lib" ] && [ "$ours_lib" = "$uwsgi_lib" ] \
+  || die "uWSGI embeds ${uwsgi_lib:-a static Python}, ours ${ours_lib:-?}: rebuild the venv"
+
+if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$NGINX_PORT/"; then
+  die "something already listens on 127.0.0.1:$NGINX_PORT (another benchmark?): set NGINX_PORT"
+fi
+
+app_file() {
+  case $1 in
+    hello) echo tests/apps/hello.py ;;
+    flask) echo tests/apps/flask_app.py ;;
+    *) die "unknown workload $1" ;;
+  esac
+}
+app_module() { # gunicorn's module:callable (with --chdir tests/apps)
+  case $1 in
+    hello) echo hello:application ;;
+    flask) echo flask_app:app ;;
+  esac
+}
+expected_body() {
+  case $1 in
+    hello) printf 'Hello, world!\n' ;;
+    flask) printf 'Hello from Flask\n' ;;
+  esac
+}
+
+server_cmd() { # system workload socket -> the command line (one word per line)
+  local app; app=$(app_file "$2")
+  case $1 in
+    ours) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
+            --venv "$VENV" --socket-mode 666 ;;
+    uwsgi) printf '%s\n' "$VENV/bin/uwsgi" --master --processes "$WORKERS" --threads "$THREADS" \
+            --fastcgi-socket "$3" --chmod-socket=666 --wsgi-file "$app" --home "$VENV" --disable-logging ;;
+    gunicorn-sync) printf '%s\n' "$VENV/bin/gunicorn" --workers "$WORKERS" --worker-class sync \
+            --bind "unix:$3" ${GUNICORN_EXTRA[@]+"${GUNICORN_EXTRA[@]}"} --chdir tests/apps "$(app_module "$2")" ;;
+    gunicorn-gthread) printf '%s\n' "$VENV/bin/gunicorn" --workers "$WORKERS" --worker-class gthread \
+            --threads "$THREADS" --bind "unix:$3" ${GUNICORN_EXTRA[@]+"${GUNICORN_EXTRA[@]}"} --chdir tests/apps "$(app_module "$2")" ;;
+    flup-prefork) printf '%s\n' "$PY" tests/bench/flup_prefork.py "$app" "$3" "$WORKERS" ;;
+    *) die "unknown system $1" ;;
+  esac
+}
+nginx_mode() { # how nginx talks to the system
+  case $1 in
+    ours) echo fastcgi-keepalive ;;
+    uwsgi|flup-prefork) echo fastcgi ;;
+    gunicorn-*) echo http-keepalive ;;
+  esac
+}
+
+# --- process helpers -----------------------------------------------------------
+children() { pgrep -P "$1" 2>/dev/null || true; }
+tree_pids() { # pid and all its descendants
+  local p c
+  echo "$1"
+  for c in $(children "$1"); do tree_pids "$c"; done
+}
+proc_cpu_ticks() { # pid -> utime+stime in clock ticks (0 if gone)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  # shellcheck disable=SC2086
+  set -- ${stat##*) }
+  echo $(( ${12} + ${13} ))
+}
+tree_cpu_ticks() {
+  local total=0 p
+  for p in $(tree_pids "$1"); do total=$(( total + $(proc_cpu_ticks "$p") )); done
+  echo "$total"
+}
+machine_busy_ticks() {
+  local _cpu user nice system idle iowait irq softirq steal _rest
+  read -r _cpu user nice system idle iowait irq softirq steal _rest < /proc/stat
+  echo $(( user + nice + system + irq + softirq + steal ))
+}
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || true; }
+pss_kib() { awk '$1 == "Pss:" {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || true; }
+now_s() { date +%s.%N; }
+TICK=$(getconf CLK_TCK)
+
+# --- servers -------------------------------------------------------------------
+SERVER_PID=
+STOP_SIGNAL=TERM
+start_server() { # system workload socket
+  local system=$1 sock=$3 i
+  local -a cmd
+  mapfile -t cmd < <(server_cmd "$1" "$2" "$3")
+  rm -f "$sock"
+  echo "${cmd[*]}" > "$run/$system-$2.cmd"
+  "${cmd[@]}" >"$run/$system-$2.log" 2>&1 &
+  SERVER_PID=$!
+  STOP_SIGNAL=TERM; [ "$system" = uwsgi ] && STOP_SIGNAL=INT
+  # Up when the socket exists and all N workers are forked.
+  for i in $(seq 200); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    if [ -S "$sock" ] && [ "$(children "$SERVER_PID" | wc -l)" -ge "$WORKERS" ]; then return 0; fi
+    sleep 0.1
+  done
+  cat "$run/$system-$2.log" >&2
+  die "$system did not come up on $sock with $WORKERS workers"
+}
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  local pids i
+  pids=$(tree_pids "$SERVER_PID")
+  # uWSGI's master reloads on TERM; INT stops it.
+  kill "-$STOP_SIGNAL" "$SERVER_PID" 2>/dev/null || true
+  for i in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  # Anything left of the tree (master and the workers seen before the TERM).
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+NGINX_PID=
+NGINX_WORKER=
+start_nginx() { # mode socket
+  local conf=$run/nginx.conf pass i
+  mkdir -p "$run/nginx-tmp"
+  case $1 in
+    fastcgi-keepalive|fastcgi)
+      local keepalive="keepalive $((CONNECTIONS * 2));" keep_conn=on
+      [ "$1" = fastcgi ] && { keepalive=; keep_conn=off; }
+      pass="
+      fastcgi_pass app;
+      fastcgi_keep_conn $keep_conn;
+      include /etc/nginx/fastcgi_params;
+      fastcgi_param SCRIPT_NAME \"\";
+      fastcgi_param PATH_INFO \$uri;"
+      ;;
+    http-keepalive)
+      local keepalive="keepalive $((CONNECTIONS * 2));"
+      pass="
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$host;"
+      ;;
+  esac
+  cat > "$conf" <<EOF
+user root;
+worker_processes 1;
+daemon off;
+pid $run/nginx.pid;
+error_log $run/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $run/nginx-tmp/body;
+  fastcgi_temp_path $run/nginx-tmp/fastcgi;
+  proxy_temp_path $run/nginx-tmp/proxy;
+  uwsgi_temp_path $run/nginx-tmp/uwsgi;
+  scgi_temp_path $run/nginx-tmp/scgi;
+  upstream app {
+    server unix:$2;
+    $keepalive
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    keepalive_requests 1000000;
+    location / {$pass
+    }
+  }
+}
+EOF
+  cp "$conf" "$run/nginx-$1.conf"
+  nginx -p "$run" -c "$conf" -e "$run/nginx-error.log" 2>>"$run/nginx-error.log" &
+  NGINX_PID=$!
+  for i in $(seq 50); do
+    NGINX_WORKER=$(children "$NGINX_PID" | head -1)
+    [ -n "$NGINX_WORKER" ] && curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && return 0
+    kill -0 "$NGINX_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$run/nginx-error.log" >&2
+  die "nginx did not come up"
+}
+stop_nginx() {
+  [ -n "$NGINX_PID" ] || return 0
+  local i
+  kill -QUIT "$NGINX_PID" 2>/dev/null || true
+  for i in $(seq 30); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$NGINX_PID" ${NGINX_WORKER:+"$NGINX_WORKER"} 2>/dev/null || true
+  wait "$NGINX_PID" 2>/dev/null || true
+  NGINX_PID=
+  NGINX_WORKER=
+}
+cleanup() { stop_nginx; stop_server; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+check_nginx() { # system workload
+  local code
+  code=$(curl -s -o "$run/nginx-body" -w '%{http_code}' "http://127.0.0.1:$NGINX_PORT/") || true
+  [ "$code" = 200 ] || { cat "$run/$1-$2.log" >&2; die "$1/$2: HTTP $code through nginx"; }
+  expected_body "$2" | cmp -s - "$run/nginx-body" \
+    || die "$1/$2: wrong body through nginx: $(head -c 200 "$run/nginx-body")"
+}
+
+# --- measurement -----------------------------------------------------------------
+measure() { # system workload
+  local url=http://127.0.0.1:$NGINX_PORT/ t0 t1 m0 m1 s0 s1 n0 n1 gen pid
+  local workers rss=0 pss=0 pss_ok=1 nwk=0 master_rss
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+  t0=$(now_s); m0=$(machine_busy_ticks); s0=$(tree_cpu_ticks "$SERVER_PID"); n0=$(proc_cpu_ticks "$NGINX_WORKER")
+  /usr/bin/time -f '%U %S' -o "$run/wrk.time" \
+    wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" > "$run/wrk.txt"
+  t1=$(now_s); m1=$(machine_busy_ticks); s1=$(tree_cpu_ticks "$SERVER_PID"); n1=$(proc_cpu_ticks "$NGINX_WORKER")
+  cp "$run/wrk.txt" "$run/wrk-$1-$2.txt"
+  gen=$(awk '{print $1 + $2}' "$run/wrk.time")
+  # Memory right after the measurement, the workers still up.
+  workers=$(children "$SERVER_PID")
+  for pid in $workers; do
+    local r p
+    r=$(status_kib "$pid" VmRSS); p=$(pss_kib "$pid")
+    [ -n "$r" ] || continue
+    nwk=$((nwk + 1)); rss=$((rss + r))
+    if [ -n "$p" ]; then pss=$((pss + p)); else pss_ok=0; fi
+  done
+  [ "$pss_ok" = 1 ] || pss=-1
+  master_rss=$(status_kib "$SERVER_PID" VmRSS)
+  "$PY" - "$run/wrk.txt" "$1" "$2" "$t0" "$t1" "$m0" "$m1" "$s0" "$s1" "$n0" "$n1" "$TICK" "$gen" \
+    "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" >> "$results" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+system, workload = sys.argv[2], sys.argv[3]
+t0, t1, m0, m1, s0, s1, n0, n1, tick, gen = map(float, sys.argv[4:14])
+nwk, rss, pss, master_rss, n = map(int, sys.argv[14:19])
+def us(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+pct = {p: us(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", text, re.M)}
+done = int(re.search(r"(\d+) requests in", text).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+wall = t1 - t0
+server, nginx, machine = (s1 - s0) / tick, (n1 - n0) / tick, (m1 - m0) / tick
+print(json.dumps(dict(
+    system=system, workload=workload, requests=done, errors=errors, rps=rps,
+    p50_us=pct.get("50"), p90_us=pct.get("90"), p99_us=pct.get("99"),
+    wall_s=wall, server_cpu_s=server, nginx_cpu_s=nginx, gen_cpu_s=gen,
+    other_cores=max(0.0, machine - server - nginx - gen) / wall,
+    workers_found=nwk, rss_per_worker_kib=rss / n, pss_per_worker_kib=(pss / n if pss >= 0 else None),
+    master_rss_kib=master_rss)))
+EOF
+}
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
+git diff --quiet HEAD -- src bin Cargo.toml Cargo.lock 2>/dev/null || commit="$commit+dirty"
+for workload in $WORKLOADS; do
+  app_file "$workload" >/dev/null
+  for system in $SYSTEMS; do
+    sock=$run/$system.sock
+    log "$workload: $system ($(server_cmd "$system" "$workload" "$sock" | tr '\n' ' '))"
+    start_server "$system" "$workload" "$sock"
+    start_nginx "$(nginx_mode "$system")" "$sock"
+    check_nginx "$system" "$workload"
+    measure "$system" "$workload"
+    stop_nginx
+    stop_server
+  done
+done
+
+# --- report ------------------------------------------------------------------------
+echo
+echo "wsgi-fcgi multi-process benchmark (commit $commit): WORKERS=$WORKERS THREADS=$THREADS" \
+  "DURATION=${DURATION}s WARMUP=${WARMUP}s CONNECTIONS=$CONNECTIONS"
+echo "$(nproc) CPUs, $("$PY" -VV | head -1); nginx $(nginx -v 2>&1 | sed 's/.*\///'), worker_processes 1," \
+  "wrk -t1 -c$CONNECTIONS; uWSGI $("$VENV/bin/uwsgi" --version), gunicorn $("$VENV/bin/gunicorn" --version 2>&1 | awk '{print $NF}' | tr -d ')'), flup $("$PY" -c 'import importlib.metadata as m; print(m.version("flup"))')"
+echo "commands (SOCK, APP per workload):"
+for system in $SYSTEMS; do
+  printf '  %-16s %s  [nginx: %s]\n' "$system" \
+    "$(server_cmd "$system" hello SOCK | tr '\n' ' ' | sed "s|$BIN|target/release/wsgi-fcgi|; s|$root/||g; s|tests/apps/hello.py|APP|; s|hello:application|APPMODULE|")" \
+    "$(nginx_mode "$system")"
+done
+"$PY" - "$results" "$WORKERS" <<'EOF'
+import json, sys
+
+runs = [json.loads(line) for line in open(sys.argv[1])]
+n = int(sys.argv[2])
+by = {}
+for r in runs:
+    by.setdefault(r["workload"], {})[r["system"]] = r
+mib = lambda kib: f"{kib / 1024:.1f}" if kib is not None else "-"
+ms = lambda v: f"{v / 1000:.2f}" if v is not None else "-"
+bad = []
+for workload, systems in by.items():
+    print(f"\n{workload}: {n} workers each")
+    print(f"  {'system':<16} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'srv cores':>9}"
+          f" {'cpu us/req':>10} {'other':>5} {'wk':>3} {'rss/wk MiB':>10} {'pss/wk MiB':>10} {'master MiB':>10}")
+    for system, r in systems.items():
+        cpu_req = r["server_cpu_s"] / r["requests"] * 1e6 if r["requests"] else float("nan")
+        print(f"  {system:<16} {r['rps']:>7.0f} {ms(r['p50_us']):>7} {ms(r['p99_us']):>7} {r['errors']:>4}"
+              f" {r['server_cpu_s'] / r['wall_s']:>9.2f} {cpu_req:>10.1f} {r['other_cores']:>5.2f}"
+              f" {r['workers_found']:>3} {mib(r['rss_per_worker_kib']):>10} {mib(r['pss_per_worker_kib']):>10}"
+              f" {mib(r['master_rss_kib']):>10}")
+        if r["errors"] or r["workers_found"] != n:
+            bad.append(f"{workload}/{system}: {r['errors']} errors, {r['workers_found']} workers found")
+    ours = systems.get("ours")
+    if ours:
+        print(f"  ratios ours/other: req/s (>1 ours faster); p50, p99, cpu/req, rss/wk, pss/wk (<1 ours lower)")
+        for system, o in systems.items():
+            if system == "ours":
+                continue
+            def ratio(key):
+                a, b = ours.get(key), o.get(key)
+                return f"{a / b:.2f}" if a is not None and b else "-"
+            cpu = lambda r: r["server_cpu_s"] / r["requests"] if r["requests"] else None
+            c = f"{cpu(ours) / cpu(o):.2f}" if cpu(ours) and cpu(o) else "-"
+            print(f"    vs {system:<16} req/s {ratio('rps'):>5}x  p50 {ratio('p50_us'):>5}  p99 {ratio('p99_us'):>5}"
+                  f"  cpu/req {c:>5}  rss/wk {ratio('rss_per_worker_kib'):>5}  pss/wk {ratio('pss_per_worker_kib'):>5}")
+if bad:
+    print("\nNOT SANE:")
+    for b in bad:
+        print("  " + b)
+    sys.exit(1)
+EOF
