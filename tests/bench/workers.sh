@@ -36,7 +36,9 @@
 # must be 0); srv cores / cpu us/req = CPU of the contender's whole process
 # tree (master + workers) over the window, per wall second / per request;
 # other = cores used by anything else on the box in the window (noise:
-# distrust a row where it is high); wk = worker processes found; rss/wk =
+# distrust a row where it is high); wk = worker processes found; top wk =
+# the busiest worker's share of the workers' CPU in the window (100/N% =
+# perfectly even, 100% = one worker did everything); rss/wk =
 # sum of the workers' VmRSS / N (MiB), pss/wk = sum of their Pss
 # (/proc/PID/smaps_rollup: shared pages split among the sharers) / N, both
 # read right after the measurement; master = the parent's VmRSS. Ratios:
@@ -310,10 +312,15 @@ measure() { # system workload
   local url=http://127.0.0.1:$NGINX_PORT/ t0 t1 m0 m1 s0 s1 n0 n1 gen pid
   local workers rss=0 pss=0 pss_ok=1 nwk=0 master_rss
   wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+  # Per-worker CPU too: how evenly the load spreads over the workers.
+  local -A wk0=()
+  for pid in $(children "$SERVER_PID"); do wk0[$pid]=$(proc_cpu_ticks "$pid"); done
   t0=$(now_s); m0=$(machine_busy_ticks); s0=$(tree_cpu_ticks "$SERVER_PID"); n0=$(proc_cpu_ticks "$NGINX_WORKER")
   /usr/bin/time -f '%U %S' -o "$run/wrk.time" \
     wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" > "$run/wrk.txt"
   t1=$(now_s); m1=$(machine_busy_ticks); s1=$(tree_cpu_ticks "$SERVER_PID"); n1=$(proc_cpu_ticks "$NGINX_WORKER")
+  local wk_ticks=
+  for pid in "${!wk0[@]}"; do wk_ticks="$wk_ticks $(( $(proc_cpu_ticks "$pid") - wk0[$pid] ))"; done
   cp "$run/wrk.txt" "$run/wrk-$1-$2.txt"
   gen=$(awk '{print $1 + $2}' "$run/wrk.time")
   # Memory right after the measurement, the workers still up.
@@ -328,12 +335,13 @@ measure() { # system workload
   [ "$pss_ok" = 1 ] || pss=-1
   master_rss=$(status_kib "$SERVER_PID" VmRSS)
   "$PY" - "$run/wrk.txt" "$1" "$2" "$t0" "$t1" "$m0" "$m1" "$s0" "$s1" "$n0" "$n1" "$TICK" "$gen" \
-    "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" >> "$results" <<'EOF'
+    "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" "$wk_ticks" >> "$results" <<'EOF'
 import json, re, sys
 text = open(sys.argv[1]).read()
 system, workload = sys.argv[2], sys.argv[3]
 t0, t1, m0, m1, s0, s1, n0, n1, tick, gen = map(float, sys.argv[4:14])
 nwk, rss, pss, master_rss, n = map(int, sys.argv[14:19])
+wk_ticks = [int(x) for x in sys.argv[19].split()]
 def us(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
@@ -351,7 +359,8 @@ print(json.dumps(dict(
     wall_s=wall, server_cpu_s=server, nginx_cpu_s=nginx, gen_cpu_s=gen,
     other_cores=max(0.0, machine - server - nginx - gen) / wall,
     workers_found=nwk, rss_per_worker_kib=rss / n, pss_per_worker_kib=(pss / n if pss >= 0 else None),
-    master_rss_kib=master_rss)))
+    master_rss_kib=master_rss,
+    busiest_worker_share=(max(wk_ticks) / sum(wk_ticks) if wk_ticks and sum(wk_ticks) > 0 else None))))
 EOF
 }
 
@@ -393,16 +402,17 @@ for r in runs:
     by.setdefault(r["workload"], {})[r["system"]] = r
 mib = lambda kib: f"{kib / 1024:.1f}" if kib is not None else "-"
 ms = lambda v: f"{v / 1000:.2f}" if v is not None else "-"
+share = lambda v: f"{v * 100:.0f}%" if v is not None else "-"
 bad = []
 for workload, systems in by.items():
     print(f"\n{workload}: {n} workers each")
     print(f"  {'system':<16} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'srv cores':>9}"
-          f" {'cpu us/req':>10} {'other':>5} {'wk':>3} {'rss/wk MiB':>10} {'pss/wk MiB':>10} {'master MiB':>10}")
+          f" {'cpu us/req':>10} {'other':>5} {'wk':>3} {'top wk':>6} {'rss/wk MiB':>10} {'pss/wk MiB':>10} {'master MiB':>10}")
     for system, r in systems.items():
         cpu_req = r["server_cpu_s"] / r["requests"] * 1e6 if r["requests"] else float("nan")
         print(f"  {system:<16} {r['rps']:>7.0f} {ms(r['p50_us']):>7} {ms(r['p99_us']):>7} {r['errors']:>4}"
               f" {r['server_cpu_s'] / r['wall_s']:>9.2f} {cpu_req:>10.1f} {r['other_cores']:>5.2f}"
-              f" {r['workers_found']:>3} {mib(r['rss_per_worker_kib']):>10} {mib(r['pss_per_worker_kib']):>10}"
+              f" {r['workers_found']:>3} {share(r.get('busiest_worker_share')):>6} {mib(r['rss_per_worker_kib']):>10} {mib(r['pss_per_worker_kib']):>10}"
               f" {mib(r['master_rss_kib']):>10}")
         if r["errors"] or r["workers_found"] != n:
             bad.append(f"{workload}/{system}: {r['errors']} errors, {r['workers_found']} workers found")
