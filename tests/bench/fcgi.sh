@@ -48,6 +48,7 @@
 # Run-to-run noise on this box is large (+-30% when other jobs run):
 # ROUNDS=3 reruns everything and reports the best round with the range.
 # Raw results: target/bench/fcgi-results.jsonl; logs in target/bench/run/.
+# Helpers shared with tests/bench/workers.sh: tests/bench/lib.sh.
 #
 # Usage: tests/bench/fcgi.sh
 # Env knobs (whole seconds, wrk takes no fractions): DURATION=5 (measured)
@@ -70,17 +71,13 @@ SYSTEMS=${SYSTEMS:-"ours uwsgi flup"}
 ROUNDS=${ROUNDS:-1}
 NGINX_PORT=${NGINX_PORT:-18089}
 
-die() { echo "fcgi.sh: $*" >&2; exit 1; }
-log() { echo "fcgi.sh: $*" >&2; }
-for tool in wrk nginx curl sha256sum; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install wrk nginx curl)"
-done
+bench=fcgi.sh
+# die, log, app_file, expected_body, CPU accounting, nginx start/stop, cleanup.
+. "$root/tests/bench/lib.sh"
+need_tools wrk nginx curl sha256sum
 
 # --- build: ours, the load generator, the bench venv -------------------------
-if [ -z "${PYO3_PYTHON:-}" ]; then
-  if command -v pyenv >/dev/null; then PYO3_PYTHON=$(pyenv which python3); else PYO3_PYTHON=$(command -v python3); fi
-fi
-export PYO3_PYTHON
+default_pyo3_python
 cargo build --release --bins >&2
 CARGO_TARGET_DIR=$root/target/bench/loadgen-target \
   cargo build --release --manifest-path tests/bench/loadgen/Cargo.toml >&2
@@ -102,32 +99,13 @@ if [ ! -x "$VENV/bin/uwsgi" ] || [ "$(cat "$VENV/.bench-reqs" 2>/dev/null)" != "
 fi
 PY=$VENV/bin/python
 # uWSGI must embed the same libpython as ours (a different build would not be a fair fight).
-ours_lib=$(ldd "$BIN" | awk '/libpython/ {print $3}')
-uwsgi_lib=$(ldd "$VENV/bin/uwsgi" | awk '/libpython/ {print $3}')
-[ -n "$ours_lib" ] && [ "$ours_lib" = "$uwsgi_lib" ] \
-  || die "uWSGI embeds ${uwsgi_lib:-a static Python}, ours ${ours_lib:-?}: rebuild the venv"
+same_libpython_or_die "$BIN" "$VENV/bin/uwsgi"
 
 run=$root/target/bench/run
 out=$root/target/bench
 results=$out/fcgi-results.jsonl
 mkdir -p "$run"
 : > "$results"
-
-app_file() {
-  case $1 in
-    hello) echo tests/apps/hello.py ;;
-    flask) echo tests/apps/flask_app.py ;;
-    stream10) echo tests/bench/apps/stream10.py ;;
-    *) die "unknown workload $1" ;;
-  esac
-}
-expected_body() {
-  case $1 in
-    hello) printf 'Hello, world!\n' ;;
-    flask) printf 'Hello from Flask\n' ;;
-    stream10) "$PY" -c 'import sys; sys.stdout.buffer.write(b"0123456789abcdef" * 4096 * 160)' ;;
-  esac
-}
 
 # --- servers -----------------------------------------------------------------
 SERVER_PID=
@@ -176,64 +154,18 @@ stop_server() {
 }
 peak_rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
-NGINX_PID=
 start_nginx() { # socket
-  local conf=$run/nginx.conf
-  mkdir -p "$run/nginx-tmp"
-  cat > "$conf" <<EOF
-user root;
-worker_processes 1;
-daemon off;
-pid $run/nginx.pid;
-error_log $run/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $run/nginx-tmp/body;
-  fastcgi_temp_path $run/nginx-tmp/fastcgi;
-  proxy_temp_path $run/nginx-tmp/proxy;
-  uwsgi_temp_path $run/nginx-tmp/uwsgi;
-  scgi_temp_path $run/nginx-tmp/scgi;
-  upstream app {
-    server unix:$1;
-    keepalive $((CONNECTIONS * 2));
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    keepalive_requests 1000000;
-    location / {
+  write_nginx_conf "$1" "keepalive $((CONNECTIONS * 2));" "
       fastcgi_pass app;
       fastcgi_keep_conn on;
       # Big responses stay in memory (no temp files on disk).
       fastcgi_buffers 16 64k;
       fastcgi_max_temp_file_size 0;
       include /etc/nginx/fastcgi_params;
-      fastcgi_param SCRIPT_NAME "";
-      fastcgi_param PATH_INFO \$uri;
-    }
-  }
+      fastcgi_param SCRIPT_NAME \"\";
+      fastcgi_param PATH_INFO \$uri;"
+  launch_nginx
 }
-EOF
-  nginx -p "$run" -c "$conf" -e "$run/nginx-error.log" 2>>"$run/nginx-error.log" &
-  NGINX_PID=$!
-  local i
-  for i in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && return 0
-    sleep 0.1
-  done
-  cat "$run/nginx-error.log" >&2
-  die "nginx did not come up"
-}
-stop_nginx() {
-  [ -n "$NGINX_PID" ] || return 0
-  kill -QUIT "$NGINX_PID" 2>/dev/null || true
-  local i
-  for i in $(seq 30); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$NGINX_PID" 2>/dev/null || true
-  wait "$NGINX_PID" 2>/dev/null || true
-  NGINX_PID=
-}
-cleanup() { stop_nginx; stop_server; }
 trap cleanup EXIT
 
 # --- sanity: 200 and the exact body --------------------------------------------
@@ -259,21 +191,7 @@ check_nginx() { # system workload
 # CPU (all its threads), the generator's, nginx's worker, and the whole
 # machine's busy time, so that `other` = CPU used by anything else on the box
 # during the window (noise from other jobs) can be reported.
-proc_cpu_ticks() { # pid -> utime+stime in clock ticks (0 if gone)
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  # shellcheck disable=SC2086
-  set -- ${stat##*) }
-  echo $(( ${12} + ${13} ))
-}
-machine_busy_ticks() {
-  local _cpu user nice system idle iowait irq softirq steal _rest
-  read -r _cpu user nice system idle iowait irq softirq steal _rest < /proc/stat
-  echo $(( user + nice + system + irq + softirq + steal ))
-}
-now_s() { date +%s.%N; }
-TICK=$(getconf CLK_TCK)
-
+# (proc_cpu_ticks, machine_busy_ticks, now_s and TICK are in lib.sh.)
 record() { # threads workload path system json(generator) extra-json
   "$PY" -c '
 import json, sys
@@ -343,8 +261,7 @@ EOF
   record "$1" "$2" nginx "$3" "$json" "$extra"
 }
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
-git diff --quiet HEAD -- src bin Cargo.toml Cargo.lock 2>/dev/null || commit="$commit+dirty"
+commit=$(bench_commit)
 for round in $(seq "$ROUNDS"); do
   for threads in $THREADS; do
     for workload in $WORKLOADS; do
@@ -365,11 +282,9 @@ for round in $(seq "$ROUNDS"); do
               ;;
             nginx)
               start_nginx "$sock"
-              NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
               check_nginx "$system" "$workload"
               measure_nginx "$threads" "$workload" "$system"
               stop_nginx
-              NGINX_WORKER=
               ;;
           esac
         done

@@ -43,6 +43,7 @@
 # (/proc/PID/smaps_rollup: shared pages split among the sharers) / N, both
 # read right after the measurement; master = the parent's VmRSS. Ratios:
 # ours/other (req/s > 1: ours faster; latency and memory < 1: ours lower).
+# Helpers shared with tests/bench/fcgi.sh: tests/bench/lib.sh.
 #
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
@@ -66,11 +67,10 @@ echo "command: WORKERS=$WORKERS THREADS=$THREADS DURATION=$DURATION WARMUP=$WARM
   "CONNECTIONS=$CONNECTIONS WORKLOADS=\"$WORKLOADS\" SYSTEMS=\"$SYSTEMS\" NGINX_PORT=$NGINX_PORT" \
   "$0${*:+ $*}"
 
-die() { echo "workers.sh: $*" >&2; exit 1; }
-log() { echo "workers.sh: $*" >&2; }
-for tool in wrk nginx curl; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install wrk nginx curl)"
-done
+bench=workers.sh
+# die, log, app_file, expected_body, CPU accounting, nginx start/stop, cleanup.
+. "$root/tests/bench/lib.sh"
+need_tools wrk nginx curl
 [ "$WORKERS" -ge 1 ] 2>/dev/null || die "WORKERS must be a positive integer"
 [ "$THREADS" -ge 1 ] 2>/dev/null || die "THREADS must be a positive integer"
 
@@ -83,10 +83,7 @@ log "logs and raw results in $run"
 
 # --- ours, the venv, gunicorn ------------------------------------------------
 if [ ! -x target/release/wsgi-fcgi ]; then
-  if [ -z "${PYO3_PYTHON:-}" ]; then
-    if command -v pyenv >/dev/null; then PYO3_PYTHON=$(pyenv which python3); else PYO3_PYTHON=$(command -v python3); fi
-  fi
-  export PYO3_PYTHON
+  default_pyo3_python
   log "target/release/wsgi-fcgi is missing: building it"
   cargo build --release --bin wsgi-fcgi >&2
 fi
@@ -106,19 +103,15 @@ fi
 GUNICORN_EXTRA=()
 if "$VENV/bin/gunicorn" --help 2>/dev/null | grep -q -- --no-control-socket; then GUNICORN_EXTRA=(--no-control-socket); fi
 # uWSGI must embed the same libpython as ours (gunicorn and flup run on the venv's python).
-ours_lib=$(ldd "$BIN" | awk '/libpython/ {print $3}')
-uwsgi_lib=$(ldd "$VENV/bin/uwsgi" | awk '/libpython/ {print $3}')
-[ -n "$ours_lib" ] && [ "$ours_lib" = "$uwsgi_lib" ] \
-  || die "uWSGI embeds ${uwsgi_lib:-a static Python}, ours ${ours_lib:-?}: rebuild the venv"
+same_libpython_or_die "$BIN" "$VENV/bin/uwsgi"
 
 if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$NGINX_PORT/"; then
   die "something already listens on 127.0.0.1:$NGINX_PORT (another benchmark?): set NGINX_PORT"
 fi
 
-app_file() {
+workload_ok() { # this script runs hello and flask (app_file and expected_body: lib.sh)
   case $1 in
-    hello) echo tests/apps/hello.py ;;
-    flask) echo tests/apps/flask_app.py ;;
+    hello|flask) ;;
     *) die "unknown workload $1" ;;
   esac
 }
@@ -128,13 +121,6 @@ app_module() { # gunicorn's module:callable (with --chdir tests/apps)
     flask) echo flask_app:app ;;
   esac
 }
-expected_body() {
-  case $1 in
-    hello) printf 'Hello, world!\n' ;;
-    flask) printf 'Hello from Flask\n' ;;
-  esac
-}
-
 server_cmd() { # system workload socket -> the command line (one word per line)
   local app; app=$(app_file "$2")
   case $1 in
@@ -159,33 +145,19 @@ nginx_mode() { # how nginx talks to the system
 }
 
 # --- process helpers -----------------------------------------------------------
-children() { pgrep -P "$1" 2>/dev/null || true; }
+# (children, proc_cpu_ticks, machine_busy_ticks, now_s and TICK are in lib.sh.)
 tree_pids() { # pid and all its descendants
   local p c
   echo "$1"
   for c in $(children "$1"); do tree_pids "$c"; done
-}
-proc_cpu_ticks() { # pid -> utime+stime in clock ticks (0 if gone)
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  # shellcheck disable=SC2086
-  set -- ${stat##*) }
-  echo $(( ${12} + ${13} ))
 }
 tree_cpu_ticks() {
   local total=0 p
   for p in $(tree_pids "$1"); do total=$(( total + $(proc_cpu_ticks "$p") )); done
   echo "$total"
 }
-machine_busy_ticks() {
-  local _cpu user nice system idle iowait irq softirq steal _rest
-  read -r _cpu user nice system idle iowait irq softirq steal _rest < /proc/stat
-  echo $(( user + nice + system + irq + softirq + steal ))
-}
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 pss_kib() { awk '$1 == "Pss:" {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || true; }
-now_s() { date +%s.%N; }
-TICK=$(getconf CLK_TCK)
 
 # --- servers -------------------------------------------------------------------
 SERVER_PID=
@@ -222,11 +194,8 @@ stop_server() {
   SERVER_PID=
 }
 
-NGINX_PID=
-NGINX_WORKER=
 start_nginx() { # mode socket
-  local conf=$run/nginx.conf pass i
-  mkdir -p "$run/nginx-tmp"
+  local pass
   case $1 in
     fastcgi-keepalive|fastcgi)
       local keepalive="keepalive $((CONNECTIONS * 2));" keep_conn=on
@@ -247,55 +216,10 @@ start_nginx() { # mode socket
       proxy_set_header Host \$host;"
       ;;
   esac
-  cat > "$conf" <<EOF
-user root;
-worker_processes 1;
-daemon off;
-pid $run/nginx.pid;
-error_log $run/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $run/nginx-tmp/body;
-  fastcgi_temp_path $run/nginx-tmp/fastcgi;
-  proxy_temp_path $run/nginx-tmp/proxy;
-  uwsgi_temp_path $run/nginx-tmp/uwsgi;
-  scgi_temp_path $run/nginx-tmp/scgi;
-  upstream app {
-    server unix:$2;
-    $keepalive
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    keepalive_requests 1000000;
-    location / {$pass
-    }
-  }
+  write_nginx_conf "$2" "$keepalive" "$pass"
+  cp "$run/nginx.conf" "$run/nginx-$1.conf"
+  launch_nginx
 }
-EOF
-  cp "$conf" "$run/nginx-$1.conf"
-  nginx -p "$run" -c "$conf" -e "$run/nginx-error.log" 2>>"$run/nginx-error.log" &
-  NGINX_PID=$!
-  for i in $(seq 50); do
-    NGINX_WORKER=$(children "$NGINX_PID" | head -1)
-    [ -n "$NGINX_WORKER" ] && curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && return 0
-    kill -0 "$NGINX_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$run/nginx-error.log" >&2
-  die "nginx did not come up"
-}
-stop_nginx() {
-  [ -n "$NGINX_PID" ] || return 0
-  local i
-  kill -QUIT "$NGINX_PID" 2>/dev/null || true
-  for i in $(seq 30); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$NGINX_PID" ${NGINX_WORKER:+"$NGINX_WORKER"} 2>/dev/null || true
-  wait "$NGINX_PID" 2>/dev/null || true
-  NGINX_PID=
-  NGINX_WORKER=
-}
-cleanup() { stop_nginx; stop_server; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -364,10 +288,9 @@ print(json.dumps(dict(
 EOF
 }
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
-git diff --quiet HEAD -- src bin Cargo.toml Cargo.lock 2>/dev/null || commit="$commit+dirty"
+commit=$(bench_commit)
 for workload in $WORKLOADS; do
-  app_file "$workload" >/dev/null
+  workload_ok "$workload"
   for system in $SYSTEMS; do
     sock=$run/$system.sock
     log "$workload: $system ($(server_cmd "$system" "$workload" "$sock" | tr '\n' ' '))"
