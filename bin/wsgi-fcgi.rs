@@ -33,7 +33,8 @@ Signals (the process, or with --workers the master):
   HUP         (--workers) reload: new workers import the app afresh and start
               accepting; the old ones then finish their requests and exit.
               The listening sockets stay open throughout. If the new code
-              does not import, the old workers go on serving.
+              does not import, the old workers go on serving. With
+              --preload the master re-executes itself (same pid) first.
   TTIN, TTOU  (--workers) one worker process more / fewer
   USR1        reopen the access log (the master passes it to its workers)
 
@@ -121,6 +122,9 @@ struct Serve {
     /// Run a master with N pre-forked worker processes (signals: see below) [default: one process, no master]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     workers: Option<u32>,
+    /// (--workers) Import the app once in the master and fork the workers from it (copy-on-write sharing); HUP then re-executes the master so the new code is imported
+    #[arg(long, requires = "workers")]
+    preload: bool,
     /// (--workers) Replace a worker after it served N requests (its replacement starts first)
     #[arg(long, value_name = "N", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
     max_requests: Option<u64>,
@@ -215,6 +219,7 @@ fn main() -> ExitCode {
 
 fn serve(args: Serve) -> anyhow::Result<ExitCode> {
     let check = args.check;
+    let preload = args.preload;
     let binds = args
         .bind
         .iter()
@@ -271,9 +276,16 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
     if check {
         return Ok(ExitCode::from(run_check(&options)? as u8));
     }
+    // A --preload master re-executed by HUP: the workers to adopt.
+    let adopted: Vec<i32> = std::env::var(worker::REEXEC_ENV)
+        .ok()
+        .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
     let listeners = worker::listeners(&options)?;
+    // SAFETY: single-threaded still (no runtime, no Python yet).
+    unsafe { std::env::remove_var(worker::REEXEC_ENV) };
     if options.workers == 0 {
-        return Ok(match worker_main(&options, listeners, None) {
+        return Ok(match worker_main(&options, listeners, None, None) {
             0 => ExitCode::SUCCESS,
             code => ExitCode::from(code as u8),
         });
@@ -290,17 +302,37 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             .map(|s| Duration::from_secs_f64(s.max(0.001))),
         max_rss: args.max_rss.map(|mib| mib << 20),
     };
-    let code = master::run(master_options, &|ready| match listeners
-        .iter()
-        .map(|l| l.try_clone())
-        .collect()
-    {
-        Ok(copies) => worker_main(&options, copies, Some(ready)),
-        Err(err) => {
-            eprintln!("wsgi-fcgi: worker: {err}");
-            exit::SETUP
+    let preloaded = match preload.then(|| worker::preload(&options)) {
+        None => None,
+        Some(Ok(app)) => Some(app),
+        Some(Err(WorkerError::AppLoad)) if !adopted.is_empty() => {
+            // The workers will try too, fail, and the reload is cancelled:
+            // the adopted (old) workers go on serving.
+            eprintln!("wsgi-fcgi: the new code does not import (traceback above)");
+            None
         }
-    })?;
+        Some(Err(WorkerError::AppLoad)) => {
+            eprintln!("wsgi-fcgi: the application failed to load (traceback above)");
+            return Ok(ExitCode::from(exit::APP_LOAD as u8));
+        }
+        Some(Err(err)) => return Err(err.into()),
+    };
+    let hooks = preloaded
+        .as_ref()
+        .map(|_| worker::PreloadFork::new(&listeners));
+    let hooks = hooks.as_ref().map(|h| h as &dyn master::ForkHooks);
+    let code = master::run(
+        master_options,
+        &|ready| match listeners.iter().map(|l| l.try_clone()).collect() {
+            Ok(copies) => worker_main(&options, copies, Some(ready), preloaded.as_ref()),
+            Err(err) => {
+                eprintln!("wsgi-fcgi: worker: {err}");
+                exit::SETUP
+            }
+        },
+        hooks,
+        &adopted,
+    )?;
     worker::remove_socket_files(&options);
     Ok(ExitCode::from(code as u8))
 }
@@ -423,8 +455,13 @@ fn with_config_file(args: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ff
 }
 
 /// One worker process (or the only process); returns the exit status.
-fn worker_main(options: &WorkerOptions, listeners: Vec<Listener>, ready: Option<Ready>) -> i32 {
-    match worker::run(options.clone(), listeners, ready) {
+fn worker_main(
+    options: &WorkerOptions,
+    listeners: Vec<Listener>,
+    ready: Option<Ready>,
+    preloaded: Option<&pyo3::Py<pyo3::PyAny>>,
+) -> i32 {
+    match worker::run(options.clone(), listeners, ready, preloaded) {
         Ok(()) => exit::OK,
         Err(WorkerError::AppLoad) => {
             eprintln!("wsgi-fcgi: the application failed to load (traceback above)");

@@ -17,6 +17,7 @@ use crate::fcgi::job::{Limits, PageHook};
 use crate::listener::{self, Bind, Listener, UnixSocketOptions};
 use crate::pool::{Pool, PoolOptions, RequestLimit};
 use crate::process::Ready;
+use crate::process::master::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
 use crate::server::{self, ServerOptions};
@@ -89,7 +90,8 @@ pub enum WorkerError {
 
 /// Bind (or adopt) the listening sockets.
 pub fn listeners(options: &WorkerOptions) -> Result<Vec<Listener>, WorkerError> {
-    if options.binds.is_empty() {
+    // A --preload master re-executed by HUP: its sockets come as LISTEN_FDS.
+    if options.binds.is_empty() || std::env::var_os(REEXEC_ENV).is_some() {
         let inherited = listener::inherited()?;
         if inherited.is_empty() {
             return Err(listener::ListenError::Nothing.into());
@@ -110,6 +112,7 @@ pub fn run(
     options: WorkerOptions,
     listeners: Vec<Listener>,
     ready: Option<Ready>,
+    preloaded: Option<&Py<PyAny>>,
 ) -> Result<(), WorkerError> {
     // Opened before the privileges go (log directories are usually root's).
     let access_log = match &options.access_log {
@@ -159,7 +162,10 @@ pub fn run(
 
     // print() and C code writing to fd 1 go to the log, like everything else.
     nix::unistd::dup2_stdout(std::io::stderr()).map_err(std::io::Error::from)?;
-    let application = load(&options)?;
+    let application = match preloaded {
+        Some(app) => Python::attach(|py| app.clone_ref(py)),
+        None => load(&options)?,
+    };
     let ready = ready.map(Arc::new);
     let limit = match (&ready, options.max_requests) {
         (Some(ready), Some(max)) => {
@@ -291,6 +297,138 @@ pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), Wo
         nix::unistd::setuid(user.uid).map_err(|e| fail("change user", e))?;
     }
     Ok(())
+}
+
+/// Set (with the workers' pids) in the environment of a `--preload` master
+/// that re-executes itself on HUP.
+pub const REEXEC_ENV: &str = "WSGI_FCGI_ADOPT";
+
+/// `--preload`: initialize Python and import the app in the master, then
+/// `gc.freeze()` (the imported objects are never collected, so their pages
+/// stay shared copy-on-write with the workers).
+pub fn preload(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
+    let app = load(options)?;
+    Python::attach(|py| {
+        if let Err(err) = py.import("gc").and_then(|gc| gc.call_method0("freeze")) {
+            err.display(py);
+        }
+    });
+    Ok(app)
+}
+
+/// The fork hooks of a `--preload` master (see [`ForkHooks`]).
+pub struct PreloadFork {
+    /// The listening sockets, handed on at a re-exec.
+    pub listeners: Vec<std::os::fd::RawFd>,
+    gil: std::cell::Cell<Option<pyo3::ffi::PyGILState_STATE>>,
+}
+
+impl PreloadFork {
+    /// Hooks for a master whose listening sockets are `listeners`.
+    pub fn new(listeners: &[Listener]) -> PreloadFork {
+        use std::os::fd::AsRawFd;
+        PreloadFork {
+            listeners: listeners
+                .iter()
+                .map(|l| match l {
+                    Listener::Tcp(l) => l.as_raw_fd(),
+                    Listener::Unix(l) => l.as_raw_fd(),
+                })
+                .collect(),
+            gil: std::cell::Cell::new(None),
+        }
+    }
+}
+
+impl ForkHooks for PreloadFork {
+    fn before_fork(&self) {
+        // SAFETY: the documented protocol around fork(): the GIL is taken
+        // by this thread, then PyOS_BeforeFork (as os.fork() does).
+        unsafe {
+            self.gil.set(Some(pyo3::ffi::PyGILState_Ensure()));
+            pyo3::ffi::PyOS_BeforeFork();
+        }
+    }
+
+    fn after_fork_parent(&self) {
+        // SAFETY: pairs with before_fork in the same thread.
+        unsafe {
+            pyo3::ffi::PyOS_AfterFork_Parent();
+            if let Some(state) = self.gil.take() {
+                pyo3::ffi::PyGILState_Release(state);
+            }
+        }
+    }
+
+    fn after_fork_child(&self) {
+        // SAFETY: the forking thread is the child's only thread and holds
+        // the GIL (from before_fork); PyOS_AfterFork_Child resets the
+        // interpreter's thread and lock state for it.
+        unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
+        // Children must not share the parent's random sequence.
+        Python::attach(|py| {
+            let reseed = py
+                .import("sys")
+                .and_then(|sys| sys.getattr("modules"))
+                .and_then(|m| m.get_item("random"))
+                .and_then(|random| random.call_method0("seed"));
+            if let Err(err) = reseed {
+                if !err.is_instance_of::<pyo3::exceptions::PyKeyError>(py) {
+                    err.display(py);
+                }
+            }
+        });
+        if let Some(state) = self.gil.take() {
+            // SAFETY: releases the GIL taken in before_fork (this thread).
+            unsafe { pyo3::ffi::PyGILState_Release(state) };
+        }
+    }
+
+    fn reexec(&self, workers: &[i32]) -> std::io::Error {
+        use nix::libc;
+        // The sockets go on as systemd hands them: LISTEN_FDS from fd 3.
+        let mut high = Vec::new();
+        for &fd in &self.listeners {
+            // SAFETY: fcntl on a descriptor we own; the copy is ours.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) };
+            if copy < 0 {
+                return std::io::Error::last_os_error();
+            }
+            high.push(copy);
+        }
+        for (i, &copy) in high.iter().enumerate() {
+            // SAFETY: dup2 onto 3+i (its previous descriptor, if any, is
+            // closed: the process image is about to be replaced); the
+            // result has no FD_CLOEXEC, so it survives exec.
+            if unsafe { libc::dup2(copy, 3 + i as i32) } < 0 {
+                return std::io::Error::last_os_error();
+            }
+        }
+        let pids: Vec<String> = workers.iter().map(|p| p.to_string()).collect();
+        let mut env: Vec<std::ffi::CString> = std::env::vars_os()
+            .filter(|(k, _)| !matches!(k.to_str(), Some("LISTEN_PID" | "LISTEN_FDS" | REEXEC_ENV)))
+            .filter_map(|(k, v)| {
+                let mut kv = k.into_encoded_bytes();
+                kv.push(b'=');
+                kv.extend(v.into_encoded_bytes());
+                std::ffi::CString::new(kv).ok()
+            })
+            .collect();
+        for (k, v) in [
+            ("LISTEN_PID", std::process::id().to_string()),
+            ("LISTEN_FDS", self.listeners.len().to_string()),
+            (REEXEC_ENV, pids.join(",")),
+        ] {
+            env.push(std::ffi::CString::new(format!("{k}={v}")).expect("no NUL"));
+        }
+        let args: Vec<std::ffi::CString> = std::env::args_os()
+            .filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok())
+            .collect();
+        match nix::unistd::execve(c"/proc/self/exe", &args, &env) {
+            Err(e) => e.into(),
+            Ok(never) => match never {},
+        }
+    }
 }
 
 /// `--check`, in a child process: become `--user`, initialize Python and

@@ -956,3 +956,77 @@ fn config_file_mirrors_the_flags_and_the_command_line_wins() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wrokers"));
 }
+
+/// `--preload`: the app is imported once, in the master, and the workers
+/// are forked from it; HUP re-executes the master (same pid, sockets handed
+/// on, old workers adopted and drained) so the new code is served — and new
+/// code that does not import leaves the old workers serving.
+#[test]
+fn preload_imports_once_in_the_master_and_hup_still_serves_new_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("version");
+    let imports = dir.path().join("imports");
+    std::fs::write(&version, "v1").unwrap();
+    let addr = Addr::Unix(dir.path().join("fcgi.sock"));
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--app")
+        .arg(app("reloadable.py"))
+        .args(["--workers", "2", "--threads", "2", "--preload", "--bind"])
+        .arg(addr.arg())
+        .env("RELOADABLE_VERSION", &version)
+        .env("RELOADABLE_IMPORTS", &imports);
+    let r = Responder::spawn(cmd, addr, dir);
+    assert!(wait_until(Duration::from_secs(20), || r
+        .log()
+        .matches(" ready (")
+        .count()
+        >= 2));
+    let first = workers_of(r.pid);
+    assert_eq!(first.len(), 2);
+    let imported = || std::fs::read_to_string(&imports).unwrap_or_default();
+    assert_eq!(
+        imported(),
+        format!("{} v1\n", r.pid),
+        "imported once, in the master"
+    );
+    for _ in 0..10 {
+        let (v, pid) = served(&r, "/").unwrap();
+        assert_eq!(v, "v1");
+        assert!(first.contains(&pid), "served by a forked worker");
+    }
+
+    std::fs::write(r.path("version"), "v2").unwrap();
+    kill(r.pid, "HUP");
+    let renewed = wait_until(Duration::from_secs(20), || {
+        let now = workers_of(r.pid);
+        now.len() == 2 && now.iter().all(|p| !first.contains(p))
+    });
+    assert!(renewed, "{}", r.log());
+    assert!(r.log().contains("re-executing"), "{}", r.log());
+    assert_eq!(
+        imported(),
+        format!("{0} v1\n{0} v2\n", r.pid),
+        "re-imported by the same master pid"
+    );
+    for _ in 0..10 {
+        assert_eq!(served(&r, "/").unwrap().0, "v2", "{}", r.log());
+    }
+
+    // New code that does not import: the v2 workers go on serving.
+    let second = workers_of(r.pid);
+    std::fs::write(r.path("version"), "broken").unwrap();
+    kill(r.pid, "HUP");
+    assert!(
+        r.wait_log("reload cancelled", Duration::from_secs(20)),
+        "{}",
+        r.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || workers_of(r.pid) == second),
+        "{}",
+        r.log()
+    );
+    for _ in 0..10 {
+        assert_eq!(served(&r, "/").unwrap().0, "v2");
+    }
+}

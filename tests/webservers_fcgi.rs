@@ -394,6 +394,7 @@ cases! {
     spawn_fcgi_fd0 => run_spawn_fcgi_fd0();
     nginx_ten_hup_reloads_under_load => nginx_reloads_under_load();
     nginx_max_requests_50_under_load => nginx_max_requests_under_load();
+    nginx_preload_hup_reloads_under_load => nginx_preload_reloads_under_load();
 }
 
 /// nginx → wsgi-fcgi serving fcgi_site.py over `listen`.
@@ -720,5 +721,36 @@ fn nginx_max_requests_under_load() -> Option<()> {
         }
     })?;
     eprintln!("--max-requests 50 through nginx: {served} requests served, none failed");
+    Some(())
+}
+
+/// `--preload`: five HUP reloads under load, each re-executing the master
+/// with a new version of the app: not one request fails, and the last
+/// version is served afterwards.
+fn nginx_preload_reloads_under_load() -> Option<()> {
+    let (served, fetch) = nginx_master_under_load(&["--preload"], |master, version_file, log| {
+        for round in 1..=5 {
+            std::fs::write(version_file, format!("v{round}")).unwrap();
+            let hup = Command::new("kill")
+                .args(["-s", "HUP", &master.to_string()])
+                .status();
+            assert!(hup.is_ok_and(|s| s.success()));
+            // Each re-executed master starts its own generation 1.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while log().matches("master: generation 1 ready").count() < round {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reload {round}: {}",
+                    log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    })?;
+    eprintln!("5 --preload HUP reloads through nginx: {served} requests served, none failed");
+    for _ in 0..10 {
+        assert_eq!(fetch(), Ok("v5".to_string()));
+    }
     Some(())
 }

@@ -115,6 +115,23 @@ pub mod exit {
 /// What a worker process runs after the fork; returns its exit status.
 pub type WorkerMain<'a> = &'a dyn Fn(Ready) -> i32;
 
+/// `--preload`: the master holds an interpreter with the app imported, so
+/// every fork is bracketed (CPython's `PyOS_BeforeFork`/`AfterFork_*`), and
+/// a reload re-executes the master (same pid, sockets handed on, workers
+/// adopted) so that the new code is imported — forking the old master again
+/// would serve the old code (gunicorn#2449).
+pub trait ForkHooks {
+    /// In the master, right before `fork()`.
+    fn before_fork(&self);
+    /// In the master, right after.
+    fn after_fork_parent(&self);
+    /// In the new worker, right after.
+    fn after_fork_child(&self);
+    /// HUP: replace this process's image by a fresh one that adopts the
+    /// running `workers` (pids); returns only if that failed.
+    fn reexec(&self, workers: &[i32]) -> std::io::Error;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Forked; importing the app.
@@ -186,6 +203,7 @@ struct Stop {
 struct Master<'a> {
     options: MasterOptions,
     worker_main: WorkerMain<'a>,
+    hooks: Option<&'a dyn ForkHooks>,
     target: usize,
     /// The generation new workers belong to (HUP starts a new one).
     generation: u64,
@@ -201,7 +219,14 @@ struct Master<'a> {
 }
 
 /// Run the master until it is told to stop; returns the exit status.
-pub fn run(options: MasterOptions, worker_main: WorkerMain<'_>) -> std::io::Result<i32> {
+/// `adopted`: workers of the image this one replaced (a `--preload`
+/// reload); they serve until the first generation of this one is ready.
+pub fn run<'a>(
+    options: MasterOptions,
+    worker_main: WorkerMain<'a>,
+    hooks: Option<&'a dyn ForkHooks>,
+    adopted: &[i32],
+) -> std::io::Result<i32> {
     let mut mask = SigSet::empty();
     for signal in SIGNALS {
         mask.add(signal);
@@ -212,8 +237,22 @@ pub fn run(options: MasterOptions, worker_main: WorkerMain<'_>) -> std::io::Resu
         target: options.workers.max(1),
         options,
         worker_main,
-        generation: 0,
-        workers: Vec::new(),
+        hooks,
+        generation: u64::from(!adopted.is_empty()),
+        workers: adopted
+            .iter()
+            .map(|&pid| Worker {
+                pid: Pid::from_raw(pid),
+                generation: 0,
+                state: State::Ready,
+                pipe: None,
+                started: Instant::now(),
+                recycle: None,
+                stopping_since: None,
+                lifetime: None,
+                rss: None,
+            })
+            .collect(),
         stop: None,
         exit_code: exit::OK,
         backoff: Duration::ZERO,
@@ -341,6 +380,23 @@ impl Master<'_> {
                 notify::notify("STOPPING=1");
                 log_info!("master: stopping now");
                 self.stop_all(Signal::SIGINT, Duration::from_secs(2));
+            }
+            Intent::Reload if self.hooks.is_some() => {
+                notify::reloading();
+                let pids: Vec<i32> = self
+                    .workers
+                    .iter()
+                    .filter(|w| w.state != State::Stopping)
+                    .map(|w| w.pid.as_raw())
+                    .collect();
+                log_info!("master: HUP: re-executing to import the new code (--preload)");
+                if let Some(hooks) = self.hooks {
+                    let err = hooks.reexec(&pids);
+                    log_error!(
+                        "master: reload failed: cannot re-execute: {err}; still serving the old code"
+                    );
+                }
+                notify::notify("READY=1");
             }
             Intent::Reload => {
                 notify::reloading();
@@ -640,10 +696,21 @@ impl Master<'_> {
     fn spawn(&mut self) -> std::io::Result<()> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let master = nix::unistd::getpid();
-        // SAFETY: the master is single-threaded (no runtime, no Python), so
-        // the child may run arbitrary code after fork.
-        match unsafe { fork() }? {
+        if let Some(hooks) = self.hooks {
+            hooks.before_fork();
+        }
+        // SAFETY: the master is single-threaded (no runtime; with --preload
+        // an interpreter whose fork hooks bracket this call), so the child
+        // may run arbitrary code after fork.
+        let forked = unsafe { fork() };
+        if let (Some(hooks), Ok(ForkResult::Parent { .. }) | Err(_)) = (self.hooks, &forked) {
+            hooks.after_fork_parent();
+        }
+        match forked? {
             ForkResult::Child => {
+                if let Some(hooks) = self.hooks {
+                    hooks.after_fork_child();
+                }
                 drop(read);
                 // Workers do not outlive their master (even a SIGKILLed one).
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);

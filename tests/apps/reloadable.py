@@ -10,6 +10,9 @@ import time
 
 with open(os.environ["RELOADABLE_VERSION"]) as f:
     VERSION = f.read().strip()
+if os.environ.get("RELOADABLE_IMPORTS"):  # which process imported us, when
+    with open(os.environ["RELOADABLE_IMPORTS"], "a") as f:
+        f.write(f"{os.getpid()} {VERSION}\n")
 if VERSION == "broken":
     raise RuntimeError("this version of the app does not import")
 
