@@ -8,6 +8,8 @@
 #   ours              wsgi-fcgi --workers N --threads T (a master + N workers);
 #                     nginx fastcgi_pass with an upstream keepalive pool and
 #                     fastcgi_keep_conn on
+#   ours-preload      the same with --preload (the app imported in the master,
+#                     workers forked from it: compare pss/wk)
 #   uwsgi             uwsgi --master --processes N --threads T --fastcgi-socket;
 #                     nginx fastcgi_pass without keepalive (uWSGI closes every
 #                     connection after END_REQUEST anyway)
@@ -48,7 +50,7 @@
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
-#   SYSTEMS="ours uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
+#   SYSTEMS="ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
 #   NGINX_PORT=18089 RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
@@ -60,7 +62,7 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-16}
 WORKLOADS=${WORKLOADS:-"hello flask"}
-SYSTEMS=${SYSTEMS:-"ours uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
+SYSTEMS=${SYSTEMS:-"ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
 NGINX_PORT=${NGINX_PORT:-18089}
 
 echo "command: WORKERS=$WORKERS THREADS=$THREADS DURATION=$DURATION WARMUP=$WARMUP" \
@@ -126,6 +128,8 @@ server_cmd() { # system workload socket -> the command line (one word per line)
   case $1 in
     ours) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
             --venv "$VENV" --socket-mode 666 ;;
+    ours-preload) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
+            --venv "$VENV" --socket-mode 666 --preload ;;
     uwsgi) printf '%s\n' "$VENV/bin/uwsgi" --master --processes "$WORKERS" --threads "$THREADS" \
             --fastcgi-socket "$3" --chmod-socket=666 --wsgi-file "$app" --home "$VENV" --disable-logging ;;
     gunicorn-sync) printf '%s\n' "$VENV/bin/gunicorn" --workers "$WORKERS" --worker-class sync \
@@ -138,7 +142,7 @@ server_cmd() { # system workload socket -> the command line (one word per line)
 }
 nginx_mode() { # how nginx talks to the system
   case $1 in
-    ours) echo fastcgi-keepalive ;;
+    ours|ours-preload) echo fastcgi-keepalive ;;
     uwsgi|flup-prefork) echo fastcgi ;;
     gunicorn-*) echo http-keepalive ;;
   esac
