@@ -134,6 +134,13 @@ pub fn run(
             status: options.status_path.clone(),
             ping: options.ping_path.clone(),
             pool: options.app.clone().unwrap_or_else(|| "demo".into()),
+            listeners: listeners
+                .iter()
+                .map(|l| match l {
+                    Listener::Tcp(l) => std::os::fd::AsRawFd::as_raw_fd(l),
+                    Listener::Unix(l) => std::os::fd::AsRawFd::as_raw_fd(l),
+                })
+                .collect(),
         };
         options.limits.pages = Some(PageHook(Arc::new(move |path, query| {
             pages.answer(path, query)

@@ -815,6 +815,9 @@ fn status_page_parses_in_text_json_and_openmetrics_and_ping_answers() {
         .collect();
     assert_eq!(fields["total processes"], "2", "{text}");
     assert_eq!(fields["process manager"], "static");
+    // The accept queue, measured: nothing waiting; the backlog is --backlog's.
+    assert_eq!(fields["listen queue"], "0", "{text}");
+    assert_eq!(fields["listen queue len"], "1024", "{text}");
     let accepted: u64 = fields["accepted conn"].parse().unwrap();
     assert!(accepted >= 6, "{text}");
     for key in [

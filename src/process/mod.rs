@@ -9,6 +9,7 @@
 //! Python or a runtime; what a worker runs after the fork is handed in as a
 //! function by the binary.
 
+pub mod listenq;
 pub mod master;
 pub mod notify;
 pub mod scoreboard;

@@ -51,6 +51,8 @@ pub struct Board {
     pub recycles: [AtomicU64; 4],
     /// Most workers ever busy at once.
     pub max_active: AtomicU64,
+    /// Longest accept queue seen by the status page.
+    pub max_listen_queue: AtomicU64,
     /// The workers.
     pub slots: [Slot; SLOTS],
 }

@@ -18,6 +18,8 @@ pub struct Pages {
     pub ping: Option<String>,
     /// The pool name shown (`pool`).
     pub pool: String,
+    /// The listening sockets (their accept queues are the listen queue).
+    pub listeners: Vec<std::os::fd::RawFd>,
 }
 
 impl Pages {
@@ -30,7 +32,13 @@ impl Pages {
         if self.status.as_deref().is_some_and(|p| p.as_bytes() == path) {
             let board = super::scoreboard::board()?;
             let query = String::from_utf8_lossy(query);
-            return Some(render(board, &self.pool, &query));
+            let (waiting, backlog) = self
+                .listeners
+                .iter()
+                .filter_map(|&fd| super::listenq::queue(fd))
+                .fold((0, 0), |(w, b), (qw, qb)| (w + qw, b + qb));
+            board.max_listen_queue.fetch_max(waiting, Ordering::Relaxed);
+            return Some(render(board, &self.pool, &query, (waiting, backlog)));
         }
         None
     }
@@ -87,7 +95,12 @@ fn json_string(text: &str) -> String {
 }
 
 /// The status page in the format the query asks for.
-pub fn render(board: &Board, pool: &str, query: &str) -> (&'static str, String) {
+pub fn render(
+    board: &Board,
+    pool: &str,
+    query: &str,
+    listen: (u64, u64),
+) -> (&'static str, String) {
     let words: Vec<&str> = query.split('&').collect();
     let full = words.contains(&"full");
     let now = now_us();
@@ -97,7 +110,8 @@ pub fn render(board: &Board, pool: &str, query: &str) -> (&'static str, String) 
     let start = board.start_time.load(Ordering::Relaxed);
     let since = now.saturating_sub(start) / 1_000_000;
     let max_active = board.max_active.load(Ordering::Relaxed).max(active);
-    // PHP-FPM's pool fields, in its order (listen queue: not measured).
+    let max_listen = board.max_listen_queue.load(Ordering::Relaxed).max(listen.0);
+    // PHP-FPM's pool fields, in its order.
     let pool_fields: Vec<(&str, String)> = vec![
         ("pool", pool.to_string()),
         ("process manager", "static".into()),
@@ -107,9 +121,9 @@ pub fn render(board: &Board, pool: &str, query: &str) -> (&'static str, String) 
             "accepted conn",
             board.accepted.load(Ordering::Relaxed).to_string(),
         ),
-        ("listen queue", "0".into()),
-        ("max listen queue", "0".into()),
-        ("listen queue len", "0".into()),
+        ("listen queue", listen.0.to_string()),
+        ("max listen queue", max_listen.to_string()),
+        ("listen queue len", listen.1.to_string()),
         ("idle processes", (total - active).to_string()),
         ("active processes", active.to_string()),
         ("total processes", total.to_string()),
@@ -235,8 +249,22 @@ pub fn render(board: &Board, pool: &str, query: &str) -> (&'static str, String) 
             &mut body,
             "listen_queue",
             "gauge",
-            "Connections waiting to be accepted (not measured: 0).",
-            "0".into(),
+            "Connections waiting to be accepted.",
+            listen.0.to_string(),
+        );
+        metric(
+            &mut body,
+            "max_listen_queue",
+            "counter",
+            "Longest listen queue seen.",
+            max_listen.to_string(),
+        );
+        metric(
+            &mut body,
+            "listen_queue_length",
+            "gauge",
+            "Size of the listen queue (backlog).",
+            listen.1.to_string(),
         );
         metric(
             &mut body,
