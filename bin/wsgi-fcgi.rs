@@ -18,8 +18,10 @@ use wsgi_gateway::process::master::{self, MasterOptions, exit};
 use wsgi_gateway::worker::{self, WorkerError, WorkerOptions};
 
 const AFTER_HELP: &str =
-    "Environment: WSGI_APP, WSGI_VENV, WSGI_CHDIR, WSGI_PYTHONPATH (':'-separated)
-apply when the flag is not given; an empty variable counts as unset.
+    "Environment: every flag may be given as WSGI_<FLAG> (WSGI_APP, WSGI_WORKERS,
+WSGI_MAX_REQUESTS, ...; WSGI_BIND ','-separated, WSGI_PYTHONPATH ':'-separated,
+switches on for 1/true/yes/on); the command line wins over the environment,
+which wins over --config. An empty variable counts as unset.
 
 Listening: --bind unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable). Without
 --bind, a listening socket inherited on fd 0 (spawn-fcgi, mod_fcgid, lighttpd
@@ -196,13 +198,14 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match with_config_file(std::env::args_os().collect()) {
+    let (args, cli_start) = match with_config_file(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(err) => {
             eprintln!("wsgi-fcgi: {err:#}");
             return ExitCode::from(1);
         }
     };
+    let args = with_environment(args, cli_start);
     let cli = Cli::parse_from(args);
     let result = match cli.command {
         Some(Command::Request(args)) => request(args),
@@ -391,7 +394,10 @@ fn run_check(options: &WorkerOptions) -> anyhow::Result<i32> {
 /// source of settings — with TOML values: `workers = 4`, `bind =
 /// ["unix:/run/app.sock"]`, `forward-stderr = true`. An unknown key is an
 /// unknown flag, and an error.
-fn with_config_file(args: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+/// Returns the arguments and where the command line's own begin.
+fn with_config_file(
+    args: Vec<std::ffi::OsString>,
+) -> anyhow::Result<(Vec<std::ffi::OsString>, usize)> {
     let position = args.iter().position(|a| a == "--config");
     let (file, drop_at) = match position {
         Some(i) => (args.get(i + 1).cloned(), Some((i, 2))),
@@ -407,10 +413,10 @@ fn with_config_file(args: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ff
         },
     };
     let (Some(file), Some((at, count))) = (file, drop_at) else {
-        return Ok(args);
+        return Ok((args, 1));
     };
     if args.get(1).is_some_and(|a| a == "request") {
-        return Ok(args);
+        return Ok((args, 1));
     }
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("--config {}", file.to_string_lossy()))?;
@@ -445,13 +451,71 @@ fn with_config_file(args: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ff
     }
     let mut out: Vec<std::ffi::OsString> = vec![args[0].clone()];
     out.extend(flags.into_iter().map(Into::into));
+    let cli_start = out.len();
     out.extend(
         args.into_iter()
             .enumerate()
             .filter(|(i, _)| *i != 0 && !(at..at + count).contains(i))
             .map(|(_, a)| a),
     );
-    Ok(out)
+    Ok((out, cli_start))
+}
+
+/// Every setting may also come from `WSGI_<FLAG>` (upper case, `-` → `_`:
+/// `WSGI_MAX_REQUESTS=1000`): such variables become flags placed after the
+/// config file's and before the command line's, so the command line wins
+/// over the environment, which wins over the file. An empty variable counts
+/// as unset (web servers pass "" for "not configured"); `WSGI_BIND` and
+/// `WSGI_PYTHONPATH` take several values (`,` and `:` separated); a switch
+/// is on for `1`, `true`, `yes` or `on`.
+fn with_environment(args: Vec<std::ffi::OsString>, cli_start: usize) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    if args.get(1).is_some_and(|a| a == "request") {
+        return args;
+    }
+    let command = Cli::command();
+    let mut flags: Vec<std::ffi::OsString> = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "config" | "check" | "help" | "version") {
+            continue;
+        }
+        let name = format!("WSGI_{}", long.to_ascii_uppercase().replace('-', "_"));
+        let Some(value) = std::env::var_os(&name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let value = value.to_string_lossy().into_owned();
+        if !arg.get_action().takes_values() {
+            if matches!(
+                value.to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            ) {
+                flags.push(format!("--{long}").into());
+            }
+            continue;
+        }
+        let separator = match long {
+            "pythonpath" => Some(':'),
+            "bind" => Some(','),
+            _ => None,
+        };
+        let values: Vec<&str> = match separator {
+            Some(sep) => value.split(sep).filter(|v| !v.is_empty()).collect(),
+            None => vec![value.as_str()],
+        };
+        for value in values {
+            flags.push(format!("--{long}={value}").into());
+        }
+    }
+    if flags.is_empty() {
+        return args;
+    }
+    // After argv[0] and any config-file flags, before the command line's own.
+    let split = cli_start.clamp(1, args.len().max(1));
+    let mut out: Vec<std::ffi::OsString> = args[..split].to_vec();
+    out.extend(flags);
+    out.extend(args[split..].iter().cloned());
+    out
 }
 
 /// One worker process (or the only process); returns the exit status.

@@ -1033,3 +1033,53 @@ fn preload_imports_once_in_the_master_and_hup_still_serves_new_code() {
         assert_eq!(served(&r, "/").unwrap().0, "v2");
     }
 }
+
+/// Every flag may come from `WSGI_<FLAG>`: the command line wins over the
+/// environment, which wins over `--config`; an empty variable is unset.
+#[test]
+fn environment_variables_mirror_the_flags_between_config_and_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("version");
+    std::fs::write(&version, "v1").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "workers = 3\nthreads = 3\nping-path = \"/from-config\"\n",
+    )
+    .unwrap();
+    let addr = Addr::Unix(dir.path().join("fcgi.sock"));
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--workers")
+        .arg("1")
+        .env("WSGI_APP", app("reloadable.py"))
+        .env("WSGI_BIND", addr.arg())
+        .env("WSGI_WORKERS", "2")
+        .env("WSGI_PING_PATH", "/from-env")
+        .env("WSGI_THREADS", "")
+        .env("WSGI_FORWARD_STDERR", "yes")
+        .env("RELOADABLE_VERSION", &version);
+    let r = Responder::spawn(cmd, addr.clone(), dir);
+    assert!(wait_until(Duration::from_secs(20), || r
+        .log()
+        .contains(" ready (")));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        workers_of(r.pid).len(),
+        1,
+        "the command line's --workers 1 wins"
+    );
+    assert_eq!(
+        r.connect().request(1, &Req::get("/from-env")).text(),
+        "pong\n"
+    );
+    assert_ne!(
+        r.connect().request(1, &Req::get("/from-config")).text(),
+        "pong\n"
+    );
+    // WSGI_THREADS="" is unset: the config file's 3 applies.
+    assert!(r.log().contains("with 3 app threads"), "{}", r.log());
+    let help = Command::new(wsgi_fcgi()).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("WSGI_<FLAG>"));
+}
