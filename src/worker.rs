@@ -177,7 +177,7 @@ pub fn run(
     let limit = match (&ready, options.max_requests) {
         (Some(ready), Some(max)) => {
             let ready = ready.clone();
-            let limit = max.max(1) + crate::process::master::jitter(options.max_requests_jitter);
+            let limit = max.max(1) + crate::process::recycle::jitter(options.max_requests_jitter);
             Some(Arc::new(RequestLimit::new(
                 limit,
                 Box::new(move || {

@@ -38,6 +38,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use super::recycle::{Recycle, jitter, resident_bytes};
+use super::signals::{Intent, SIGNALS, intent};
 use super::{Ready, notify};
 use crate::{log_error, log_info, log_warn};
 
@@ -54,52 +56,6 @@ pub struct MasterOptions {
     /// Recycle a worker whose resident memory exceeds this (bytes; minus
     /// up to 5% jitter), sampled every second.
     pub max_rss: Option<u64>,
-}
-
-/// Why a worker is recycled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recycle {
-    /// It served `--max-requests` (it says so on its pipe).
-    MaxRequests,
-    /// `--max-lifetime`.
-    MaxLifetime,
-    /// `--max-rss`.
-    MaxRss,
-    /// A request overran `--request-timeout`.
-    RequestTimeout,
-}
-
-impl Recycle {
-    fn name(self) -> &'static str {
-        match self {
-            Recycle::MaxRequests => "max-requests",
-            Recycle::MaxLifetime => "max-lifetime",
-            Recycle::MaxRss => "max-rss",
-            Recycle::RequestTimeout => "request-timeout",
-        }
-    }
-}
-
-/// A small random number generator for jitter (xorshift, seeded from the
-/// clock and the pid): no cryptographic use.
-pub fn jitter(bound: u64) -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    if bound == 0 {
-        return 0;
-    }
-    let mut x = STATE.load(Ordering::Relaxed);
-    if x == 0 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        x = nanos ^ (u64::from(std::process::id()) << 32) | 1;
-    }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    STATE.store(x, Ordering::Relaxed);
-    x % (bound + 1)
 }
 
 /// Exit statuses shared by workers and the master.
@@ -157,43 +113,6 @@ struct Worker {
     lifetime: Option<Duration>,
     rss: Option<u64>,
 }
-
-/// What a signal asks of the master.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Intent {
-    GracefulStop,
-    FastStop,
-    Reload,
-    MoreWorkers,
-    FewerWorkers,
-    ReopenLogs,
-    /// SIGCHLD: reaping happens every turn anyway.
-    Reap,
-}
-
-fn intent(signal: Signal) -> Option<Intent> {
-    Some(match signal {
-        Signal::SIGTERM => Intent::GracefulStop,
-        Signal::SIGINT | Signal::SIGQUIT => Intent::FastStop,
-        Signal::SIGHUP => Intent::Reload,
-        Signal::SIGTTIN => Intent::MoreWorkers,
-        Signal::SIGTTOU => Intent::FewerWorkers,
-        Signal::SIGUSR1 => Intent::ReopenLogs,
-        Signal::SIGCHLD => Intent::Reap,
-        _ => return None,
-    })
-}
-
-const SIGNALS: [Signal; 8] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGHUP,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGUSR1,
-    Signal::SIGCHLD,
-];
 
 struct Stop {
     deadline: Instant,
@@ -747,12 +666,4 @@ impl Master<'_> {
             }
         }
     }
-}
-
-/// A process's resident set size, from /proc/PID/statm.
-fn resident_bytes(pid: Pid) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
-    Some(pages * page as u64)
 }

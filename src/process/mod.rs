@@ -12,7 +12,9 @@
 pub mod listenq;
 pub mod master;
 pub mod notify;
+pub mod recycle;
 pub mod scoreboard;
+pub mod signals;
 pub mod status;
 
 use std::io;

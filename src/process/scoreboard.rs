@@ -9,12 +9,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::recycle::Recycle;
+
 /// Worker slots (a master never runs more workers than this).
 pub const SLOTS: usize = 256;
 const URI: usize = 192;
-
-/// Recycle causes counted (in `process::master::Recycle` order).
-pub const CAUSES: [&str; 4] = ["max-requests", "max-lifetime", "max-rss", "request-timeout"];
 
 /// One worker's row.
 #[repr(C)]
@@ -47,8 +46,8 @@ pub struct Board {
     pub slow_requests: AtomicU64,
     /// Requests that overran `--request-timeout`.
     pub timeouts: AtomicU64,
-    /// Recycled workers by cause ([`CAUSES`]).
-    pub recycles: [AtomicU64; 4],
+    /// Recycled workers by cause (`Recycle::ALL` order).
+    pub recycles: [AtomicU64; Recycle::ALL.len()],
     /// Most workers ever busy at once.
     pub max_active: AtomicU64,
     /// Longest accept queue seen by the status page.

@@ -7,7 +7,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::scoreboard::{Board, CAUSES, now_us};
+use super::recycle::Recycle;
+use super::scoreboard::{Board, now_us};
 
 /// Status page settings.
 #[derive(Clone, Debug, Default)]
@@ -139,10 +140,10 @@ pub fn render(
             board.timeouts.load(Ordering::Relaxed).to_string(),
         ),
     ];
-    let recycles: Vec<(&str, u64)> = CAUSES
+    let recycles: Vec<(&str, u64)> = Recycle::ALL
         .iter()
         .zip(&board.recycles)
-        .map(|(cause, n)| (*cause, n.load(Ordering::Relaxed)))
+        .map(|(cause, n)| (cause.name(), n.load(Ordering::Relaxed)))
         .collect();
     let worker_fields = |w: &Worker| -> Vec<(&'static str, String)> {
         let (method, uri) = w.line.split_once(' ').unwrap_or(("-", "-"));
