@@ -253,10 +253,13 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     } = job;
     // Forwarded stderr goes through the queue, so the response must too.
     let direct = direct.filter(|_| !forward_stderr);
+    let slot = crate::process::scoreboard::my_slot();
+    // "METHOD URI", for the watchdog and the status page (made once).
+    let line = (thread.slot.is_some() || slot.is_some()).then(|| describe(&meta));
     if thread.slot.is_some() {
         thread.watch(Some(Running {
             started: Instant::now(),
-            what: describe(&meta),
+            what: line.clone().unwrap_or_default(),
             // SAFETY: pthread_self() has no preconditions. CPython's thread
             // idents (sys._current_frames() keys) are this value.
             thread: unsafe { nix::libc::pthread_self() } as u64,
@@ -278,9 +281,8 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         held: held.clone(),
     };
     let started = Instant::now();
-    let slot = crate::process::scoreboard::my_slot();
     if let Some(slot) = slot {
-        slot.begin(describe(&meta).as_bytes());
+        slot.begin(line.as_deref().unwrap_or_default().as_bytes());
         if let Some(board) = crate::process::scoreboard::board() {
             let busy = board
                 .slots
