@@ -106,15 +106,30 @@ struct Serve {
     /// Listen backlog
     #[arg(long, value_name = "N", default_value_t = 1024)]
     backlog: i32,
-    /// Connections served at once (advertised as FCGI_MAX_CONNS and FCGI_MAX_REQS)
+    /// Connections open at once (advertised as FCGI_MAX_CONNS); at the limit the oldest idle one is closed for a new one
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_conns: usize,
+    /// Requests in flight on one connection (multiplexing; advertised as FCGI_MAX_REQS)
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_reqs: u32,
     /// Largest PARAMS (request headers and CGI variables) in bytes; more closes the connection
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     max_params_size: usize,
     /// Largest request body in bytes; a larger CONTENT_LENGTH gets 413 before the app runs [default: no limit]
     #[arg(long, value_name = "BYTES")]
     max_body_size: Option<u64>,
+    /// Request bodies up to this size are received in memory before the app runs; larger ones go to a temporary file
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    body_buffer_size: usize,
+    /// Directory for those temporary files (unlinked at once) [default: $TMPDIR, else /tmp]
+    #[arg(long, value_name = "DIR")]
+    body_temp_dir: Option<PathBuf>,
+    /// Start the app before its request body has arrived and let it read the body as it comes (a slow client then holds an app thread)
+    #[arg(long)]
+    stream_request_body: bool,
+    /// Seconds a connection may take to send a complete request header (BEGIN_REQUEST and PARAMS), or may let a body stall, before it is closed
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    header_timeout: f64,
     /// Also send wsgi.errors output to the web server as FCGI_STDERR (like fcgiwrap -f)
     #[arg(long)]
     forward_stderr: bool,
@@ -253,8 +268,12 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             max_params: args.max_params_size,
             max_body: args.max_body_size,
             max_conns: args.max_conns,
-            max_reqs: args.max_conns,
+            max_reqs: args.max_reqs as usize,
             pages: None,
+            body_buffer_size: args.body_buffer_size,
+            body_temp_dir: args.body_temp_dir,
+            stream_request_body: args.stream_request_body,
+            header_timeout: Duration::from_secs_f64(args.header_timeout.max(0.001)),
         },
         forward_stderr: args.forward_stderr,
         graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),

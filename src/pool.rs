@@ -6,24 +6,21 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use pyo3::prelude::*;
-use tokio::sync::mpsc;
 
 use crate::accesslog::AccessLog;
 use crate::app::{self, StrCache};
 use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
-use crate::fcgi::job::{Dispatch, Job, Out};
-use crate::fcgi::output::DirectWrite;
+use crate::fcgi::job::{Body, Dispatch, Exchange, Job};
 use crate::fcgi::record::Role;
-use crate::fcgi::record::{self, ProtocolStatus, RecordType};
 use crate::input::Input;
 use crate::request::BodyReader;
 use crate::response::{Head, ResponseWriter, Sink};
@@ -238,21 +235,12 @@ impl ThreadState {
 }
 
 fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut ThreadState) {
-    let forward_stderr = thread.forward_stderr;
     let Job {
-        request_id,
         role,
         meta,
-        stdin,
-        out,
-        aborted,
-        pending,
-        direct,
-        direct_final,
-        head_sent,
+        body,
+        exchange,
     } = job;
-    // Forwarded stderr goes through the queue, so the response must too.
-    let direct = direct.filter(|_| !forward_stderr);
     let slot = crate::process::scoreboard::my_slot();
     // "METHOD URI", for the watchdog and the status page (made once).
     let line = (thread.slot.is_some() || slot.is_some()).then(|| describe(&meta));
@@ -264,20 +252,14 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
             // idents (sys._current_frames() keys) are this value.
             thread: unsafe { nix::libc::pthread_self() } as u64,
             thread_name: std::thread::current().name().unwrap_or("?").to_string(),
-            out: out.clone(),
-            aborted: aborted.clone(),
+            exchange: exchange.clone(),
             slow_logged: false,
             timed_out: false,
         }));
     }
     let held = Arc::new(Mutex::new(None));
     let sink = FcgiSink {
-        id: request_id,
-        out: out.clone(),
-        aborted: aborted.clone(),
-        pending: pending.clone(),
-        direct: direct.clone(),
-        head_sent: head_sent.clone(),
+        exchange: exchange.clone(),
         held: held.clone(),
     };
     let started = Instant::now();
@@ -292,72 +274,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
             board.max_active.fetch_max(busy as u64, Ordering::Relaxed);
         }
     }
-    // For the access log: status code and body bytes sent.
-    let sent;
-    let error_page = |code: u16| (code, crate::response::error_head(code).1.len() as u64);
-    let status = match environ::build(&meta) {
-        Err(err) => {
-            log_error!("rejecting request: {err}");
-            let _ = py.detach(|| ResponseWriter::new(Box::new(sink), false).fail(400));
-            sent = error_page(400);
-            Exit::BadRequest
-        }
-        Ok(mut environ) => {
-            let role_name = if role == Role::Authorizer {
-                "AUTHORIZER"
-            } else {
-                "RESPONDER"
-            };
-            environ
-                .vars
-                .push((b"FCGI_ROLE", Cow::Borrowed(role_name.as_bytes())));
-            let limit = if role == Role::Authorizer {
-                Some(0)
-            } else {
-                environ.content_length
-            };
-            let input = Input::new(BodyReader::new(
-                Box::new(ChannelReader {
-                    rx: stdin,
-                    current: Bytes::new(),
-                }),
-                limit,
-            ));
-            let errors = Bound::new(
-                py,
-                ErrorStream {
-                    out: forward_stderr.then(|| out.clone()),
-                },
-            );
-            let writer = ResponseWriter::new(Box::new(sink), environ.is_head);
-            match errors.and_then(|errors| {
-                app::environ_dict(
-                    py,
-                    &environ,
-                    thread.flavor,
-                    input,
-                    errors.into_any(),
-                    &mut thread.strings,
-                )
-            }) {
-                Err(err) => {
-                    err.display(py);
-                    let _ = py.detach(|| {
-                        let mut w = writer;
-                        w.fail(500)
-                    });
-                    sent = error_page(500);
-                    Exit::AppError
-                }
-                Ok(dict) => {
-                    let (outcome, writer) = app::serve(py, app, dict, writer);
-                    sent = (writer.status_code(), writer.body_bytes());
-                    drop(writer);
-                    Exit::from(outcome)
-                }
-            }
-        }
-    };
+    let (status, sent) = respond(py, app, role, &meta, body, sink, thread, &exchange);
     if let Some(log) = &thread.access_log {
         log.log(&crate::accesslog::Entry {
             meta: &meta,
@@ -375,178 +292,122 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         .ok()
         .and_then(|mut h| h.take())
         .unwrap_or_default();
-    // The whole response is here and nothing went through the queue: write
-    // it ourselves, without waking the I/O thread (see `DirectWrite`).
-    let direct = direct.filter(|_| {
-        direct_final
-            && pending.load(Ordering::Acquire) == 0
-            && !aborted.load(Ordering::Relaxed)
-            && head.len() + body.len() <= DIRECT_LIMIT
+    finish(py, &exchange, &head, body, status as u32);
+}
+
+/// Environ → app → response; returns the exit status and, for the access
+/// log, the status code and body bytes sent.
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    role: Role,
+    meta: &crate::request::MetaVariables,
+    body: Body,
+    sink: FcgiSink,
+    thread: &mut ThreadState,
+    exchange: &Arc<Exchange>,
+) -> (Exit, (u16, u64)) {
+    let error_page = |code: u16| (code, crate::response::error_head(code).1.len() as u64);
+    let mut environ = match environ::build(meta) {
+        Ok(environ) => environ,
+        Err(err) => {
+            log_error!("rejecting request: {err}");
+            let _ = py.detach(|| ResponseWriter::new(Box::new(sink), false).fail(400));
+            return (Exit::BadRequest, error_page(400));
+        }
+    };
+    let role_name: &[u8] = if role == Role::Authorizer {
+        b"AUTHORIZER"
+    } else {
+        b"RESPONDER"
+    };
+    environ.vars.push((b"FCGI_ROLE", Cow::Borrowed(role_name)));
+    let limit = if role == Role::Authorizer {
+        Some(0)
+    } else {
+        environ.content_length
+    };
+    let input = Input::new(BodyReader::new(Box::new(body), limit));
+    let errors = Bound::new(
+        py,
+        ErrorStream {
+            exchange: thread.forward_stderr.then(|| exchange.clone()),
+        },
+    );
+    let writer = ResponseWriter::new(Box::new(sink), environ.is_head);
+    let dict = errors.and_then(|errors| {
+        app::environ_dict(
+            py,
+            &environ,
+            thread.flavor,
+            input,
+            errors.into_any(),
+            &mut thread.strings,
+        )
     });
-    if let Some(direct) = direct {
-        let mut records = BytesMut::with_capacity(head.len() + body.len() + 64);
-        record::encode_stream(&mut records, RecordType::Stdout, request_id, &head);
-        record::encode_stream(&mut records, RecordType::Stdout, request_id, &body);
-        record::encode_stream_end(&mut records, RecordType::Stdout, request_id);
-        record::encode_end_request(
-            &mut records,
-            request_id,
-            status as u32,
-            ProtocolStatus::RequestComplete,
-        );
-        // A non-blocking write: no reason to hand the GIL to anyone.
-        if direct.write_final(request_id, status as u32, &records, out.clone()) {
+    match dict {
+        Err(err) => {
+            err.display(py);
+            let _ = py.detach(|| {
+                let mut w = writer;
+                w.fail(500)
+            });
+            (Exit::AppError, error_page(500))
+        }
+        Ok(dict) => {
+            let (outcome, writer) = app::serve(py, app, dict, writer);
+            let sent = (writer.status_code(), writer.body_bytes());
+            drop(writer);
+            (Exit::from(outcome), sent)
+        }
+    }
+}
+
+/// The last output and END_REQUEST, in one write. Tried without letting go
+/// of the GIL (a small response into a socket with room never blocks);
+/// the GIL is released only to wait for the writer or for room.
+fn finish(py: Python<'_>, exchange: &Exchange, head: &[u8], body: Bytes, status: u32) {
+    let ending = match exchange.ending(false) {
+        None => return, // the watchdog answered it
+        Some(Ok(ending)) => ending,
+        Some(Err(())) => {
+            // Another request of this connection is writing: wait for it
+            // without the GIL.
+            py.detach(|| {
+                if let Some(Ok(ending)) = exchange.ending(true) {
+                    let frames = ending.frames(head, body, status);
+                    ending.write(frames);
+                }
+            });
             return;
         }
-    }
-    let end = Out::End {
-        status: status as u32,
-        head,
-        body,
     };
-    // The connection is gone if this fails: nothing left to tell.
-    match out.try_send(end) {
-        Err(mpsc::error::TrySendError::Full(end)) => {
-            let _ = py.detach(|| send_batched(&out, end));
-        }
-        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+    let frames = ending.frames(head, body, status);
+    if let Some(rest) = ending.try_write(frames) {
+        py.detach(|| ending.write(rest));
     }
 }
 
-/// Queue `message` for the connection. When the queue is full, wait until
-/// half of it is free again, not merely one slot: the I/O thread then
-/// writes in batches and this thread wakes once per batch instead of once
-/// per message (the hysteresis the kernel gives a blocking socket write,
-/// which wakes the writer only when much of the buffer is free). `Err`:
-/// the connection is gone.
-fn send_batched(out: &mpsc::Sender<Out>, message: Out) -> Result<(), ()> {
-    match out.try_send(message) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
-        Err(mpsc::error::TrySendError::Full(message)) => {
-            let room = (out.max_capacity() / 2).max(1);
-            let mut permits = block_on(out.reserve_many(room)).map_err(|_| ())?;
-            // The other permits go back to the queue as they drop.
-            permits.next().ok_or(())?.send(message);
-            Ok(())
-        }
-    }
-}
-
-/// Run a future to completion on this (non-runtime) thread, parked while
-/// it is pending.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park();
-    }
-}
-
-/// `wsgi.input`'s source: STDIN records as they arrive.
-struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(data) => self.current = data,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current.advance(n);
-        Ok(n)
-    }
-}
-
-/// The response side: CGI header block and body as STDOUT data.
+/// The response side: CGI header block and body as STDOUT records,
+/// written by this thread straight to the connection.
 struct FcgiSink {
-    id: u16,
-    out: mpsc::Sender<Out>,
-    aborted: Arc<AtomicBool>,
+    exchange: Arc<Exchange>,
     /// The final output (a list's last item, an error page), sent with
     /// END_REQUEST by the job instead of on its own.
     held: Arc<Mutex<Option<(Bytes, Bytes)>>>,
-    /// Messages queued and not yet written by the connection: while any
-    /// are, everything else must follow them through the queue (order).
-    pending: Arc<AtomicUsize>,
-    /// The app thread's own path to the socket.
-    direct: Option<Arc<DirectWrite>>,
-    /// Set when the header block reaches the socket (see `Job::head_sent`).
-    head_sent: Arc<AtomicBool>,
-}
-
-/// Largest final response the app thread writes to the socket itself.
-const DIRECT_LIMIT: usize = 32 * 1024;
-
-impl FcgiSink {
-    fn push(&self, message: Out) -> io::Result<()> {
-        if self.aborted.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the web server aborted the request",
-            ));
-        }
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        send_batched(&self.out, message).map_err(|()| {
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the web server closed the connection",
-            )
-        })
-    }
 }
 
 impl Sink for FcgiSink {
     fn send(&mut self, head: Option<&Head>, body: Bytes, last: bool) -> io::Result<()> {
         let head = Bytes::from(wire::head_block(head));
-        if last && !self.aborted.load(Ordering::Relaxed) {
+        if last && !self.exchange.aborted() {
             if let Ok(mut held) = self.held.lock() {
                 *held = Some((head, body));
                 return Ok(());
             }
         }
-        if let Some(direct) = &self.direct {
-            if self.pending.load(Ordering::Acquire) == 0 && !self.aborted.load(Ordering::Relaxed) {
-                let (id, aborted, head_sent) = (self.id, &self.aborted, &self.head_sent);
-                match direct.write_stream(id, head.clone(), body.clone(), aborted, head_sent) {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => {} // the connection has the socket: queue it
-                    Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            "the web server aborted the request",
-                        ));
-                    }
-                    Err(err) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("the web server closed the connection ({err})"),
-                        ));
-                    }
-                }
-            }
-        }
-        self.push(Out::Stdout { head, body })
+        self.exchange.send(&head, body)
     }
 
     fn send_file(
@@ -557,14 +418,11 @@ impl Sink for FcgiSink {
         len: u64,
     ) -> io::Result<Option<u64>> {
         if head.is_some() {
-            self.push(Out::Stdout {
-                head: Bytes::from(wire::head_block(head)),
-                body: Bytes::new(),
-            })?;
+            self.exchange.send(&wire::head_block(head), Bytes::new())?;
         }
         if len > 0 {
             let file = file.try_clone_to_owned()?;
-            self.push(Out::File { file, offset, len })?;
+            self.exchange.send_file(&file, offset, len)?;
         }
         Ok(Some(len))
     }
@@ -578,7 +436,7 @@ impl Sink for FcgiSink {
 /// FCGI_STDERR when forwarding is on (like `fcgiwrap -f`).
 #[pyclass(module = "wsgi_gateway", name = "ErrorStream", frozen)]
 struct ErrorStream {
-    out: Option<mpsc::Sender<Out>>,
+    exchange: Option<Arc<Exchange>>,
 }
 
 #[pymethods]
@@ -589,8 +447,8 @@ impl ErrorStream {
         py.detach(|| {
             use std::io::Write;
             let _ = io::stderr().write_all(&bytes);
-            if let Some(out) = &self.out {
-                let _ = out.blocking_send(Out::Stderr(Bytes::from(bytes)));
+            if let Some(exchange) = &self.exchange {
+                exchange.send_stderr(Bytes::from(bytes));
             }
         });
         len

@@ -1,6 +1,6 @@
 //! A worker's accept loop: listening sockets registered with the tokio
 //! runtime, one task per connection ([`crate::fcgi::connection`]), the
-//! `FCGI_MAX_CONNS` limit, the `FCGI_WEB_SERVER_ADDRS` peer allow-list, and a
+//! `FCGI_MAX_CONNS` limit (the oldest idle connection gives way), the `FCGI_WEB_SERVER_ADDRS` peer allow-list, and a
 //! graceful stop (stop accepting; each connection closes once idle).
 
 use std::net::IpAddr;
@@ -8,10 +8,12 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::fcgi::connection;
+use crate::fcgi::connection::{self, Context};
+use crate::fcgi::idle::IdleList;
 use crate::fcgi::job::{Dispatch, Limits};
 use crate::fcgi::socket::Socket;
 use crate::listener::Listener;
@@ -67,73 +69,25 @@ pub async fn serve(
     options: ServerOptions,
     stop: impl Future<Output = Duration>,
 ) -> std::io::Result<()> {
-    let limits = Arc::new(options.limits.clone());
-    let slots = Arc::new(Semaphore::new(options.limits.max_conns.max(1)));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let context = Context {
+        dispatch,
+        limits: Arc::new(options.limits.clone()),
+        shutdown: shutdown_rx,
+        idle: Arc::new(IdleList::default()),
+    };
+    let slots = Arc::new(Semaphore::new(options.limits.max_conns.max(1)));
     let mut accepting = JoinSet::new();
     let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     for listener in listeners {
         let listener = AsyncListener::new(listener)?;
-        let dispatch = dispatch.clone();
-        let limits = limits.clone();
-        let slots = slots.clone();
-        let allowed = options.allowed_peers.clone();
-        let shutdown = shutdown_rx.clone();
-        let connections = connections.clone();
-        accepting.spawn(async move {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                let accepted = match listener.accept().await {
-                    Ok(accepted) => {
-                        if let Some(board) = crate::process::scoreboard::board() {
-                            board.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        accepted
-                    }
-                    Err(e) => {
-                        log_warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let dispatch = dispatch.clone();
-                let limits = limits.clone();
-                let shutdown = shutdown.clone();
-                let allowed = allowed.clone();
-                let task = async move {
-                    match accepted {
-                        Accepted::Tcp(stream, peer) => {
-                            if allowed.as_ref().is_some_and(|list| !list.contains(&peer.ip())) {
-                                log_error!("refused FastCGI connection from {peer}: not in FCGI_WEB_SERVER_ADDRS");
-                                return;
-                            }
-                            let _ = stream.set_nodelay(true);
-                            let socket = stream.into_std().map(OwnedFd::from);
-                            match socket.and_then(|fd| Socket::new(fd, false)) {
-                                Ok(socket) => {
-                                    connection::serve(socket, dispatch, limits, shutdown).await;
-                                }
-                                Err(e) => log_error!("cannot set up a connection from {peer}: {e}"),
-                            }
-                        }
-                        Accepted::Unix(stream) => {
-                            let socket = stream.into_std().map(OwnedFd::from);
-                            match socket.and_then(|fd| Socket::new(fd, true)) {
-                                Ok(socket) => {
-                                    connection::serve(socket, dispatch, limits, shutdown).await;
-                                }
-                                Err(e) => log_error!("cannot set up a connection: {e}"),
-                            }
-                        }
-                    }
-                    drop(permit);
-                };
-                let mut set = connections.lock().await;
-                // Reap finished connections: a JoinSet keeps them until joined.
-                while set.try_join_next().is_some() {}
-                set.spawn(task);
-            }
-        });
+        let accept = Acceptor {
+            context: context.clone(),
+            slots: slots.clone(),
+            allowed: options.allowed_peers.clone(),
+            connections: connections.clone(),
+        };
+        accepting.spawn(accept.run(listener));
     }
     let grace = stop.await;
     log_info!("stopping: no new connections; {grace:?} for requests in flight");
@@ -154,4 +108,99 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// One listening socket's accept loop.
+struct Acceptor {
+    context: Context,
+    /// `--max-conns`.
+    slots: Arc<Semaphore>,
+    allowed: Option<Vec<IpAddr>>,
+    connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: AsyncListener) {
+        loop {
+            let accepted = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    log_warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Some(board) = crate::process::scoreboard::board() {
+                board
+                    .accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let permit = match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => match self.make_room().await {
+                    Some(permit) => permit,
+                    None => return,
+                },
+            };
+            let Some(socket) = self.socket(accepted) else {
+                continue;
+            };
+            let context = self.context.clone();
+            let task = async move {
+                connection::serve(socket, context, BytesMut::new()).await;
+                drop(permit);
+            };
+            let mut set = self.connections.lock().await;
+            // Reap finished connections: a JoinSet keeps them until joined.
+            while set.try_join_next().is_some() {}
+            set.spawn(task);
+        }
+    }
+
+    /// `--max-conns` reached: the oldest idle connection gives way (one
+    /// whose last request turns out to be still running goes back to the
+    /// list, and the next is asked); without any, wait for one to close.
+    async fn make_room(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        loop {
+            let asked = self.context.idle.evict_oldest();
+            let wait = if asked {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(200)
+            };
+            match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => return Some(permit),
+                Ok(Err(_)) => return None,
+                Err(_elapsed) => continue,
+            }
+        }
+    }
+
+    /// The accepted connection as a [`Socket`], unless its peer is not allowed.
+    fn socket(&self, accepted: Accepted) -> Option<Socket> {
+        let (fd, unix) = match accepted {
+            Accepted::Tcp(stream, peer) => {
+                if self
+                    .allowed
+                    .as_ref()
+                    .is_some_and(|list| !list.contains(&peer.ip()))
+                {
+                    log_error!(
+                        "refused FastCGI connection from {peer}: not in FCGI_WEB_SERVER_ADDRS"
+                    );
+                    return None;
+                }
+                let _ = stream.set_nodelay(true);
+                (stream.into_std().map(OwnedFd::from), false)
+            }
+            Accepted::Unix(stream) => (stream.into_std().map(OwnedFd::from), true),
+        };
+        match fd.and_then(|fd| Socket::new(fd, unix)) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                log_error!("cannot set up a connection: {e}");
+                None
+            }
+        }
+    }
 }

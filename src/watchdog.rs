@@ -2,18 +2,16 @@
 //! worker that sees what each app thread runs (a slot per thread), logs the
 //! Python stack of exactly the thread behind a slow or overrunning request
 //! (`sys._current_frames()`, in-process: no ptrace, works in containers),
-//! answers an overrun with 504 (through the connection, `Out::Timeout`) and
+//! answers an overrun with 504 (written by the watchdog itself) and
 //! asks for the worker to be replaced.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pyo3::prelude::*;
-use tokio::sync::mpsc;
-
-use crate::fcgi::job::Out;
+use crate::fcgi::job::Exchange;
 use crate::{log_error, log_warn};
+use pyo3::prelude::*;
 
 /// A poisoned lock only means a panic elsewhere; the data is still valid.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -36,8 +34,7 @@ pub(crate) struct Running {
     pub(crate) what: String,
     pub(crate) thread: u64,
     pub(crate) thread_name: String,
-    pub(crate) out: mpsc::Sender<Out>,
-    pub(crate) aborted: Arc<AtomicBool>,
+    pub(crate) exchange: Arc<Exchange>,
     pub(crate) slow_logged: bool,
     pub(crate) timed_out: bool,
 }
@@ -68,10 +65,10 @@ pub(crate) fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn(
             };
             let elapsed = running.started.elapsed();
             if timeouts.request.is_some_and(|t| elapsed >= t) && !running.timed_out {
-                running.aborted.store(true, Ordering::Relaxed);
-                // Full queue: its output is dropped now, so try again next tick.
-                if running.out.try_send(Out::Timeout).is_ok() || running.out.is_closed() {
-                    running.timed_out = true;
+                running.timed_out = true;
+                // 504, or the response cut short (the app thread's writes
+                // stop within 100 ms of the abort, so the writer frees up).
+                if running.exchange.time_out() {
                     if let Some(board) = crate::process::scoreboard::board() {
                         board.timeouts.fetch_add(1, Ordering::Relaxed);
                     }

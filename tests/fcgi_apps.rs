@@ -168,11 +168,12 @@ fn absent_content_length_reads_the_terminated_stdin_stream() {
     assert_eq!(v["len"], 9);
 }
 
-/// wsgi.input streams STDIN as it arrives: the app answers after reading
-/// 15 of 1000 announced bytes, before the rest was even sent.
+/// With --stream-request-body, wsgi.input streams STDIN as it arrives: the
+/// app answers after reading 15 of 1000 announced bytes, before the rest
+/// was even sent.
 #[test]
-fn the_app_starts_before_the_body_is_complete() {
-    let r = gateway();
+fn with_stream_request_body_the_app_starts_before_the_body_is_complete() {
+    let r = Responder::fixtures(&["--stream-request-body"]);
     let mut c = r.connect();
     let req = Req::get("/echo?size=5")
         .method("POST")

@@ -1,68 +1,61 @@
-//! One FastCGI connection's state machine (specification §3–§6), generic over
-//! the transport and over a [`Dispatch`] that runs requests (no Python here):
-//! management records (GET_VALUES, UNKNOWN_TYPE), BEGIN_REQUEST → PARAMS →
-//! dispatch → STDIN streamed with back-pressure, output from the request
-//! framed into STDOUT/STDERR records (files with `sendfile`), exactly one
-//! END_REQUEST, `FCGI_KEEP_CONN`, ABORT_REQUEST, and malformed input closing
-//! only this connection with a log line naming the fault.
+//! One FastCGI connection as the I/O thread serves it (specification
+//! §3–§6), generic over the transport and over a [`Dispatch`] that runs
+//! requests (no Python here). The I/O thread only *reads*: responses are
+//! written by the threads that make them, straight to the socket
+//! ([`Exchange`]); the connection writes only its own answers (management
+//! records, refusals, 413, status pages).
 //!
-//! One request at a time per connection: `FCGI_MPXS_CONNS` is advertised as 0
-//! and a second BEGIN_REQUEST while one is active is refused with
-//! `FCGI_CANT_MPX_CONN`. (No web server multiplexes; without it, STDIN
-//! back-pressure is exact.)
+//! Several requests may be in flight on one connection (`FCGI_MPXS_CONNS`
+//! is 1, up to `FCGI_MAX_REQS`), each with its own END_REQUEST; a
+//! BEGIN_REQUEST pipelined behind a request that is still finishing is
+//! simply another request.
+//!
+//! ```text
+//! a request:   Params ──empty PARAMS──▶ Body ──empty STDIN──▶ Running ──END_REQUEST──▶ (forgotten)
+//!                 │                └─(--stream-request-body)─▶ Running (STDIN fed as it arrives)
+//!                 └─ status page, 413, refusal: END_REQUEST now ──▶ Ended (its STDIN is ignored until it ends)
+//!
+//! a connection: Fresh ──BEGIN──▶ Busy (≥ 1 request not ended) ──all ended──▶ Idle ──BEGIN──▶ Busy …
+//!   closes: a request without FCGI_KEEP_CONN ended · the peer closed · malformed input ·
+//!   no complete header within --header-timeout (Fresh, or a request in Params) ·
+//!   a body stalled as long (Body) · evicted when Idle and --max-conns is reached ·
+//!   the worker stops and the connection is Idle
+//! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::codec::{CodecError, RecordDecoder};
-use super::job::{Dispatch, Job, Limits, Out, PageHook};
-pub use super::output::{DirectWrite, Transport};
-use super::output::{Frames, linger, send_file, write_frames};
+use super::idle::IdleList;
+use super::job::{Body, Dispatch, Exchange, Job, Limits, Link};
 use super::params;
-use super::record::{
-    self, BeginRequest, NULL_REQUEST_ID, ProtocolStatus, Record, RecordType, Role,
-};
+use super::record::{BeginRequest, NULL_REQUEST_ID, ProtocolStatus, Record, RecordType, Role};
+use super::spool::Spool;
+use super::writer::Frames;
+use crate::request::MetaVariables;
 use crate::response::error_head;
 use crate::{log_error, log_info, wire};
 
-/// STDIN records waiting for the app: past this, the socket is not read.
+/// STDIN records waiting for a streaming app: past this, the socket is not read.
 const STDIN_QUEUE: usize = 4;
-/// Output messages waiting for the socket: past this, the app thread waits.
-/// Only running requests have one (at most `--threads`), and the messages
-/// reference the app's own `bytes`, so this bounds what is held, not copied;
-/// 32 lets a 64 KiB-chunk stream run without a context switch per chunk.
-const OUT_QUEUE: usize = 32;
+/// How long a connection accepted just before a graceful stop may take to
+/// send its first request (a web server sends it right after connecting).
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long trailing STDIN of ended requests is read before closing.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// Ended requests whose STDIN has not ended yet, at most.
+const MAX_ENDED: usize = 64;
 
-enum Phase {
-    /// Collecting PARAMS.
-    Params { role: Role, params: BytesMut },
-    /// Dispatched; STDIN goes to the job until its empty record.
-    Running {
-        /// `None` once the app stopped reading, the stream ended or the request was aborted.
-        stdin: Option<mpsc::Sender<Bytes>>,
-        /// The empty STDIN record arrived.
-        stdin_ended: bool,
-        out: mpsc::Receiver<Out>,
-        aborted: Arc<AtomicBool>,
-        /// The job's count of messages not yet written (see `Job::pending`).
-        pending: Arc<AtomicUsize>,
-        /// Whether the response's header block went out (`Job::head_sent`).
-        head_sent: Arc<AtomicBool>,
-    },
-    /// END_REQUEST was sent before the STDIN stream ended: discard the rest.
-    Draining,
-}
-
-struct Active {
-    id: u16,
-    keep_conn: bool,
-    phase: Phase,
-}
+/// A readable socket (the write side is the [`Link`]'s duplicate).
+pub trait Transport: AsyncRead + std::os::fd::AsRawFd + Unpin + Send {}
+impl<T: AsyncRead + std::os::fd::AsRawFd + Unpin + Send> Transport for T {}
 
 /// Why a connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,416 +66,459 @@ pub enum Closed {
     PeerGone,
     /// Malformed input; the message names the fault.
     Protocol(String),
+    /// `--header-timeout`: no complete request header, or a stalled body.
+    Timeout(String),
+    /// Idle while `--max-conns` was reached: closed to make room.
+    Evicted,
 }
 
-/// A whole response made here (413, status pages): its STDOUT, the end of
-/// the stream and END_REQUEST, in one write.
-async fn write_response<T: Transport>(
-    stream: &mut T,
-    id: u16,
-    response: &[u8],
-) -> Result<(), Closed> {
-    let mut out = BytesMut::new();
-    record::encode_stream(&mut out, RecordType::Stdout, id, response);
-    record::encode_stream_end(&mut out, RecordType::Stdout, id);
-    record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
-    stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
+/// What every connection of a worker shares.
+#[derive(Clone)]
+pub struct Context {
+    /// Runs the requests.
+    pub dispatch: Arc<dyn Dispatch>,
+    /// Limits and settings.
+    pub limits: Arc<Limits>,
+    /// Turns true when the worker stops: close once idle.
+    pub shutdown: watch::Receiver<bool>,
+    /// Idle connections, for `--max-conns` eviction.
+    pub idle: Arc<IdleList>,
 }
 
-/// Serve one connection until it closes.
-///
-/// Once `shutdown` turns true the connection closes as soon as it has no
-/// request in flight (after END_REQUEST), never in the middle of one.
-pub async fn serve<T: Transport>(
-    mut stream: T,
-    dispatch: Arc<dyn Dispatch>,
-    limits: Arc<Limits>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Closed {
-    // SAFETY: the descriptor belongs to `stream`, alive for this call; dup()
-    // fails only on descriptor exhaustion, and then the direct path is off.
+/// A request on this connection.
+enum Req {
+    /// Collecting PARAMS.
+    Params {
+        role: Role,
+        keep_conn: bool,
+        params: BytesMut,
+    },
+    /// PARAMS done; receiving the body before the app starts.
+    Body {
+        role: Role,
+        keep_conn: bool,
+        meta: MetaVariables,
+        spool: Spool,
+    },
+    /// Handed to the app.
+    Running {
+        exchange: Arc<Exchange>,
+        keep_conn: bool,
+        /// `--stream-request-body`: where STDIN goes (`None` once the app
+        /// stopped reading or the request was aborted).
+        stdin: Option<mpsc::Sender<Bytes>>,
+        stdin_ended: bool,
+    },
+    /// END_REQUEST went out before its STDIN ended: the rest is ignored (§3.3).
+    Ended,
+}
+
+impl Req {
+    fn live(&self) -> bool {
+        !matches!(self, Req::Ended)
+    }
+}
+
+/// Serve one connection until it closes. `buf`: bytes already read from it.
+pub async fn serve<T: Transport>(mut stream: T, context: Context, buf: BytesMut) -> Closed {
+    // SAFETY: the descriptor belongs to `stream`, alive for this call.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    let direct = nix::unistd::dup(socket).ok().map(DirectWrite::new);
-    let mut conn = Connection {
-        direct,
-        active: None,
-        dispatch,
-        limits,
-        pending_stdin: None,
-        ended_keep_conn: None,
-        last_ended: None,
-        refused: Vec::new(),
-        close_after_drain: None,
-        begun: false,
-        shutdown,
+    let link = match nix::unistd::dup(socket) {
+        Ok(fd) => Link::new(fd),
+        Err(e) => {
+            log_error!("cannot serve a connection: {e}");
+            return Closed::PeerGone;
+        }
     };
-    let closed = conn.run(&mut stream).await;
-    if let Some(active) = &conn.active {
-        if let Phase::Running { aborted, .. } = &active.phase {
-            aborted.store(true, Ordering::Relaxed);
+    let stopping = *context.shutdown.borrow();
+    let mut conn = Connection {
+        link: link.clone(),
+        requests: HashMap::new(),
+        stopping,
+        context,
+        stdin_waiting: None,
+        close_when_idle: false,
+        begun: false,
+        header_since: None,
+        last_read: Instant::now(),
+        drain_until: None,
+        idle_key: None,
+        evict: Arc::new(Notify::new()),
+    };
+    let closed = conn.run(&mut stream, buf).await;
+    conn.leave_idle();
+    for request in conn.requests.values() {
+        if let Req::Running { exchange, .. } = request {
+            exchange.abort();
         }
     }
+    link.gone.store(true, Ordering::Release);
     match &closed {
         Closed::Protocol(fault) => log_error!("closing FastCGI connection: {fault}"),
+        Closed::Timeout(why) => log_error!("closing FastCGI connection: {why}"),
         Closed::PeerGone => log_info!("web server closed the connection during a request"),
+        Closed::Evicted => {
+            log_info!("closed an idle connection: --max-conns reached and a new one arrived")
+        }
         Closed::Normal => {}
     }
-    let _ = stream.shutdown().await;
+    close_write_side(&link).await;
     if closed == Closed::Normal {
         linger(&mut stream).await;
     }
     closed
 }
 
-struct Connection {
-    active: Option<Active>,
-    dispatch: Arc<dyn Dispatch>,
-    limits: Arc<Limits>,
-    /// STDIN content waiting for room in the job's queue (back-pressure:
-    /// the socket is not read meanwhile).
-    pending_stdin: Option<Bytes>,
-    /// Set after END_REQUEST: whether the connection stays open.
-    ended_keep_conn: Option<bool>,
-    /// The worker is stopping: close when idle.
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    /// The app thread's direct path to the socket (held busy while we work).
-    direct: Option<Arc<DirectWrite>>,
-    /// The last request that got END_REQUEST (a repeated empty STDIN for it is tolerated).
-    last_ended: Option<u16>,
-    /// Requests refused at BEGIN_REQUEST (CANT_MPX_CONN, UNKNOWN_ROLE,
-    /// OVERLOADED): their records are ignored until their STDIN ends (§3.3).
-    refused: Vec<u16>,
-    /// END_REQUEST went out without FCGI_KEEP_CONN while STDIN was still
-    /// coming: close once it has ended, or at this deadline. (Also: the
-    /// worker is stopping and this connection has not sent its first
-    /// request yet.)
-    close_after_drain: Option<tokio::time::Instant>,
-    /// A request was begun on this connection.
-    begun: bool,
+/// Shut our side down once no writer is in the middle of a response.
+async fn close_write_side(link: &Arc<Link>) {
+    let shut = |link: &Link| {
+        let fd = link.writer.raw_fd();
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+    };
+    if let Some(held) = link.writer.try_hold() {
+        shut(link);
+        drop(held);
+        return;
+    }
+    let link = link.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let _held = link.writer.hold();
+        shut(&link);
+    })
+    .await;
 }
 
-/// How long a connection accepted just before a graceful stop may take to
-/// send its first request (a web server sends it right after connecting).
-const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// A lingering close: after our half-close, read and discard what the peer
+/// still sends until it closes, for at most two seconds, so its last
+/// writes do not fail with EPIPE/RST before it has read the response.
+async fn linger<T: Transport>(stream: &mut T) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+struct Connection {
+    link: Arc<Link>,
+    requests: HashMap<u16, Req>,
+    context: Context,
+    stopping: bool,
+    /// `--stream-request-body`: STDIN content waiting for room in a
+    /// request's queue (the socket is not read meanwhile).
+    stdin_waiting: Option<(u16, Bytes)>,
+    /// A request without FCGI_KEEP_CONN ended: close once idle.
+    close_when_idle: bool,
+    /// A request was begun on this connection.
+    begun: bool,
+    /// Since when a request header is awaited (`--header-timeout`).
+    header_since: Option<Instant>,
+    /// The last time the peer sent anything (a stalled body).
+    last_read: Instant,
+    /// Reading the trailing STDIN of ended requests (or a first request
+    /// during a stop) until this deadline, then closing.
+    drain_until: Option<Instant>,
+    /// In the worker's idle list under this key.
+    idle_key: Option<u64>,
+    /// Notified when evicted from the idle list.
+    evict: Arc<Notify>,
+}
 
 enum Event {
     Read(std::io::Result<usize>),
-    Output(Option<Out>),
     StdinRoom(Result<mpsc::OwnedPermit<Bytes>, mpsc::error::SendError<()>>),
+    Ended,
     Shutdown,
-    DrainTimeout,
+    Deadline,
+    Evicted,
 }
 
 impl Connection {
-    async fn run<T: Transport>(&mut self, stream: &mut T) -> Closed {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
+    async fn run<T: Transport>(&mut self, stream: &mut T, mut buf: BytesMut) -> Closed {
         let mut decoder = RecordDecoder;
         loop {
-            // (The direct-write lock is held here: only this task writes.)
-            self.finalize_direct();
-            // Handle every complete record already buffered.
-            if self.pending_stdin.is_none() {
-                loop {
-                    match decoder.decode(&mut buf) {
-                        Ok(Some(record)) => {
-                            if let Err(fault) = self.on_record(stream, record).await {
-                                return fault;
-                            }
-                            if self.pending_stdin.is_some() {
-                                break;
-                            }
+            self.reap();
+            while self.stdin_waiting.is_none() {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(record)) => {
+                        if let Err(closed) = self.on_record(record).await {
+                            return closed;
                         }
-                        Ok(None) => break,
-                        Err(e) => return Closed::Protocol(e.to_string()),
                     }
+                    Ok(None) => break,
+                    Err(e) => return Closed::Protocol(e.to_string()),
                 }
             }
-            if let Some(keep) = self.ended_keep_conn.take() {
-                let draining = matches!(
-                    &self.active,
-                    Some(Active {
-                        phase: Phase::Draining,
-                        ..
-                    })
-                );
-                if !keep && !draining {
-                    return Closed::Normal;
-                }
-                if !keep {
-                    // Read the rest of the body before closing: a web server
-                    // still writing STDIN would otherwise see EPIPE, not the
-                    // response it was sent.
-                    self.close_after_drain =
-                        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
-                }
+            if let Some(closed) = self.settle(buf.is_empty()) {
+                return closed;
             }
-            let idle = self.active.is_none() && buf.is_empty();
-            if idle && *self.shutdown.borrow() {
-                if self.begun {
-                    return Closed::Normal;
-                }
-                // Accepted just before the stop: its first request is on
-                // its way; closing now would lose it.
-                self.close_after_drain
-                    .get_or_insert_with(|| tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
-            }
-            if let Some(direct) = &self.direct {
-                direct.unlock();
-            }
-            stream.idle();
-            let event = {
-                let stopping = *self.shutdown.borrow();
-                let reading = self.pending_stdin.is_none();
-                let stdin_tx = match (&self.pending_stdin, &self.active) {
-                    (
-                        Some(_),
-                        Some(Active {
-                            phase:
-                                Phase::Running {
-                                    stdin: Some(tx), ..
-                                },
-                            ..
-                        }),
-                    ) => Some(tx.clone()),
-                    _ => None,
-                };
-                let out_rx = match &mut self.active {
-                    Some(Active {
-                        phase: Phase::Running { out, .. },
-                        ..
-                    }) => Some(out),
-                    _ => None,
-                };
-                tokio::select! {
-                    r = stream.read_buf(&mut buf), if reading => Event::Read(r),
-                    o = async { out_rx.unwrap().recv().await }, if out_rx.is_some() => Event::Output(o),
-                    p = async { stdin_tx.unwrap().reserve_owned().await }, if stdin_tx.is_some() => Event::StdinRoom(p),
-                    _ = self.shutdown.changed(), if !stopping => Event::Shutdown,
-                    _ = tokio::time::sleep_until(self.close_after_drain.unwrap_or_else(tokio::time::Instant::now)), if self.close_after_drain.is_some() => Event::DrainTimeout,
-                }
-            };
-            if let Some(direct) = self.direct.clone() {
-                direct.lock().await;
-            }
-            match event {
+            match self.next_event(stream, &mut buf).await {
                 Event::Read(Ok(0)) => {
-                    self.finalize_direct();
                     return match decoder.decode_eof(&mut buf) {
                         Err(CodecError::Truncated(n)) => Closed::Protocol(format!(
                             "connection closed inside a record ({n} bytes of it received)"
                         )),
-                        _ if self
-                            .active
-                            .as_ref()
-                            .is_some_and(|a| !matches!(a.phase, Phase::Draining)) =>
-                        {
-                            Closed::PeerGone
-                        }
+                        _ if self.live() => Closed::PeerGone,
                         _ => Closed::Normal,
                     };
                 }
-                Event::Read(Ok(_)) => {}
+                Event::Read(Ok(_)) => self.last_read = Instant::now(),
                 Event::Read(Err(e)) => {
-                    return if self.active.is_some() {
+                    return if self.live() {
                         Closed::PeerGone
                     } else {
                         Closed::Protocol(format!("read error: {e}"))
                     };
                 }
-                Event::StdinRoom(Ok(permit)) => {
-                    if let Some(data) = self.pending_stdin.take() {
-                        permit.send(data);
+                Event::StdinRoom(room) => self.feed_stdin(room),
+                Event::Ended => {}
+                Event::Shutdown => self.on_shutdown(),
+                Event::Deadline => {
+                    if let Some(closed) = self.deadline_passed() {
+                        return closed;
                     }
                 }
-                Event::StdinRoom(Err(_)) => {
-                    // The app stopped reading (it finished): drop the rest.
-                    self.pending_stdin = None;
-                    if let Some(Active {
-                        phase: Phase::Running { stdin, .. },
-                        ..
-                    }) = &mut self.active
-                    {
-                        *stdin = None;
-                    }
-                }
-                Event::Shutdown => {
-                    if let Some(direct) = &self.direct {
-                        direct.stopping.store(true, Ordering::Relaxed);
-                    }
-                }
-                Event::DrainTimeout => return Closed::Normal,
-                Event::Output(message) => {
-                    if let Err(e) = self.on_output(stream, message).await {
-                        return e;
+                Event::Evicted => {
+                    if let Some(closed) = self.on_evicted() {
+                        return closed;
                     }
                 }
             }
         }
     }
 
-    /// The active request is over (END_REQUEST sent): keep the connection,
-    /// or drain the rest of its STDIN first.
-    fn end_active(&mut self) {
-        let Some(active) = &mut self.active else {
-            return;
-        };
-        let stdin_done = matches!(
-            &active.phase,
-            Phase::Running {
-                stdin_ended: true,
+    /// Some request has not ended yet.
+    fn live(&self) -> bool {
+        self.requests.values().any(Req::live)
+    }
+
+    /// Forget the requests whose END_REQUEST went out.
+    fn reap(&mut self) {
+        for id in self.link.take_finished() {
+            let Some(Req::Running {
+                keep_conn,
+                stdin_ended,
                 ..
-            }
-        );
-        self.ended_keep_conn = Some(active.keep_conn);
-        self.pending_stdin = None;
-        self.last_ended = Some(active.id);
-        if stdin_done {
-            self.active = None;
-        } else {
-            active.phase = Phase::Draining;
-        }
-    }
-
-    /// A request the app thread finished with a direct write: end it here too.
-    fn finalize_direct(&mut self) {
-        let Some(direct) = &self.direct else {
-            return;
-        };
-        let finished = direct.finished.lock().ok().and_then(|mut f| f.take());
-        if let Some((id, _status, sender)) = finished {
-            if self.active.as_ref().is_some_and(|a| a.id == id) {
-                self.end_active();
-            }
-            drop(sender);
-        }
-    }
-
-    /// Output of the running request: this message plus whatever else is
-    /// already queued, framed into one buffer and written with one call
-    /// (a small response and its END_REQUEST leave in a single write).
-    async fn on_output<T: Transport>(
-        &mut self,
-        stream: &mut T,
-        first: Option<Out>,
-    ) -> Result<(), Closed> {
-        let Some(active) = &mut self.active else {
-            return Ok(());
-        };
-        let id = active.id;
-        let mut frames = Frames::default();
-        let mut next = Some(first);
-        let mut app_status = None;
-        let mut taken = 0;
-        let pending = match &active.phase {
-            Phase::Running { pending, .. } => Some(pending.clone()),
-            _ => None,
-        };
-        while let Some(message) = next.take() {
-            let Phase::Running {
-                aborted,
-                out: rx,
-                head_sent,
-                ..
-            } = &mut active.phase
+            }) = self.requests.get(&id)
             else {
-                break;
+                continue;
             };
-            taken += usize::from(message.is_some());
-            let dropped = aborted.load(Ordering::Relaxed);
-            match message {
-                Some(Out::Stdout { head, body }) if !dropped => {
-                    if !head.is_empty() {
-                        head_sent.store(true, Ordering::Release);
-                    }
-                    frames.stream(RecordType::Stdout, id, head);
-                    frames.stream(RecordType::Stdout, id, body);
-                }
-                Some(Out::Stderr(data)) if !dropped => {
-                    frames.stream(RecordType::Stderr, id, data);
-                }
-                Some(Out::File { file, offset, len }) if !dropped => {
-                    write_frames(stream, &mut frames)
-                        .await
-                        .map_err(|_| Closed::PeerGone)?;
-                    send_file(stream, id, &file, offset, len)
-                        .await
-                        .map_err(|_| Closed::PeerGone)?;
-                }
-                Some(Out::End { status, head, body }) => {
-                    if !dropped {
-                        if !head.is_empty() {
-                            head_sent.store(true, Ordering::Release);
-                        }
-                        frames.stream(RecordType::Stdout, id, head);
-                        frames.stream(RecordType::Stdout, id, body);
-                    }
-                    app_status = Some((status, true));
-                }
-                Some(Out::Raw(bytes)) => frames.small().extend_from_slice(&bytes),
-                Some(Out::Finalize(status)) => app_status = Some((status, false)),
-                Some(Out::Timeout) => {
-                    // (The app thread cannot be writing now: we hold the socket.)
-                    if !head_sent.swap(true, Ordering::AcqRel) {
-                        let (head, body) = error_head(504);
-                        frames.stream(
-                            RecordType::Stdout,
-                            id,
-                            Bytes::from(wire::head_block(Some(&head))),
-                        );
-                        frames.stream(RecordType::Stdout, id, Bytes::from_static(body));
-                    }
-                    app_status = Some((crate::cgi::Exit::AppError as u32, true));
-                }
-                // The job vanished without End (it panicked): still end the request.
-                None => app_status = Some((crate::cgi::Exit::AppError as u32, true)),
-                Some(_) => {} // aborted: output is dropped
+            self.close_when_idle |= !keep_conn;
+            if self.stdin_waiting.as_ref().is_some_and(|(w, _)| *w == id) {
+                self.stdin_waiting = None;
             }
-            if app_status.is_none() && frames.len < 256 * 1024 {
-                next = rx.try_recv().ok().map(Some);
+            if *stdin_ended {
+                self.requests.remove(&id);
+            } else {
+                self.requests.insert(id, Req::Ended);
             }
         }
-        if let Some((status, write_end)) = app_status {
-            if write_end {
-                let end = frames.small();
-                record::encode_stream_end(end, RecordType::Stdout, id);
-                record::encode_end_request(end, id, status, ProtocolStatus::RequestComplete);
-            }
-            self.end_active();
-        }
-        let written = write_frames(stream, &mut frames).await;
-        // Only now may the app thread write past these messages.
-        if let Some(pending) = pending {
-            pending.fetch_sub(taken, Ordering::Release);
-        }
-        written.map_err(|_| Closed::PeerGone)
     }
 
-    /// A record of a request (id ≠ 0): dispatch on its type. Records of
-    /// refused requests are ignored until their STDIN ends (§3.3).
-    async fn on_record<T: Transport>(
-        &mut self,
-        stream: &mut T,
-        record: Record,
-    ) -> Result<(), Closed> {
-        if record.request_id == NULL_REQUEST_ID {
-            return self.on_management(stream, record).await;
-        }
-        let kind = RecordType::from_u8(record.kind);
-        let id = record.request_id;
-        if kind == Some(RecordType::BeginRequest) {
-            self.refused.retain(|&r| r != id);
-        } else if let Some(i) = self.refused.iter().position(|&r| r == id) {
-            if kind == Some(RecordType::Stdin) && record.content.is_empty() {
-                self.refused.swap_remove(i);
+    /// After the input at hand was handled: close now, or note what to
+    /// wait for (idle list, timeouts).
+    fn settle(&mut self, nothing_buffered: bool) -> Option<Closed> {
+        let live = self.live();
+        let idle = !live && nothing_buffered;
+        if idle && (self.close_when_idle || (self.stopping && self.begun)) {
+            if !self.requests.is_empty() && self.drain_until.is_none() {
+                // Read the rest of the bodies first: a web server still
+                // writing STDIN would see EPIPE instead of the response.
+                self.drain_until = Some(Instant::now() + DRAIN_TIME);
             }
-            return Ok(());
+            if self.requests.is_empty() {
+                return Some(Closed::Normal);
+            }
         }
-        match kind {
-            Some(RecordType::BeginRequest) => self.on_begin(stream, id, &record.content).await,
-            Some(RecordType::AbortRequest) => self.on_abort(stream, id).await,
-            Some(RecordType::Params) => self.on_params(stream, id, &record.content).await,
+        if idle && self.stopping && !self.begun && self.drain_until.is_none() {
+            // Accepted just before the stop: its first request is on its way.
+            self.drain_until = Some(Instant::now() + FIRST_REQUEST_GRACE);
+        }
+        let awaiting_header = (!self.begun && !self.stopping)
+            || self
+                .requests
+                .values()
+                .any(|r| matches!(r, Req::Params { .. }));
+        if !awaiting_header {
+            self.header_since = None;
+        } else if self.header_since.is_none() {
+            self.header_since = Some(Instant::now());
+        }
+        if self.quiescent(nothing_buffered) {
+            self.enter_idle();
+        } else {
+            self.leave_idle();
+        }
+        None
+    }
+
+    /// Nothing is expected from the peer but a new request: every request
+    /// has its input and runs (whether it ended is learnt lazily; see
+    /// [`Link::take_finished`]). Such a connection may be evicted.
+    fn quiescent(&self, nothing_buffered: bool) -> bool {
+        nothing_buffered
+            && self.begun
+            && !self.stopping
+            && self.requests.values().all(|r| {
+                matches!(
+                    r,
+                    Req::Running {
+                        stdin_ended: true,
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// Evicted from the idle list: close if idle after all, else go back
+    /// to the end of the list (a request is still running).
+    fn on_evicted(&mut self) -> Option<Closed> {
+        self.idle_key = None;
+        self.reap();
+        if self.live() {
+            return None;
+        }
+        Some(Closed::Evicted)
+    }
+
+    fn enter_idle(&mut self) {
+        if self.idle_key.is_none() {
+            self.idle_key = Some(self.context.idle.enter(self.evict.clone()));
+        }
+    }
+
+    fn leave_idle(&mut self) {
+        if let Some(key) = self.idle_key.take() {
+            self.context.idle.leave(key);
+        }
+    }
+
+    /// The earliest deadline: header, stalled body, draining.
+    fn deadline(&self) -> Option<Instant> {
+        let timeout = self.context.limits.header_timeout;
+        let header = self.header_since.map(|t| t + timeout);
+        let receiving = self.stdin_waiting.is_none()
+            && self.requests.values().any(|r| {
+                matches!(r, Req::Body { .. })
+                    || matches!(
+                        r,
+                        Req::Running {
+                            stdin: Some(_),
+                            stdin_ended: false,
+                            ..
+                        }
+                    )
+            });
+        let body = receiving.then(|| self.last_read + timeout);
+        [header, body, self.drain_until].into_iter().flatten().min()
+    }
+
+    fn deadline_passed(&mut self) -> Option<Closed> {
+        let now = Instant::now();
+        let timeout = self.context.limits.header_timeout;
+        if self.drain_until.is_some_and(|t| t <= now) {
+            return Some(Closed::Normal);
+        }
+        if self.header_since.is_some_and(|t| t + timeout <= now) {
+            return Some(Closed::Timeout(format!(
+                "no complete request header (BEGIN_REQUEST and PARAMS) within {timeout:?} \
+                 (--header-timeout)"
+            )));
+        }
+        if self.deadline().is_some_and(|t| t <= now) {
+            return Some(Closed::Timeout(format!(
+                "the request body stalled for {timeout:?} (--header-timeout)"
+            )));
+        }
+        None
+    }
+
+    async fn next_event<T: Transport>(&mut self, stream: &mut T, buf: &mut BytesMut) -> Event {
+        let stdin_tx = match &self.stdin_waiting {
+            Some((id, _)) => match self.requests.get(id) {
+                Some(Req::Running {
+                    stdin: Some(tx), ..
+                }) => Some(tx.clone()),
+                _ => None,
+            },
+            None => None,
+        };
+        let reading = self.stdin_waiting.is_none();
+        let deadline = self.deadline();
+        let idle = self.idle_key.is_some();
+        let link = self.link.clone();
+        let evict = self.evict.clone();
+        let stopping = self.stopping;
+        tokio::select! {
+            r = stream.read_buf(buf), if reading => Event::Read(r),
+            p = async { stdin_tx.unwrap().reserve_owned().await }, if stdin_tx.is_some() => Event::StdinRoom(p),
+            _ = link.wake.notified() => Event::Ended,
+            _ = self.context.shutdown.changed(), if !stopping => Event::Shutdown,
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Event::Deadline,
+            _ = evict.notified(), if idle => Event::Evicted,
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        self.stopping = true;
+        for request in self.requests.values() {
+            if let Req::Running { exchange, .. } = request {
+                exchange.wake_on_end.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// `--stream-request-body`: room in the app's STDIN queue (or the app
+    /// stopped reading: the rest is dropped).
+    fn feed_stdin(&mut self, room: Result<mpsc::OwnedPermit<Bytes>, mpsc::error::SendError<()>>) {
+        let Some((id, data)) = self.stdin_waiting.take() else {
+            return;
+        };
+        match room {
+            Ok(permit) => {
+                permit.send(data);
+            }
+            Err(_) => {
+                if let Some(Req::Running { stdin, .. }) = self.requests.get_mut(&id) {
+                    *stdin = None;
+                }
+            }
+        }
+    }
+
+    /// Write an answer of our own (never on the I/O thread itself: the
+    /// socket may be full, or an app thread may be writing).
+    async fn send(&self, frames: Frames) -> Result<(), Closed> {
+        let link = self.link.clone();
+        let patience = self.context.limits.header_timeout;
+        let written = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let give_up = || link.gone.load(Ordering::Acquire) || started.elapsed() > patience;
+            link.writer.write(frames, &give_up)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Closed::PeerGone),
+        }
+    }
+
+    /// A record: management (id 0) or one of a request's.
+    async fn on_record(&mut self, record: Record) -> Result<(), Closed> {
+        let id = record.request_id;
+        if id == NULL_REQUEST_ID {
+            return self.on_management(record).await;
+        }
+        match RecordType::from_u8(record.kind) {
+            Some(RecordType::BeginRequest) => self.on_begin(id, &record.content).await,
+            Some(RecordType::AbortRequest) => self.on_abort(id).await,
+            Some(RecordType::Params) => self.on_params(id, &record.content).await,
             Some(kind @ (RecordType::Stdin | RecordType::Data)) => {
-                self.on_stdin(kind, id, record.content)
+                self.on_stdin(kind, id, record.content).await
             }
             _ => Err(Closed::Protocol(format!(
                 "unexpected record type {} for request {id}",
@@ -491,146 +527,276 @@ impl Connection {
         }
     }
 
-    /// BEGIN_REQUEST: a new request, or a refusal (one at a time; roles).
-    async fn on_begin<T: Transport>(
-        &mut self,
-        stream: &mut T,
-        id: u16,
-        content: &[u8],
-    ) -> Result<(), Closed> {
-        if !self.begun {
-            self.begun = true;
-            self.close_after_drain = None;
-        }
-        let fault = |m: String| Err(Closed::Protocol(m));
+    /// BEGIN_REQUEST: a new request, or a refusal (role, `FCGI_MAX_REQS`).
+    async fn on_begin(&mut self, id: u16, content: &[u8]) -> Result<(), Closed> {
         let Some(begin) = BeginRequest::parse(content) else {
-            return fault(format!(
+            return Err(Closed::Protocol(format!(
                 "BEGIN_REQUEST for request {id} is {} bytes, expected 8",
                 content.len()
-            ));
+            )));
         };
-        if let Some(active) = &self.active {
-            if active.id == id && !matches!(active.phase, Phase::Draining) {
-                return fault(format!(
-                    "BEGIN_REQUEST for request {id}, which is already active"
-                ));
-            }
-            if !matches!(active.phase, Phase::Draining) {
-                return self.refuse(stream, id, ProtocolStatus::CantMpxConn).await;
-            }
+        if !self.begun {
+            self.begun = true;
+            self.drain_until = None;
         }
-        if let Some(Active {
-            id: old,
-            phase: Phase::Draining,
-            ..
-        }) = &self.active
-        {
-            // The previous request's STDIN may still trail in: ignore it.
-            if *old != id {
-                self.refused.push(*old);
+        match self.requests.get(&id) {
+            Some(r) if r.live() => {
+                return Err(Closed::Protocol(format!(
+                    "BEGIN_REQUEST for request {id}, which is already active"
+                )));
             }
-            self.active = None;
+            Some(_) => {
+                self.requests.remove(&id);
+            }
+            None => {}
         }
         if !matches!(begin.role, Role::Responder | Role::Authorizer) {
-            return self.refuse(stream, id, ProtocolStatus::UnknownRole).await;
+            return self.refuse(id, ProtocolStatus::UnknownRole).await;
         }
-        self.active = Some(Active {
+        let live = self.requests.values().filter(|r| r.live()).count();
+        if live >= self.context.limits.max_reqs.max(1) {
+            log_error!(
+                "request {id}: {live} requests already on this connection (FCGI_MAX_REQS): FCGI_OVERLOADED"
+            );
+            return self.refuse(id, ProtocolStatus::Overloaded).await;
+        }
+        self.requests.insert(
             id,
-            keep_conn: begin.keep_conn,
-            phase: Phase::Params {
+            Req::Params {
                 role: begin.role,
+                keep_conn: begin.keep_conn,
                 params: BytesMut::new(),
             },
-        });
+        );
         Ok(())
     }
 
-    /// ABORT_REQUEST (§5.4): stop the request's output; its END_REQUEST
-    /// follows when the app returns.
-    async fn on_abort<T: Transport>(&mut self, stream: &mut T, id: u16) -> Result<(), Closed> {
-        match &mut self.active {
-            Some(Active {
-                id: active_id,
-                phase,
-                ..
-            }) if *active_id == id => match phase {
-                Phase::Running { stdin, aborted, .. } => {
-                    log_info!("web server aborted request {id}");
-                    aborted.store(true, Ordering::Relaxed);
-                    *stdin = None;
-                    self.pending_stdin = None;
-                }
-                Phase::Params { .. } => {
-                    let keep = self.active.as_ref().is_some_and(|a| a.keep_conn);
-                    self.active = None;
-                    let mut out = BytesMut::new();
-                    record::encode_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete);
-                    stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
-                    self.ended_keep_conn = Some(keep);
-                }
-                Phase::Draining => {}
-            },
-            _ => {} // a request that already ended: nothing to do (§5.4)
+    /// END_REQUEST with `status` now; the request's records are ignored
+    /// until its STDIN ends (§3.3).
+    async fn refuse(&mut self, id: u16, status: ProtocolStatus) -> Result<(), Closed> {
+        self.ended_here(id, true)?;
+        let mut frames = Frames::default();
+        frames.end_request(id, 0, status);
+        self.send(frames).await
+    }
+
+    /// A request answered by the connection itself: it is `Ended` until its
+    /// STDIN ends (`stdin_ended`: it already has).
+    fn ended_here(&mut self, id: u16, keep_conn: bool) -> Result<(), Closed> {
+        let ended = self.requests.values().filter(|r| !r.live()).count();
+        if ended >= MAX_ENDED {
+            return Err(Closed::Protocol(format!(
+                "more than {MAX_ENDED} ended requests with unfinished STDIN streams"
+            )));
         }
+        self.requests.insert(id, Req::Ended);
+        self.close_when_idle |= !keep_conn;
         Ok(())
     }
 
-    /// PARAMS: collect up to the limit; the empty record starts the request.
-    async fn on_params<T: Transport>(
-        &mut self,
-        stream: &mut T,
-        id: u16,
-        content: &[u8],
-    ) -> Result<(), Closed> {
-        let fault = |m: String| Err(Closed::Protocol(m));
-        let Some(Active {
-            phase: Phase::Params { params, .. },
-            ..
-        }) = self.active.as_mut().filter(|a| a.id == id)
-        else {
-            return fault(format!(
+    /// ABORT_REQUEST (§5.4): a request not yet running ends at once; a
+    /// running one has its output stopped, and its END_REQUEST follows when
+    /// the app returns.
+    async fn on_abort(&mut self, id: u16) -> Result<(), Closed> {
+        if let Some(Req::Running {
+            exchange, stdin, ..
+        }) = self.requests.get_mut(&id)
+        {
+            log_info!("web server aborted request {id}");
+            exchange.abort();
+            *stdin = None;
+            if self.stdin_waiting.as_ref().is_some_and(|(w, _)| *w == id) {
+                self.stdin_waiting = None;
+            }
+            return Ok(());
+        }
+        let keep_conn = match self.requests.get(&id) {
+            Some(Req::Params { keep_conn, .. } | Req::Body { keep_conn, .. }) => *keep_conn,
+            _ => return Ok(()), // already ended: nothing to do (§5.4)
+        };
+        log_info!("web server aborted request {id} before it ran");
+        self.requests.remove(&id);
+        self.close_when_idle |= !keep_conn;
+        let mut frames = Frames::default();
+        frames.end_request(id, 0, ProtocolStatus::RequestComplete);
+        self.send(frames).await
+    }
+
+    /// PARAMS: collect up to the limit; the empty record completes the header.
+    async fn on_params(&mut self, id: u16, content: &[u8]) -> Result<(), Closed> {
+        if matches!(self.requests.get(&id), Some(Req::Ended)) {
+            return Ok(()); // a refused request's records are ignored (§3.3)
+        }
+        let Some(Req::Params { params, .. }) = self.requests.get_mut(&id) else {
+            return Err(Closed::Protocol(format!(
                 "PARAMS for request {id}, which is not expecting params"
-            ));
+            )));
         };
         if content.is_empty() {
-            return self.start(stream).await;
+            return self.on_header(id).await;
         }
-        if params.len() + content.len() > self.limits.max_params {
-            return fault(format!(
+        if params.len() + content.len() > self.context.limits.max_params {
+            return Err(Closed::Protocol(format!(
                 "PARAMS of request {id} exceed the limit of {} bytes",
-                self.limits.max_params
-            ));
+                self.context.limits.max_params
+            )));
         }
         params.extend_from_slice(content);
         Ok(())
     }
 
-    /// STDIN (and FILTER's DATA): to the app, with back-pressure.
-    fn on_stdin(&mut self, kind: RecordType, id: u16, content: Bytes) -> Result<(), Closed> {
-        let fault = |m: String| Err(Closed::Protocol(m));
-        if content.is_empty() && self.last_ended == Some(id) && self.active.is_none() {
-            return Ok(()); // a repeated end-of-stream after END_REQUEST
-        }
-        let Some(active) = self.active.as_mut().filter(|a| a.id == id) else {
-            return fault(format!(
-                "{:?} for request {id}, which was never begun",
-                kind
-            ));
+    /// The request header is complete: a page of ours, a 413, or the body
+    /// next (received first, or streamed to the app at once).
+    async fn on_header(&mut self, id: u16) -> Result<(), Closed> {
+        let Some(Req::Params {
+            role,
+            keep_conn,
+            params,
+        }) = self.requests.remove(&id)
+        else {
+            return Ok(());
         };
-        match &mut active.phase {
-            Phase::Params { .. } => {
-                fault(format!("STDIN for request {id} before its PARAMS ended"))
+        let meta = params::decode(&params)
+            .map_err(|e| Closed::Protocol(format!("PARAMS of request {id}: {e}")))?;
+        if let Some(response) = self.own_answer(id, &meta) {
+            self.ended_here(id, keep_conn)?;
+            let mut frames = Frames::default();
+            frames.whole_response(id, &response);
+            return self.send(frames).await;
+        }
+        let limits = &self.context.limits;
+        if limits.stream_request_body {
+            let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+            return self
+                .start(id, role, keep_conn, meta, Body::stream(rx), Some(tx))
+                .await;
+        }
+        let spool = Spool::new(limits.body_buffer_size, limits.body_temp_dir.clone());
+        self.requests.insert(
+            id,
+            Req::Body {
+                role,
+                keep_conn,
+                meta,
+                spool,
+            },
+        );
+        Ok(())
+    }
+
+    /// A status or ping page, or a 413 for a body over `--max-body-size`.
+    fn own_answer(&self, id: u16, meta: &MetaVariables) -> Option<Vec<u8>> {
+        let get = |key: &[u8]| {
+            meta.iter()
+                .find(|(k, _)| k == key)
+                .map_or(&[][..], |(_, v)| v.as_slice())
+        };
+        let limits = &self.context.limits;
+        if let Some(pages) = &limits.pages {
+            let full = [get(b"SCRIPT_NAME"), get(b"PATH_INFO")].concat();
+            let query = get(b"QUERY_STRING");
+            let answer = (pages.0)(&full, query).or_else(|| (pages.0)(get(b"PATH_INFO"), query));
+            if let Some((content_type, body)) = answer {
+                let response = format!(
+                    "Status: 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                     Cache-Control: no-store\r\n\r\n{body}",
+                    body.len()
+                );
+                return Some(response.into_bytes());
             }
-            Phase::Draining => {
+        }
+        let length = std::str::from_utf8(get(b"CONTENT_LENGTH"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match (limits.max_body, length) {
+            (Some(limit), Some(length)) if length > limit => {
+                log_error!(
+                    "request {id}: body of {length} bytes exceeds the limit of {limit}: 413"
+                );
+                Some(too_large())
+            }
+            _ => None,
+        }
+    }
+
+    /// Hand a request to the app threads.
+    async fn start(
+        &mut self,
+        id: u16,
+        role: Role,
+        keep_conn: bool,
+        meta: MetaVariables,
+        body: Body,
+        stdin: Option<mpsc::Sender<Bytes>>,
+    ) -> Result<(), Closed> {
+        let streaming = stdin.is_some();
+        let wake_on_end = !keep_conn || streaming || self.stopping;
+        let exchange = Exchange::new(id, self.link.clone(), wake_on_end);
+        let job = Job {
+            role,
+            meta,
+            body,
+            exchange: exchange.clone(),
+        };
+        self.requests.insert(
+            id,
+            Req::Running {
+                exchange,
+                keep_conn,
+                stdin,
+                stdin_ended: !streaming,
+            },
+        );
+        if self.context.dispatch.dispatch(job).is_err() {
+            log_error!("request {id}: all app threads busy and the queue is full: FCGI_OVERLOADED");
+            self.requests.remove(&id);
+            self.close_when_idle |= !keep_conn;
+            let mut frames = Frames::default();
+            frames.end_request(id, 0, ProtocolStatus::Overloaded);
+            return self.send(frames).await;
+        }
+        Ok(())
+    }
+
+    /// STDIN (and FILTER's DATA, unused by our roles).
+    async fn on_stdin(&mut self, kind: RecordType, id: u16, content: Bytes) -> Result<(), Closed> {
+        let fault = |m: String| Err(Closed::Protocol(m));
+        let Some(request) = self.requests.get_mut(&id) else {
+            if content.is_empty() {
+                return Ok(()); // a repeated end-of-stream after END_REQUEST
+            }
+            return fault(format!("{kind:?} for request {id}, which was never begun"));
+        };
+        if kind == RecordType::Data {
+            return Ok(());
+        }
+        match request {
+            Req::Params { .. } => fault(format!("STDIN for request {id} before its PARAMS ended")),
+            Req::Ended => {
                 if content.is_empty() {
-                    self.active = None;
-                    if self.close_after_drain.take().is_some() {
-                        self.ended_keep_conn = Some(false);
-                    }
+                    self.requests.remove(&id);
                 }
                 Ok(())
             }
-            Phase::Running {
+            Req::Body { spool, .. } => {
+                if content.is_empty() {
+                    return self.body_complete(id).await;
+                }
+                let over = self
+                    .context
+                    .limits
+                    .max_body
+                    .is_some_and(|limit| spool.len + content.len() as u64 > limit);
+                if over {
+                    return self.refuse_body(id).await;
+                }
+                if let Err(e) = spool.push(content) {
+                    log_error!("request {id}: cannot hold its body: {e}");
+                    return Err(Closed::PeerGone);
+                }
+                Ok(())
+            }
+            Req::Running {
                 stdin, stdin_ended, ..
             } => {
                 if *stdin_ended {
@@ -639,163 +805,86 @@ impl Connection {
                     }
                     return fault(format!("STDIN for request {id} after its stream ended"));
                 }
-                if kind == RecordType::Data {
-                    return Ok(()); // FILTER data: not used by RESPONDER/AUTHORIZER
-                }
                 if content.is_empty() {
-                    *stdin = None; // end of stream: the reader sees EOF
+                    *stdin = None; // the reader sees EOF
                     *stdin_ended = true;
                 } else if stdin.is_some() {
-                    self.pending_stdin = Some(content);
+                    self.stdin_waiting = Some((id, content));
                 }
                 Ok(())
             }
         }
     }
 
-    /// PARAMS are complete: check limits and hand the request to the pool.
-    async fn start<T: Transport>(&mut self, stream: &mut T) -> Result<(), Closed> {
-        let Some(active) = &mut self.active else {
-            return Ok(());
-        };
-        let id = active.id;
-        let Phase::Params { role, params } = &mut active.phase else {
-            return Ok(());
-        };
-        let role = *role;
-        let meta = match params::decode(params) {
-            Ok(meta) => meta,
-            Err(e) => return Err(Closed::Protocol(format!("PARAMS of request {id}: {e}"))),
-        };
-        if let Some(PageHook(pages)) = &self.limits.pages {
-            let get = |key: &[u8]| {
-                meta.iter()
-                    .find(|(k, _)| k == key)
-                    .map_or(&[][..], |(_, v)| v.as_slice())
-            };
-            let (script, info) = (get(b"SCRIPT_NAME"), get(b"PATH_INFO"));
-            let full = [script, info].concat();
-            let answer =
-                pages(&full, get(b"QUERY_STRING")).or_else(|| pages(info, get(b"QUERY_STRING")));
-            if let Some((content_type, body)) = answer {
-                let response = format!(
-                    "Status: 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-                     Cache-Control: no-store\r\n\r\n{body}",
-                    body.len()
-                );
-                write_response(stream, id, response.as_bytes()).await?;
-                active.phase = Phase::Draining;
-                self.ended_keep_conn = Some(active.keep_conn);
-                return Ok(());
-            }
-        }
-        let content_length = meta
-            .iter()
-            .find(|(k, _)| k == b"CONTENT_LENGTH")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
-        if let (Some(limit), Some(length)) = (self.limits.max_body, content_length) {
-            if length > limit {
-                log_error!(
-                    "request {id}: body of {length} bytes exceeds the limit of {limit}: 413"
-                );
-                let (head, body) = error_head(413);
-                let mut response = wire::head_block(Some(&head));
-                response.extend_from_slice(body);
-                write_response(stream, id, &response).await?;
-                active.phase = Phase::Draining;
-                self.ended_keep_conn = Some(active.keep_conn);
-                return Ok(());
-            }
-        }
-        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-        let aborted = Arc::new(AtomicBool::new(false));
-        let pending = Arc::new(AtomicUsize::new(0));
-        let head_sent = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            head_sent: head_sent.clone(),
-            request_id: id,
+    /// The body is complete: the app may run.
+    async fn body_complete(&mut self, id: u16) -> Result<(), Closed> {
+        let Some(Req::Body {
             role,
+            keep_conn,
             meta,
-            stdin: stdin_rx,
-            out: out_tx,
-            aborted: aborted.clone(),
-            pending: pending.clone(),
-            direct: self.direct.clone(),
-            direct_final: active.keep_conn && !*self.shutdown.borrow(),
+            spool,
+        }) = self.requests.remove(&id)
+        else {
+            return Ok(());
         };
-        active.phase = Phase::Running {
-            stdin: Some(stdin_tx),
-            stdin_ended: false,
-            out: out_rx,
-            aborted,
-            pending,
-            head_sent,
-        };
-        if self.dispatch.dispatch(job).is_err() {
-            log_error!("request {id}: all app threads busy and the queue is full: FCGI_OVERLOADED");
-            active.phase = Phase::Draining;
-            self.ended_keep_conn = Some(active.keep_conn);
-            let mut out = BytesMut::new();
-            record::encode_end_request(&mut out, id, 0, ProtocolStatus::Overloaded);
-            stream.write_all(&out).await.map_err(|_| Closed::PeerGone)?;
+        match spool.finish() {
+            Ok(body) => self.start(id, role, keep_conn, meta, body, None).await,
+            Err(e) => {
+                log_error!("request {id}: cannot read back its body: {e}");
+                Err(Closed::PeerGone)
+            }
         }
-        Ok(())
     }
 
-    /// Refuse a request at BEGIN_REQUEST and ignore its later records.
-    async fn refuse<T: Transport>(
-        &mut self,
-        stream: &mut T,
-        id: u16,
-        status: ProtocolStatus,
-    ) -> Result<(), Closed> {
-        if self.refused.len() >= 64 {
-            return Err(Closed::Protocol(
-                "more than 64 refused requests with unfinished streams".into(),
-            ));
-        }
-        self.refused.push(id);
-        self.end_now(stream, id, 0, status).await
+    /// A body that grew past `--max-body-size` (more than its CONTENT_LENGTH
+    /// said, or none was given): 413, and the rest is ignored.
+    async fn refuse_body(&mut self, id: u16) -> Result<(), Closed> {
+        let keep_conn = matches!(
+            self.requests.get(&id),
+            Some(Req::Body {
+                keep_conn: true,
+                ..
+            })
+        );
+        log_error!("request {id}: body exceeds --max-body-size: 413");
+        self.ended_here(id, keep_conn)?;
+        let mut frames = Frames::default();
+        frames.whole_response(id, &too_large());
+        self.send(frames).await
     }
 
-    async fn end_now<T: Transport>(
-        &mut self,
-        stream: &mut T,
-        id: u16,
-        app_status: u32,
-        status: ProtocolStatus,
-    ) -> Result<(), Closed> {
-        let mut out = BytesMut::new();
-        record::encode_end_request(&mut out, id, app_status, status);
-        stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
-    }
-
-    async fn on_management<T: Transport>(
-        &mut self,
-        stream: &mut T,
-        record: Record,
-    ) -> Result<(), Closed> {
+    async fn on_management(&mut self, record: Record) -> Result<(), Closed> {
         let mut out = BytesMut::new();
         if record.kind == RecordType::GetValues as u8 {
             let asked = params::decode(&record.content)
                 .map_err(|e| Closed::Protocol(format!("GET_VALUES: {e}")))?;
+            let limits = &self.context.limits;
             let mut answer = BytesMut::new();
             for (name, _) in asked {
                 let value = match name.as_slice() {
-                    b"FCGI_MAX_CONNS" => self.limits.max_conns.to_string(),
-                    b"FCGI_MAX_REQS" => self.limits.max_reqs.to_string(),
-                    b"FCGI_MPXS_CONNS" => "0".to_string(),
+                    b"FCGI_MAX_CONNS" => limits.max_conns.to_string(),
+                    b"FCGI_MAX_REQS" => limits.max_reqs.to_string(),
+                    b"FCGI_MPXS_CONNS" => "1".to_string(),
                     _ => continue, // unknown names are omitted (§4.1)
                 };
                 params::encode_pair(&mut answer, &name, value.as_bytes());
             }
-            record::encode_management(&mut out, RecordType::GetValuesResult, &answer);
+            super::record::encode_management(&mut out, RecordType::GetValuesResult, &answer);
         } else {
-            record::encode_unknown_type(&mut out, record.kind);
+            super::record::encode_unknown_type(&mut out, record.kind);
         }
-        stream.write_all(&out).await.map_err(|_| Closed::PeerGone)
+        let mut frames = Frames::default();
+        frames.management(&out);
+        self.send(frames).await
     }
+}
+
+/// The 413 response.
+fn too_large() -> Vec<u8> {
+    let (head, body) = error_head(413);
+    let mut response = wire::head_block(Some(&head));
+    response.extend_from_slice(body);
+    response
 }
 
 #[cfg(test)]

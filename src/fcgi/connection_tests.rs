@@ -1,10 +1,15 @@
 //! Tests of the connection state machine without an interpreter: a fake
-//! [`Dispatch`] echoes the request body; the peer speaks raw records over a
-//! socket pair.
+//! [`Dispatch`] echoes the request body from a plain thread, writing its
+//! response as the app threads do (through the [`Exchange`]); the peer
+//! speaks raw records over a socket pair.
+
+use std::io::Read;
+
+use tokio::io::AsyncWriteExt;
 
 use super::*;
 use crate::fcgi::params::encode_pair;
-use crate::fcgi::record::{encode_stream, encode_stream_end};
+use crate::fcgi::record::{self, encode_stream, encode_stream_end};
 
 struct Echo;
 
@@ -12,28 +17,36 @@ impl Dispatch for Echo {
     fn dispatch(&self, mut job: Job) -> Result<(), Box<Job>> {
         std::thread::spawn(move || {
             let mut body = Vec::new();
-            while let Some(chunk) = job.stdin.blocking_recv() {
-                body.extend_from_slice(&chunk);
+            job.body.read_to_end(&mut body).unwrap();
+            // A body of "slow…" makes the app take a moment.
+            if body.starts_with(b"slow") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            let end = Out::End {
-                status: 0,
-                head: Bytes::from_static(b"Status: 200 OK\r\n\r\n"),
-                body: Bytes::from(body),
-            };
-            let _ = job.out.blocking_send(end);
+            if let Some(Ok(ending)) = job.exchange.ending(true) {
+                let frames = ending.frames(b"Status: 200 OK\r\n\r\n", Bytes::from(body), 0);
+                ending.write(frames);
+            }
         });
         Ok(())
     }
 }
 
-fn limits() -> Arc<Limits> {
-    Arc::new(Limits {
+fn limits() -> Limits {
+    Limits {
         max_params: 4096,
-        max_body: None,
         max_conns: 7,
         max_reqs: 7,
-        pages: None,
-    })
+        ..Limits::default()
+    }
+}
+
+fn context(limits: Limits, shutdown: watch::Receiver<bool>) -> Context {
+    Context {
+        dispatch: Arc::new(Echo),
+        limits: Arc::new(limits),
+        shutdown,
+        idle: Arc::new(IdleList::default()),
+    }
 }
 
 fn begin(out: &mut BytesMut, id: u16, role: u16, keep: bool) {
@@ -58,7 +71,7 @@ fn request(out: &mut BytesMut, id: u16, keep: bool, body: &[u8]) {
 async fn exchange(wire: BytesMut, until: usize) -> (Vec<Record>, Closed) {
     let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve(server, Arc::new(Echo), limits(), shutdown));
+    let task = tokio::spawn(serve(server, context(limits(), shutdown), BytesMut::new()));
     client.write_all(&wire).await.unwrap();
     let mut buf = BytesMut::new();
     let mut records = Vec::new();
@@ -100,7 +113,7 @@ async fn get_values_reports_the_limits() {
         vec![
             (b"FCGI_MAX_CONNS".to_vec(), b"7".to_vec()),
             (b"FCGI_MAX_REQS".to_vec(), b"7".to_vec()),
-            (b"FCGI_MPXS_CONNS".to_vec(), b"0".to_vec()),
+            (b"FCGI_MPXS_CONNS".to_vec(), b"1".to_vec()),
         ]
     );
 }
@@ -130,7 +143,7 @@ async fn until_end(client: &mut tokio::net::UnixStream, buf: &mut BytesMut) -> V
 async fn keep_conn_serves_two_requests_then_closes_without_it() {
     let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve(server, Arc::new(Echo), limits(), shutdown));
+    let task = tokio::spawn(serve(server, context(limits(), shutdown), BytesMut::new()));
     let mut buf = BytesMut::new();
     let (stdout, end) = (RecordType::Stdout as u8, RecordType::EndRequest as u8);
     for (id, keep, body) in [(1u16, true, &b"first"[..]), (2, false, b"second")] {
@@ -138,11 +151,9 @@ async fn keep_conn_serves_two_requests_then_closes_without_it() {
         request(&mut wire, id, keep, body);
         client.write_all(&wire).await.unwrap();
         let records = until_end(&mut client, &mut buf).await;
-        assert_eq!(
-            kinds(&records),
-            vec![(stdout, id), (stdout, id), (stdout, id), (end, id)]
-        );
-        assert_eq!(&records[1].content[..], body);
+        // The header block and the body share the first STDOUT record.
+        assert_eq!(kinds(&records), vec![(stdout, id), (stdout, id), (end, id)]);
+        assert_eq!(&records[0].content[18..], body);
     }
     // Without FCGI_KEEP_CONN the responder closes after END_REQUEST.
     assert_eq!(client.read_buf(&mut buf).await.unwrap(), 0);
@@ -151,20 +162,93 @@ async fn keep_conn_serves_two_requests_then_closes_without_it() {
 }
 
 #[tokio::test]
-async fn a_second_request_is_refused_and_its_records_ignored() {
+async fn requests_interleaved_on_one_connection_each_get_their_own_end() {
+    // Request 1's header, then all of request 2, then request 1's body:
+    // both are served, each response whole and under its own id.
     let mut wire = BytesMut::new();
     begin(&mut wire, 1, 1, true);
     encode_stream_end(&mut wire, RecordType::Params, 1);
-    request(&mut wire, 2, true, b"ignored");
-    encode_stream(&mut wire, RecordType::Stdin, 1, b"body");
+    request(&mut wire, 2, true, b"second");
+    encode_stream(&mut wire, RecordType::Stdin, 1, b"first");
     encode_stream_end(&mut wire, RecordType::Stdin, 1);
-    let (records, _) = exchange(wire, 5).await;
-    assert_eq!(records[0].kind, RecordType::EndRequest as u8);
-    assert_eq!(records[0].request_id, 2);
-    assert_eq!(records[0].content[4], ProtocolStatus::CantMpxConn as u8);
-    assert_eq!(&records[2].content[..], b"body");
-    assert_eq!(records[4].kind, RecordType::EndRequest as u8);
-    assert_eq!(records[4].request_id, 1);
+    let (records, _) = exchange(wire, 6).await;
+    for id in [1u16, 2] {
+        let mine: Vec<&Record> = records.iter().filter(|r| r.request_id == id).collect();
+        let body: Vec<u8> = mine
+            .iter()
+            .filter(|r| r.kind == RecordType::Stdout as u8)
+            .flat_map(|r| r.content.to_vec())
+            .collect();
+        let expected = if id == 1 { &b"first"[..] } else { b"second" };
+        assert_eq!(&body[18..], expected, "request {id}");
+        assert_eq!(mine.last().unwrap().kind, RecordType::EndRequest as u8);
+        assert_eq!(
+            mine.last().unwrap().content[4],
+            ProtocolStatus::RequestComplete as u8
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_begin_pipelined_behind_an_unfinished_request_is_served() {
+    // HAProxy sends the next BEGIN_REQUEST as soon as it has sent a body,
+    // before END_REQUEST: it must be served, not refused.
+    let mut wire = BytesMut::new();
+    request(&mut wire, 1, true, b"slow first");
+    request(&mut wire, 1 + 1, true, b"then second");
+    let (records, _) = exchange(wire, 6).await;
+    let ends: Vec<(u16, u8)> = records
+        .iter()
+        .filter(|r| r.kind == RecordType::EndRequest as u8)
+        .map(|r| (r.request_id, r.content[4]))
+        .collect();
+    assert_eq!(
+        ends,
+        vec![(2, 0), (1, 0)],
+        "the quick one ends first, none refused"
+    );
+}
+
+#[tokio::test]
+async fn a_request_header_that_never_completes_is_closed_at_the_timeout() {
+    let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    let limits = Limits {
+        header_timeout: std::time::Duration::from_millis(300),
+        ..limits()
+    };
+    let task = tokio::spawn(serve(server, context(limits, shutdown), BytesMut::new()));
+    let mut wire = BytesMut::new();
+    begin(&mut wire, 1, 1, true);
+    client.write_all(&wire[..5]).await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("closed by the header timeout")
+        .unwrap();
+    assert!(
+        matches!(closed, Closed::Timeout(ref m) if m.contains("header")),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_gives_way_when_evicted() {
+    let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    let context = context(limits(), shutdown);
+    let idle = context.idle.clone();
+    let task = tokio::spawn(serve(server, context, BytesMut::new()));
+    // Not idle before its first request: nothing to evict.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!idle.evict_oldest());
+    let mut wire = BytesMut::new();
+    request(&mut wire, 1, true, b"x");
+    client.write_all(&wire).await.unwrap();
+    let mut buf = BytesMut::new();
+    until_end(&mut client, &mut buf).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(idle.evict_oldest());
+    assert_eq!(task.await.unwrap(), Closed::Evicted);
 }
 
 #[tokio::test]

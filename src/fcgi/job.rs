@@ -1,18 +1,36 @@
-//! What a connection and the app side exchange: the [`Job`] a connection
-//! hands to a [`Dispatch`] once a request's PARAMS are complete, and the
-//! [`Out`] messages the request sends back — plus the connection [`Limits`].
-//! The data flow is connection → `Job` → app threads → `Out` → connection.
+//! What a connection and the app side share.
+//!
+//! ```text
+//! connection (I/O thread) ──Job──▶ Dispatch (app threads)
+//!        ▲                            │ Exchange::send / finish
+//!        └── Link::take_finished ◀────┘ (records written straight to the socket)
+//! ```
+//!
+//! - [`Job`]: a request ready to run — its PARAMS, its body (complete, in
+//!   memory or a temporary file; or streamed as it arrives with
+//!   `--stream-request-body`) and its [`Exchange`].
+//! - [`Exchange`]: one request's output side, used by the app thread (and
+//!   the watchdog): response records go straight to the connection's
+//!   [`Writer`], END_REQUEST exactly once.
+//! - [`Link`]: what a connection shares with every thread writing to it —
+//!   the writer, and the ids of requests that ended, so the connection can
+//!   forget them (it is woken only when it must act on an end).
+//! - [`Limits`]: the connection's limits and advertised values.
 
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
-use super::output::DirectWrite;
 use super::record::Role;
+use super::writer::{Frames, Held, WriteError, Writer};
 use crate::request::MetaVariables;
+use crate::response::error_head;
+use crate::wire;
 
 /// Pages the connection answers itself, without the app (status, ping):
 /// `(path, query)` → `(content type, body)`.
@@ -37,83 +55,346 @@ pub struct Limits {
     pub max_body: Option<u64>,
     /// `FCGI_MAX_CONNS` as advertised.
     pub max_conns: usize,
-    /// `FCGI_MAX_REQS` as advertised.
+    /// `FCGI_MAX_REQS` as advertised: requests one connection may carry at once.
     pub max_reqs: usize,
     /// Status and ping pages.
     pub pages: Option<PageHook>,
+    /// Request bodies up to this size are held in memory before the app
+    /// starts; larger ones go to an unlinked temporary file.
+    pub body_buffer_size: usize,
+    /// Where those temporary files go (`None`: `$TMPDIR`, else `/tmp`).
+    pub body_temp_dir: Option<std::path::PathBuf>,
+    /// Start the app as soon as PARAMS are complete and let it read the body
+    /// as it arrives (an app thread then waits on a slow client).
+    pub stream_request_body: bool,
+    /// A connection that has not completed a request header (BEGIN_REQUEST
+    /// and PARAMS) within this time, or whose body stalls this long, is closed.
+    pub header_timeout: Duration,
 }
 
-/// What a running request sends back to its connection.
-#[derive(Debug)]
-pub enum Out {
-    /// Response bytes: the CGI header block (empty after the first), then body.
-    Stdout {
-        /// The CGI header block, or empty.
-        head: Bytes,
-        /// Body bytes.
-        body: Bytes,
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_params: 1024 * 1024,
+            max_body: None,
+            max_conns: 1024,
+            max_reqs: 1024,
+            pages: None,
+            body_buffer_size: 1024 * 1024,
+            body_temp_dir: None,
+            stream_request_body: false,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request body as the app reads it.
+pub enum Body {
+    /// Received completely, held in memory (the STDIN records' contents).
+    Memory(std::collections::VecDeque<Bytes>),
+    /// Received completely, in an unlinked temporary file (rewound).
+    File(std::fs::File),
+    /// Arriving as STDIN records (`--stream-request-body`); the channel
+    /// closes at the end of the stream.
+    Stream {
+        /// The records' contents, as they arrive.
+        rx: mpsc::Receiver<Bytes>,
+        /// What is left of the last one.
+        current: Bytes,
     },
-    /// Bytes for the web server's error log.
-    Stderr(Bytes),
-    /// `len` bytes of a file from `offset`, sent with `sendfile(2)`.
-    File {
-        /// A descriptor of the file (a duplicate the connection owns).
-        file: OwnedFd,
-        /// Start offset.
-        offset: u64,
-        /// Byte count.
-        len: u64,
-    },
-    /// Already framed records (the rest of a direct write that came short).
-    Raw(Bytes),
-    /// The request is over and its END_REQUEST already went out (directly).
-    Finalize(u32),
-    /// The request overran `--request-timeout` (its output is now dropped):
-    /// answer 504 if no header went out yet, else cut the response short;
-    /// then END_REQUEST.
-    Timeout,
-    /// The request is over: its last output (if any), then END_REQUEST
-    /// with this `appStatus` — one message, so one write for small responses.
-    End {
-        /// `appStatus`.
-        status: u32,
-        /// A last CGI header block, or empty.
-        head: Bytes,
-        /// A last body chunk, or empty.
-        body: Bytes,
-    },
+}
+
+impl Body {
+    /// A body read as it arrives on `rx`.
+    pub fn stream(rx: mpsc::Receiver<Bytes>) -> Body {
+        Body::Stream {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let current = match self {
+            Body::File(file) => return file.read(buf),
+            Body::Memory(chunks) => {
+                while chunks.front().is_some_and(|c| c.is_empty()) {
+                    chunks.pop_front();
+                }
+                match chunks.front_mut() {
+                    Some(front) => front,
+                    None => return Ok(0),
+                }
+            }
+            Body::Stream { rx, current } => {
+                while current.is_empty() {
+                    match rx.blocking_recv() {
+                        Some(data) => *current = data,
+                        None => return Ok(0),
+                    }
+                }
+                current
+            }
+        };
+        let n = buf.len().min(current.len());
+        buf[..n].copy_from_slice(&current[..n]);
+        current.advance(n);
+        Ok(n)
+    }
 }
 
 /// A request ready to run, handed to the [`Dispatch`].
 pub struct Job {
-    /// The request id on its connection.
-    pub request_id: u16,
     /// RESPONDER or AUTHORIZER.
     pub role: Role,
     /// The PARAMS.
     pub meta: MetaVariables,
-    /// STDIN content as it arrives; closed at the end of the stream.
-    pub stdin: mpsc::Receiver<Bytes>,
-    /// Where the request's output goes.
-    pub out: mpsc::Sender<Out>,
-    /// Set when the web server aborted the request or went away.
-    pub aborted: Arc<AtomicBool>,
-    /// Set once any of the response (its header block) was sent.
-    pub head_sent: Arc<AtomicBool>,
-    /// Messages sent on `out` that the connection has not written yet: the
-    /// app thread writes to `direct` itself only while this is zero (order).
-    pub pending: Arc<AtomicUsize>,
-    /// The socket, for the app thread's own writes (streamed chunks; see
-    /// [`DirectWrite`]).
-    pub direct: Option<Arc<DirectWrite>>,
-    /// Whether the final response may also be written directly (only on
-    /// kept-alive connections outside shutdown: otherwise the connection
-    /// must see the end to close).
-    pub direct_final: bool,
+    /// The body.
+    pub body: Body,
+    /// Where the response goes.
+    pub exchange: Arc<Exchange>,
 }
 
 /// Runs jobs (the Python thread pool in the worker; a plain function in tests).
 pub trait Dispatch: Send + Sync + 'static {
     /// Queue a job; `Err` gives it back when overloaded.
     fn dispatch(&self, job: Job) -> Result<(), Box<Job>>;
+}
+
+/// What a connection shares with the threads that write to it.
+pub struct Link {
+    /// The socket's write side.
+    pub writer: Writer,
+    /// Requests whose END_REQUEST went out (or that were cut short).
+    finished: Mutex<Vec<u16>>,
+    /// Wakes the connection for an end it must act on.
+    pub(super) wake: tokio::sync::Notify,
+    /// The connection is gone: writers stop waiting for room.
+    pub(super) gone: AtomicBool,
+}
+
+impl Link {
+    /// The link of a connection whose socket (a duplicate) is `socket`.
+    pub fn new(socket: OwnedFd) -> Arc<Link> {
+        Arc::new(Link {
+            writer: Writer::new(socket),
+            finished: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            gone: AtomicBool::new(false),
+        })
+    }
+
+    /// The requests that ended since the last call.
+    pub(super) fn take_finished(&self) -> Vec<u16> {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn finished(&self, id: u16, wake: bool) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// One request's output side.
+pub struct Exchange {
+    /// The request id on its connection.
+    pub id: u16,
+    link: Arc<Link>,
+    aborted: AtomicBool,
+    head_sent: AtomicBool,
+    ended: AtomicBool,
+    /// The connection must hear of the end at once: it closes after it,
+    /// still feeds the request's STDIN, or is stopping.
+    pub(super) wake_on_end: AtomicBool,
+}
+
+impl Exchange {
+    /// A request `id` on the connection behind `link`.
+    pub fn new(id: u16, link: Arc<Link>, wake_on_end: bool) -> Arc<Exchange> {
+        Arc::new(Exchange {
+            id,
+            link,
+            aborted: AtomicBool::new(false),
+            head_sent: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            wake_on_end: AtomicBool::new(wake_on_end),
+        })
+    }
+
+    /// Stop the request's output (ABORT_REQUEST, the connection went away,
+    /// a timeout).
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+    }
+
+    /// Whether the request was aborted.
+    pub fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire) || self.link.gone.load(Ordering::Acquire)
+    }
+
+    /// Whether any of the response (its header block) went out.
+    pub fn head_sent(&self) -> bool {
+        self.head_sent.load(Ordering::Acquire)
+    }
+
+    fn aborted_error() -> io::Error {
+        WriteError::Aborted.into()
+    }
+
+    /// Response bytes (`head`: the CGI header block, or empty), written
+    /// now, waiting while the socket is full (call without the GIL).
+    pub fn send(&self, head: &[u8], body: Bytes) -> io::Result<()> {
+        if self.aborted() {
+            return Err(Self::aborted_error());
+        }
+        let mut frames = Frames::default();
+        frames.stdout(self.id, head, body);
+        let held = self.link.writer.hold();
+        if self.ended.load(Ordering::Acquire) {
+            return Err(Self::aborted_error());
+        }
+        if !head.is_empty() {
+            self.head_sent.store(true, Ordering::Release);
+        }
+        held.write(frames, &|| self.aborted())
+            .map_err(io::Error::from)
+    }
+
+    /// Bytes for the web server's error log (FCGI_STDERR).
+    pub fn send_stderr(&self, data: Bytes) {
+        if self.aborted() || self.ended.load(Ordering::Acquire) {
+            return;
+        }
+        let mut frames = Frames::default();
+        frames.stderr(self.id, data);
+        let _ = self.link.writer.write(frames, &|| self.aborted());
+    }
+
+    /// `len` bytes of `file` from `offset` with `sendfile(2)`.
+    pub fn send_file(&self, file: &OwnedFd, offset: u64, len: u64) -> io::Result<()> {
+        if self.aborted() {
+            return Err(Self::aborted_error());
+        }
+        let held = self.link.writer.hold();
+        if self.ended.load(Ordering::Acquire) {
+            return Err(Self::aborted_error());
+        }
+        held.send_file(self.id, file, offset, len, &|| self.aborted())
+            .map_err(io::Error::from)
+    }
+
+    /// Take the writer to end the request (see [`Ending`]); `None` when it
+    /// already ended (the watchdog answered it) — nothing more may be sent.
+    /// `wait`: block for the writer (false: give up if another request of
+    /// the connection is writing, so the caller can release the GIL first).
+    pub fn ending(&self, wait: bool) -> Option<Result<Ending<'_>, ()>> {
+        let held = if wait {
+            self.link.writer.hold()
+        } else {
+            match self.link.writer.try_hold() {
+                Some(held) => held,
+                None => return Some(Err(())),
+            }
+        };
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // Told before END_REQUEST goes out: the web server may reuse the id
+        // as soon as it reads it, and the connection must know it is free.
+        self.link.finished(self.id, false);
+        Some(Ok(Ending {
+            exchange: self,
+            held,
+        }))
+    }
+
+    /// `--request-timeout`: answer 504 if nothing of the response went out,
+    /// else cut it short (the connection is shut down without END_REQUEST, so
+    /// the client never takes a truncated response for a whole one). False
+    /// when the request had already ended.
+    pub fn time_out(&self) -> bool {
+        self.abort();
+        let held = self.link.writer.hold();
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.link.finished(self.id, false);
+        if self.head_sent() {
+            self.link.writer.shut_down();
+        } else {
+            let (head, body) = error_head(504);
+            let mut frames = Frames::default();
+            frames.stdout(
+                self.id,
+                &wire::head_block(Some(&head)),
+                Bytes::from_static(body),
+            );
+            frames.end_response(self.id, crate::cgi::Exit::AppError as u32);
+            let _ = held.write(frames, &|| self.link.gone.load(Ordering::Acquire));
+        }
+        drop(held);
+        self.link.wake.notify_one();
+        true
+    }
+
+    /// The app failed after its response began: end the connection without
+    /// END_REQUEST, so the web server reports a broken response instead of
+    /// passing a truncated one on as complete.
+    pub fn cut_short(&self) {
+        let _held = self.link.writer.hold();
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            self.link.finished(self.id, false);
+            self.link.writer.shut_down();
+            drop(_held);
+            self.link.wake.notify_one();
+        }
+    }
+}
+
+/// The end of a request, with the writer held: the last output and
+/// END_REQUEST leave in one write.
+pub struct Ending<'a> {
+    exchange: &'a Exchange,
+    held: Held<'a>,
+}
+
+impl Ending<'_> {
+    /// The last response bytes (may be empty), the end of STDOUT and
+    /// END_REQUEST with `app_status`, framed.
+    pub fn frames(&self, head: &[u8], body: Bytes, app_status: u32) -> Frames {
+        let id = self.exchange.id;
+        let mut frames = Frames::default();
+        if !head.is_empty() {
+            self.exchange.head_sent.store(true, Ordering::Release);
+        }
+        frames.stdout(id, head, body);
+        frames.end_response(id, app_status);
+        frames
+    }
+
+    /// One write attempt that never waits: `Some(rest)` when the socket filled up.
+    pub fn try_write(&self, frames: Frames) -> Option<Frames> {
+        // (An error: the connection is gone, nothing left to tell.)
+        self.held.try_write(frames).unwrap_or_default()
+    }
+
+    /// Write what is left, waiting for room (call without the GIL).
+    pub fn write(&self, frames: Frames) {
+        let _ = self.held.write(frames, &|| self.exchange.aborted());
+    }
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        // END_REQUEST is out: wake the connection if it must act on it.
+        if self.exchange.wake_on_end.load(Ordering::Acquire) {
+            self.exchange.link.wake.notify_one();
+        }
+    }
 }

@@ -1,13 +1,18 @@
-//! FastCGI 1.0: the wire format, sans I/O — records ([`record`]), name-value
-//! pairs ([`params`]), the byte-stream decoder ([`codec`]) — then one
-//! connection's state machine ([`connection`]) and how its records are
-//! written to the socket ([`output`]), on a socket registered with tokio
-//! for reading only ([`socket`]).
+//! FastCGI 1.0. The wire format, sans I/O: records ([`record`]), name-value
+//! pairs ([`params`]), the byte-stream decoder ([`codec`]). Then the request
+//! path: a connection's state machine on the I/O thread ([`connection`],
+//! reading only, on a socket registered with tokio for reading only:
+//! [`socket`]), request bodies received before the app starts ([`spool`]),
+//! what the connection and the app threads share ([`job`]), the one place
+//! records are framed and written ([`writer`]), and the idle connections
+//! that give way at `--max-conns` ([`idle`]).
 
 pub mod codec;
 pub mod connection;
+pub mod idle;
 pub mod job;
-pub mod output;
 pub mod params;
 pub mod record;
 pub mod socket;
+pub mod spool;
+pub mod writer;

@@ -1,15 +1,12 @@
 //! A connection's socket as the I/O thread sees it: registered with tokio
-//! for *reading only*, with write readiness asked for only while a write of
-//! ours is actually waiting.
+//! for *reading only*.
 //!
-//! Why: the app thread writes a streamed body to the socket itself (see
-//! [`super::output::DirectWrite`]). A tokio stream registers for reading and
-//! writing at once, edge-triggered, so every time the web server read some
-//! of that body (making room in the socket) the I/O thread was woken for
-//! nothing — once per chunk of a 10 MiB body. Here the write interest is a
-//! second registration (on a duplicate descriptor) made when a write of the
-//! I/O thread hits a full socket, and dropped when the connection next goes
-//! idle.
+//! Why: responses are written by the app threads straight to the socket
+//! (see [`super::writer::Writer`]), never by the I/O thread. A tokio stream
+//! registers for reading and writing at once, edge-triggered, so every time
+//! the web server read some of a streamed body (making room in the socket)
+//! the I/O thread would be woken for nothing — once per chunk of a 10 MiB
+//! body.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -17,15 +14,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-
-use super::output::Transport;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
 
 /// A connected stream socket (TCP or unix), non-blocking.
 pub struct Socket {
     read: AsyncFd<OwnedFd>,
-    /// Write interest, registered only while a write waits for room.
-    write: Option<AsyncFd<OwnedFd>>,
 }
 
 impl Socket {
@@ -48,40 +41,7 @@ impl Socket {
         }
         Ok(Socket {
             read: register(fd, Interest::READABLE)?,
-            write: None,
         })
-    }
-
-    /// The write registration, made on first need.
-    fn write_interest(&mut self) -> io::Result<&AsyncFd<OwnedFd>> {
-        if self.write.is_none() {
-            let dup = nix::unistd::dup(self.read.get_ref())?;
-            self.write = Some(register(dup, Interest::WRITABLE)?);
-        }
-        Ok(self.write.as_ref().expect("registered just above"))
-    }
-
-    /// Poll one write attempt: straight away, then (socket full) with write
-    /// readiness from tokio.
-    fn poll_io<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut attempt: impl FnMut(&OwnedFd) -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
-        if self.write.is_none() {
-            match attempt(self.read.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                result => return Poll::Ready(result),
-            }
-        }
-        loop {
-            let interest = self.write_interest()?;
-            let mut guard = ready!(interest.poll_write_ready(cx))?;
-            match guard.try_io(|fd| attempt(fd.get_ref())) {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
     }
 }
 
@@ -90,10 +50,6 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which keeps it open
     // (and its number unchanged) until the registration is dropped.
     unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
-}
-
-fn errno(e: nix::errno::Errno) -> io::Error {
-    io::Error::from(e)
 }
 
 impl AsRawFd for Socket {
@@ -131,63 +87,5 @@ impl AsyncRead for Socket {
                 Err(_would_block) => continue,
             }
         }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_io(cx, |fd| nix::unistd::write(fd, data).map_err(errno))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        slices: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_io(cx, |fd| nix::sys::uio::writev(fd, slices).map_err(errno))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result =
-            nix::sys::socket::shutdown(self.read.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-        Poll::Ready(match result {
-            Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
-            Err(e) => Err(e.into()),
-        })
-    }
-}
-
-impl Transport for Socket {
-    async fn writable(&self) -> io::Result<()> {
-        // Called by a writer that just hit a full socket: wait for room on
-        // a registration of its own (dropped at the end of the wait).
-        let dup = nix::unistd::dup(self.read.get_ref())?;
-        let interest = register(dup, Interest::WRITABLE)?;
-        let mut guard = interest.writable().await?;
-        guard.retain_ready();
-        Ok(())
-    }
-
-    fn try_sendfile(&self, file: &OwnedFd, offset: &mut i64, count: usize) -> io::Result<usize> {
-        nix::sys::sendfile::sendfile(self.read.get_ref(), file, Some(offset), count)
-            .map_err(io::Error::from)
-    }
-
-    fn idle(&mut self) {
-        self.write = None;
     }
 }

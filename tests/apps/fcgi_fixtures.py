@@ -1,5 +1,5 @@
 """Fixture routes for the FastCGI tests (tests/fcgi_*.rs): an authorizer,
-a slow route, a large streaming download, a streaming upload digest and a
+a slow route, a response with a slow close(), a large streaming download, a streaming upload digest and a
 wsgi.errors writer. Every other path is served by gateway.py, so one
 responder covers both sets of routes.
 """
@@ -103,6 +103,24 @@ def sha256(environ, start_response):
     return _json(start_response, {"len": total, "sha256": digest.hexdigest()})
 
 
+class _SlowClose:
+    """A response whose close() takes ?s= seconds (after its body went out)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __iter__(self):
+        yield b"body sent; closing slowly\n"
+
+    def close(self):
+        time.sleep(self.seconds)
+
+
+def slow_close(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return _SlowClose(float(_query(environ).get("s", "0.3")))
+
+
 def ran(environ, start_response):
     """Writes "ran" to ?marker=FILE: proves whether the app was called."""
     with open(_query(environ)["marker"], "w") as f:
@@ -125,6 +143,7 @@ ROUTES = {
     "/huge": huge,
     "/sha256": sha256,
     "/ran": ran,
+    "/slow-close": slow_close,
     "/errors": errors,
 }
 

@@ -339,8 +339,11 @@ impl Response {
                 (status, headers, &self.stdout[end..])
             }
             other => panic!(
-                "STDOUT is not a CGI response ({other:?}): {:?}",
-                String::from_utf8_lossy(&self.stdout[..self.stdout.len().min(500)])
+                "STDOUT is not a CGI response ({other:?}): {:?} (end: {:?}, closed: {}, other records: {:?})",
+                String::from_utf8_lossy(&self.stdout[..self.stdout.len().min(500)]),
+                self.end,
+                self.closed,
+                self.other
             ),
         }
     }

@@ -1,0 +1,47 @@
+//! The worker's idle connections, oldest first: when `--max-conns` is
+//! reached, the oldest idle one is closed to make room for a new one (as
+//! nginx does with its keepalive pool), so idle connections can never lock
+//! everyone out.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// Idle connections, in the order they went idle.
+#[derive(Default)]
+pub struct IdleList {
+    entries: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    next: AtomicU64,
+}
+
+impl IdleList {
+    /// A connection goes idle; `evict` is notified if it must close.
+    /// Returns the key to [`leave`](IdleList::leave) with.
+    pub fn enter(&self, evict: Arc<Notify>) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, evict);
+        key
+    }
+
+    /// The connection is busy again (or closing).
+    pub fn leave(&self, key: u64) {
+        self.lock().remove(&key);
+    }
+
+    /// Ask the connection idle the longest to close; false when none is idle.
+    pub fn evict_oldest(&self) -> bool {
+        match self.lock().pop_first() {
+            Some((_, evict)) => {
+                evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
