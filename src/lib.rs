@@ -21,6 +21,7 @@ pub mod fcgi;
 pub mod input;
 pub mod listener;
 pub mod log;
+pub mod parking;
 pub mod pool;
 pub mod process;
 pub mod python;

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,9 +19,11 @@ use crate::accesslog::AccessLog;
 use crate::app::{self, StrCache};
 use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
+use crate::fcgi::inline;
 use crate::fcgi::job::{Body, Dispatch, Exchange, Job};
 use crate::fcgi::record::Role;
 use crate::input::Input;
+use crate::parking::{Listening, Parked, Waiter, Woken};
 use crate::request::BodyReader;
 use crate::response::{Head, ResponseWriter, Sink};
 pub use crate::watchdog::Timeouts;
@@ -91,25 +93,6 @@ struct State {
     idle: Vec<Arc<Parked>>,
 }
 
-/// An idle thread's mailbox: `dispatch` puts its next job here.
-#[derive(Default)]
-struct Parked {
-    job: Mutex<Option<Job>>,
-    ready: Condvar,
-}
-
-impl Parked {
-    fn wait(&self) -> Job {
-        let mut slot = lock(&self.job);
-        loop {
-            if let Some(job) = slot.take() {
-                return job;
-            }
-            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
 /// A poisoned lock only means a panic elsewhere; the data is still valid.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -120,8 +103,7 @@ impl Dispatch for Pool {
         let mut state = lock(&self.shared.state);
         if let Some(thread) = state.idle.pop() {
             drop(state);
-            *lock(&thread.job) = Some(job);
-            thread.ready.notify_one();
+            thread.give(job);
             return Ok(());
         }
         if state.queue.len() >= self.shared.capacity {
@@ -133,7 +115,10 @@ impl Dispatch for Pool {
 }
 
 impl Pool {
-    /// Start the threads; `app` is the loaded application callable.
+    /// Start the threads; `app` is the loaded application callable. With
+    /// `listening`, idle threads also accept connections and serve them
+    /// themselves (see [`crate::parking`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         app: Py<PyAny>,
         options: PoolOptions,
@@ -141,6 +126,7 @@ impl Pool {
         timeouts: Timeouts,
         on_timeout: Box<dyn Fn() + Send>,
         access_log: Option<Arc<AccessLog>>,
+        listening: Option<Arc<Listening>>,
     ) -> io::Result<Pool> {
         let threads = options.threads.max(1);
         let slots: Option<Slots> = (timeouts.request.is_some() || timeouts.slow.is_some())
@@ -162,57 +148,103 @@ impl Pool {
             let limit = limit.clone();
             let slot = slots.clone().map(|s| (s, index));
             let access_log = access_log.clone();
+            let waiter = Waiter::new(Arc::new(Parked::new()?), listening.clone())?;
             std::thread::Builder::new()
                 .name(format!("wsgi-app-{index}"))
                 .spawn(move || {
-                    app_thread(&app, &shared, options, limit.as_deref(), slot, access_log)
+                    let thread = ThreadState::new(options, slot, access_log);
+                    app_thread(&app, &shared, thread, waiter, limit.as_deref())
                 })?;
         }
         Ok(Pool { shared })
     }
 }
 
+/// An app thread: jobs queued first (without letting go of the GIL),
+/// else wait — for a job, or for a connection to accept and serve inline.
 fn app_thread(
     app: &Py<PyAny>,
     shared: &Shared,
-    options: PoolOptions,
+    mut thread: ThreadState,
+    mut waiter: Waiter,
     limit: Option<&RequestLimit>,
-    slot: Option<(Slots, usize)>,
-    access_log: Option<Arc<AccessLog>>,
 ) {
-    let me = Arc::new(Parked::default());
+    let me = waiter.parked();
     Python::attach(|py| {
-        let mut thread = ThreadState {
-            flavor: Flavor {
-                multithread: options.threads > 1,
-                multiprocess: options.multiprocess,
-                run_once: false,
-            },
-            forward_stderr: options.forward_stderr,
-            strings: StrCache::new(),
-            slot,
-            access_log,
-        };
+        let app = app.bind(py);
         loop {
+            // A thread is in the idle list exactly while it waits with an
+            // empty mailbox (a job given while it served a connection it
+            // had accepted is taken first).
             let queued = {
                 let mut state = lock(&shared.state);
-                let job = state.queue.pop_front();
-                if job.is_none() {
+                let job = me.take().or_else(|| state.queue.pop_front());
+                if job.is_none() && !state.idle.iter().any(|p| Arc::ptr_eq(p, &me)) {
                     state.idle.push(me.clone());
                 }
                 job
             };
-            let job = match queued {
-                Some(job) => job,
-                None => py.detach(|| me.wait()),
+            let woken = match queued {
+                // Under load the queue never empties: a connection waiting
+                // to be accepted gets its turn between jobs, or it would
+                // starve in the backlog.
+                Some(job) => match waiter.try_accept() {
+                    Some(conn) => {
+                        lock(&shared.state).queue.push_front(job);
+                        Woken::Connection(conn)
+                    }
+                    None => Woken::Job(job),
+                },
+                None => py.detach(|| waiter.wait()),
             };
-            run_job(py, app.bind(py), job, &mut thread);
-            thread.watch(None);
-            if let Some(limit) = limit {
-                limit.count();
+            match woken {
+                Woken::Job(job) => thread.run(py, app, job, limit),
+                Woken::Connection(conn) => {
+                    // Busy now: no job for this thread until it is done.
+                    lock(&shared.state).idle.retain(|p| !Arc::ptr_eq(p, &me));
+                    serve_inline(py, app, conn, &mut thread, &mut waiter, limit);
+                }
             }
         }
     });
+}
+
+/// A connection this thread accepted: a whole request without KEEP_CONN
+/// runs here, anything else goes to the I/O thread (see
+/// [`crate::fcgi::inline`]).
+fn serve_inline(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    conn: inline::Accepted,
+    thread: &mut ThreadState,
+    waiter: &mut Waiter,
+    limit: Option<&RequestLimit>,
+) {
+    let Some(listening) = waiter.listening().cloned() else {
+        return;
+    };
+    listening.inflight.fetch_add(1, Ordering::AcqRel);
+    let limits = &listening.limits;
+    let answered = match py.detach(|| inline::next_request(conn, limits, inline::INLINE_WAIT)) {
+        inline::Next::Run { job, conn } => {
+            thread.run(py, app, job, limit);
+            Some(conn)
+        }
+        inline::Next::Answered(conn) => Some(conn),
+        inline::Next::HandOff(conn) => {
+            // Kept connections spread over the threads of all workers.
+            waiter.rotate();
+            waiter.hand_off(conn);
+            None
+        }
+        inline::Next::Done => None,
+    };
+    if let Some(conn) = answered {
+        if let Some(socket) = py.detach(|| inline::close(conn)) {
+            waiter.linger(socket);
+        }
+    }
+    listening.inflight.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// What an app thread keeps from job to job.
@@ -227,6 +259,39 @@ struct ThreadState {
 }
 
 impl ThreadState {
+    fn new(
+        options: PoolOptions,
+        slot: Option<(Slots, usize)>,
+        access_log: Option<Arc<AccessLog>>,
+    ) -> ThreadState {
+        ThreadState {
+            flavor: Flavor {
+                multithread: options.threads > 1,
+                multiprocess: options.multiprocess,
+                run_once: false,
+            },
+            forward_stderr: options.forward_stderr,
+            strings: StrCache::new(),
+            slot,
+            access_log,
+        }
+    }
+
+    /// Run one job, then count it.
+    fn run(
+        &mut self,
+        py: Python<'_>,
+        app: &Bound<'_, PyAny>,
+        job: Job,
+        limit: Option<&RequestLimit>,
+    ) {
+        run_job(py, app, job, self);
+        self.watch(None);
+        if let Some(limit) = limit {
+            limit.count();
+        }
+    }
+
     fn watch(&self, running: Option<Running>) {
         if let Some((slots, index)) = &self.slot {
             *lock(&slots[*index]) = running;

@@ -187,6 +187,29 @@ pub fn run(
         }
         _ => None,
     };
+    // Idle app threads accept on the listening sockets themselves; what
+    // they hand over, the I/O thread serves.
+    let (handoff, handoffs) = tokio::sync::mpsc::unbounded_channel();
+    let sockets: Vec<(std::os::fd::RawFd, bool)> = listeners
+        .iter()
+        .map(|l| match l {
+            Listener::Tcp(l) => (std::os::fd::AsRawFd::as_raw_fd(l), false),
+            Listener::Unix(l) => (std::os::fd::AsRawFd::as_raw_fd(l), true),
+        })
+        .collect();
+    let listening = Arc::new(crate::parking::Listening::new(
+        &sockets,
+        listener::web_server_addrs(),
+        Arc::new(options.limits.clone()),
+        handoff,
+    )?);
+    for listener in &listeners {
+        // The app threads wait in epoll and accept4 non-blocking.
+        let _ = match listener {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l) => l.set_nonblocking(true),
+        };
+    }
     let pool = Pool::start(
         application,
         PoolOptions {
@@ -217,10 +240,10 @@ pub fn run(
             }),
         },
         access_log,
+        Some(listening.clone()),
     )?;
     let server_options = ServerOptions {
         limits: options.limits.clone(),
-        allowed_peers: listener::web_server_addrs(),
     };
     log_info!(
         "serving {} with {} app threads on {} socket(s)",
@@ -247,7 +270,8 @@ pub fn run(
         grace
     };
     runtime.block_on(server::serve(
-        listeners,
+        handoffs,
+        listening,
         Arc::new(pool),
         server_options,
         stop,

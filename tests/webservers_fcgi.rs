@@ -12,7 +12,12 @@
 //!   unix socket, and in `bin-path` mode, where lighttpd starts wsgi-fcgi;
 //! - spawn-fcgi (conf/spawn-fcgi.sh) starting wsgi-fcgi with the socket on
 //!   fd 0, probed with `wsgi-fcgi request`, then served through nginx;
-//! - Mercurial's hgweb behind nginx at /hg/, cloned with `hg clone`.
+//! - Mercurial's hgweb behind nginx at /hg/, cloned with `hg clone`;
+//! - HAProxy (conf/haproxy/wsgi-fcgi.cfg, `fcgi-app`) in its default mode,
+//!   with `option keep-conn`, and multiplexing (`option mpxs-conns`,
+//!   `get-values`, `http-reuse always`), each under wrk -c32 with Flask and
+//!   a close() that takes a moment (HAProxy pipelines the next request
+//!   meanwhile): not one non-2xx, not one timeout.
 //!
 //! The app is tests/apps/fcgi_site.py (Flask plus gateway.py's and
 //! stream_app.py's routes in one responder); Django through nginx. Checked:
@@ -94,6 +99,9 @@ fn start(name: &str, logs: &[&str], conf: impl Fn(&Path, u16) -> String) -> Opti
         let words = match name {
             "nginx" => format!("-p {d} -e {d}/error.log -c"),
             "apache2" => "-DFOREGROUND -f".into(),
+            // The main file (global, defaults, frontend; written by
+            // `conf`), then the shipped snippet: sections follow defaults.
+            "haproxy" => format!("-db -f {d}/main.cfg -f"),
             _ => "-D -f".into(),
         };
         words.split(' ').map(Into::into).collect()
@@ -395,6 +403,206 @@ cases! {
     nginx_ten_hup_reloads_under_load => nginx_reloads_under_load();
     nginx_max_requests_50_under_load => nginx_max_requests_under_load();
     nginx_preload_hup_reloads_under_load => nginx_preload_reloads_under_load();
+    nginx_keepalive_load_spreads_over_two_workers => nginx_spread_over_workers();
+    haproxy_default_under_load => run_haproxy(&[]);
+    haproxy_keep_conn_under_load => run_haproxy(&["option keep-conn"]);
+    haproxy_mpxs_conns_under_load => run_haproxy(&[
+        "option mpxs-conns",
+        "option max-reqs 10",
+        "option get-values",
+        "http-reuse always",
+    ]);
+}
+
+/// `--workers 2` behind nginx's keepalive pool under wrk: the kept
+/// connections (and so the requests) are spread over both workers — no
+/// worker serves more than 60% (the status page's per-worker counts).
+fn nginx_spread_over_workers() -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let responder = Responder::start(Listen::Unix, |bind| {
+        let mut cmd = Command::new(wsgi_fcgi());
+        cmd.args(app.args())
+            .args(["--workers", "2", "--threads", "1", "--bind", bind])
+            .args(["--status-path", "/status"]);
+        if let Some(group) = socket_group() {
+            cmd.args(["--socket-group", group]);
+        }
+        cmd
+    });
+    let web = nginx(&responder.address(), MOUNT)?;
+    // Both workers up (each answers the status page; wait for two rows).
+    let status = || {
+        let out = Command::new(wsgi_fcgi())
+            .args(["request", &responder.address(), "/status?json&full"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        Json::parse(&body).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status().get("total processes").num() != Some(2.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            responder.proc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let load = wrk(&format!("http://127.0.0.1:{}{MOUNT}/json", web.port), 16, 3)?;
+    assert_eq!(load.non_2xx, 0, "{load:?}");
+    let counts: Vec<f64> = match status().get("processes") {
+        Json::Arr(rows) => rows
+            .iter()
+            .filter_map(|r| r.get("requests").num())
+            .collect(),
+        other => panic!("no processes in the status page: {other:?}"),
+    };
+    let total: f64 = counts.iter().sum();
+    eprintln!("requests per worker under nginx keep-alive: {counts:?} of {total}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(
+        total >= load.requests as f64 * 0.9,
+        "{counts:?} vs {load:?}"
+    );
+    let top = counts.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        top <= 0.6 * total,
+        "one worker served {top} of {total} requests ({counts:?})"
+    );
+    Some(())
+}
+
+/// HAProxy in front of `responder` with the shipped snippet, the
+/// commented-out `enable` lines of it switched on.
+fn haproxy(responder: &Responder, enable: &[&str]) -> Option<Server> {
+    start("haproxy", &[], |dir, port| {
+        let snippet = support::root().join("conf/haproxy/wsgi-fcgi.cfg");
+        let mut text = std::fs::read_to_string(&snippet).unwrap();
+        for line in enable {
+            let commented = format!("    # {line}\n");
+            assert!(text.contains(&commented), "{line:?} is not in {snippet:?}");
+            text = text.replace(&commented, &format!("    {line}\n"));
+        }
+        let socket = responder.socket().display().to_string();
+        text = text.replace("\"${WSGI_FCGI_ADDR}\"", &socket);
+        let main = format!(
+            r#"# Generated by tests/webservers_fcgi.rs
+global
+    log stderr format raw local0
+    maxconn 512
+defaults
+    mode http
+    log global
+    # Only failed requests, with HAProxy's reason (termination state).
+    option httplog
+    option dontlog-normal
+    timeout connect 5s
+    timeout client 30s
+    # A request left hanging shows up as a 504 within the run.
+    timeout server 3s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend wsgi_fcgi
+"#
+        );
+        std::fs::write(dir.join("main.cfg"), main).unwrap();
+        text
+    })
+}
+
+/// What wrk reported.
+#[derive(Debug)]
+struct Load {
+    requests: u64,
+    non_2xx: u64,
+    socket_errors: String,
+}
+
+/// `wrk -c CONNECTIONS` against `url` for `seconds`.
+fn wrk(url: &str, connections: u32, seconds: u32) -> Option<Load> {
+    let wrk = http::require_program("wrk", "wrk")?;
+    let out = Command::new(wrk)
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["--timeout", "5s", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk: {text}");
+    let number = |line: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut load = Load {
+        requests: 0,
+        non_2xx: 0,
+        socket_errors: String::new(),
+    };
+    for line in text.lines().map(str::trim) {
+        if line.contains(" requests in ") {
+            load.requests = number(line);
+        } else if line.starts_with("Non-2xx or 3xx responses:") {
+            load.non_2xx = number(line);
+        } else if line.starts_with("Socket errors:") {
+            load.socket_errors = line.to_string();
+        }
+    }
+    assert!(load.requests > 0, "wrk printed no request count: {text}");
+    Some(load)
+}
+
+/// HAProxy → wsgi-fcgi (Flask, fcgi_site.py, mounted at the root as the
+/// snippet's `path-info` says) in one of its connection modes.
+fn run_haproxy(enable: &[&str]) -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let responder = responder(&app, Listen::Unix);
+    let web = haproxy(&responder, enable)?;
+    let hello = web.get("/");
+    assert_eq!(
+        (hello.status, hello.text()),
+        (200, "Hello from Flask\n".into()),
+        "{}",
+        web.log()
+    );
+    let j = web.get("/json?x=1").json();
+    assert_eq!(j.get("script_root").str(), Some(""), "{j:?}");
+    assert_eq!(j.get("path").str(), Some("/json"), "{j:?}");
+    let env = web.get("/environ").json();
+    assert_eq!(env.get("SCRIPT_NAME").str(), Some(""), "{env:?}");
+    assert_eq!(env.get("PATH_INFO").str(), Some("/environ"), "{env:?}");
+    let data = http::random_bytes(100_000, 3);
+    let echoed = web.request(
+        "POST",
+        "/echo",
+        &[("Content-Type", "application/octet-stream")],
+        &data,
+    );
+    assert!(
+        echoed.status == 200 && echoed.body == data,
+        "echo: {}",
+        echoed.status
+    );
+    // Flask under load, each response's close() taking 20 ms: HAProxy sends
+    // the next request of a connection before our END_REQUEST.
+    let load = wrk(&format!("http://127.0.0.1:{}/slow-close", web.port), 32, 5)?;
+    eprintln!("HAProxy {enable:?}: {load:?}");
+    let no_socket_errors = load
+        .socket_errors
+        .split(|c: char| !c.is_ascii_digit())
+        .all(|n| n.is_empty() || n == "0");
+    let clean = load.non_2xx == 0 && no_socket_errors;
+    assert!(
+        clean,
+        "HAProxy {enable:?}: {load:?}\nhaproxy: {}\nwsgi-fcgi: {}",
+        web.log(),
+        responder.proc.log()
+    );
+    assert!(load.requests > 100, "{load:?}");
+    Some(())
 }
 
 /// nginx → wsgi-fcgi serving fcgi_site.py over `listen`.

@@ -52,6 +52,8 @@ const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// Ended requests whose STDIN has not ended yet, at most.
 const MAX_ENDED: usize = 64;
+/// Answers of ours (management records, refusals, pages) not yet written.
+const MAX_PENDING_WRITES: usize = 64;
 
 /// A readable socket (the write side is the [`Link`]'s duplicate).
 pub trait Transport: AsyncRead + std::os::fd::AsRawFd + Unpin + Send {}
@@ -119,7 +121,8 @@ impl Req {
     }
 }
 
-/// Serve one connection until it closes. `buf`: bytes already read from it.
+/// Serve one connection until it closes. `buf`: bytes already read from
+/// it (by the app thread that accepted it).
 pub async fn serve<T: Transport>(mut stream: T, context: Context, buf: BytesMut) -> Closed {
     // SAFETY: the descriptor belongs to `stream`, alive for this call.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
@@ -144,9 +147,18 @@ pub async fn serve<T: Transport>(mut stream: T, context: Context, buf: BytesMut)
         drain_until: None,
         idle_key: None,
         evict: Arc::new(Notify::new()),
+        writes: Vec::new(),
     };
     let closed = conn.run(&mut stream, buf).await;
     conn.leave_idle();
+    // Our last answers (a 413, say) go out before the close.
+    let writes = std::mem::take(&mut conn.writes);
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        for write in writes {
+            let _ = write.await;
+        }
+    })
+    .await;
     for request in conn.requests.values() {
         if let Req::Running { exchange, .. } = request {
             exchange.abort();
@@ -226,6 +238,8 @@ struct Connection {
     idle_key: Option<u64>,
     /// Notified when evicted from the idle list.
     evict: Arc<Notify>,
+    /// Our own answers still being written (see [`Connection::send`]).
+    writes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 enum Event {
@@ -258,6 +272,8 @@ impl Connection {
             }
             match self.next_event(stream, &mut buf).await {
                 Event::Read(Ok(0)) => {
+                    // (Ends that went out just before the peer closed.)
+                    self.reap();
                     return match decoder.decode_eof(&mut buf) {
                         Err(CodecError::Truncated(n)) => Closed::Protocol(format!(
                             "connection closed inside a record ({n} bytes of it received)"
@@ -490,21 +506,25 @@ impl Connection {
         }
     }
 
-    /// Write an answer of our own (never on the I/O thread itself: the
-    /// socket may be full, or an app thread may be writing).
-    async fn send(&self, frames: Frames) -> Result<(), Closed> {
+    /// Write an answer of our own — never on the I/O thread itself, and
+    /// without waiting for it: the socket may be full, or an app thread may
+    /// be writing and waiting for the peer, which may in turn be waiting
+    /// for us to read. The writes are awaited before the connection closes.
+    async fn send(&mut self, frames: Frames) -> Result<(), Closed> {
+        self.writes.retain(|w| !w.is_finished());
+        if self.writes.len() >= MAX_PENDING_WRITES {
+            return Err(Closed::Protocol(format!(
+                "{MAX_PENDING_WRITES} answers of ours unread by the web server"
+            )));
+        }
         let link = self.link.clone();
         let patience = self.context.limits.header_timeout;
-        let written = tokio::task::spawn_blocking(move || {
+        self.writes.push(tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let give_up = || link.gone.load(Ordering::Acquire) || started.elapsed() > patience;
-            link.writer.write(frames, &give_up)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Closed::PeerGone),
-        }
+            let _ = link.writer.write(frames, &give_up);
+        }));
+        Ok(())
     }
 
     /// A record: management (id 0) or one of a request's.
@@ -615,8 +635,8 @@ impl Connection {
             _ => return Ok(()), // already ended: nothing to do (§5.4)
         };
         log_info!("web server aborted request {id} before it ran");
-        self.requests.remove(&id);
-        self.close_when_idle |= !keep_conn;
+        // Records of it still on the way are ignored (until its STDIN ends).
+        self.ended_here(id, keep_conn)?;
         let mut frames = Frames::default();
         frames.end_request(id, 0, ProtocolStatus::RequestComplete);
         self.send(frames).await
@@ -658,17 +678,25 @@ impl Connection {
         };
         let meta = params::decode(&params)
             .map_err(|e| Closed::Protocol(format!("PARAMS of request {id}: {e}")))?;
-        if let Some(response) = self.own_answer(id, &meta) {
+        if let Some(response) = own_answer(&self.context.limits, id, &meta) {
             self.ended_here(id, keep_conn)?;
             let mut frames = Frames::default();
             frames.whole_response(id, &response);
             return self.send(frames).await;
         }
         let limits = &self.context.limits;
+        if role == Role::Authorizer {
+            // An authorizer gets no body (Apache's mod_authnz_fcgi sends no
+            // STDIN at all): it runs now, and any STDIN that follows is dropped.
+            let nothing = Body::Memory(Default::default());
+            return self
+                .start(id, role, keep_conn, meta, nothing, None, false)
+                .await;
+        }
         if limits.stream_request_body {
             let (tx, rx) = mpsc::channel(STDIN_QUEUE);
             return self
-                .start(id, role, keep_conn, meta, Body::stream(rx), Some(tx))
+                .start(id, role, keep_conn, meta, Body::stream(rx), Some(tx), false)
                 .await;
         }
         let spool = Spool::new(limits.body_buffer_size, limits.body_temp_dir.clone());
@@ -684,42 +712,10 @@ impl Connection {
         Ok(())
     }
 
-    /// A status or ping page, or a 413 for a body over `--max-body-size`.
-    fn own_answer(&self, id: u16, meta: &MetaVariables) -> Option<Vec<u8>> {
-        let get = |key: &[u8]| {
-            meta.iter()
-                .find(|(k, _)| k == key)
-                .map_or(&[][..], |(_, v)| v.as_slice())
-        };
-        let limits = &self.context.limits;
-        if let Some(pages) = &limits.pages {
-            let full = [get(b"SCRIPT_NAME"), get(b"PATH_INFO")].concat();
-            let query = get(b"QUERY_STRING");
-            let answer = (pages.0)(&full, query).or_else(|| (pages.0)(get(b"PATH_INFO"), query));
-            if let Some((content_type, body)) = answer {
-                let response = format!(
-                    "Status: 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-                     Cache-Control: no-store\r\n\r\n{body}",
-                    body.len()
-                );
-                return Some(response.into_bytes());
-            }
-        }
-        let length = std::str::from_utf8(get(b"CONTENT_LENGTH"))
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        match (limits.max_body, length) {
-            (Some(limit), Some(length)) if length > limit => {
-                log_error!(
-                    "request {id}: body of {length} bytes exceeds the limit of {limit}: 413"
-                );
-                Some(too_large())
-            }
-            _ => None,
-        }
-    }
-
-    /// Hand a request to the app threads.
+    /// Hand a request to the app threads. `stdin`: where its STDIN goes
+    /// while it runs (`--stream-request-body`); `stdin_ended`: all of it
+    /// arrived (the body was received first).
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         &mut self,
         id: u16,
@@ -728,9 +724,9 @@ impl Connection {
         meta: MetaVariables,
         body: Body,
         stdin: Option<mpsc::Sender<Bytes>>,
+        stdin_ended: bool,
     ) -> Result<(), Closed> {
-        let streaming = stdin.is_some();
-        let wake_on_end = !keep_conn || streaming || self.stopping;
+        let wake_on_end = !keep_conn || !stdin_ended || self.stopping;
         let exchange = Exchange::new(id, self.link.clone(), wake_on_end);
         let job = Job {
             role,
@@ -744,7 +740,7 @@ impl Connection {
                 exchange,
                 keep_conn,
                 stdin,
-                stdin_ended: !streaming,
+                stdin_ended,
             },
         );
         if self.context.dispatch.dispatch(job).is_err() {
@@ -828,7 +824,10 @@ impl Connection {
             return Ok(());
         };
         match spool.finish() {
-            Ok(body) => self.start(id, role, keep_conn, meta, body, None).await,
+            Ok(body) => {
+                self.start(id, role, keep_conn, meta, body, None, true)
+                    .await
+            }
             Err(e) => {
                 log_error!("request {id}: cannot read back its body: {e}");
                 Err(Closed::PeerGone)
@@ -876,6 +875,39 @@ impl Connection {
         let mut frames = Frames::default();
         frames.management(&out);
         self.send(frames).await
+    }
+}
+
+/// A status or ping page, or a 413 for a body over `--max-body-size`: the
+/// whole response, made without the app.
+pub(super) fn own_answer(limits: &Limits, id: u16, meta: &MetaVariables) -> Option<Vec<u8>> {
+    let get = |key: &[u8]| {
+        meta.iter()
+            .find(|(k, _)| k == key)
+            .map_or(&[][..], |(_, v)| v.as_slice())
+    };
+    if let Some(pages) = &limits.pages {
+        let full = [get(b"SCRIPT_NAME"), get(b"PATH_INFO")].concat();
+        let query = get(b"QUERY_STRING");
+        let answer = (pages.0)(&full, query).or_else(|| (pages.0)(get(b"PATH_INFO"), query));
+        if let Some((content_type, body)) = answer {
+            let response = format!(
+                "Status: 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                 Cache-Control: no-store\r\n\r\n{body}",
+                body.len()
+            );
+            return Some(response.into_bytes());
+        }
+    }
+    let length = std::str::from_utf8(get(b"CONTENT_LENGTH"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (limits.max_body, length) {
+        (Some(limit), Some(length)) if length > limit => {
+            log_error!("request {id}: body of {length} bytes exceeds the limit of {limit}: 413");
+            Some(too_large())
+        }
+        _ => None,
     }
 }
 

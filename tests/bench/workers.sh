@@ -6,8 +6,10 @@
 #
 # Contenders (SYSTEMS):
 #   ours              wsgi-fcgi --workers N --threads T (a master + N workers);
-#                     nginx fastcgi_pass with an upstream keepalive pool and
-#                     fastcgi_keep_conn on
+#                     NGINX_MODE=keepalive (default): nginx fastcgi_pass with
+#                     an upstream keepalive pool and fastcgi_keep_conn on;
+#                     NGINX_MODE=default: nginx's plain fastcgi_pass (a new
+#                     connection per request, as every tutorial writes it)
 #   ours-preload      the same with --preload (the app imported in the master,
 #                     workers forked from it: compare pss/wk)
 #   uwsgi             uwsgi --master --processes N --threads T --fastcgi-socket;
@@ -51,7 +53,7 @@
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
 #   SYSTEMS="ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
-#   NGINX_PORT=18089 RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
+#   NGINX_PORT=18089 NGINX_MODE=keepalive|default RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -64,9 +66,12 @@ CONNECTIONS=${CONNECTIONS:-16}
 WORKLOADS=${WORKLOADS:-"hello flask"}
 SYSTEMS=${SYSTEMS:-"ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
 NGINX_PORT=${NGINX_PORT:-18089}
+NGINX_MODE=${NGINX_MODE:-keepalive}
+case $NGINX_MODE in default|keepalive) ;; *) echo "NGINX_MODE must be default or keepalive" >&2; exit 2 ;; esac
 
 echo "command: WORKERS=$WORKERS THREADS=$THREADS DURATION=$DURATION WARMUP=$WARMUP" \
   "CONNECTIONS=$CONNECTIONS WORKLOADS=\"$WORKLOADS\" SYSTEMS=\"$SYSTEMS\" NGINX_PORT=$NGINX_PORT" \
+  "NGINX_MODE=$NGINX_MODE" \
   "$0${*:+ $*}"
 
 bench=workers.sh
@@ -142,7 +147,11 @@ server_cmd() { # system workload socket -> the command line (one word per line)
 }
 nginx_mode() { # how nginx talks to the system
   case $1 in
-    ours|ours-preload) echo fastcgi-keepalive ;;
+    ours|ours-preload)
+      # NGINX_MODE=default: the plain `fastcgi_pass` of every tutorial (a
+      # new connection per request); keepalive: an upstream keepalive pool
+      # with fastcgi_keep_conn on.
+      if [ "$NGINX_MODE" = default ]; then echo fastcgi; else echo fastcgi-keepalive; fi ;;
     uwsgi|flup-prefork) echo fastcgi ;;
     gunicorn-*) echo http-keepalive ;;
   esac

@@ -1,0 +1,336 @@
+//! A connection served by the app thread that accepted it, without the I/O
+//! thread: the model of uWSGI and PHP-FPM, for the common case of a web
+//! server that opens a connection per request (nginx's plain `fastcgi_pass`,
+//! Apache mod_proxy_fcgi, lighttpd, h2o) and sends the whole request at once.
+//!
+//! ```text
+//! idle app thread ──accept──▶ read (≤ INLINE_WAIT) ──a whole simple request──▶ run ──▶ close
+//!                                   └──anything else──▶ hand-off (the I/O thread serves it)
+//! ```
+//!
+//! "Simple" is BEGIN_REQUEST (RESPONDER, without FCGI_KEEP_CONN), PARAMS
+//! and STDIN of that one request and nothing else, within
+//! `--max-params-size` and `--body-buffer-size`: nothing can follow it on
+//! the connection but the close, so nobody needs to read the socket while
+//! the app runs. Everything else — a kept-alive or multiplexed connection,
+//! management records, a slow client, a large body — goes to the I/O
+//! thread with the bytes read so far, and [`super::connection`] serves it
+//! from there (reading on while requests run: ABORT_REQUEST, pipelined and
+//! concurrent requests). No Python here: the caller runs the [`Job`].
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::connection::own_answer;
+use super::job::{Body, Exchange, Job, Limits, Link};
+use super::params;
+use super::record::{HEADER_LEN, RecordType, Role, VERSION_1};
+use super::writer::Frames;
+
+/// How long an accepting thread waits for a whole request before it hands
+/// the connection to the I/O thread (a web server sends it right after
+/// connecting; a client that is slower costs a thread no more than this).
+pub const INLINE_WAIT: Duration = Duration::from_millis(10);
+
+/// A connection accepted by an app thread.
+pub struct Accepted {
+    /// The socket (non-blocking).
+    pub socket: OwnedFd,
+    /// A unix-domain socket.
+    pub unix: bool,
+    /// Bytes read from it and not yet used.
+    pub buf: BytesMut,
+}
+
+/// What to do with an accepted connection next.
+pub enum Next {
+    /// Run this request (its response goes through the job's exchange, on
+    /// a duplicate of the socket), then [`close`] the connection.
+    Run {
+        /// The request.
+        job: Job,
+        /// The connection.
+        conn: Accepted,
+    },
+    /// Answered here (a status page, a 413): [`close`] it.
+    Answered(Accepted),
+    /// Give the connection to the I/O thread.
+    HandOff(Accepted),
+    /// The connection is over (closed by the peer, or answered and done).
+    Done,
+}
+
+/// What the record walk found in the bytes at hand.
+enum Walk {
+    /// One whole simple request: its id, where its PARAMS and STDIN
+    /// contents are, and how many bytes it took.
+    Whole {
+        id: u16,
+        params: Vec<std::ops::Range<usize>>,
+        stdin: Vec<std::ops::Range<usize>>,
+        used: usize,
+    },
+    /// A simple request so far; more bytes needed.
+    Partial,
+    /// Not a simple request: the I/O thread's business.
+    Other,
+}
+
+/// Walk the records in `bytes` (FastCGI §3.3 framing; the full decoder is
+/// [`super::codec`]).
+fn walk(bytes: &[u8], limits: &Limits) -> Walk {
+    let mut at = 0;
+    let mut request: Option<u16> = None;
+    let (mut params, mut stdin) = (Vec::new(), Vec::new());
+    let (mut params_len, mut stdin_len, mut params_done) = (0, 0, false);
+    while bytes.len() >= at + HEADER_LEN {
+        let h = &bytes[at..at + HEADER_LEN];
+        let (kind, id) = (h[1], u16::from_be_bytes([h[2], h[3]]));
+        let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+        let end = at + HEADER_LEN + len + usize::from(h[6]);
+        if h[0] != VERSION_1 || id == 0 {
+            return Walk::Other;
+        }
+        if bytes.len() < end {
+            return Walk::Partial;
+        }
+        let content = at + HEADER_LEN..at + HEADER_LEN + len;
+        match (request, kind) {
+            (None, k) if k == RecordType::BeginRequest as u8 => {
+                let body = &bytes[content];
+                if body.len() != 8
+                    || Role::from_u16(u16::from_be_bytes([body[0], body[1]])) != Role::Responder
+                    || body[2] & super::record::KEEP_CONN != 0
+                {
+                    return Walk::Other;
+                }
+                request = Some(id);
+            }
+            (Some(rid), k) if rid == id && k == RecordType::Params as u8 && !params_done => {
+                params_len += len;
+                if params_len > limits.max_params {
+                    return Walk::Other;
+                }
+                params_done = len == 0;
+                params.push(content);
+            }
+            (Some(rid), k) if rid == id && k == RecordType::Stdin as u8 && params_done => {
+                if len == 0 {
+                    return Walk::Whole {
+                        id,
+                        params,
+                        stdin,
+                        used: end,
+                    };
+                }
+                stdin_len += len;
+                if stdin_len > limits.body_buffer_size {
+                    return Walk::Other;
+                }
+                stdin.push(content);
+            }
+            _ => return Walk::Other,
+        }
+        at = end;
+    }
+    Walk::Partial
+}
+
+/// Read until `conn` holds a whole simple request (waiting up to `wait`),
+/// then make it a [`Job`] — or answer it here (status page, 413), or hand
+/// the connection off.
+pub fn next_request(mut conn: Accepted, limits: &Limits, wait: Duration) -> Next {
+    let deadline = Instant::now() + wait;
+    loop {
+        match walk(&conn.buf, limits) {
+            Walk::Other => return Next::HandOff(conn),
+            Walk::Whole {
+                id,
+                params,
+                stdin,
+                used,
+            } => return take_request(conn, limits, id, &params, &stdin, used),
+            Walk::Partial => {}
+        }
+        match read_some(&mut conn, deadline) {
+            Ok(true) => {}
+            // Nothing more within the wait; or the peer closed with part of
+            // a request sent (the connection names the fault).
+            Ok(false) | Err(true) => return Next::HandOff(conn),
+            Err(false) => return Next::Done, // closed between requests, or failed
+        }
+    }
+}
+
+/// The whole request is in `conn.buf[..used]`.
+fn take_request(
+    mut conn: Accepted,
+    limits: &Limits,
+    id: u16,
+    params: &[std::ops::Range<usize>],
+    stdin: &[std::ops::Range<usize>],
+    used: usize,
+) -> Next {
+    let mut encoded = Vec::with_capacity(params.iter().map(|r| r.len()).sum());
+    for range in params {
+        encoded.extend_from_slice(&conn.buf[range.clone()]);
+    }
+    let Ok(meta) = params::decode(&encoded) else {
+        return Next::HandOff(conn); // malformed: the connection names the fault
+    };
+    let Some(link) = link_for(&conn) else {
+        return Next::Done;
+    };
+    let request = conn.buf.split_to(used).freeze();
+    if let Some(response) = own_answer(limits, id, &meta) {
+        let mut frames = Frames::default();
+        frames.whole_response(id, &response);
+        let _ = link.writer.write(frames, &|| false);
+        drop(link);
+        return Next::Answered(conn);
+    }
+    let body: std::collections::VecDeque<Bytes> =
+        stdin.iter().map(|r| request.slice(r.clone())).collect();
+    let job = Job {
+        role: Role::Responder,
+        meta,
+        body: Body::Memory(body),
+        exchange: Exchange::new(id, link, false),
+    };
+    Next::Run { job, conn }
+}
+
+fn link_for(conn: &Accepted) -> Option<Arc<Link>> {
+    nix::unistd::dup(conn.socket.as_fd()).ok().map(Link::new)
+}
+
+/// Close after our response: half-close and take what the peer still sent
+/// (nothing, normally: the whole request was read). Returns the socket if
+/// the peer has not closed its side yet: it may still send a last record
+/// (some clients send a second empty STDIN), which must meet an open
+/// socket, not a reset — the caller lingers on it.
+pub fn close(conn: Accepted) -> Option<OwnedFd> {
+    let _ = nix::sys::socket::shutdown(conn.socket.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    loop {
+        match nix::unistd::read(&conn.socket, &mut sink) {
+            Ok(0) => return None,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Some(conn.socket),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Read what is there, waiting until `deadline` for something. `Ok(false)`:
+/// nothing came in time; `Err(partial)`: the peer closed (or the read
+/// failed), `partial` if it left part of a request behind.
+fn read_some(conn: &mut Accepted, deadline: Instant) -> Result<bool, bool> {
+    let partial = !conn.buf.is_empty();
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        conn.buf.reserve(16 * 1024);
+        let spare = conn.buf.spare_capacity_mut();
+        // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
+        // capacity; exactly the `n` it reports are then initialized.
+        let n = unsafe {
+            nix::libc::read(
+                conn.socket.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+            )
+        };
+        if n > 0 {
+            // SAFETY: see above.
+            unsafe { conn.buf.set_len(conn.buf.len() + n as usize) };
+            return Ok(true);
+        }
+        if n == 0 {
+            return Err(partial);
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::EINTR => continue,
+            nix::errno::Errno::EAGAIN => {}
+            _ => return Err(false),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let millis = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(conn.socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) => return Ok(false),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return Err(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fcgi::record::{encode_stream, encode_stream_end};
+
+    fn request(out: &mut BytesMut, id: u16, role: u16, keep: bool, body: &[u8]) {
+        let mut begin = [0u8; 8];
+        begin[..2].copy_from_slice(&role.to_be_bytes());
+        begin[2] = u8::from(keep);
+        encode_stream(out, RecordType::BeginRequest, id, &begin);
+        let mut params = BytesMut::new();
+        params::encode_pair(&mut params, b"REQUEST_METHOD", b"POST");
+        encode_stream(out, RecordType::Params, id, &params);
+        encode_stream_end(out, RecordType::Params, id);
+        encode_stream(out, RecordType::Stdin, id, body);
+        encode_stream_end(out, RecordType::Stdin, id);
+    }
+
+    #[test]
+    fn a_whole_simple_request_is_found_and_anything_else_is_not_ours() {
+        let limits = Limits::default();
+        let mut wire = BytesMut::new();
+        request(&mut wire, 1, 1, false, b"body");
+        let whole = wire.len();
+        match walk(&wire, &limits) {
+            Walk::Whole {
+                id, stdin, used, ..
+            } => {
+                assert_eq!((id, used), (1, whole));
+                assert_eq!(&wire[stdin[0].clone()], b"body");
+            }
+            _ => panic!("not found"),
+        }
+        // Cut anywhere: more bytes needed.
+        for cut in 1..whole {
+            assert!(
+                matches!(walk(&wire[..cut], &limits), Walk::Partial),
+                "{cut}"
+            );
+        }
+        // Kept alive, an authorizer, a management record, a body over the
+        // buffer: not ours.
+        let mut kept = BytesMut::new();
+        request(&mut kept, 1, 1, true, b"body");
+        assert!(matches!(walk(&kept, &limits), Walk::Other));
+        let mut authorizer = BytesMut::new();
+        request(&mut authorizer, 1, 2, false, b"");
+        assert!(matches!(walk(&authorizer, &limits), Walk::Other));
+        let mut management = BytesMut::new();
+        crate::fcgi::record::encode_management(&mut management, RecordType::GetValues, b"");
+        assert!(matches!(walk(&management, &limits), Walk::Other));
+        let small = Limits {
+            body_buffer_size: 3,
+            ..Limits::default()
+        };
+        assert!(matches!(walk(&wire, &small), Walk::Other));
+        // A second request's record before the first is whole: not ours.
+        let mut two = BytesMut::new();
+        request(&mut two, 1, 1, false, b"x");
+        let mut interleaved = BytesMut::from(&two[..two.len() - 24]);
+        encode_stream_end(&mut interleaved, RecordType::AbortRequest, 2);
+        assert!(matches!(walk(&interleaved, &limits), Walk::Other));
+    }
+}

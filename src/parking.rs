@@ -1,0 +1,403 @@
+//! Where an idle app thread waits: for a job from the I/O thread (its
+//! mailbox, an eventfd) *or* a new connection on the listening sockets,
+//! which it then accepts and serves itself ([`crate::fcgi::inline`]) — no
+//! cross-thread wake-up for a connection per request, as in uWSGI and
+//! PHP-FPM.
+//!
+//! Every idle thread of every worker waits in its own epoll on the shared
+//! listening sockets with `EPOLLEXCLUSIVE`, so a new connection wakes one
+//! of them, not all. A thread that hands a kept-alive connection to its I/O
+//! thread re-registers (to the back of the sockets' wait queues), so kept
+//! connections are spread round robin over the threads of all workers.
+//! Once the worker stops, a stop eventfd makes every thread let go of the
+//! listening sockets.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::fcgi::inline::Accepted;
+use crate::fcgi::job::{Job, Limits};
+use crate::log_error;
+
+/// The listening sockets the app threads accept on, and what goes with them.
+pub struct Listening {
+    /// Duplicates of the listening sockets (open for the process's life),
+    /// each with whether it is a unix socket.
+    pub sockets: Vec<(OwnedFd, bool)>,
+    /// TCP peers allowed (`FCGI_WEB_SERVER_ADDRS`); `None`: all.
+    pub allowed_peers: Option<Vec<IpAddr>>,
+    /// The connection limits (what an inline request may be).
+    pub limits: Arc<Limits>,
+    /// Where connections go that the I/O thread must serve.
+    pub handoff: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    /// Readable once the worker stops accepting (never drained).
+    stop: EventFd,
+    /// Set once the worker stops accepting.
+    stopped: std::sync::atomic::AtomicBool,
+    /// Requests being served inline right now (a stop waits for them).
+    pub inflight: AtomicUsize,
+}
+
+impl Listening {
+    /// Accept on duplicates of `sockets` (descriptor, unix?).
+    pub fn new(
+        sockets: &[(std::os::fd::RawFd, bool)],
+        allowed_peers: Option<Vec<IpAddr>>,
+        limits: Arc<Limits>,
+        handoff: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    ) -> io::Result<Listening> {
+        let mut dups = Vec::new();
+        for &(fd, unix) in sockets {
+            // SAFETY: the listening socket is open (the caller owns it);
+            // the duplicate is ours.
+            let dup = unsafe { nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 0) };
+            if dup < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `dup` is a fresh descriptor nobody else owns.
+            dups.push((unsafe { OwnedFd::from_raw_fd(dup) }, unix));
+        }
+        Ok(Listening {
+            sockets: dups,
+            allowed_peers,
+            limits,
+            handoff,
+            stop: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Stop accepting: every thread lets go of the listening sockets.
+    pub fn stop_accepting(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let _ = self.stop.write(1);
+    }
+
+    /// Requests being served inline.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// An idle thread's mailbox: `dispatch` puts its next job here. (A queue,
+/// so that no job is ever overwritten, whatever the races between a thread
+/// that accepted a connection and a dispatch that picked it meanwhile.)
+pub struct Parked {
+    jobs: Mutex<std::collections::VecDeque<Job>>,
+    wake: EventFd,
+}
+
+/// What woke an idle thread.
+pub enum Woken {
+    /// A job from the I/O thread.
+    Job(Job),
+    /// A connection this thread accepted.
+    Connection(Accepted),
+}
+
+/// Tokens of the epoll registrations (listening socket `i` is `i`; a
+/// lingering connection is `LINGERING | fd`).
+const MAILBOX: u64 = u64::MAX;
+const STOP: u64 = u64::MAX - 1;
+const LINGERING: u64 = 1 << 40;
+/// How long a closed connection is read for its peer's last bytes.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Lingering connections per thread, at most (the oldest is dropped).
+const MAX_LINGERING: usize = 256;
+
+impl Parked {
+    /// An empty mailbox.
+    pub fn new() -> io::Result<Parked> {
+        Ok(Parked {
+            jobs: Mutex::new(std::collections::VecDeque::new()),
+            wake: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Give the thread its next job and wake it.
+    pub fn give(&self, job: Job) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(job);
+        let _ = self.wake.write(1);
+    }
+
+    /// The next job given to this thread, if any.
+    pub fn take(&self) -> Option<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+}
+
+/// One thread's waiting place.
+pub struct Waiter {
+    epoll: Epoll,
+    me: Arc<Parked>,
+    listening: Option<Arc<Listening>>,
+    /// Still registered on the listening sockets.
+    accepting: bool,
+    /// Connections closed on our side, waiting for the peer's close.
+    lingering: Vec<(OwnedFd, std::time::Instant)>,
+}
+
+impl Waiter {
+    /// A waiter for `me`, accepting on `listening` if given.
+    pub fn new(me: Arc<Parked>, listening: Option<Arc<Listening>>) -> io::Result<Waiter> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&me.wake, EpollEvent::new(EpollFlags::EPOLLIN, MAILBOX))?;
+        let accepting = listening.is_some();
+        if let Some(listening) = &listening {
+            epoll.add(&listening.stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))?;
+        }
+        let waiter = Waiter {
+            epoll,
+            me,
+            listening,
+            accepting,
+            lingering: Vec::new(),
+        };
+        waiter.register()?;
+        Ok(waiter)
+    }
+
+    fn register(&self) -> io::Result<()> {
+        if let (true, Some(listening)) = (self.accepting, &self.listening) {
+            let exclusive = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+            for (index, (socket, _)) in listening.sockets.iter().enumerate() {
+                self.epoll
+                    .add(socket, EpollEvent::new(exclusive, index as u64))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unregister(&self) {
+        if let Some(listening) = &self.listening {
+            for (socket, _) in &listening.sockets {
+                let _ = self.epoll.delete(socket);
+            }
+        }
+    }
+
+    /// This thread's mailbox.
+    pub fn parked(&self) -> Arc<Parked> {
+        self.me.clone()
+    }
+
+    /// The listening sockets this thread accepts on, if any.
+    pub fn listening(&self) -> Option<&Arc<Listening>> {
+        self.listening.as_ref()
+    }
+
+    /// Go to the back of the listening sockets' wait queues.
+    pub fn rotate(&self) {
+        if self.accepting {
+            self.unregister();
+            if let Err(e) = self.register() {
+                log_error!("cannot wait on the listening sockets again: {e}");
+            }
+        }
+    }
+
+    /// Wait (call without the GIL) for a job or a connection.
+    pub fn wait(&mut self) -> Woken {
+        let mut events = [EpollEvent::empty(); 8];
+        loop {
+            if let Some(job) = self.me.take() {
+                return Woken::Job(job);
+            }
+            let ready = match self.epoll.wait(&mut events, self.linger_timeout()) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log_error!("waiting for work: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+            };
+            let events = &events[..ready];
+            // The stop first: no connection is accepted after it.
+            if self.accepting && events.iter().any(|e| e.data() == STOP) {
+                self.unregister();
+                self.accepting = false;
+            }
+            let mut accepted = None;
+            for event in events {
+                match event.data() {
+                    MAILBOX => {
+                        let _ = self.me.wake.read();
+                    }
+                    STOP => {}
+                    token if token & LINGERING != 0 => self.lingered(token),
+                    index if self.accepting && accepted.is_none() => {
+                        accepted = self.accept(index as usize);
+                    }
+                    _ => {}
+                }
+            }
+            self.expire_lingering();
+            if let Some(job) = self.me.take() {
+                if let Some(conn) = accepted {
+                    // Both at once: the job now, the connection to the I/O thread.
+                    self.hand_off(conn);
+                }
+                return Woken::Job(job);
+            }
+            if let Some(conn) = accepted {
+                return Woken::Connection(conn);
+            }
+        }
+    }
+
+    /// A half-closed connection whose peer has not closed yet: read (and
+    /// drop) what it still sends until it closes, for at most [`LINGER`],
+    /// so that its last writes meet an open socket instead of a reset.
+    /// Done between jobs, from this thread's own epoll: no hand-off.
+    pub fn linger(&mut self, socket: OwnedFd) {
+        if self.lingering.len() >= MAX_LINGERING {
+            let (oldest, _) = self.lingering.remove(0);
+            let _ = self.epoll.delete(&oldest);
+        }
+        let token = LINGERING | socket.as_raw_fd() as u64;
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        if self
+            .epoll
+            .add(&socket, EpollEvent::new(interest, token))
+            .is_ok()
+        {
+            self.lingering
+                .push((socket, std::time::Instant::now() + LINGER));
+        }
+    }
+
+    fn lingered(&mut self, token: u64) {
+        let fd = (token & !LINGERING) as std::os::fd::RawFd;
+        let Some(at) = self.lingering.iter().position(|(s, _)| s.as_raw_fd() == fd) else {
+            return;
+        };
+        let mut sink = [0u8; 4096];
+        let done = loop {
+            match nix::unistd::read(&self.lingering[at].0, &mut sink) {
+                Ok(0) => break true,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => break false,
+                Err(_) => break true,
+            }
+        };
+        if done {
+            let (socket, _) = self.lingering.swap_remove(at);
+            let _ = self.epoll.delete(&socket);
+        }
+    }
+
+    fn expire_lingering(&mut self) {
+        let now = std::time::Instant::now();
+        let epoll = &self.epoll;
+        self.lingering.retain(|(socket, until)| {
+            let keep = *until > now;
+            if !keep {
+                let _ = epoll.delete(socket);
+            }
+            keep
+        });
+    }
+
+    fn linger_timeout(&self) -> EpollTimeout {
+        let Some(first) = self.lingering.iter().map(|(_, until)| *until).min() else {
+            return EpollTimeout::NONE;
+        };
+        let left = first.saturating_duration_since(std::time::Instant::now());
+        let millis = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
+        EpollTimeout::from(millis)
+    }
+
+    /// Accept a connection if one is waiting (never waits).
+    pub fn try_accept(&self) -> Option<Accepted> {
+        let listening = self.listening.as_ref()?;
+        if !self.accepting || listening.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        let count = listening.sockets.len();
+        (0..count).find_map(|index| self.accept(index))
+    }
+
+    /// Give a connection to the I/O thread.
+    pub fn hand_off(&self, conn: Accepted) {
+        if let Some(listening) = &self.listening {
+            let _ = listening.handoff.send(conn);
+        }
+    }
+
+    /// Accept one connection on listening socket `index` (another thread
+    /// may have taken it: then `None`).
+    fn accept(&self, index: usize) -> Option<Accepted> {
+        let listening = self.listening.as_ref()?;
+        let (socket, unix) = listening.sockets.get(index)?;
+        let flags =
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+        let fd = match nix::sys::socket::accept4(socket.as_raw_fd(), flags) {
+            Ok(fd) => fd,
+            Err(
+                nix::errno::Errno::EAGAIN
+                | nix::errno::Errno::EINTR
+                | nix::errno::Errno::ECONNABORTED,
+            ) => {
+                return None;
+            }
+            Err(e) => {
+                log_error!("accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                return None;
+            }
+        };
+        // SAFETY: accept4 returned a fresh descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if let Some(board) = crate::process::scoreboard::board() {
+            board.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        if !*unix && !peer_allowed(&fd, listening.allowed_peers.as_deref()) {
+            return None;
+        }
+        crate::fcgi::socket::prepare(&fd, *unix);
+        Some(Accepted {
+            socket: fd,
+            unix: *unix,
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+/// TCP: the peer is in `FCGI_WEB_SERVER_ADDRS` (or no list is set); also
+/// turns Nagle off for the connection.
+fn peer_allowed(fd: &OwnedFd, allowed: Option<&[IpAddr]>) -> bool {
+    use nix::sys::socket::{SockaddrStorage, getpeername, setsockopt, sockopt};
+    let _ = setsockopt(fd, sockopt::TcpNoDelay, &true);
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    let peer = getpeername::<SockaddrStorage>(fd.as_fd().as_raw_fd()).ok();
+    let ip = peer.as_ref().and_then(|p| {
+        p.as_sockaddr_in()
+            .map(|a| IpAddr::V4(a.ip()))
+            .or_else(|| p.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+    });
+    match ip {
+        Some(ip) if allowed.contains(&ip) => true,
+        _ => {
+            let shown = ip.map_or_else(|| "an unknown peer".to_string(), |ip| ip.to_string());
+            log_error!("refused FastCGI connection from {shown}: not in FCGI_WEB_SERVER_ADDRS");
+            false
+        }
+    }
+}
