@@ -99,7 +99,18 @@ impl Io {
                 None => return,
             },
         };
-        let socket = match Socket::new(conn.socket) {
+        // (The app thread that handed it over dropped its share.)
+        let fd = match Arc::try_unwrap(conn.socket) {
+            Ok(fd) => fd,
+            Err(shared) => match nix::unistd::dup(&*shared) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log_error!("cannot set up a connection: {e}");
+                    return;
+                }
+            },
+        };
+        let socket = match Socket::new(fd) {
             Ok(socket) => socket,
             Err(e) => {
                 log_error!("cannot set up a connection: {e}");

@@ -109,7 +109,7 @@ pub fn listeners(options: &WorkerOptions) -> Result<Vec<Listener>, WorkerError> 
 /// master's pipe (a worker of `--workers N`), told once the app is loaded;
 /// such a worker leaves the sockets (and unix socket files) to the master.
 pub fn run(
-    options: WorkerOptions,
+    mut options: WorkerOptions,
     listeners: Vec<Listener>,
     ready: Option<Ready>,
     preloaded: Option<&Py<PyAny>>,
@@ -121,51 +121,18 @@ pub fn run(
         )),
         None => None,
     };
-    let mut options = options;
-    if options.status_path.is_some() || options.ping_path.is_some() {
-        let board = scoreboard::create()?;
-        if ready.is_none() {
-            // A single process is its own (only) worker.
-            if let Some(index) = board.claim(std::process::id()) {
-                scoreboard::adopt(index);
-            }
-        }
-        let pages = Pages {
-            status: options.status_path.clone(),
-            ping: options.ping_path.clone(),
-            pool: options.app.clone().unwrap_or_else(|| "demo".into()),
-            listeners: listeners
-                .iter()
-                .map(|l| match l {
-                    Listener::Tcp(l) => std::os::fd::AsRawFd::as_raw_fd(l),
-                    Listener::Unix(l) => std::os::fd::AsRawFd::as_raw_fd(l),
-                })
-                .collect(),
-        };
-        options.limits.pages = Some(PageHook(Arc::new(move |path, query| {
-            pages.answer(path, query)
-        })));
-    }
+    options.limits.pages = status_pages(&options, &listeners, ready.is_none())?;
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let _guard = runtime.enter();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut quit = signal(SignalKind::quit())?;
-    // USR1: reopen the access log (after log rotation).
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    if let Some(log) = access_log.clone() {
-        runtime.spawn(async move {
-            while usr1.recv().await.is_some() {
-                match log.reopen() {
-                    Ok(()) => log_info!("USR1: access log reopened"),
-                    Err(e) => log_error!("USR1: {e}"),
-                }
-            }
-        });
-    }
+    let stop = stop_signals(
+        &runtime,
+        options.graceful_timeout,
+        ready.is_some(),
+        access_log.clone(),
+    )?;
 
     // print() and C code writing to fd 1 go to the log, like everything else.
     nix::unistd::dup2_stdout(std::io::stderr()).map_err(std::io::Error::from)?;
@@ -174,42 +141,10 @@ pub fn run(
         None => load(&options)?,
     };
     let ready = ready.map(Arc::new);
-    let limit = match (&ready, options.max_requests) {
-        (Some(ready), Some(max)) => {
-            let ready = ready.clone();
-            let limit = max.max(1) + crate::process::recycle::jitter(options.max_requests_jitter);
-            Some(Arc::new(RequestLimit::new(
-                limit,
-                Box::new(move || {
-                    let _ = ready.recycle();
-                }),
-            )))
-        }
-        _ => None,
-    };
     // Idle app threads accept on the listening sockets themselves; what
     // they hand over, the I/O thread serves.
     let (handoff, handoffs) = tokio::sync::mpsc::unbounded_channel();
-    let sockets: Vec<(std::os::fd::RawFd, bool)> = listeners
-        .iter()
-        .map(|l| match l {
-            Listener::Tcp(l) => (std::os::fd::AsRawFd::as_raw_fd(l), false),
-            Listener::Unix(l) => (std::os::fd::AsRawFd::as_raw_fd(l), true),
-        })
-        .collect();
-    let listening = Arc::new(crate::parking::Listening::new(
-        &sockets,
-        listener::web_server_addrs(),
-        Arc::new(options.limits.clone()),
-        handoff,
-    )?);
-    for listener in &listeners {
-        // The app threads wait in epoll and accept4 non-blocking.
-        let _ = match listener {
-            Listener::Tcp(l) => l.set_nonblocking(true),
-            Listener::Unix(l) => l.set_nonblocking(true),
-        };
-    }
+    let listening = Arc::new(accept_on(&listeners, &options, handoff)?);
     let pool = Pool::start(
         application,
         PoolOptions {
@@ -220,31 +155,12 @@ pub fn run(
             multiprocess: options.binds.is_empty() || options.workers > 1,
             forward_stderr: options.forward_stderr,
         },
-        limit,
+        request_limit(ready.as_ref(), &options),
         options.timeouts,
-        match &ready {
-            Some(ready) => {
-                let ready = ready.clone();
-                Box::new(move || {
-                    log_info!(
-                        "a request overran --request-timeout: asking the master for a replacement"
-                    );
-                    let _ = ready.timed_out();
-                })
-            }
-            None => Box::new(|| {
-                log_error!(
-                    "a request overran --request-timeout; its thread stays busy until it returns \
-                     (run with --workers to have this process replaced)"
-                )
-            }),
-        },
+        on_request_timeout(ready.as_ref()),
         access_log,
         Some(listening.clone()),
     )?;
-    let server_options = ServerOptions {
-        limits: options.limits.clone(),
-    };
     log_info!(
         "serving {} with {} app threads on {} socket(s)",
         options.app.as_deref().unwrap_or("the demo app"),
@@ -256,23 +172,14 @@ pub fn run(
         // A single process tells systemd itself (Type=notify).
         None => crate::process::notify::notify("READY=1"),
     }
-    let graceful_timeout = options.graceful_timeout;
-    let managed = ready.is_some();
-    let stop = async move {
-        let grace = tokio::select! {
-            _ = term.recv() => graceful_timeout,
-            _ = int.recv() => Duration::ZERO,
-            _ = quit.recv() => Duration::ZERO,
-        };
-        if !managed {
-            crate::process::notify::notify("STOPPING=1");
-        }
-        grace
+    let server_options = ServerOptions {
+        limits: options.limits.clone(),
     };
+    let pool = Arc::new(pool);
     runtime.block_on(server::serve(
         handoffs,
         listening,
-        Arc::new(pool),
+        pool,
         server_options,
         stop,
     ))?;
@@ -282,6 +189,134 @@ pub fn run(
     Python::attach(python::run_exit_hooks);
     log_info!("stopped");
     Ok(())
+}
+
+/// `--status-path` / `--ping-path`: the pages, answered from the shared
+/// scoreboard (created here; a single process is its own only worker).
+fn status_pages(
+    options: &WorkerOptions,
+    listeners: &[Listener],
+    single: bool,
+) -> Result<Option<PageHook>, WorkerError> {
+    if options.status_path.is_none() && options.ping_path.is_none() {
+        return Ok(None);
+    }
+    let board = scoreboard::create()?;
+    if single {
+        if let Some(index) = board.claim(std::process::id()) {
+            scoreboard::adopt(index);
+        }
+    }
+    let pages = Pages {
+        status: options.status_path.clone(),
+        ping: options.ping_path.clone(),
+        pool: options.app.clone().unwrap_or_else(|| "demo".into()),
+        listeners: listeners.iter().map(|l| raw_socket(l).0).collect(),
+    };
+    Ok(Some(PageHook(Arc::new(move |path, query| {
+        pages.answer(path, query)
+    }))))
+}
+
+/// A listening socket's descriptor, and whether it is a unix socket.
+fn raw_socket(listener: &Listener) -> (std::os::fd::RawFd, bool) {
+    use std::os::fd::AsRawFd;
+    match listener {
+        Listener::Tcp(l) => (l.as_raw_fd(), false),
+        Listener::Unix(l) => (l.as_raw_fd(), true),
+    }
+}
+
+/// The listening sockets as the app threads accept on them (non-blocking:
+/// they wait in epoll and accept4 without blocking).
+fn accept_on(
+    listeners: &[Listener],
+    options: &WorkerOptions,
+    handoff: tokio::sync::mpsc::UnboundedSender<crate::fcgi::inline::Accepted>,
+) -> Result<crate::parking::Listening, WorkerError> {
+    for listener in listeners {
+        let _ = match listener {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l) => l.set_nonblocking(true),
+        };
+    }
+    let sockets: Vec<_> = listeners.iter().map(raw_socket).collect();
+    let limits = Arc::new(options.limits.clone());
+    Ok(crate::parking::Listening::new(
+        &sockets,
+        listener::web_server_addrs(),
+        limits,
+        handoff,
+    )?)
+}
+
+/// `--max-requests` (+ jitter) of a worker under a master: then it asks
+/// for its replacement.
+fn request_limit(ready: Option<&Arc<Ready>>, options: &WorkerOptions) -> Option<Arc<RequestLimit>> {
+    let (ready, max) = (ready?.clone(), options.max_requests?);
+    let limit = max.max(1) + crate::process::recycle::jitter(options.max_requests_jitter);
+    Some(Arc::new(RequestLimit::new(
+        limit,
+        Box::new(move || {
+            let _ = ready.recycle();
+        }),
+    )))
+}
+
+/// What the watchdog does after a request overran `--request-timeout`.
+fn on_request_timeout(ready: Option<&Arc<Ready>>) -> Box<dyn Fn() + Send> {
+    match ready {
+        Some(ready) => {
+            let ready = ready.clone();
+            Box::new(move || {
+                log_info!(
+                    "a request overran --request-timeout: asking the master for a replacement"
+                );
+                let _ = ready.timed_out();
+            })
+        }
+        None => Box::new(|| {
+            log_error!(
+                "a request overran --request-timeout; its thread stays busy until it returns \
+                 (run with --workers to have this process replaced)"
+            )
+        }),
+    }
+}
+
+/// The signals: TERM (graceful: resolves to `graceful_timeout`), INT and
+/// QUIT (fast: zero); USR1 reopens the access log meanwhile.
+fn stop_signals(
+    runtime: &tokio::runtime::Runtime,
+    graceful_timeout: Duration,
+    managed: bool,
+    access_log: Option<Arc<AccessLog>>,
+) -> Result<impl Future<Output = Duration> + use<>, WorkerError> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    if let Some(log) = access_log {
+        runtime.spawn(async move {
+            while usr1.recv().await.is_some() {
+                match log.reopen() {
+                    Ok(()) => log_info!("USR1: access log reopened"),
+                    Err(e) => log_error!("USR1: {e}"),
+                }
+            }
+        });
+    }
+    Ok(async move {
+        let grace = tokio::select! {
+            _ = term.recv() => graceful_timeout,
+            _ = int.recv() => Duration::ZERO,
+            _ = quit.recv() => Duration::ZERO,
+        };
+        if !managed {
+            crate::process::notify::notify("STOPPING=1");
+        }
+        grace
+    })
 }
 
 /// `--user` / `--group`: become that user and group (supplementary groups:

@@ -126,8 +126,10 @@ impl Req {
 pub async fn serve<T: Transport>(mut stream: T, context: Context, buf: BytesMut) -> Closed {
     // SAFETY: the descriptor belongs to `stream`, alive for this call.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let unix =
+        nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(stream.as_raw_fd()).is_ok();
     let link = match nix::unistd::dup(socket) {
-        Ok(fd) => Link::new(fd),
+        Ok(fd) => Link::new(Arc::new(fd), unix),
         Err(e) => {
             log_error!("cannot serve a connection: {e}");
             return Closed::PeerGone;

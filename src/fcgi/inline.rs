@@ -37,8 +37,8 @@ pub const INLINE_WAIT: Duration = Duration::from_millis(10);
 
 /// A connection accepted by an app thread.
 pub struct Accepted {
-    /// The socket (non-blocking).
-    pub socket: OwnedFd,
+    /// The socket (non-blocking; shared with the request's writer).
+    pub socket: Arc<OwnedFd>,
     /// A unix-domain socket.
     pub unix: bool,
     /// Bytes read from it and not yet used.
@@ -204,25 +204,17 @@ fn take_request(
 }
 
 fn link_for(conn: &Accepted) -> Option<Arc<Link>> {
-    nix::unistd::dup(conn.socket.as_fd()).ok().map(Link::new)
+    Some(Link::new(conn.socket.clone(), conn.unix))
 }
 
-/// Close after our response: half-close and take what the peer still sent
-/// (nothing, normally: the whole request was read). Returns the socket if
-/// the peer has not closed its side yet: it may still send a last record
-/// (some clients send a second empty STDIN), which must meet an open
-/// socket, not a reset — the caller lingers on it.
+/// Close after our response: half-close (the peer sees the end at once)
+/// and give the socket back to linger on: the peer may still send a last
+/// record (some clients send a second empty STDIN), which must meet an open
+/// socket, not a reset. `None` when something of the request is still alive
+/// (the app kept it): the descriptor then closes when that goes.
 pub fn close(conn: Accepted) -> Option<OwnedFd> {
     let _ = nix::sys::socket::shutdown(conn.socket.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    let mut sink = [0u8; 4096];
-    loop {
-        match nix::unistd::read(&conn.socket, &mut sink) {
-            Ok(0) => return None,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => return Some(conn.socket),
-            Err(_) => return None,
-        }
-    }
+    Arc::try_unwrap(conn.socket).ok()
 }
 
 /// Read what is there, waiting until `deadline` for something. `Ok(false)`:
@@ -230,19 +222,14 @@ pub fn close(conn: Accepted) -> Option<OwnedFd> {
 /// failed), `partial` if it left part of a request behind.
 fn read_some(conn: &mut Accepted, deadline: Instant) -> Result<bool, bool> {
     let partial = !conn.buf.is_empty();
+    let fd = conn.socket.as_raw_fd();
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     loop {
         conn.buf.reserve(16 * 1024);
         let spare = conn.buf.spare_capacity_mut();
         // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
         // capacity; exactly the `n` it reports are then initialized.
-        let n = unsafe {
-            nix::libc::read(
-                conn.socket.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-            )
-        };
+        let n = unsafe { nix::libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
         if n > 0 {
             // SAFETY: see above.
             unsafe { conn.buf.set_len(conn.buf.len() + n as usize) };
@@ -261,7 +248,7 @@ fn read_some(conn: &mut Accepted, deadline: Instant) -> Result<bool, bool> {
             return Ok(false);
         }
         let millis = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(conn.socket.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(conn.socket.as_ref().as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(millis)) {
             Ok(0) => return Ok(false),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}

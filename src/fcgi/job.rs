@@ -175,10 +175,10 @@ pub struct Link {
 }
 
 impl Link {
-    /// The link of a connection whose socket (a duplicate) is `socket`.
-    pub fn new(socket: OwnedFd) -> Arc<Link> {
+    /// The link of a connection on `socket` (`unix`: a unix-domain socket).
+    pub fn new(socket: Arc<OwnedFd>, unix: bool) -> Arc<Link> {
         Arc::new(Link {
-            writer: Writer::new(socket),
+            writer: Writer::new(socket, unix),
             finished: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
             gone: AtomicBool::new(false),
@@ -341,19 +341,6 @@ impl Exchange {
         drop(held);
         self.link.wake.notify_one();
         true
-    }
-
-    /// The app failed after its response began: end the connection without
-    /// END_REQUEST, so the web server reports a broken response instead of
-    /// passing a truncated one on as complete.
-    pub fn cut_short(&self) {
-        let _held = self.link.writer.hold();
-        if !self.ended.swap(true, Ordering::AcqRel) {
-            self.link.finished(self.id, false);
-            self.link.writer.shut_down();
-            drop(_held);
-            self.link.wake.notify_one();
-        }
     }
 }
 

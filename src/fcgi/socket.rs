@@ -22,8 +22,7 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// Take over a connected socket (made non-blocking here; its options
-    /// were set by [`prepare`] when it was accepted).
+    /// Take over a connected socket (made non-blocking here).
     pub fn new(fd: OwnedFd) -> io::Result<Socket> {
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
@@ -31,20 +30,6 @@ impl Socket {
         Ok(Socket {
             read: register(fd, Interest::READABLE)?,
         })
-    }
-}
-
-/// Socket options of a new connection (already non-blocking).
-pub fn prepare(fd: &OwnedFd, unix: bool) {
-    if unix {
-        // poll(2) reports a unix socket writable only once 3/4 of its send
-        // buffer has drained, so an app thread streaming a body (and waiting
-        // for room) lets the web server run dry unless the buffer is bigger
-        // than the default 208 KiB. The kernel caps the request at
-        // net.core.wmem_max (and doubles it); memory is used only while data
-        // is in flight. (TCP sockets keep autotuning.) 10 MiB body, 1 thread:
-        // 370 → 560 req/s on this machine.
-        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::SndBuf, &(1 << 20));
     }
 }
 

@@ -47,6 +47,8 @@
 # (/proc/PID/smaps_rollup: shared pages split among the sharers) / N, both
 # read right after the measurement; master = the parent's VmRSS. Ratios:
 # ours/other (req/s > 1: ours faster; latency and memory < 1: ours lower).
+# For Flask, the app's own CPU per request is measured in process (a prepared
+# environ, no server) and each server's overhead = cpu/req minus that.
 # Helpers shared with tests/bench/fcgi.sh: tests/bench/lib.sh.
 #
 # Usage: tests/bench/workers.sh
@@ -316,6 +318,41 @@ for workload in $WORKLOADS; do
   done
 done
 
+# Flask's own cost per request, in process (a prepared environ, the same
+# route, no server): CPU per request minus this is a server's overhead.
+flask_us=
+case " $WORKLOADS " in
+  *" flask "*)
+    flask_us=$(cd tests/apps && "$PY" - <<'EOF'
+import io, sys, time
+sys.path.insert(0, ".")
+from flask_app import app
+environ = {
+    "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+    "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "18089", "SERVER_PROTOCOL": "HTTP/1.1",
+    "HTTP_HOST": "127.0.0.1:18089", "HTTP_USER_AGENT": "wrk", "REMOTE_ADDR": "127.0.0.1",
+    "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+    "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
+}
+def call():
+    env = dict(environ, **{"wsgi.input": io.BytesIO(b"")})
+    body = app(env, lambda status, headers, exc_info=None: None)
+    b"".join(body)
+    getattr(body, "close", lambda: None)()
+for _ in range(2000):
+    call()
+best = None
+for _ in range(5):
+    start = time.process_time()
+    for _ in range(2000):
+        call()
+    per = (time.process_time() - start) / 2000 * 1e6
+    best = per if best is None else min(best, per)
+print(f"{best:.1f}")
+EOF
+    ) ;;
+esac
+
 # --- report ------------------------------------------------------------------------
 echo
 echo "wsgi-fcgi multi-process benchmark (commit $commit): WORKERS=$WORKERS THREADS=$THREADS" \
@@ -328,11 +365,12 @@ for system in $SYSTEMS; do
     "$(server_cmd "$system" hello SOCK | tr '\n' ' ' | sed "s|$BIN|target/release/wsgi-fcgi|; s|$root/||g; s|tests/apps/hello.py|APP|; s|hello:application|APPMODULE|")" \
     "$(nginx_mode "$system")"
 done
-"$PY" - "$results" "$WORKERS" <<'EOF'
+"$PY" - "$results" "$WORKERS" "$flask_us" <<'EOF'
 import json, sys
 
 runs = [json.loads(line) for line in open(sys.argv[1])]
 n = int(sys.argv[2])
+flask_us = float(sys.argv[3]) if sys.argv[3] else None
 by = {}
 for r in runs:
     by.setdefault(r["workload"], {})[r["system"]] = r
@@ -365,6 +403,14 @@ for workload, systems in by.items():
             c = f"{cpu(ours) / cpu(o):.2f}" if cpu(ours) and cpu(o) else "-"
             print(f"    vs {system:<16} req/s {ratio('rps'):>5}x  p50 {ratio('p50_us'):>5}  p99 {ratio('p99_us'):>5}"
                   f"  cpu/req {c:>5}  rss/wk {ratio('rss_per_worker_kib'):>5}  pss/wk {ratio('pss_per_worker_kib'):>5}")
+    if workload == "flask" and flask_us:
+        over = {s: r["server_cpu_s"] / r["requests"] * 1e6 - flask_us for s, r in systems.items() if r["requests"]}
+        print(f"  Flask in process: {flask_us:.1f} us/req; server overhead (cpu/req minus that): "
+              + ", ".join(f"{s} {v:.1f} us" for s, v in over.items()))
+        if "ours" in over:
+            for s, v in over.items():
+                if s != "ours" and v > 0:
+                    print(f"    overhead ours/{s}: {over['ours'] / v:.2f}")
 if bad:
     print("\nNOT SANE:")
     for b in bad:
