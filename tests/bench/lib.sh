@@ -113,7 +113,7 @@ launch_nginx() { # runs $run/nginx.conf; sets NGINX_PID and NGINX_WORKER
 stop_nginx() {
   [ -n "$NGINX_PID" ] || return 0
   local i
-  kill -QUIT "$NGINX_PID" 2>/dev/null || true
+  kill "-${FRONT_STOP_SIGNAL:-QUIT}" "$NGINX_PID" 2>/dev/null || true
   for i in $(seq 30); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$NGINX_PID" ${NGINX_WORKER:+"$NGINX_WORKER"} 2>/dev/null || true
   wait "$NGINX_PID" 2>/dev/null || true

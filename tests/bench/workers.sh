@@ -26,6 +26,11 @@
 #                     nginx fastcgi_pass without keepalive (a child is held by
 #                     its connection until it closes)
 #
+# FRONT=haproxy puts HAProxy (one thread) in front instead of nginx, for the
+# FastCGI contenders: ours multiplexed (fcgi-app with keep-conn, mpxs-conns,
+# max-reqs 10, get-values; http-reuse always), uwsgi and flup-prefork with
+# keep-conn (they answer no GET_VALUES and do not multiplex).
+#
 # Workloads (WORKLOADS):
 #   hello  tests/apps/hello.py           "Hello, world!\n"
 #   flask  tests/apps/flask_app.py  /    "Hello from Flask\n"
@@ -55,7 +60,7 @@
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
 #   SYSTEMS="ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
-#   NGINX_PORT=18089 NGINX_MODE=keepalive|default RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
+#   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -69,11 +74,13 @@ WORKLOADS=${WORKLOADS:-"hello flask"}
 SYSTEMS=${SYSTEMS:-"ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
 NGINX_PORT=${NGINX_PORT:-18089}
 NGINX_MODE=${NGINX_MODE:-keepalive}
+FRONT=${FRONT:-nginx}
+case $FRONT in nginx|haproxy) ;; *) echo "FRONT must be nginx or haproxy" >&2; exit 2 ;; esac
 case $NGINX_MODE in default|keepalive) ;; *) echo "NGINX_MODE must be default or keepalive" >&2; exit 2 ;; esac
 
 echo "command: WORKERS=$WORKERS THREADS=$THREADS DURATION=$DURATION WARMUP=$WARMUP" \
   "CONNECTIONS=$CONNECTIONS WORKLOADS=\"$WORKLOADS\" SYSTEMS=\"$SYSTEMS\" NGINX_PORT=$NGINX_PORT" \
-  "NGINX_MODE=$NGINX_MODE" \
+  "NGINX_MODE=$NGINX_MODE FRONT=$FRONT" \
   "$0${*:+ $*}"
 
 bench=workers.sh
@@ -209,8 +216,62 @@ stop_server() {
   SERVER_PID=
 }
 
+start_haproxy() { # socket multiplex: HAProxy (one thread) as the front
+  # (FRONT=haproxy); for ours `option mpxs-conns` + `http-reuse always`
+  # (multiplexed connections), for the others HAProxy's defaults (uWSGI and
+  # flup answer no FCGI_GET_VALUES). Its pid stands in for nginx's in the
+  # accounting.
+  local mpx="    option keep-conn"
+  [ "$2" = yes ] && mpx="    option keep-conn
+    option mpxs-conns
+    option max-reqs 10
+    option get-values"
+  local reuse=
+  [ "$2" = yes ] && reuse="    http-reuse always"
+  cat > "$run/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind 127.0.0.1:$NGINX_PORT
+    default_backend app
+fcgi-app wsgi
+    docroot /srv
+    path-info ^()(/.*)\$
+$mpx
+backend app
+    use-fcgi-app wsgi
+$reuse
+    server app unix@$1 proto fcgi
+EOF
+  local i
+  FRONT_STOP_SIGNAL=TERM
+  haproxy -db -f "$run/haproxy.cfg" >>"$run/nginx-error.log" 2>&1 &
+  NGINX_PID=$!
+  NGINX_WORKER=$NGINX_PID
+  for i in $(seq 50); do
+    curl -s -m 2 -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && return 0
+    kill -0 "$NGINX_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$run/nginx-error.log" >&2
+  die "haproxy did not come up"
+}
+
 start_nginx() { # mode socket
   local pass
+  if [ "$FRONT" = haproxy ]; then
+    case $1 in
+      fastcgi-keepalive) start_haproxy "$2" yes; return ;;
+      fastcgi*) start_haproxy "$2" no; return ;;
+      *) die "FRONT=haproxy: $1 is not a FastCGI server" ;;
+    esac
+  fi
   case $1 in
     fastcgi-keepalive|fastcgi)
       local keepalive="keepalive $((CONNECTIONS * 2));" keep_conn=on
@@ -365,8 +426,9 @@ for system in $SYSTEMS; do
     "$(server_cmd "$system" hello SOCK | tr '\n' ' ' | sed "s|$BIN|target/release/wsgi-fcgi|; s|$root/||g; s|tests/apps/hello.py|APP|; s|hello:application|APPMODULE|")" \
     "$(nginx_mode "$system")"
 done
-"$PY" - "$results" "$WORKERS" "$flask_us" <<'EOF'
+"$PY" - "$results" "$WORKERS" "$flask_us" "$FRONT" <<'EOF'
 import json, sys
+front = sys.argv[4]
 
 runs = [json.loads(line) for line in open(sys.argv[1])]
 n = int(sys.argv[2])
@@ -388,7 +450,10 @@ for workload, systems in by.items():
               f" {r['server_cpu_s'] / r['wall_s']:>9.2f} {cpu_req:>10.1f} {r['other_cores']:>5.2f}"
               f" {r['workers_found']:>3} {share(r.get('busiest_worker_share')):>6} {mib(r['rss_per_worker_kib']):>10} {mib(r['pss_per_worker_kib']):>10}"
               f" {mib(r['master_rss_kib']):>10}")
-        if r["errors"] or r["workers_found"] != n:
+        if r["errors"] and front == "haproxy" and system != "ours":
+            print(f"    ({system}: {r['errors']} failed requests behind HAProxy, which reuses the"
+                  f" connections it asked to keep (FCGI_KEEP_CONN) while {system} closes them)")
+        elif r["errors"] or r["workers_found"] != n:
             bad.append(f"{workload}/{system}: {r['errors']} errors, {r['workers_found']} workers found")
     ours = systems.get("ours")
     if ours:
