@@ -305,34 +305,25 @@ impl Held<'_> {
     /// the write stops — and if a record was left half written, the
     /// connection is shut down (the web server sees it close, never a
     /// corrupt record).
-    pub fn write(
-        &self,
-        mut frames: Frames,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<(), WriteError> {
+    pub fn write(&self, frames: Frames, cancelled: &dyn Fn() -> bool) -> Result<(), WriteError> {
         let writer = self.writer;
-        if writer.broken.load(Ordering::Acquire) {
-            return Err(WriteError::Closed(io::ErrorKind::BrokenPipe.into()));
-        }
-        frames.seal();
-        while !frames.segments.is_empty() {
-            match nix::sys::uio::writev(&*writer.socket, &frames.io_slices()) {
-                Ok(n) => frames.advance(n),
-                Err(nix::errno::Errno::EAGAIN) if writer.grow() => {}
-                Err(nix::errno::Errno::EAGAIN) => {
-                    if cancelled() {
-                        if frames.started {
-                            writer.shut_down();
-                        }
-                        return Err(WriteError::Aborted);
-                    }
-                    writer.wait_writable().map_err(WriteError::Closed)?;
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(WriteError::Closed(e.into())),
+        let mut rest = frames;
+        loop {
+            rest = match self.try_write(rest)? {
+                None => return Ok(()),
+                Some(rest) => rest,
+            };
+            if writer.grow() {
+                continue;
             }
+            if cancelled() {
+                if rest.started {
+                    writer.shut_down();
+                }
+                return Err(WriteError::Aborted);
+            }
+            writer.wait_writable().map_err(WriteError::Closed)?;
         }
-        Ok(())
     }
 
     /// `len` bytes of `file` from `offset` as STDOUT records of request
