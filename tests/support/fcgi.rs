@@ -50,6 +50,8 @@ pub const UNKNOWN_ROLE: u8 = 3;
 
 /// How long a test waits for anything from the server.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a single write to a responder may block.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `wsgi-fcgi` binary cargo built for this test run.
 pub fn wsgi_fcgi() -> PathBuf {
@@ -392,6 +394,9 @@ impl Addr {
             Addr::Unix(p) => Socket::from(UnixStream::connect(p)?),
             Addr::Tcp(a) => Socket::from(TcpStream::connect_timeout(a, TIMEOUT)?),
         };
+        // A responder that stops reading (a deadlock) fails the test
+        // instead of hanging it.
+        sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
         Ok(Conn {
             sock,
             buf: Vec::new(),
