@@ -184,6 +184,7 @@ impl StartResponse {
         // writer lock with the GIL held is safe: nobody holding it waits for
         // the GIL.)
         let mut writer = self.lock();
+        let last = last || writer.completes(data.len());
         let written = if writer.may_block(last) {
             drop(writer);
             py.detach(|| self.lock().write(data, last))

@@ -284,6 +284,21 @@ impl ResponseWriter {
             .map_or(0, |h| h.code)
     }
 
+    /// True when a chunk of `len` bytes completes the declared
+    /// `Content-Length` (or no body is sent at all, for `HEAD`): nothing can
+    /// follow it, so it may be treated as the last chunk and leave together
+    /// with the end of the response — a Flask or Django response (an
+    /// iterable without a length) then goes out in one write, like a list.
+    pub fn completes(&self, len: usize) -> bool {
+        if self.discard_body {
+            return self.head.is_some();
+        }
+        self.head
+            .as_ref()
+            .and_then(|h| h.content_length)
+            .is_some_and(|declared| self.body_bytes + len as u64 >= declared)
+    }
+
     /// True when `write(_, last)` (or `finish()` when `last`) may wait on
     /// I/O, so the caller should release the GIL around it.
     pub fn may_block(&self, last: bool) -> bool {
@@ -451,6 +466,24 @@ mod tests {
         w.write(Bytes::from_static(b"abc"), false).unwrap();
         w.write(Bytes::from_static(b"defg"), false).unwrap();
         assert_eq!(w.body_bytes(), 4);
+    }
+
+    #[test]
+    fn a_chunk_that_completes_the_content_length_is_the_last() {
+        let rec = Recorder::default();
+        let mut w = ResponseWriter::new(Box::new(rec.clone()), false);
+        assert!(!w.completes(3), "no head yet");
+        w.set_head(make_head("200 OK", vec![("Content-Length".into(), "6".into())]).unwrap());
+        assert!(!w.completes(3));
+        w.write(Bytes::from_static(b"abc"), false).unwrap();
+        assert!(w.completes(3));
+        assert!(!w.completes(2));
+        let mut unknown = ResponseWriter::new(Box::new(rec.clone()), false);
+        unknown.set_head(make_head("200 OK", vec![]).unwrap());
+        assert!(!unknown.completes(1_000_000));
+        let mut head = ResponseWriter::new(Box::new(rec), true);
+        head.set_head(make_head("200 OK", vec![]).unwrap());
+        assert!(head.completes(1));
     }
 
     #[test]
