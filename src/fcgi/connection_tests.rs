@@ -8,8 +8,11 @@ use std::io::Read;
 use tokio::io::AsyncWriteExt;
 
 use super::*;
-use crate::fcgi::params::encode_pair;
-use crate::fcgi::record::{self, encode_stream, encode_stream_end};
+use crate::fcgi::job::Job;
+use crate::fcgi::params::{self, encode_pair};
+use crate::fcgi::record::{
+    self, ProtocolStatus, Record, RecordType, encode_stream, encode_stream_end,
+};
 
 struct Echo;
 
