@@ -89,27 +89,36 @@ impl Connection {
         Ok(())
     }
 
-    /// END_REQUEST with `status` now; the request's records are ignored
-    /// until its STDIN ends (§3.3).
+    /// END_REQUEST with `status` now (a refusal at BEGIN_REQUEST).
     async fn refuse(&mut self, id: u16, status: ProtocolStatus) -> Result<(), Closed> {
-        self.ended_here(id, true)?;
         let mut frames = Frames::default();
         frames.end_request(id, 0, status);
-        self.send(frames).await
+        self.answer_here(id, true, false, frames).await
     }
 
-    /// A request answered by the connection itself: it is `Ended` until its
-    /// STDIN ends (`stdin_ended`: it already has).
-    fn ended_here(&mut self, id: u16, keep_conn: bool) -> Result<(), Closed> {
-        let ended = self.requests.values().filter(|r| !r.live()).count();
-        if ended >= MAX_ENDED {
-            return Err(Closed::Protocol(format!(
-                "more than {MAX_ENDED} ended requests with unfinished STDIN streams"
-            )));
+    /// Answer request `id` with `frames` of our own (END_REQUEST among them)
+    /// and forget it — or, while its STDIN may still come (`stdin_ended`
+    /// false), keep it `Ended` so that those records are ignored (§3.3).
+    async fn answer_here(
+        &mut self,
+        id: u16,
+        keep_conn: bool,
+        stdin_ended: bool,
+        frames: Frames,
+    ) -> Result<(), Closed> {
+        if stdin_ended {
+            self.requests.remove(&id);
+        } else {
+            let ended = self.requests.values().filter(|r| !r.live()).count();
+            if ended >= MAX_ENDED {
+                return Err(Closed::Protocol(format!(
+                    "more than {MAX_ENDED} ended requests with unfinished STDIN streams"
+                )));
+            }
+            self.requests.insert(id, Req::Ended);
         }
-        self.requests.insert(id, Req::Ended);
         self.close_when_idle |= !keep_conn;
-        Ok(())
+        self.send(frames).await
     }
 
     /// ABORT_REQUEST (§5.4): a request not yet running ends at once; a
@@ -134,10 +143,9 @@ impl Connection {
         };
         log_info!("web server aborted request {id} before it ran");
         // Records of it still on the way are ignored (until its STDIN ends).
-        self.ended_here(id, keep_conn)?;
         let mut frames = Frames::default();
         frames.end_request(id, 0, ProtocolStatus::RequestComplete);
-        self.send(frames).await
+        self.answer_here(id, keep_conn, false, frames).await
     }
 
     /// PARAMS: collect up to the limit; the empty record completes the header.
@@ -177,10 +185,9 @@ impl Connection {
         let meta = params::decode(&params)
             .map_err(|e| Closed::Protocol(format!("PARAMS of request {id}: {e}")))?;
         if let Some(response) = own_answer(&self.context.limits, id, &meta) {
-            self.ended_here(id, keep_conn)?;
             let mut frames = Frames::default();
             frames.whole_response(id, &response);
-            return self.send(frames).await;
+            return self.answer_here(id, keep_conn, false, frames).await;
         }
         let limits = &self.context.limits;
         if role == Role::Authorizer {
@@ -243,11 +250,9 @@ impl Connection {
         );
         if self.context.dispatch.dispatch(job).is_err() {
             log_error!("request {id}: all app threads busy and the queue is full: FCGI_OVERLOADED");
-            self.requests.remove(&id);
-            self.close_when_idle |= !keep_conn;
             let mut frames = Frames::default();
             frames.end_request(id, 0, ProtocolStatus::Overloaded);
-            return self.send(frames).await;
+            return self.answer_here(id, keep_conn, stdin_ended, frames).await;
         }
         Ok(())
     }
@@ -344,10 +349,9 @@ impl Connection {
             })
         );
         log_error!("request {id}: body exceeds --max-body-size: 413");
-        self.ended_here(id, keep_conn)?;
         let mut frames = Frames::default();
         frames.whole_response(id, &too_large());
-        self.send(frames).await
+        self.answer_here(id, keep_conn, false, frames).await
     }
 
     async fn on_management(&mut self, record: Record) -> Result<(), Closed> {
