@@ -433,14 +433,14 @@ fn respond(
 /// of the GIL (a small response into a socket with room never blocks);
 /// the GIL is released only to wait for the writer or for room.
 fn finish(py: Python<'_>, exchange: &Exchange, head: &[u8], body: Bytes, status: u32) {
-    let ending = match exchange.ending(false) {
-        None => return, // the watchdog answered it
-        Some(Ok(ending)) => ending,
-        Some(Err(())) => {
+    let ending = match exchange.try_ending() {
+        Ok(Some(ending)) => ending,
+        Ok(None) => return, // the watchdog answered it
+        Err(_busy) => {
             // Another request of this connection is writing: wait for it
             // without the GIL.
             py.detach(|| {
-                if let Some(Ok(ending)) = exchange.ending(true) {
+                if let Some(ending) = exchange.ending() {
                     let frames = ending.frames(head, body, status);
                     ending.write(frames);
                 }

@@ -25,7 +25,7 @@ impl Dispatch for Echo {
             if body.starts_with(b"slow") {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            if let Some(Ok(ending)) = job.exchange.ending(true) {
+            if let Some(ending) = job.exchange.ending() {
                 let frames = ending.frames(b"Status: 200 OK\r\n\r\n", Bytes::from(body), 0);
                 ending.write(frames);
             }

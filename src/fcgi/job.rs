@@ -289,29 +289,31 @@ impl Exchange {
             .map_err(io::Error::from)
     }
 
-    /// Take the writer to end the request (see [`Ending`]); `None` when it
-    /// already ended (the watchdog answered it) — nothing more may be sent.
-    /// `wait`: block for the writer (false: give up if another request of
-    /// the connection is writing, so the caller can release the GIL first).
-    pub fn ending(&self, wait: bool) -> Option<Result<Ending<'_>, ()>> {
-        let held = if wait {
-            self.link.writer.hold()
-        } else {
-            match self.link.writer.try_hold() {
-                Some(held) => held,
-                None => return Some(Err(())),
-            }
-        };
+    /// Take the writer to end the request, waiting for it (see [`Ending`]);
+    /// `None` when the request already ended (the watchdog answered it):
+    /// nothing more may be sent.
+    pub fn ending(&self) -> Option<Ending<'_>> {
+        self.end_with(self.link.writer.hold())
+    }
+
+    /// [`Exchange::ending`] if no other request of the connection is
+    /// writing (`Err(Busy)`: the caller releases the GIL, then waits).
+    pub fn try_ending(&self) -> Result<Option<Ending<'_>>, Busy> {
+        let held = self.link.writer.try_hold().ok_or(Busy)?;
+        Ok(self.end_with(held))
+    }
+
+    fn end_with<'a>(&'a self, held: Held<'a>) -> Option<Ending<'a>> {
         if self.ended.swap(true, Ordering::AcqRel) {
             return None;
         }
         // Told before END_REQUEST goes out: the web server may reuse the id
         // as soon as it reads it, and the connection must know it is free.
         self.link.finished(self.id, false);
-        Some(Ok(Ending {
+        Some(Ending {
             exchange: self,
             held,
-        }))
+        })
     }
 
     /// `--request-timeout`: answer 504 if nothing of the response went out,
@@ -343,6 +345,10 @@ impl Exchange {
         true
     }
 }
+
+/// Another request of the connection is writing right now.
+#[derive(Debug)]
+pub struct Busy;
 
 /// The end of a request, with the writer held: the last output and
 /// END_REQUEST leave in one write.
