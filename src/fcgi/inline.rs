@@ -48,7 +48,7 @@ pub struct Accepted {
 /// What to do with an accepted connection next.
 pub enum Next {
     /// Run this request (its response goes through the job's exchange, on
-    /// a duplicate of the socket), then [`close`] the connection.
+    /// the same socket), then [`close`] the connection.
     Run {
         /// The request.
         job: Job,
@@ -174,16 +174,22 @@ fn take_request(
     stdin: &[std::ops::Range<usize>],
     used: usize,
 ) -> Next {
-    let mut encoded = Vec::with_capacity(params.iter().map(|r| r.len()).sum());
-    for range in params {
-        encoded.extend_from_slice(&conn.buf[range.clone()]);
-    }
-    let Ok(meta) = params::decode(&encoded) else {
+    // (Web servers send the PARAMS in one record, then the empty one: no
+    // need to join them.)
+    let pieces: Vec<&[u8]> = params
+        .iter()
+        .map(|r| &conn.buf[r.clone()])
+        .filter(|p| !p.is_empty())
+        .collect();
+    let decoded = match pieces.as_slice() {
+        [one] => params::decode(one),
+        _ => params::decode(&pieces.concat()),
+    };
+    let Ok(meta) = decoded else {
         return Next::HandOff(conn); // malformed: the connection names the fault
     };
-    let Some(link) = link_for(&conn) else {
-        return Next::Done;
-    };
+    // The request writes on the same socket (shared, not duplicated).
+    let link = Link::new(conn.socket.clone(), conn.unix);
     let request = conn.buf.split_to(used).freeze();
     if let Some(response) = own_answer(limits, id, &meta) {
         let mut frames = Frames::default();
@@ -201,10 +207,6 @@ fn take_request(
         exchange: Exchange::new(id, link, false),
     };
     Next::Run { job, conn }
-}
-
-fn link_for(conn: &Accepted) -> Option<Arc<Link>> {
-    Some(Link::new(conn.socket.clone(), conn.unix))
 }
 
 /// Close after our response: half-close (the peer sees the end at once)
