@@ -239,10 +239,9 @@ fn serve_inline(
         }
         inline::Next::Done => None,
     };
-    if let Some(conn) = answered {
-        if let Some(socket) = py.detach(|| inline::close(conn)) {
-            waiter.linger(socket);
-        }
+    // (A half-close never blocks: no reason to let go of the GIL for it.)
+    if let Some(socket) = answered.and_then(inline::close) {
+        waiter.linger(socket);
     }
     listening.inflight.fetch_sub(1, Ordering::AcqRel);
 }

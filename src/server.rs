@@ -15,36 +15,29 @@ use tokio::task::JoinSet;
 use crate::fcgi::connection::{self, Context};
 use crate::fcgi::idle::IdleList;
 use crate::fcgi::inline::Accepted;
-use crate::fcgi::job::{Dispatch, Limits};
+use crate::fcgi::job::Dispatch;
 use crate::fcgi::socket::Socket;
 use crate::parking::Listening;
 use crate::{log_error, log_info, log_warn};
 
-/// How the I/O thread behaves.
-#[derive(Clone, Debug)]
-pub struct ServerOptions {
-    /// Connection limits and advertised values.
-    pub limits: Limits,
-}
-
-/// Serve the connections handed over on `handoffs` until `stop` resolves
+/// Serve the connections handed over on `handoffs` (with the limits of
+/// `listening`, where the app threads accept them) until `stop` resolves
 /// to a grace period, then stop (zero: a fast stop).
 pub async fn serve(
     mut handoffs: mpsc::UnboundedReceiver<Accepted>,
     listening: Arc<Listening>,
     dispatch: Arc<dyn Dispatch>,
-    options: ServerOptions,
     stop: impl Future<Output = Duration>,
 ) -> std::io::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut io = Io {
         context: Context {
             dispatch,
-            limits: Arc::new(options.limits.clone()),
+            limits: listening.limits.clone(),
             shutdown: shutdown_rx,
             idle: Arc::new(IdleList::default()),
         },
-        slots: Arc::new(Semaphore::new(options.limits.max_conns.max(1))),
+        slots: Arc::new(Semaphore::new(listening.limits.max_conns.max(1))),
         connections: JoinSet::new(),
     };
     let mut stop = std::pin::pin!(stop);

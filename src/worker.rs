@@ -20,7 +20,7 @@ use crate::process::Ready;
 use crate::process::master::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
-use crate::server::{self, ServerOptions};
+use crate::server;
 use crate::{app, log_error, log_info, python};
 
 /// Everything a worker needs.
@@ -172,17 +172,8 @@ pub fn run(
         // A single process tells systemd itself (Type=notify).
         None => crate::process::notify::notify("READY=1"),
     }
-    let server_options = ServerOptions {
-        limits: options.limits.clone(),
-    };
     let pool = Arc::new(pool);
-    runtime.block_on(server::serve(
-        handoffs,
-        listening,
-        pool,
-        server_options,
-        stop,
-    ))?;
+    runtime.block_on(server::serve(handoffs, listening, pool, stop))?;
     if ready.is_none() {
         remove_socket_files(&options);
     }
