@@ -8,7 +8,9 @@
 //! listening sockets with `EPOLLEXCLUSIVE`, so a new connection wakes one
 //! of them, not all. A thread that hands a kept-alive connection to its I/O
 //! thread re-registers (to the back of the sockets' wait queues), so kept
-//! connections are spread round robin over the threads of all workers.
+//! connections rotate over the threads. (That is not yet an even spread over
+//! workers: connections arriving in one burst, while one thread is woken and
+//! not yet running, all wake that same thread, which then accepts them all.)
 //! Once the worker stops, a stop eventfd makes every thread let go of the
 //! listening sockets.
 

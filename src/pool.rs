@@ -232,7 +232,7 @@ fn serve_inline(
         }
         inline::Next::Answered(conn) => Some(conn),
         inline::Next::HandOff(conn) => {
-            // Kept connections spread over the threads of all workers.
+            // Kept connections rotate over the accepting threads.
             waiter.rotate();
             waiter.hand_off(conn);
             None
