@@ -7,10 +7,9 @@
 //! Every idle thread of every worker waits in its own epoll on the shared
 //! listening sockets with `EPOLLEXCLUSIVE`, so a new connection wakes one
 //! of them, not all. A thread that hands a kept-alive connection to its I/O
-//! thread re-registers (to the back of the sockets' wait queues), so kept
-//! connections rotate over the threads. (That is not yet an even spread over
-//! workers: connections arriving in one burst, while one thread is woken and
-//! not yet running, all wake that same thread, which then accepts them all.)
+//! thread steps aside (see [`Waiter::handed_off`]), so kept connections
+//! spread over the workers even when a keepalive pool opens them in one
+//! burst.
 //! Once the worker stops, a stop eventfd makes every thread let go of the
 //! listening sockets.
 
@@ -45,6 +44,9 @@ pub struct Listening {
     stopped: std::sync::atomic::AtomicBool,
     /// Requests being served inline right now (a stop waits for them).
     pub inflight: AtomicUsize,
+    /// Other processes accept on the same sockets (`--workers`, or sockets
+    /// inherited from a spawner that runs several of us).
+    peers: bool,
 }
 
 impl Listening {
@@ -54,6 +56,7 @@ impl Listening {
         allowed_peers: Option<Vec<IpAddr>>,
         limits: Arc<Limits>,
         handoff: tokio::sync::mpsc::UnboundedSender<Accepted>,
+        peers: bool,
     ) -> io::Result<Listening> {
         let mut dups = Vec::new();
         for &(fd, unix) in sockets {
@@ -74,6 +77,7 @@ impl Listening {
             stop: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
             stopped: std::sync::atomic::AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            peers,
         })
     }
 
@@ -112,6 +116,10 @@ const STOP: u64 = u64::MAX - 1;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Lingering connections per thread, at most (the oldest is dropped).
 const MAX_LINGERING: usize = 256;
+/// How long a thread that handed a connection over leaves the next ones to
+/// its peers, and how often an idle thread with peers looks for waiting ones.
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+const TICK: std::time::Duration = std::time::Duration::from_millis(5);
 /// Lingering connections gathered before they are looked at.
 const LINGER_BATCH: usize = 16;
 
@@ -149,6 +157,9 @@ pub struct Waiter {
     listening: Option<Arc<Listening>>,
     /// Still registered on the listening sockets.
     accepting: bool,
+    /// Off the listening sockets until then, after handing a connection
+    /// over (see [`Waiter::handed_off`]).
+    paused_until: Option<std::time::Instant>,
     /// Connections closed on our side, waiting for the peer's close, and
     /// their own epoll: looked at whenever the thread wakes anyway, so a
     /// peer's close never wakes it on its own.
@@ -173,6 +184,7 @@ impl Waiter {
             listening,
             accepting,
             lingering: Vec::new(),
+            paused_until: None,
             linger_epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             reap_at: LINGER_BATCH,
         };
@@ -209,12 +221,53 @@ impl Waiter {
         self.listening.as_ref()
     }
 
-    /// Go to the back of the listening sockets' wait queues.
-    pub fn rotate(&self) {
-        if self.accepting {
-            self.unregister();
+    /// A connection this thread accepted went to the I/O thread, where it
+    /// stays (kept alive): let the other workers take the next ones. Alone,
+    /// go to the back of the sockets' wait queues (the next thread of this
+    /// worker first). With peers, step off the sockets for [`PAUSE`]: a
+    /// burst of connections (a keepalive pool being opened) otherwise all
+    /// wakes the one thread that was woken first, and it accepts them all;
+    /// the peers' idle threads look for waiting connections every [`TICK`].
+    pub fn handed_off(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        self.unregister();
+        if self.listening.as_ref().is_some_and(|l| l.peers) {
+            self.paused_until = Some(std::time::Instant::now() + PAUSE);
+        } else if let Err(e) = self.register() {
+            log_error!("cannot wait on the listening sockets again: {e}");
+        }
+    }
+
+    /// Back on the listening sockets once the pause is over.
+    fn resume(&mut self) {
+        let due = self
+            .paused_until
+            .is_some_and(|until| until <= std::time::Instant::now());
+        if due {
+            self.paused_until = None;
             if let Err(e) = self.register() {
                 log_error!("cannot wait on the listening sockets again: {e}");
+            }
+        }
+    }
+
+    /// How long to sleep at most: until a lingering connection expires, the
+    /// pause ends, or (with peers) the next look for waiting connections.
+    fn timeout(&self) -> EpollTimeout {
+        let now = std::time::Instant::now();
+        let peers = self.listening.as_ref().is_some_and(|l| l.peers);
+        let tick = (self.accepting && peers && self.paused_until.is_none()).then_some(TICK);
+        let pause = self.paused_until.map(|t| t.saturating_duration_since(now));
+        let linger = self
+            .lingering
+            .first()
+            .map(|(_, until)| until.saturating_duration_since(now));
+        match [tick, pause, linger].into_iter().flatten().min() {
+            None => EpollTimeout::NONE,
+            Some(left) => {
+                EpollTimeout::from(u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX))
             }
         }
     }
@@ -226,7 +279,7 @@ impl Waiter {
             if let Some(job) = self.me.take() {
                 return Woken::Job(job);
             }
-            let ready = match self.epoll.wait(&mut events, self.linger_timeout()) {
+            let ready = match self.epoll.wait(&mut events, self.timeout()) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -241,7 +294,9 @@ impl Waiter {
                 self.unregister();
                 self.accepting = false;
             }
-            let mut accepted = None;
+            self.resume();
+            // A tick: a burst may be waiting that woke another thread only.
+            let mut accepted = if ready == 0 { self.try_accept() } else { None };
             for event in events {
                 match event.data() {
                     MAILBOX => {
@@ -328,19 +383,13 @@ impl Waiter {
         self.reap_at = self.lingering.len() + LINGER_BATCH;
     }
 
-    fn linger_timeout(&self) -> EpollTimeout {
-        let Some(&(_, first)) = self.lingering.first() else {
-            return EpollTimeout::NONE;
-        };
-        let left = first.saturating_duration_since(std::time::Instant::now());
-        let millis = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
-        EpollTimeout::from(millis)
-    }
-
     /// Accept a connection if one is waiting (never waits).
     pub fn try_accept(&self) -> Option<Accepted> {
         let listening = self.listening.as_ref()?;
-        if !self.accepting || listening.stopped.load(Ordering::Acquire) {
+        if !self.accepting
+            || self.paused_until.is_some()
+            || listening.stopped.load(Ordering::Acquire)
+        {
             return None;
         }
         let count = listening.sockets.len();

@@ -232,9 +232,8 @@ fn serve_inline(
         }
         inline::Next::Answered(conn) => Some(conn),
         inline::Next::HandOff(conn) => {
-            // Kept connections rotate over the accepting threads.
-            waiter.rotate();
             waiter.hand_off(conn);
+            waiter.handed_off();
             None
         }
         inline::Next::Done => None,

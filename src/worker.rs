@@ -233,11 +233,15 @@ fn accept_on(
     }
     let sockets: Vec<_> = listeners.iter().map(raw_socket).collect();
     let limits = Arc::new(options.limits.clone());
+    // Other processes accept on these sockets too: our workers, or those
+    // of the spawner that handed us the socket (spawn-fcgi -F, mod_fcgid).
+    let peers = options.workers > 1 || options.binds.is_empty();
     Ok(crate::parking::Listening::new(
         &sockets,
         listener::web_server_addrs(),
         limits,
         handoff,
+        peers,
     )?)
 }
 

@@ -145,7 +145,9 @@ http {{
     scgi_temp_path {d}/scgi;
     upstream wsgi_fcgi {{
         server {upstream};
-        keepalive 8;
+        # Room for every connection of the load tests (wrk -c16): kept
+        # connections stay kept, none is closed for want of a cache slot.
+        keepalive 32;
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -377,6 +379,7 @@ cases! {
     nginx_ten_hup_reloads_under_load => nginx_reloads_under_load();
     nginx_max_requests_50_under_load => nginx_max_requests_under_load();
     nginx_preload_hup_reloads_under_load => nginx_preload_reloads_under_load();
+    nginx_keepalive_load_spreads_over_two_workers => nginx_spread_over_workers();
     haproxy_default_under_load => run_haproxy(&[]);
     haproxy_keep_conn_under_load => run_haproxy(&["option keep-conn"]);
     haproxy_mpxs_conns_under_load => run_haproxy(&[
@@ -385,6 +388,69 @@ cases! {
         "option get-values",
         "http-reuse always",
     ]);
+}
+
+/// `--workers 2` behind nginx's keepalive pool under wrk: the kept
+/// connections (and so the requests) are spread over both workers — no
+/// worker serves more than 60% (the status page's per-worker counts). The
+/// pool is opened in one burst at the start, and every connection stays.
+fn nginx_spread_over_workers() -> Option<()> {
+    let app = App::file("fcgi_site.py")?;
+    let responder = Responder::start(Listen::Unix, |bind| {
+        let mut cmd = Command::new(wsgi_fcgi());
+        cmd.args(app.args())
+            .args(["--workers", "2", "--threads", "1", "--bind", bind])
+            .args(["--status-path", "/status"]);
+        if let Some(group) = socket_group() {
+            cmd.args(["--socket-group", group]);
+        }
+        cmd
+    });
+    let web = nginx(&responder.address(), MOUNT)?;
+    // Both workers up (each answers the status page; wait for two rows).
+    let status = || {
+        let out = Command::new(wsgi_fcgi())
+            .args(["request", &responder.address(), "/status?json&full"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        Json::parse(&body).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status().get("total processes").num() != Some(2.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            responder.proc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let load = wrk(&format!("http://127.0.0.1:{}{MOUNT}/json", web.port), 16, 3)?;
+    assert_eq!(load.non_2xx, 0, "{load:?}");
+    let counts: Vec<f64> = match status().get("processes") {
+        Json::Arr(rows) => rows
+            .iter()
+            .filter_map(|r| r.get("requests").num())
+            .collect(),
+        other => panic!("no processes in the status page: {other:?}"),
+    };
+    let total: f64 = counts.iter().sum();
+    eprintln!("requests per worker under nginx keep-alive: {counts:?} of {total}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(
+        total >= load.requests as f64 * 0.9,
+        "{counts:?} vs {load:?}"
+    );
+    let top = counts.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        top <= 0.6 * total,
+        "one worker served {top} of {total} requests ({counts:?})"
+    );
+    Some(())
 }
 
 /// HAProxy in front of `responder` with the shipped snippet, the

@@ -1,5 +1,5 @@
 """Fixture routes for the FastCGI tests (tests/fcgi_*.rs): an authorizer,
-a slow route, a response with a slow close(), a large streaming download, a streaming upload digest and a
+a slow route, a slowly produced download, a response with a slow close(), a large streaming download, a streaming upload digest and a
 wsgi.errors writer. Every other path is served by gateway.py, so one
 responder covers both sets of routes.
 """
@@ -84,6 +84,22 @@ def _huge_body(mb, marker):
                 f.write("closed")
 
 
+def drip(environ, start_response):
+    """?n= chunks of 64 KiB of the /huge pattern, ?ms= milliseconds apart:
+    a download that is still producing while others are."""
+    q = _query(environ)
+    n, pause = int(q.get("n", "20")), float(q.get("ms", "10")) / 1000
+    chunk = bytes(range(256)) * 256
+
+    def body():
+        for _ in range(n):
+            yield chunk
+            time.sleep(pause)
+
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return body()
+
+
 def sha256(environ, start_response):
     """Read wsgi.input in 64 KiB pieces (never all at once) and return its
     length and digest. ?marker=FILE gets "done" once the body was read."""
@@ -141,6 +157,7 @@ ROUTES = {
     "/authorize": authorize,
     "/sleep": sleep,
     "/huge": huge,
+    "/drip": drip,
     "/sha256": sha256,
     "/ran": ran,
     "/slow-close": slow_close,
