@@ -1,8 +1,15 @@
 //! Where an idle app thread waits: for a job from the I/O thread (its
-//! mailbox, an eventfd) *or* a new connection on the listening sockets,
-//! which it then accepts and serves itself ([`crate::fcgi::inline`]) — no
+//! mailbox, an eventfd), a new connection on the listening sockets, which
+//! it then accepts and serves itself ([`crate::fcgi::inline`]) — no
 //! cross-thread wake-up for a connection per request, as in uWSGI and
-//! PHP-FPM.
+//! PHP-FPM — *or* the next request on a kept-alive connection parked in
+//! the worker's shared epoll ([`crate::fcgi::kept`]).
+//!
+//! The shared epoll is watched by one idle thread at a time, the watcher
+//! (an epoll inside epolls cannot be `EPOLLEXCLUSIVE`: watched by every
+//! idle thread, each kept request would wake them all). The pool moves the
+//! watch to another idle thread when the watcher gets busy (see
+//! [`Parked::watch`]); with one thread it never moves.
 //!
 //! Every idle thread of every worker waits in its own epoll on the shared
 //! listening sockets with `EPOLLEXCLUSIVE`, so a new connection wakes one
@@ -19,12 +26,13 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::fcgi::idle::IdleList;
 use crate::fcgi::inline::Accepted;
 use crate::fcgi::job::{Job, Limits};
+use crate::fcgi::kept::Kept;
 use crate::log_error;
 
 /// The listening sockets the app threads accept on, and what goes with them.
@@ -38,6 +46,12 @@ pub struct Listening {
     pub limits: Arc<Limits>,
     /// Where connections go that the I/O thread must serve.
     pub handoff: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    /// Kept-alive connections parked between requests.
+    pub kept: Arc<Kept>,
+    /// The worker's idle connections (the I/O thread's and parked ones).
+    pub idle: Arc<IdleList>,
+    /// `--max-conns` slots: one per connection of the I/O thread or kept.
+    pub slots: Arc<tokio::sync::Semaphore>,
     /// Readable once the worker stops accepting (never drained).
     stop: EventFd,
     /// Set once the worker stops accepting.
@@ -69,9 +83,14 @@ impl Listening {
             // SAFETY: `dup` is a fresh descriptor nobody else owns.
             dups.push((unsafe { OwnedFd::from_raw_fd(dup) }, unix));
         }
+        let idle = Arc::new(IdleList::default());
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_conns.max(1)));
         Ok(Listening {
             sockets: dups,
             allowed_peers,
+            kept: Kept::new(idle.clone(), slots.clone(), handoff.clone())?,
+            idle,
+            slots,
             limits,
             handoff,
             stop: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
@@ -81,10 +100,13 @@ impl Listening {
         })
     }
 
-    /// Stop accepting: every thread lets go of the listening sockets.
+    /// Stop accepting: every thread lets go of the listening sockets, and
+    /// the parked connections go to the I/O thread (which closes each once
+    /// idle).
     pub fn stop_accepting(&self) {
         self.stopped.store(true, Ordering::Release);
         let _ = self.stop.write(1);
+        self.kept.stop();
     }
 
     /// Requests being served inline.
@@ -99,6 +121,9 @@ impl Listening {
 pub struct Parked {
     jobs: Mutex<std::collections::VecDeque<Job>>,
     wake: EventFd,
+    /// The thread's epoll (mailbox, listening sockets, and the kept
+    /// connections' epoll while it is the watcher).
+    epoll: Epoll,
 }
 
 /// What woke an idle thread.
@@ -112,6 +137,7 @@ pub enum Woken {
 /// Tokens of the epoll registrations (listening socket `i` is `i`).
 const MAILBOX: u64 = u64::MAX;
 const STOP: u64 = u64::MAX - 1;
+const KEPT: u64 = u64::MAX - 2;
 /// How long a closed connection is read for its peer's last bytes.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Lingering connections per thread, at most (the oldest is dropped).
@@ -126,10 +152,29 @@ const LINGER_BATCH: usize = 16;
 impl Parked {
     /// An empty mailbox.
     pub fn new() -> io::Result<Parked> {
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, MAILBOX))?;
         Ok(Parked {
             jobs: Mutex::new(std::collections::VecDeque::new()),
-            wake: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+            wake,
+            epoll,
         })
+    }
+
+    /// Become (`true`) or stop being the watcher of the kept connections'
+    /// epoll. Called by the pool, for this thread or another, under its
+    /// lock; a watcher that has connections waiting wakes at once.
+    pub fn watch(&self, kept: &Kept, on: bool) {
+        let result = if on {
+            self.epoll
+                .add(kept.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, KEPT))
+        } else {
+            self.epoll.delete(kept.as_fd())
+        };
+        if let Err(e) = result {
+            log_error!("cannot (un)watch the kept connections: {e}");
+        }
     }
 
     /// Give the thread its next job and wake it.
@@ -152,7 +197,6 @@ impl Parked {
 
 /// One thread's waiting place.
 pub struct Waiter {
-    epoll: Epoll,
     me: Arc<Parked>,
     listening: Option<Arc<Listening>>,
     /// Still registered on the listening sockets.
@@ -172,14 +216,12 @@ pub struct Waiter {
 impl Waiter {
     /// A waiter for `me`, accepting on `listening` if given.
     pub fn new(me: Arc<Parked>, listening: Option<Arc<Listening>>) -> io::Result<Waiter> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(&me.wake, EpollEvent::new(EpollFlags::EPOLLIN, MAILBOX))?;
         let accepting = listening.is_some();
         if let Some(listening) = &listening {
-            epoll.add(&listening.stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))?;
+            me.epoll
+                .add(&listening.stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))?;
         }
         let waiter = Waiter {
-            epoll,
             me,
             listening,
             accepting,
@@ -196,7 +238,8 @@ impl Waiter {
         if let (true, Some(listening)) = (self.accepting, &self.listening) {
             let exclusive = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
             for (index, (socket, _)) in listening.sockets.iter().enumerate() {
-                self.epoll
+                self.me
+                    .epoll
                     .add(socket, EpollEvent::new(exclusive, index as u64))?;
             }
         }
@@ -206,7 +249,7 @@ impl Waiter {
     fn unregister(&self) {
         if let Some(listening) = &self.listening {
             for (socket, _) in &listening.sockets {
-                let _ = self.epoll.delete(socket);
+                let _ = self.me.epoll.delete(socket);
             }
         }
     }
@@ -279,7 +322,7 @@ impl Waiter {
             if let Some(job) = self.me.take() {
                 return Woken::Job(job);
             }
-            let ready = match self.epoll.wait(&mut events, self.timeout()) {
+            let ready = match self.me.epoll.wait(&mut events, self.timeout()) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -297,12 +340,14 @@ impl Waiter {
             self.resume();
             // A tick: a burst may be waiting that woke another thread only.
             let mut accepted = if ready == 0 { self.try_accept() } else { None };
+            let mut kept = false;
             for event in events {
                 match event.data() {
                     MAILBOX => {
                         let _ = self.me.wake.read();
                     }
                     STOP => {}
+                    KEPT => kept = true,
                     index if self.accepting && accepted.is_none() => {
                         accepted = self.accept(index as usize);
                     }
@@ -320,7 +365,17 @@ impl Waiter {
             if let Some(conn) = accepted {
                 return Woken::Connection(conn);
             }
+            // (A job first: the watch then moves on, and the next watcher
+            // takes the kept connection.)
+            if let Some(conn) = kept.then(|| self.kept()).flatten() {
+                return Woken::Connection(conn);
+            }
         }
+    }
+
+    /// A kept connection with a request (or a close) waiting.
+    fn kept(&self) -> Option<Accepted> {
+        self.listening.as_ref()?.kept.take()
     }
 
     /// A half-closed connection whose peer has not closed yet: read (and
@@ -433,11 +488,7 @@ impl Waiter {
         if !*unix && !peer_allowed(&fd, listening.allowed_peers.as_deref()) {
             return None;
         }
-        Some(Accepted {
-            socket: Arc::new(fd),
-            unix: *unix,
-            buf: BytesMut::new(),
-        })
+        Some(Accepted::new(fd, *unix))
     }
 }
 

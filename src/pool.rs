@@ -21,6 +21,7 @@ use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
 use crate::fcgi::inline;
 use crate::fcgi::job::{Body, Dispatch, Exchange, Job};
+use crate::fcgi::kept::{Kept, Watch};
 use crate::fcgi::record::Role;
 use crate::input::Input;
 use crate::parking::{Listening, Parked, Waiter, Woken};
@@ -85,12 +86,56 @@ struct Shared {
     state: Mutex<State>,
     /// Jobs that may wait in the queue.
     capacity: usize,
+    /// The kept connections' epoll, watched by one idle thread.
+    kept: Option<Arc<Kept>>,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Job>,
     idle: Vec<Arc<Parked>>,
+    /// The thread watching the kept connections (idle whenever any is).
+    watcher: Option<Arc<Parked>>,
+}
+
+impl Shared {
+    /// `me` went idle (it is in the idle list): it takes the watch of the
+    /// kept connections unless an idle thread has it.
+    fn take_watch(&self, state: &mut State, me: &Arc<Parked>) {
+        let Some(kept) = &self.kept else { return };
+        let watcher_idle = state
+            .watcher
+            .as_ref()
+            .is_some_and(|w| state.idle.iter().any(|p| Arc::ptr_eq(p, w)));
+        if !watcher_idle {
+            if let Some(old) = state.watcher.take() {
+                old.watch(kept, false);
+            }
+            me.watch(kept, true);
+            state.watcher = Some(me.clone());
+        }
+    }
+
+    /// `me` is busy (not in the idle list): if it watches, the watch goes
+    /// to the most recently idle thread (none idle: it keeps it).
+    fn pass_watch(&self, state: &mut State, me: &Arc<Parked>) {
+        let Some(kept) = &self.kept else { return };
+        if !state.watcher.as_ref().is_some_and(|w| Arc::ptr_eq(w, me)) {
+            return;
+        }
+        if let Some(next) = state.idle.last().cloned() {
+            me.watch(kept, false);
+            next.watch(kept, true);
+            state.watcher = Some(next);
+        }
+    }
+
+    /// `me` is about to run something.
+    fn busy(&self, me: &Arc<Parked>) {
+        let mut state = lock(&self.state);
+        state.idle.retain(|p| !Arc::ptr_eq(p, me));
+        self.pass_watch(&mut state, me);
+    }
 }
 
 /// A poisoned lock only means a panic elsewhere; the data is still valid.
@@ -140,6 +185,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             capacity: options.queue.max(1),
+            kept: listening.as_ref().map(|l| l.kept.clone()),
         });
         let app = Arc::new(app);
         for index in 0..threads {
@@ -179,8 +225,11 @@ fn app_thread(
             let queued = {
                 let mut state = lock(&shared.state);
                 let job = me.take().or_else(|| state.queue.pop_front());
-                if job.is_none() && !state.idle.iter().any(|p| Arc::ptr_eq(p, &me)) {
-                    state.idle.push(me.clone());
+                if job.is_none() {
+                    if !state.idle.iter().any(|p| Arc::ptr_eq(p, &me)) {
+                        state.idle.push(me.clone());
+                    }
+                    shared.take_watch(&mut state, &me);
                 }
                 job
             };
@@ -197,11 +246,12 @@ fn app_thread(
                 },
                 None => py.detach(|| waiter.wait()),
             };
+            // Busy now: no job for this thread until it is done, and the
+            // watch of the kept connections goes to an idle thread.
+            shared.busy(&me);
             match woken {
                 Woken::Job(job) => thread.run(py, app, job, limit),
                 Woken::Connection(conn) => {
-                    // Busy now: no job for this thread until it is done.
-                    lock(&shared.state).idle.retain(|p| !Arc::ptr_eq(p, &me));
                     serve_inline(py, app, conn, &mut thread, &mut waiter, limit);
                 }
             }
@@ -209,9 +259,10 @@ fn app_thread(
     });
 }
 
-/// A connection this thread accepted: a whole request without KEEP_CONN
-/// runs here, anything else goes to the I/O thread (see
-/// [`crate::fcgi::inline`]).
+/// A connection this thread accepted (or a kept one with a request
+/// waiting): a whole request runs here, then the connection is closed, or
+/// parked with FCGI_KEEP_CONN; anything else goes to the I/O thread (see
+/// [`crate::fcgi::inline`], [`crate::fcgi::kept`]).
 fn serve_inline(
     py: Python<'_>,
     app: &Bound<'_, PyAny>,
@@ -225,21 +276,55 @@ fn serve_inline(
     };
     listening.inflight.fetch_add(1, Ordering::AcqRel);
     let limits = &listening.limits;
-    let answered = match py.detach(|| inline::next_request(conn, limits, inline::INLINE_WAIT)) {
-        inline::Next::Run { job, conn } => {
+    let kept = &listening.kept;
+    let to_close = match py.detach(|| inline::next_request(conn, limits, inline::INLINE_WAIT)) {
+        inline::Next::Run {
+            job,
+            mut conn,
+            keep,
+        } => {
+            let exchange = job.exchange.clone();
+            if keep && conn.token.is_none() {
+                waiter.handed_off(); // a newly kept connection stays with this worker
+            }
+            let watched = if keep {
+                matches!(kept.running(&mut conn, &exchange), Watch::Watched)
+            } else {
+                kept.release(&mut conn);
+                false
+            };
             thread.run(py, app, job, limit);
-            Some(conn)
+            match (keep, watched) {
+                // Parked for its next request if its answer went out whole.
+                (true, true) => kept.ran(conn, exchange.ended_cleanly()),
+                (true, false) => None, // the I/O thread has it
+                (false, _) => Some(conn),
+            }
         }
-        inline::Next::Answered(conn) => Some(conn),
-        inline::Next::HandOff(conn) => {
+        inline::Next::Answered(conn, keep) => match (keep, conn.token) {
+            (true, Some(_)) => kept.ran(conn, true),
+            (true, None) => {
+                waiter.hand_off(conn);
+                None
+            }
+            (false, _) => Some(conn),
+        },
+        inline::Next::HandOff(mut conn) => {
+            let fresh = conn.token.is_none();
+            kept.release(&mut conn);
             waiter.hand_off(conn);
-            waiter.handed_off();
+            if fresh {
+                waiter.handed_off(); // it stays with this worker
+            }
             None
         }
-        inline::Next::Done => None,
+        inline::Next::Done(mut conn) => {
+            kept.release(&mut conn);
+            None
+        }
     };
     // (A half-close never blocks: no reason to let go of the GIL for it.)
-    if let Some(socket) = answered.and_then(inline::close) {
+    if let Some(socket) = to_close.and_then(inline::close) {
         waiter.linger(socket);
     }
     listening.inflight.fetch_sub(1, Ordering::AcqRel);

@@ -13,7 +13,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::fcgi::connection::{self, Context};
-use crate::fcgi::idle::IdleList;
 use crate::fcgi::inline::Accepted;
 use crate::fcgi::job::Dispatch;
 use crate::fcgi::socket::Socket;
@@ -35,9 +34,9 @@ pub async fn serve(
             dispatch,
             limits: listening.limits.clone(),
             shutdown: shutdown_rx,
-            idle: Arc::new(IdleList::default()),
+            idle: listening.idle.clone(),
         },
-        slots: Arc::new(Semaphore::new(listening.limits.max_conns.max(1))),
+        slots: listening.slots.clone(),
         connections: JoinSet::new(),
     };
     let mut stop = std::pin::pin!(stop);
@@ -85,11 +84,15 @@ struct Io {
 impl Io {
     /// Serve a connection an app thread handed over.
     async fn adopt(&mut self, conn: Accepted) {
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => match self.make_room().await {
-                Some(permit) => permit,
-                None => return,
+        // (A kept connection brings its slot along.)
+        let permit = match conn.permit {
+            Some(permit) => permit,
+            None => match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => match self.make_room().await {
+                    Some(permit) => permit,
+                    None => return,
+                },
             },
         };
         // (The app thread that handed it over dropped its share.)
@@ -114,7 +117,7 @@ impl Io {
         // Reap finished connections: a JoinSet keeps them until joined.
         while self.connections.try_join_next().is_some() {}
         self.connections.spawn(async move {
-            connection::serve(socket, context, conn.buf).await;
+            connection::serve(socket, context, conn.buf, conn.in_flight).await;
             drop(permit);
         });
     }

@@ -41,7 +41,8 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::codec::{CodecError, RecordDecoder};
-use super::idle::IdleList;
+use super::idle::{Evict, IdleList};
+use super::inline::InFlight;
 use super::job::{Dispatch, Exchange, Limits, Link};
 use super::record::Role;
 use super::spool::Spool;
@@ -124,15 +125,23 @@ impl Req {
 }
 
 /// Serve one connection until it closes. `buf`: bytes already read from
-/// it (by the app thread that accepted it).
-pub async fn serve<T: Transport>(mut stream: T, context: Context, buf: BytesMut) -> Closed {
+/// it (by the app thread that accepted it); `in_flight`: the request an
+/// app thread is running on it (a kept connection whose peer spoke during
+/// a request, see [`super::kept`]), which shares its link.
+pub async fn serve<T: Transport>(
+    mut stream: T,
+    context: Context,
+    buf: BytesMut,
+    in_flight: Option<InFlight>,
+) -> Closed {
     // SAFETY: the descriptor belongs to `stream`, alive for this call.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     let unix =
         nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(stream.as_raw_fd()).is_ok();
-    let link = match nix::unistd::dup(socket) {
-        Ok(fd) => Link::new(Arc::new(fd), unix),
-        Err(e) => {
+    let link = match (&in_flight, nix::unistd::dup(socket)) {
+        (Some(in_flight), _) => in_flight.link.clone(),
+        (None, Ok(fd)) => Link::new(Arc::new(fd), unix),
+        (None, Err(e)) => {
             log_error!("cannot serve a connection: {e}");
             return Closed::PeerGone;
         }
@@ -153,6 +162,21 @@ pub async fn serve<T: Transport>(mut stream: T, context: Context, buf: BytesMut)
         evict: Arc::new(Notify::new()),
         writes: Vec::new(),
     };
+    if let Some(InFlight { exchange, .. }) = in_flight {
+        // Its end must wake us (told before its id is looked at: an end
+        // before that is in the link's list already).
+        exchange.wake_on_end.store(true, Ordering::Release);
+        conn.begun = true;
+        conn.requests.insert(
+            exchange.id,
+            Req::Running {
+                exchange,
+                keep_conn: true,
+                stdin: None,
+                stdin_ended: true,
+            },
+        );
+    }
     let closed = conn.run(&mut stream, buf).await;
     conn.leave_idle();
     // Our last answers (a 413, say) go out before the close.
@@ -407,7 +431,7 @@ impl Connection {
 
     fn enter_idle(&mut self) {
         if self.idle_key.is_none() {
-            self.idle_key = Some(self.context.idle.enter(self.evict.clone()));
+            self.idle_key = Some(self.context.idle.enter(Evict::Notify(self.evict.clone())));
         }
     }
 

@@ -74,7 +74,12 @@ fn request(out: &mut BytesMut, id: u16, keep: bool, body: &[u8]) {
 async fn exchange(wire: BytesMut, until: usize) -> (Vec<Record>, Closed) {
     let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve(server, context(limits(), shutdown), BytesMut::new()));
+    let task = tokio::spawn(serve(
+        server,
+        context(limits(), shutdown),
+        BytesMut::new(),
+        None,
+    ));
     client.write_all(&wire).await.unwrap();
     let mut buf = BytesMut::new();
     let mut records = Vec::new();
@@ -146,7 +151,12 @@ async fn until_end(client: &mut tokio::net::UnixStream, buf: &mut BytesMut) -> V
 async fn keep_conn_serves_two_requests_then_closes_without_it() {
     let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve(server, context(limits(), shutdown), BytesMut::new()));
+    let task = tokio::spawn(serve(
+        server,
+        context(limits(), shutdown),
+        BytesMut::new(),
+        None,
+    ));
     let mut buf = BytesMut::new();
     let (stdout, end) = (RecordType::Stdout as u8, RecordType::EndRequest as u8);
     for (id, keep, body) in [(1u16, true, &b"first"[..]), (2, false, b"second")] {
@@ -220,7 +230,12 @@ async fn a_request_header_that_never_completes_is_closed_at_the_timeout() {
         header_timeout: std::time::Duration::from_millis(300),
         ..limits()
     };
-    let task = tokio::spawn(serve(server, context(limits, shutdown), BytesMut::new()));
+    let task = tokio::spawn(serve(
+        server,
+        context(limits, shutdown),
+        BytesMut::new(),
+        None,
+    ));
     let mut wire = BytesMut::new();
     begin(&mut wire, 1, 1, true);
     client.write_all(&wire[..5]).await.unwrap();
@@ -240,7 +255,7 @@ async fn an_idle_connection_gives_way_when_evicted() {
     let (_stop, shutdown) = watch::channel(false);
     let context = context(limits(), shutdown);
     let idle = context.idle.clone();
-    let task = tokio::spawn(serve(server, context, BytesMut::new()));
+    let task = tokio::spawn(serve(server, context, BytesMut::new(), None));
     // Not idle before its first request: nothing to evict.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(!idle.evict_oldest());

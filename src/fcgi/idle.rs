@@ -9,17 +9,27 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// Idle connections, in the order they went idle.
+/// How an idle connection is asked to close.
+#[derive(Clone)]
+pub enum Evict {
+    /// A connection of the I/O thread: notified, it closes itself.
+    Notify(Arc<Notify>),
+    /// A kept connection parked between requests ([`super::kept`]).
+    Call(Arc<dyn Fn() + Send + Sync>),
+}
+
+/// Idle connections, in the order they went idle (of the I/O thread and
+/// parked ones alike).
 #[derive(Default)]
 pub struct IdleList {
-    entries: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    entries: Mutex<BTreeMap<u64, Evict>>,
     next: AtomicU64,
 }
 
 impl IdleList {
     /// A connection goes idle; `evict` is notified if it must close.
     /// Returns the key to [`leave`](IdleList::leave) with.
-    pub fn enter(&self, evict: Arc<Notify>) -> u64 {
+    pub fn enter(&self, evict: Evict) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(key, evict);
         key
@@ -32,16 +42,23 @@ impl IdleList {
 
     /// Ask the connection idle the longest to close; false when none is idle.
     pub fn evict_oldest(&self) -> bool {
-        match self.lock().pop_first() {
-            Some((_, evict)) => {
+        // (Called without the list locked: a parked connection's eviction
+        // takes the kept connections' lock.)
+        let oldest = self.lock().pop_first();
+        match oldest {
+            Some((_, Evict::Notify(evict))) => {
                 evict.notify_one();
+                true
+            }
+            Some((_, Evict::Call(evict))) => {
+                evict();
                 true
             }
             None => false,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Evict>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -5,18 +5,22 @@
 //!
 //! ```text
 //! idle app thread ──accept──▶ read (≤ INLINE_WAIT) ──a whole simple request──▶ run ──▶ close
-//!                                   └──anything else──▶ hand-off (the I/O thread serves it)
+//!        ▲    (or take a kept one)  └──anything else──▶ hand-off (the I/O thread serves it)
+//!        └──────────── park (FCGI_KEEP_CONN, see super::kept) ◀──────────────────┘
 //! ```
 //!
-//! "Simple" is BEGIN_REQUEST (RESPONDER, without FCGI_KEEP_CONN), PARAMS
-//! and STDIN of that one request and nothing else, within
-//! `--max-params-size` and `--body-buffer-size`: nothing can follow it on
-//! the connection but the close, so nobody needs to read the socket while
-//! the app runs. Everything else — a kept-alive or multiplexed connection,
-//! management records, a slow client, a large body — goes to the I/O
-//! thread with the bytes read so far, and [`super::connection`] serves it
-//! from there (reading on while requests run: ABORT_REQUEST, pipelined and
-//! concurrent requests). No Python here: the caller runs the [`Job`].
+//! "Simple" is BEGIN_REQUEST (RESPONDER), PARAMS and STDIN of that one
+//! request and nothing else, within `--max-params-size` and
+//! `--body-buffer-size`. Without FCGI_KEEP_CONN nothing can follow it on
+//! the connection but the close; with it, the web server waits for our
+//! END_REQUEST before it sends the next request (nginx, Apache, HAProxy
+//! without multiplexing), so nobody needs to read the socket while the app
+//! runs, and the connection is parked for its next request. Everything
+//! else — a multiplexed or pipelined connection, management records, a
+//! slow client, a large body — goes to the I/O thread with the bytes read
+//! so far, and [`super::connection`] serves it from there (reading on while
+//! requests run: ABORT_REQUEST, pipelined and concurrent requests). No
+//! Python here: the caller runs the [`Job`].
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -43,32 +47,72 @@ pub struct Accepted {
     pub unix: bool,
     /// Bytes read from it and not yet used.
     pub buf: BytesMut,
+    /// Its `--max-conns` slot, when it comes from the kept connections.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its token among the kept connections, while it is one (see
+    /// [`super::kept`]).
+    pub token: Option<u64>,
+    /// The request running on it, handed to the I/O thread with it.
+    pub in_flight: Option<InFlight>,
+}
+
+/// A request an app thread runs on a kept connection that the I/O thread
+/// takes over: what the connection needs to know of it.
+pub struct InFlight {
+    /// The connection's write side, shared with the request.
+    pub link: Arc<Link>,
+    /// The request's output side.
+    pub exchange: Arc<Exchange>,
+}
+
+impl Accepted {
+    /// A connection just accepted.
+    pub fn new(socket: OwnedFd, unix: bool) -> Accepted {
+        Accepted::new_shared(Arc::new(socket), unix)
+    }
+
+    /// A connection on `socket`, with nothing read yet.
+    pub fn new_shared(socket: Arc<OwnedFd>, unix: bool) -> Accepted {
+        Accepted {
+            socket,
+            unix,
+            buf: BytesMut::new(),
+            permit: None,
+            token: None,
+            in_flight: None,
+        }
+    }
 }
 
 /// What to do with an accepted connection next.
 pub enum Next {
     /// Run this request (its response goes through the job's exchange, on
-    /// the same socket), then [`close`] the connection.
+    /// the same socket), then [`close`] the connection — or, with `keep`
+    /// (FCGI_KEEP_CONN), park it for its next request ([`super::kept`]).
     Run {
         /// The request.
         job: Job,
         /// The connection.
         conn: Accepted,
+        /// FCGI_KEEP_CONN.
+        keep: bool,
     },
-    /// Answered here (a status page, a 413): [`close`] it.
-    Answered(Accepted),
+    /// Answered here (a status page, a 413): [`close`] it, or park it
+    /// with `keep`.
+    Answered(Accepted, bool),
     /// Give the connection to the I/O thread.
     HandOff(Accepted),
-    /// The connection is over (closed by the peer, or answered and done).
-    Done,
+    /// The connection is over (closed by the peer, or failed).
+    Done(Accepted),
 }
 
 /// What the record walk found in the bytes at hand.
 enum Walk {
-    /// One whole simple request: its id, where its PARAMS and STDIN
-    /// contents are, and how many bytes it took.
+    /// One whole simple request: its id, FCGI_KEEP_CONN, where its PARAMS
+    /// and STDIN contents are, and how many bytes it took.
     Whole {
         id: u16,
+        keep: bool,
         params: Vec<std::ops::Range<usize>>,
         stdin: Vec<std::ops::Range<usize>>,
         used: usize,
@@ -84,6 +128,7 @@ enum Walk {
 fn walk(bytes: &[u8], limits: &Limits) -> Walk {
     let mut at = 0;
     let mut request: Option<u16> = None;
+    let mut keep = false;
     let (mut params, mut stdin) = (Vec::new(), Vec::new());
     let (mut params_len, mut stdin_len, mut params_done) = (0, 0, false);
     while bytes.len() >= at + HEADER_LEN {
@@ -103,10 +148,10 @@ fn walk(bytes: &[u8], limits: &Limits) -> Walk {
                 let body = &bytes[content];
                 if body.len() != 8
                     || Role::from_u16(u16::from_be_bytes([body[0], body[1]])) != Role::Responder
-                    || body[2] & super::record::KEEP_CONN != 0
                 {
                     return Walk::Other;
                 }
+                keep = body[2] & super::record::KEEP_CONN != 0;
                 request = Some(id);
             }
             (Some(rid), k) if rid == id && k == RecordType::Params as u8 && !params_done => {
@@ -119,8 +164,16 @@ fn walk(bytes: &[u8], limits: &Limits) -> Walk {
             }
             (Some(rid), k) if rid == id && k == RecordType::Stdin as u8 && params_done => {
                 if len == 0 {
+                    // On a kept connection, anything after the request is
+                    // another one sent before our answer (pipelined or
+                    // multiplexed): the I/O thread's, which runs them
+                    // side by side.
+                    if keep && end != bytes.len() {
+                        return Walk::Other;
+                    }
                     return Walk::Whole {
                         id,
+                        keep,
                         params,
                         stdin,
                         used: end,
@@ -149,10 +202,11 @@ pub fn next_request(mut conn: Accepted, limits: &Limits, wait: Duration) -> Next
             Walk::Other => return Next::HandOff(conn),
             Walk::Whole {
                 id,
+                keep,
                 params,
                 stdin,
                 used,
-            } => return take_request(conn, limits, id, &params, &stdin, used),
+            } => return take_request(conn, limits, (id, keep), &params, &stdin, used),
             Walk::Partial => {}
         }
         match read_some(&mut conn, deadline) {
@@ -160,7 +214,7 @@ pub fn next_request(mut conn: Accepted, limits: &Limits, wait: Duration) -> Next
             // Nothing more within the wait; or the peer closed with part of
             // a request sent (the connection names the fault).
             Ok(false) | Err(true) => return Next::HandOff(conn),
-            Err(false) => return Next::Done, // closed between requests, or failed
+            Err(false) => return Next::Done(conn), // closed between requests, or failed
         }
     }
 }
@@ -169,7 +223,7 @@ pub fn next_request(mut conn: Accepted, limits: &Limits, wait: Duration) -> Next
 fn take_request(
     mut conn: Accepted,
     limits: &Limits,
-    id: u16,
+    (id, keep): (u16, bool),
     params: &[std::ops::Range<usize>],
     stdin: &[std::ops::Range<usize>],
     used: usize,
@@ -196,7 +250,7 @@ fn take_request(
         frames.whole_response(id, &response);
         let _ = link.writer.write(frames, &|| false);
         drop(link);
-        return Next::Answered(conn);
+        return Next::Answered(conn, keep);
     }
     let body: std::collections::VecDeque<Bytes> =
         stdin.iter().map(|r| request.slice(r.clone())).collect();
@@ -206,7 +260,7 @@ fn take_request(
         body: Body::Memory(body),
         exchange: Exchange::new(id, link, false),
     };
-    Next::Run { job, conn }
+    Next::Run { job, conn, keep }
 }
 
 /// Close after our response: half-close (the peer sees the end at once)
@@ -299,11 +353,34 @@ mod tests {
                 "{cut}"
             );
         }
-        // Kept alive, an authorizer, a management record, a body over the
-        // buffer: not ours.
+        // Kept alive: ours too, unless another request follows it before
+        // our answer (pipelined: the I/O thread's).
         let mut kept = BytesMut::new();
         request(&mut kept, 1, 1, true, b"body");
-        assert!(matches!(walk(&kept, &limits), Walk::Other));
+        assert!(matches!(
+            walk(&kept, &limits),
+            Walk::Whole { keep: true, .. }
+        ));
+        let mut pipelined = kept.clone();
+        encode_stream(
+            &mut pipelined,
+            RecordType::BeginRequest,
+            2,
+            &[0, 1, 1, 0, 0, 0, 0, 0],
+        );
+        assert!(matches!(walk(&pipelined, &limits), Walk::Other));
+        let mut closing = wire.clone();
+        encode_stream(
+            &mut closing,
+            RecordType::BeginRequest,
+            2,
+            &[0, 1, 0, 0, 0, 0, 0, 0],
+        );
+        assert!(matches!(
+            walk(&closing, &limits),
+            Walk::Whole { keep: false, .. }
+        ));
+        // An authorizer, a management record, a body over the buffer: not ours.
         let mut authorizer = BytesMut::new();
         request(&mut authorizer, 1, 2, false, b"");
         assert!(matches!(walk(&authorizer, &limits), Walk::Other));

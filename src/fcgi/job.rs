@@ -238,6 +238,17 @@ impl Exchange {
         self.aborted.load(Ordering::Acquire) || self.link.gone.load(Ordering::Acquire)
     }
 
+    /// The connection's link.
+    pub(super) fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    /// The request ended with its END_REQUEST written whole, nothing cut
+    /// short and nothing failed: its connection may carry another request.
+    pub fn ended_cleanly(&self) -> bool {
+        self.ended.load(Ordering::Acquire) && !self.aborted() && self.link.writer.intact()
+    }
+
     /// Whether any of the response (its header block) went out.
     pub fn head_sent(&self) -> bool {
         self.head_sent.load(Ordering::Acquire)

@@ -189,6 +189,12 @@ pub struct Writer {
     lock: Mutex<()>,
     /// A record was cut short and the socket shut down: nothing more goes out.
     broken: AtomicBool,
+    /// A write failed (the peer is gone).
+    failed: AtomicBool,
+    /// Nobody reads the socket (a kept connection whose request an app
+    /// thread runs with no idle thread watching, see [`super::kept`]):
+    /// called once if the peer sends something while a write waits.
+    unread: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// A unix socket whose send buffer was not grown yet (see [`Writer::grow`]).
     small_buffer: AtomicBool,
 }
@@ -207,6 +213,8 @@ impl Writer {
             socket,
             lock: Mutex::new(()),
             broken: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            unread: Mutex::new(None),
             small_buffer: AtomicBool::new(unix),
         }
     }
@@ -255,6 +263,12 @@ impl Writer {
         self.hold().write(frames, cancelled)
     }
 
+    /// Nothing went wrong on this socket: no write failed, no record was
+    /// cut short (a kept connection may carry the next request).
+    pub fn intact(&self) -> bool {
+        !self.broken.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire)
+    }
+
     /// The socket's descriptor.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.socket.as_raw_fd()
@@ -268,11 +282,37 @@ impl Writer {
             nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 
-    /// Wait (up to 100 ms) for room in the socket.
+    /// While nobody reads the socket: `hook` runs (once) when the peer
+    /// sends something while a write waits for room; `None`: somebody
+    /// reads it again.
+    pub fn when_peer_speaks(&self, hook: Option<Box<dyn FnOnce() + Send>>) {
+        *self.unread.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Wait (up to 100 ms) for room in the socket — or, while nobody reads
+    /// it, for the peer to send something (an ABORT_REQUEST to a client
+    /// that stopped reading): then the hook runs.
     fn wait_writable(&self) -> io::Result<()> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLOUT)];
-        match poll(&mut fds, PollTimeout::from(100u16)) {
+        let hooked = || self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flags = PollFlags::POLLOUT;
+        if hooked().is_some() {
+            flags |= PollFlags::POLLIN;
+        }
+        let mut fds = [PollFd::new(self.socket.as_fd(), flags)];
+        let result = poll(&mut fds, PollTimeout::from(100u16));
+        let spoke = flags.contains(PollFlags::POLLIN)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+        if spoke {
+            // (Run without the lock: the hook takes the kept connections'.)
+            let hook = hooked().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        match result {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -294,7 +334,10 @@ impl Held<'_> {
                 Ok(n) => frames.advance(n),
                 Err(nix::errno::Errno::EAGAIN) => return Ok(Some(frames)),
                 Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(WriteError::Closed(e.into())),
+                Err(e) => {
+                    writer.failed.store(true, Ordering::Release);
+                    return Err(WriteError::Closed(e.into()));
+                }
             }
         }
         Ok(None)

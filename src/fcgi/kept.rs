@@ -1,0 +1,386 @@
+//! Kept-alive connections served by the app threads: nginx's `keepalive`
+//! pool, Apache `enablereuse=on`, HAProxy without multiplexing — one
+//! request at a time on a connection that stays open. Between requests a
+//! connection is parked in an epoll shared by the worker's app threads;
+//! when its next request arrives, one thread takes it and serves it
+//! ([`super::inline`]): one wake-up per request, as for a connection per
+//! request, instead of the I/O thread's and an app thread's.
+//!
+//! While a thread runs a kept connection's request, nobody reads the
+//! socket — unless the peer speaks: the connection stays in the shared
+//! epoll (edge-triggered), and whatever it sends during a request (an
+//! ABORT_REQUEST, a pipelined or multiplexed request, its close) makes the
+//! thread that sees it hand the connection, with the running request, to
+//! the I/O thread, which reads on ([`super::connection`]) while the app
+//! thread keeps writing the response.
+//!
+//! ```text
+//!            ┌──────────── request ends, answer whole (FCGI_KEEP_CONN) ◀───────────┐
+//!            ▼                                                                      │
+//!  Parked ──readable──▶ Serving (a thread reads it) ──whole request──▶ Serving + running
+//!    │ evicted (--max-conns)      │ anything else                          │ the peer speaks
+//!    │ stop: to the I/O thread    ▼                                        ▼
+//!    ▼                         I/O thread                     I/O thread (with the running request)
+//!  closed
+//! ```
+//!
+//! A kept connection holds a `--max-conns` slot; parked, it is in the
+//! worker's [`IdleList`] like the I/O thread's idle ones, oldest first.
+//! No Python.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::BytesMut;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::idle::{Evict, IdleList};
+use super::inline::{Accepted, InFlight};
+use super::job::Exchange;
+use crate::log_info;
+
+/// The worker's kept connections.
+pub struct Kept {
+    /// Every kept connection, edge-triggered, keyed by its token.
+    epoll: Epoll,
+    conns: Mutex<Conns>,
+    next: AtomicU64,
+    idle: Arc<IdleList>,
+    /// `--max-conns`.
+    slots: Arc<Semaphore>,
+    /// To the I/O thread.
+    handoff: mpsc::UnboundedSender<Accepted>,
+    me: Weak<Kept>,
+}
+
+#[derive(Default)]
+struct Conns {
+    entries: HashMap<u64, Entry>,
+    /// The worker stopped: nothing is parked any more.
+    stopped: bool,
+}
+
+struct Entry {
+    socket: Arc<OwnedFd>,
+    unix: bool,
+    permit: OwnedSemaphorePermit,
+    state: State,
+}
+
+enum State {
+    /// Between requests; in the idle list under `idle_key`.
+    Parked { idle_key: u64, buf: BytesMut },
+    /// A thread has it: reading its request (`running` none yet; `spoke`:
+    /// the peer sent more meanwhile), or running it.
+    Serving {
+        spoke: bool,
+        running: Option<InFlight>,
+    },
+}
+
+/// What [`Kept::running`] decided.
+pub enum Watch {
+    /// The connection is watched while the request runs.
+    Watched,
+    /// The I/O thread has it now (and reads on while the request runs).
+    HandedOff,
+}
+
+impl Kept {
+    /// No connection kept yet; parked ones enter `idle`, each holds one of
+    /// `slots`, and those the I/O thread must serve go to `handoff`.
+    pub fn new(
+        idle: Arc<IdleList>,
+        slots: Arc<Semaphore>,
+        handoff: mpsc::UnboundedSender<Accepted>,
+    ) -> std::io::Result<Arc<Kept>> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        Ok(Arc::new_cyclic(|me| Kept {
+            epoll,
+            conns: Mutex::new(Conns::default()),
+            next: AtomicU64::new(0),
+            idle,
+            slots,
+            handoff,
+            me: me.clone(),
+        }))
+    }
+
+    /// The shared epoll, readable while a kept connection has news (an app
+    /// thread's own epoll watches it; see [`crate::parking`]).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epoll.0.as_fd()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `conn` holds a whole request with FCGI_KEEP_CONN, about to run with
+    /// `exchange`: watch the connection while it runs (kept from now on),
+    /// or hand it to the I/O thread — when the peer already sent more, no
+    /// `--max-conns` slot is free, or the worker stops.
+    pub fn running(&self, conn: &mut Accepted, exchange: &Arc<Exchange>) -> Watch {
+        let in_flight = InFlight {
+            link: exchange.link().clone(),
+            exchange: exchange.clone(),
+        };
+        let token = match conn.token {
+            Some(token) => token,
+            None => match self.keep(conn) {
+                Some(token) => token,
+                None => {
+                    self.hand_off(conn, None, Some(in_flight));
+                    return Watch::HandedOff;
+                }
+            },
+        };
+        let mut conns = self.lock();
+        let Some(entry) = conns.entries.get_mut(&token) else {
+            return Watch::HandedOff; // (cannot happen: Serving is ours)
+        };
+        if let State::Serving {
+            spoke: false,
+            running,
+        } = &mut entry.state
+        {
+            *running = Some(in_flight);
+            drop(conns);
+            // With no idle thread watching, a write that waits for room
+            // notices the peer speaking.
+            let me = self.me.clone();
+            exchange
+                .link()
+                .writer
+                .when_peer_speaks(Some(Box::new(move || {
+                    if let Some(kept) = me.upgrade() {
+                        kept.peer_spoke(token);
+                    }
+                })));
+            return Watch::Watched;
+        }
+        let entry = conns.entries.remove(&token);
+        drop(conns);
+        if let Some(entry) = entry {
+            self.hand_off(conn, Some(entry), Some(in_flight));
+        }
+        Watch::HandedOff
+    }
+
+    /// A first request with FCGI_KEEP_CONN: the connection becomes kept
+    /// (a slot, a token, in the epoll).
+    fn keep(&self, conn: &mut Accepted) -> Option<u64> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut conns = self.lock();
+        if conns.stopped {
+            return None;
+        }
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+        self.epoll
+            .add(conn.socket.as_fd(), EpollEvent::new(interest, token))
+            .ok()?;
+        conns.entries.insert(
+            token,
+            Entry {
+                socket: conn.socket.clone(),
+                unix: conn.unix,
+                permit,
+                state: State::Serving {
+                    spoke: false,
+                    running: None,
+                },
+            },
+        );
+        conn.token = Some(token);
+        Some(token)
+    }
+
+    /// The request of a watched connection ended (`clean`: its answer went
+    /// out whole): park it for the next one. `Some(conn)`: not kept any
+    /// more, the caller closes it; `None`: parked, or the I/O thread has it.
+    pub fn ran(&self, conn: Accepted, clean: bool) -> Option<Accepted> {
+        let token = conn.token?;
+        let mut conns = self.lock();
+        if let Some(Entry {
+            state:
+                State::Serving {
+                    running: Some(in_flight),
+                    ..
+                },
+            ..
+        }) = conns.entries.get_mut(&token)
+        {
+            in_flight.link.writer.when_peer_speaks(None);
+        }
+        let stopped = conns.stopped;
+        let entry = conns.entries.get_mut(&token)?; // taken over meanwhile
+        if clean && !stopped {
+            let me = self.me.clone();
+            let evict = Evict::Call(Arc::new(move || {
+                if let Some(kept) = me.upgrade() {
+                    kept.evict(token);
+                }
+            }));
+            entry.state = State::Parked {
+                idle_key: self.idle.enter(evict),
+                buf: conn.buf,
+            };
+            return None;
+        }
+        let entry = conns.entries.remove(&token);
+        drop(conns);
+        let _ = self.epoll.delete(conn.socket.as_fd());
+        match entry {
+            Some(entry) if clean => {
+                // Stopping: the I/O thread closes it once idle.
+                self.hand_off(&conn, Some(entry), None);
+                None
+            }
+            _ => Some(conn),
+        }
+    }
+
+    /// A connection a thread took is not kept any more (the I/O thread
+    /// gets it, or it closes): forget it.
+    pub fn release(&self, conn: &mut Accepted) {
+        if let Some(token) = conn.token.take() {
+            let entry = self.lock().entries.remove(&token);
+            let _ = self.epoll.delete(conn.socket.as_fd());
+            if let Some(entry) = entry {
+                conn.permit = Some(entry.permit);
+            }
+        }
+    }
+
+    /// A kept connection with a request waiting (or its peer's close), to
+    /// serve; never waits. News of connections being served is acted on
+    /// here (see the module doc).
+    pub fn take(&self) -> Option<Accepted> {
+        loop {
+            let mut events = [EpollEvent::empty(); 1];
+            let ready = self.epoll.wait(&mut events, EpollTimeout::ZERO).ok()?;
+            if ready == 0 {
+                return None;
+            }
+            let token = events[0].data();
+            let mut conns = self.lock();
+            let Some(entry) = conns.entries.get_mut(&token) else {
+                continue;
+            };
+            match &mut entry.state {
+                State::Parked { idle_key, buf } => {
+                    let (key, buf) = (*idle_key, std::mem::take(buf));
+                    entry.state = State::Serving {
+                        spoke: false,
+                        running: None,
+                    };
+                    let conn = Accepted {
+                        socket: entry.socket.clone(),
+                        unix: entry.unix,
+                        buf,
+                        permit: None,
+                        token: Some(token),
+                        in_flight: None,
+                    };
+                    drop(conns);
+                    self.idle.leave(key);
+                    return Some(conn);
+                }
+                State::Serving {
+                    running: None,
+                    spoke,
+                } => *spoke = true,
+                State::Serving {
+                    running: Some(_), ..
+                } => {
+                    drop(conns);
+                    self.peer_spoke(token);
+                }
+            }
+        }
+    }
+
+    /// The peer of a connection whose request runs sent something (an
+    /// ABORT_REQUEST, another request, its close): the I/O thread reads on.
+    fn peer_spoke(&self, token: u64) {
+        let mut conns = self.lock();
+        let running = match conns.entries.get_mut(&token) {
+            Some(Entry {
+                state: State::Serving { running, .. },
+                ..
+            }) if running.is_some() => running.take(),
+            _ => return,
+        };
+        let entry = conns.entries.remove(&token);
+        drop(conns);
+        if let (Some(entry), Some(in_flight)) = (entry, running) {
+            in_flight.link.writer.when_peer_speaks(None);
+            let conn = Accepted::new_shared(entry.socket.clone(), entry.unix);
+            self.hand_off(&conn, Some(entry), Some(in_flight));
+        }
+    }
+
+    /// Give a kept connection to the I/O thread, with its slot and the
+    /// request running on it, if any.
+    fn hand_off(&self, conn: &Accepted, entry: Option<Entry>, in_flight: Option<InFlight>) {
+        let _ = self.epoll.delete(conn.socket.as_fd());
+        let permit = entry.map(|e| e.permit);
+        let _ = self.handoff.send(Accepted {
+            socket: conn.socket.clone(),
+            unix: conn.unix,
+            buf: BytesMut::new(),
+            permit,
+            token: None,
+            in_flight,
+        });
+    }
+
+    /// `--max-conns` reached: close a parked connection (unless a thread
+    /// took it meanwhile).
+    fn evict(&self, token: u64) {
+        let mut conns = self.lock();
+        if !matches!(
+            conns.entries.get(&token).map(|e| &e.state),
+            Some(State::Parked { .. })
+        ) {
+            return;
+        }
+        let entry = conns.entries.remove(&token);
+        drop(conns);
+        if let Some(entry) = entry {
+            let _ = self.epoll.delete(entry.socket.as_fd());
+            log_info!("closed an idle connection: --max-conns reached and a new one arrived");
+        }
+    }
+
+    /// The worker stops: nothing is parked from now on; the parked
+    /// connections go to the I/O thread (it serves a request already on
+    /// its way, and closes each once idle). Those being served follow
+    /// when their request ends.
+    pub fn stop(&self) {
+        let mut conns = self.lock();
+        conns.stopped = true;
+        let parked: Vec<u64> = conns
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Parked { .. }))
+            .map(|(token, _)| *token)
+            .collect();
+        let entries: Vec<Entry> = parked
+            .iter()
+            .filter_map(|token| conns.entries.remove(token))
+            .collect();
+        drop(conns);
+        for entry in entries {
+            if let State::Parked { idle_key, .. } = entry.state {
+                self.idle.leave(idle_key);
+            }
+            let conn = Accepted::new_shared(entry.socket.clone(), entry.unix);
+            self.hand_off(&conn, Some(entry), None);
+        }
+    }
+}
