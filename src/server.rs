@@ -85,6 +85,7 @@ impl Io {
     /// Serve a connection an app thread handed over.
     async fn adopt(&mut self, conn: Accepted) {
         // (A kept connection brings its slot along.)
+        let kept = conn.permit.is_some();
         let permit = match conn.permit {
             Some(permit) => permit,
             None => match self.slots.clone().try_acquire_owned() {
@@ -117,7 +118,7 @@ impl Io {
         // Reap finished connections: a JoinSet keeps them until joined.
         while self.connections.try_join_next().is_some() {}
         self.connections.spawn(async move {
-            connection::serve(socket, context, conn.buf, conn.in_flight).await;
+            connection::serve(socket, context, conn.buf, (kept, conn.in_flight)).await;
             drop(permit);
         });
     }

@@ -9,7 +9,12 @@
 //! - eleven requests interleaved on one connection (`FCGI_MPXS_CONNS=1`):
 //!   eight uploads whose bodies are interleaved (one aborted mid-body) and
 //!   three downloads streamed at once: every other response whole and under
-//!   its own id.
+//!   its own id;
+//! - kept connections, served by the app threads between the I/O thread's
+//!   turns (`fcgi/kept.rs`): an ABORT_REQUEST or a second request sent
+//!   while a request runs is seen at once (the connection goes to the I/O
+//!   thread with its running request), requests take turns over many kept
+//!   connections, and a stop closes the parked ones.
 
 #[path = "support/fcgi.rs"]
 mod fcgi;
@@ -119,7 +124,7 @@ fn at_max_conns_the_oldest_idle_connection_gives_way() {
     let mut idle: Vec<Conn> = (0..5).map(|_| r.connect()).collect();
     for c in &mut idle {
         assert_eq!(c.request(1, &Req::get("/empty").keep_conn()).status(), 204);
-        // (Kept-alive: handed to the I/O thread, where it takes a slot.)
+        // (Kept alive: parked between requests, it holds a slot.)
         std::thread::sleep(Duration::from_millis(50));
     }
     // A newcomer whose request comes in two parts: not whole at once, so
@@ -248,4 +253,116 @@ fn eleven_requests_interleaved_on_one_connection_with_one_aborted() {
     assert!(r.wait_log("aborted request 5", PROMPT), "{}", r.log());
     // And the connection goes on.
     assert_eq!(c.request(3, &Req::get("/empty").keep_conn()).status(), 204);
+}
+
+/// A kept connection whose request runs on an app thread (nobody reads
+/// the socket then): its ABORT_REQUEST is seen while the app still runs —
+/// by the idle thread that watches the kept connections (`--threads 2`),
+/// and by a write waiting for room (`--threads 1`, the client stopped
+/// reading) — and the connection goes on.
+#[test]
+fn abort_on_a_kept_connection_is_seen_while_the_request_runs() {
+    for threads in ["2", "1"] {
+        let r = Responder::fixtures(&["--threads", threads]);
+        let marker = r.path("closed");
+        let mut c = r.connect();
+        // A first request makes the connection a kept one.
+        assert_eq!(c.request(1, &Req::get("/empty").keep_conn()).status(), 204);
+        let target = if threads == "2" {
+            "/sleep?s=1.5".to_string()
+        } else {
+            format!("/huge?mb=200&marker={}", marker.display())
+        };
+        c.send_request(1, &Req::get(&target).keep_conn()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        c.abort(1).unwrap();
+        assert!(
+            r.wait_log("web server aborted request 1", PROMPT),
+            "--threads {threads}: the abort was not seen\n{}",
+            r.log()
+        );
+        if threads == "2" {
+            assert!(
+                started.elapsed() < Duration::from_millis(1000),
+                "--threads 2: the abort was seen only after the app returned"
+            );
+        }
+        let out = c.response_with_result(1, PROMPT).expect("END_REQUEST");
+        assert_eq!(
+            out.protocol_status(),
+            REQUEST_COMPLETE,
+            "--threads {threads}"
+        );
+        if threads == "2" {
+            assert!(
+                out.stdout.is_empty(),
+                "--threads 2: the aborted response went out"
+            );
+        } else {
+            assert!(
+                out.stdout_records < 3200,
+                "the whole body went out despite ABORT"
+            );
+            assert!(wait_file(&marker, "closed", PROMPT), "close() did not run");
+        }
+        assert_eq!(c.request(2, &Req::get("/empty").keep_conn()).status(), 204);
+    }
+}
+
+/// Many kept connections taking turns (`--threads 3`, requests sent in
+/// rounds over eight connections, some answered by a page, some closing):
+/// every answer whole, under its id, on its own connection.
+#[test]
+fn many_kept_connections_take_turns_on_the_app_threads() {
+    let r = Responder::fixtures(&["--threads", "3", "--ping-path", "/ping"]);
+    let mut conns: Vec<Conn> = (0..8).map(|_| r.connect()).collect();
+    for round in 0..25u16 {
+        for (n, c) in conns.iter_mut().enumerate() {
+            let id = round % 3 + 1;
+            let echo = format!("round {round} conn {n}");
+            let req = Req::post("/echo", "text/plain", echo.as_bytes()).keep_conn();
+            c.send_request(id, &req).unwrap();
+            let out = c.response_with_result(id, PROMPT).expect("an answer");
+            assert_eq!(out.status(), 200, "round {round} conn {n}: {out:?}");
+            assert!(
+                out.body().ends_with(echo.as_bytes()),
+                "round {round} conn {n}"
+            );
+            if round % 10 == 9 {
+                let ping = c.request(id, &Req::get("/ping").keep_conn());
+                assert_eq!(ping.text().trim(), "pong", "round {round} conn {n}");
+            }
+        }
+    }
+    // The last request of a connection without FCGI_KEEP_CONN closes it.
+    for c in &mut conns {
+        assert_eq!(c.request(1, &Req::get("/empty")).status(), 204);
+        c.expect_closed(PROMPT);
+    }
+    assert!(!r.log().contains("error"), "{}", r.log());
+}
+
+/// A graceful stop closes the parked kept connections and exits at once
+/// (they are idle: nothing to wait for).
+#[test]
+fn a_stop_closes_parked_kept_connections() {
+    let mut r = Responder::fixtures(&["--threads", "2"]);
+    let mut conns: Vec<Conn> = (0..4).map(|_| r.connect()).collect();
+    for c in &mut conns {
+        assert_eq!(c.request(1, &Req::get("/empty").keep_conn()).status(), 204);
+    }
+    let started = std::time::Instant::now();
+    r.signal("TERM");
+    for c in &mut conns {
+        c.expect_closed(PROMPT);
+    }
+    drop(conns);
+    let status = r.wait_exit(PROMPT).expect("exited after TERM");
+    assert!(status.success(), "{status}\n{}", r.log());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the stop waited for idle connections: {:?}",
+        started.elapsed()
+    );
 }

@@ -125,14 +125,14 @@ impl Req {
 }
 
 /// Serve one connection until it closes. `buf`: bytes already read from
-/// it (by the app thread that accepted it); `in_flight`: the request an
-/// app thread is running on it (a kept connection whose peer spoke during
-/// a request, see [`super::kept`]), which shares its link.
+/// it (by the app thread that accepted it); `kept`: it carried requests
+/// already (a kept connection the app threads served, see [`super::kept`]);
+/// `in_flight`: the request an app thread runs on it, which shares its link.
 pub async fn serve<T: Transport>(
     mut stream: T,
     context: Context,
     buf: BytesMut,
-    in_flight: Option<InFlight>,
+    (kept, in_flight): (bool, Option<InFlight>),
 ) -> Closed {
     // SAFETY: the descriptor belongs to `stream`, alive for this call.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
@@ -177,6 +177,7 @@ pub async fn serve<T: Transport>(
             },
         );
     }
+    conn.begun |= kept;
     let closed = conn.run(&mut stream, buf).await;
     conn.leave_idle();
     // Our last answers (a 413, say) go out before the close.

@@ -255,7 +255,7 @@ async fn an_idle_connection_gives_way_when_evicted() {
     let (_stop, shutdown) = watch::channel(false);
     let context = context(limits(), shutdown);
     let idle = context.idle.clone();
-    let task = tokio::spawn(serve(server, context, BytesMut::new(), None));
+    let task = tokio::spawn(serve(server, context, BytesMut::new(), (false, None)));
     // Not idle before its first request: nothing to evict.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(!idle.evict_oldest());
