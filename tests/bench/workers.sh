@@ -12,6 +12,11 @@
 #                     connection per request, as every tutorial writes it)
 #   ours-preload      the same with --preload (the app imported in the master,
 #                     workers forked from it: compare pss/wk)
+#   ours-nopython     the same answering every request with its ping page
+#                     (--ping-path /: no Python at all), hello only: the
+#                     ceiling this front end, wrk and the box allow a server
+#                     here (a ratio ours/uwsgi above ours-nopython/uwsgi
+#                     cannot be had by any server that runs the app)
 #   uwsgi             uwsgi --master --processes N --threads T --fastcgi-socket;
 #                     nginx fastcgi_pass without keepalive (uWSGI closes every
 #                     connection after END_REQUEST anyway)
@@ -53,13 +58,15 @@
 # read right after the measurement; master = the parent's VmRSS. Ratios:
 # ours/other (req/s > 1: ours faster; latency and memory < 1: ours lower).
 # For Flask, the app's own CPU per request is measured in process (a prepared
-# environ, no server) and each server's overhead = cpu/req minus that.
+# environ, no server) and each server's overhead = cpu/req minus that: with
+# the variables nginx passes here (Debian's fastcgi_params; what the app
+# really handles), and with a minimal environ (the older, lower figure).
 # Helpers shared with tests/bench/fcgi.sh: tests/bench/lib.sh.
 #
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
-#   SYSTEMS="ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
+#   SYSTEMS="ours ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
 #   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
@@ -71,7 +78,7 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-16}
 WORKLOADS=${WORKLOADS:-"hello flask"}
-SYSTEMS=${SYSTEMS:-"ours ours-preload uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
+SYSTEMS=${SYSTEMS:-"ours ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
 NGINX_PORT=${NGINX_PORT:-18089}
 NGINX_MODE=${NGINX_MODE:-keepalive}
 FRONT=${FRONT:-nginx}
@@ -144,6 +151,8 @@ server_cmd() { # system workload socket -> the command line (one word per line)
             --venv "$VENV" --socket-mode 666 ;;
     ours-preload) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
             --venv "$VENV" --socket-mode 666 --preload ;;
+    ours-nopython) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
+            --venv "$VENV" --socket-mode 666 --ping-path / ;;
     uwsgi) printf '%s\n' "$VENV/bin/uwsgi" --master --processes "$WORKERS" --threads "$THREADS" \
             --fastcgi-socket "$3" --chmod-socket=666 --wsgi-file "$app" --home "$VENV" --disable-logging ;;
     gunicorn-sync) printf '%s\n' "$VENV/bin/gunicorn" --workers "$WORKERS" --worker-class sync \
@@ -156,7 +165,7 @@ server_cmd() { # system workload socket -> the command line (one word per line)
 }
 nginx_mode() { # how nginx talks to the system
   case $1 in
-    ours|ours-preload)
+    ours|ours-preload|ours-nopython)
       # NGINX_MODE=default: the plain `fastcgi_pass` of every tutorial (a
       # new connection per request); keepalive: an upstream keepalive pool
       # with fastcgi_keep_conn on.
@@ -303,7 +312,7 @@ check_nginx() { # system workload
   local code
   code=$(curl -s -o "$run/nginx-body" -w '%{http_code}' "http://127.0.0.1:$NGINX_PORT/") || true
   [ "$code" = 200 ] || { cat "$run/$1-$2.log" >&2; die "$1/$2: HTTP $code through nginx"; }
-  expected_body "$2" | cmp -s - "$run/nginx-body" \
+  { if [ "$1" = ours-nopython ]; then echo pong; else expected_body "$2"; fi; } | cmp -s - "$run/nginx-body" \
     || die "$1/$2: wrong body through nginx: $(head -c 200 "$run/nginx-body")"
 }
 
@@ -368,6 +377,7 @@ commit=$(bench_commit)
 for workload in $WORKLOADS; do
   workload_ok "$workload"
   for system in $SYSTEMS; do
+    [ "$system" = ours-nopython ] && [ "$workload" != hello ] && continue
     sock=$run/$system.sock
     log "$workload: $system ($(server_cmd "$system" "$workload" "$sock" | tr '\n' ' '))"
     start_server "$system" "$workload" "$sock"
@@ -388,28 +398,39 @@ case " $WORKLOADS " in
 import io, sys, time
 sys.path.insert(0, ".")
 from flask_app import app
-environ = {
+minimal = {
     "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
     "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "18089", "SERVER_PROTOCOL": "HTTP/1.1",
     "HTTP_HOST": "127.0.0.1:18089", "HTTP_USER_AGENT": "wrk", "REMOTE_ADDR": "127.0.0.1",
     "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
     "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
 }
-def call():
-    env = dict(environ, **{"wsgi.input": io.BytesIO(b"")})
-    body = app(env, lambda status, headers, exc_info=None: None)
-    b"".join(body)
-    getattr(body, "close", lambda: None)()
-for _ in range(2000):
-    call()
-best = None
-for _ in range(5):
-    start = time.process_time()
+# What the app gets through nginx here: Debian's fastcgi_params (empty
+# values are not passed on), the script's SCRIPT_NAME/PATH_INFO, wrk's
+# one header.
+nginx = dict(minimal, **{
+    "REQUEST_URI": "/", "DOCUMENT_URI": "/", "DOCUMENT_ROOT": "/usr/share/nginx/html",
+    "REQUEST_SCHEME": "http", "GATEWAY_INTERFACE": "CGI/1.1", "SERVER_SOFTWARE": "nginx/1.22.1",
+    "REMOTE_PORT": "41234", "SERVER_ADDR": "127.0.0.1", "REDIRECT_STATUS": "200",
+})
+del nginx["HTTP_USER_AGENT"]
+def per_request(environ):
+    def call():
+        env = dict(environ, **{"wsgi.input": io.BytesIO(b"")})
+        body = app(env, lambda status, headers, exc_info=None: None)
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
     for _ in range(2000):
         call()
-    per = (time.process_time() - start) / 2000 * 1e6
-    best = per if best is None else min(best, per)
-print(f"{best:.1f}")
+    best = None
+    for _ in range(5):
+        start = time.process_time()
+        for _ in range(2000):
+            call()
+        per = (time.process_time() - start) / 2000 * 1e6
+        best = per if best is None else min(best, per)
+    return best
+print(f"{per_request(nginx):.1f} {per_request(minimal):.1f}")
 EOF
     ) ;;
 esac
@@ -432,7 +453,8 @@ front = sys.argv[4]
 
 runs = [json.loads(line) for line in open(sys.argv[1])]
 n = int(sys.argv[2])
-flask_us = float(sys.argv[3]) if sys.argv[3] else None
+# Flask in process: with the environ nginx sends, and with a minimal one.
+flask_us, flask_minimal_us = (map(float, sys.argv[3].split()) if sys.argv[3] else (None, None))
 by = {}
 for r in runs:
     by.setdefault(r["workload"], {})[r["system"]] = r
@@ -469,13 +491,14 @@ for workload, systems in by.items():
             print(f"    vs {system:<16} req/s {ratio('rps'):>5}x  p50 {ratio('p50_us'):>5}  p99 {ratio('p99_us'):>5}"
                   f"  cpu/req {c:>5}  rss/wk {ratio('rss_per_worker_kib'):>5}  pss/wk {ratio('pss_per_worker_kib'):>5}")
     if workload == "flask" and flask_us:
-        over = {s: r["server_cpu_s"] / r["requests"] * 1e6 - flask_us for s, r in systems.items() if r["requests"]}
-        print(f"  Flask in process: {flask_us:.1f} us/req; server overhead (cpu/req minus that): "
-              + ", ".join(f"{s} {v:.1f} us" for s, v in over.items()))
-        if "ours" in over:
-            for s, v in over.items():
-                if s != "ours" and v > 0:
-                    print(f"    overhead ours/{s}: {over['ours'] / v:.2f}")
+        for label, own in (("the environ nginx sends", flask_us), ("a minimal environ", flask_minimal_us)):
+            over = {s: r["server_cpu_s"] / r["requests"] * 1e6 - own for s, r in systems.items() if r["requests"]}
+            print(f"  Flask in process with {label}: {own:.1f} us/req; server overhead (cpu/req minus that): "
+                  + ", ".join(f"{s} {v:.1f} us" for s, v in over.items()))
+            if "ours" in over:
+                for s, v in over.items():
+                    if s != "ours" and v > 0:
+                        print(f"    overhead ours/{s}: {over['ours'] / v:.2f}")
 if bad:
     print("\nNOT SANE:")
     for b in bad:
