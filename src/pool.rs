@@ -301,14 +301,18 @@ fn serve_inline(
                 (false, _) => Some(conn),
             }
         }
-        inline::Next::Answered(conn, keep) => match (keep, conn.token) {
-            (true, Some(_)) => kept.ran(conn, true),
-            (true, None) => {
-                waiter.hand_off(conn);
+        // A page (status, ping) answered here: a kept connection is parked.
+        inline::Next::Answered(mut conn, keep) => {
+            if keep && conn.token.is_none() && kept.keep(&mut conn).is_none() {
+                waiter.hand_off(conn); // no slot free: the I/O thread makes room
                 None
+            } else if keep {
+                kept.ran(conn, true)
+            } else {
+                kept.release(&mut conn);
+                Some(conn)
             }
-            (false, _) => Some(conn),
-        },
+        }
         inline::Next::HandOff(mut conn) => {
             let fresh = conn.token.is_none();
             kept.release(&mut conn);

@@ -78,7 +78,7 @@ async fn exchange(wire: BytesMut, until: usize) -> (Vec<Record>, Closed) {
         server,
         context(limits(), shutdown),
         BytesMut::new(),
-        None,
+        (false, None),
     ));
     client.write_all(&wire).await.unwrap();
     let mut buf = BytesMut::new();
@@ -155,7 +155,7 @@ async fn keep_conn_serves_two_requests_then_closes_without_it() {
         server,
         context(limits(), shutdown),
         BytesMut::new(),
-        None,
+        (false, None),
     ));
     let mut buf = BytesMut::new();
     let (stdout, end) = (RecordType::Stdout as u8, RecordType::EndRequest as u8);
@@ -234,7 +234,7 @@ async fn a_request_header_that_never_completes_is_closed_at_the_timeout() {
         server,
         context(limits, shutdown),
         BytesMut::new(),
-        None,
+        (false, None),
     ));
     let mut wire = BytesMut::new();
     begin(&mut wire, 1, 1, true);

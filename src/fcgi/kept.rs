@@ -171,8 +171,8 @@ impl Kept {
     }
 
     /// A first request with FCGI_KEEP_CONN: the connection becomes kept
-    /// (a slot, a token, in the epoll).
-    fn keep(&self, conn: &mut Accepted) -> Option<u64> {
+    /// (a slot, a token, in the epoll); `None`: no slot free, or stopping.
+    pub fn keep(&self, conn: &mut Accepted) -> Option<u64> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.lock();
