@@ -71,18 +71,78 @@ pub fn latin1(bytes: &[u8]) -> String {
 /// (`wsgiref.validate` rejects the `HTTP_` duplicates).
 const SHADOWED: [&[u8]; 2] = [b"HTTP_CONTENT_TYPE", b"HTTP_CONTENT_LENGTH"];
 
-/// Build the environ's plain part from raw meta-variables.
+/// Up to this many variables a name is looked up by a scan (cheaper than
+/// hashing for what web servers send); beyond, through a hash index, so
+/// that a request with tens of thousands of variables costs linear time.
+const SCAN_LIMIT: usize = 64;
+
+/// The environ's variables being gathered, and where each name is.
+struct Vars<'a> {
+    list: Vec<(&'a [u8], Cow<'a, [u8]>)>,
+    index: Option<std::collections::HashMap<&'a [u8], usize>>,
+}
+
+impl<'a> Vars<'a> {
+    fn new(expected: usize) -> Vars<'a> {
+        Vars {
+            list: Vec::with_capacity(expected + 8),
+            index: (expected > SCAN_LIMIT)
+                .then(|| std::collections::HashMap::with_capacity(expected)),
+        }
+    }
+
+    fn position(&self, name: &[u8]) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(name).copied(),
+            None => self.list.iter().position(|(k, _)| *k == name),
+        }
+    }
+
+    /// Set `name` to `value`: a name given twice keeps its last value (as
+    /// PHP-FPM does: web-server configs override an included default that
+    /// way, e.g. nginx's `fastcgi_param HTTP_HOST $host:$server_port;`
+    /// after `include fastcgi_params;`), in its first place.
+    fn set(&mut self, name: &'a [u8], value: Cow<'a, [u8]>) {
+        match self.position(name) {
+            Some(at) => self.list[at].1 = value,
+            None => {
+                if let Some(index) = &mut self.index {
+                    index.insert(name, self.list.len());
+                }
+                self.list.push((name, value));
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if self.position(name).is_some() {
+            self.list.retain(|(k, _)| *k != name);
+            if let Some(index) = &mut self.index {
+                index.clear();
+                for (at, (k, _)) in self.list.iter().enumerate() {
+                    index.insert(k, at);
+                }
+            }
+        }
+    }
+}
+
+/// Build the environ's plain part from raw meta-variables (a name given
+/// twice: the last value wins). Linear in their number.
 pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ<'_>, RequestError> {
-    let mut vars: Vec<(&[u8], Cow<'_, [u8]>)> = Vec::with_capacity(meta.len() + 8);
+    let mut vars = Vars::new(meta.len());
     let mut content_length = None;
     for (name, value) in meta {
         let name = name.as_slice();
-        if SHADOWED.contains(&name) || vars.iter().any(|(k, _)| *k == name) {
+        if SHADOWED.contains(&name) {
             continue;
         }
         if name == b"CONTENT_LENGTH" {
             let trimmed = value.trim_ascii();
             if trimmed.is_empty() {
+                // (An empty one given last leaves none.)
+                content_length = None;
+                vars.remove(name);
                 continue;
             }
             let bad = || RequestError::BadContentLength(latin1(value));
@@ -94,15 +154,16 @@ pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ<'_>, RequestError> {
                 .and_then(|t| t.parse().ok())
                 .ok_or_else(bad)?;
             content_length = Some(length);
-            vars.push((name, Cow::Owned(length.to_string().into_bytes())));
+            vars.set(name, Cow::Owned(length.to_string().into_bytes()));
             continue;
         }
-        vars.push((name, Cow::Borrowed(value.as_slice())));
+        vars.set(name, Cow::Borrowed(value.as_slice()));
     }
 
-    let find = |vars: &[(&[u8], Cow<'_, [u8]>)], key: &[u8]| vars.iter().any(|(k, _)| *k == key);
+    // (The last value of each: one scan each, from the end.)
     let value = |key: &[u8]| {
         meta.iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_slice())
     };
@@ -130,12 +191,12 @@ pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ<'_>, RequestError> {
         (b"SERVER_PROTOCOL", b"HTTP/1.0"),
     ];
     for (key, value) in defaults {
-        if !find(&vars, key) {
-            vars.push((key, Cow::Borrowed(value)));
+        if vars.position(key).is_none() {
+            vars.set(key, Cow::Borrowed(value));
         }
     }
     let environ = Environ {
-        vars,
+        vars: vars.list,
         url_scheme,
         content_length,
         is_head: false,
@@ -244,8 +305,24 @@ mod tests {
                 "HTTP_CONTENT_LENGTH",
                 None,
             ),
-            // the first of two equal names wins
-            (&[(b"HTTP_A", b"1"), (b"HTTP_A", b"2")], "HTTP_A", Some("1")),
+            // the last of two equal names wins (PHP-FPM's rule; nginx's
+            // override after `include fastcgi_params;`)
+            (&[(b"HTTP_A", b"1"), (b"HTTP_A", b"2")], "HTTP_A", Some("2")),
+            (
+                &[(b"HTTP_HOST", b"h"), (b"HTTP_HOST", b"h:8080")],
+                "SERVER_NAME",
+                Some("h"),
+            ),
+            (
+                &[(b"CONTENT_LENGTH", b"3"), (b"CONTENT_LENGTH", b"5")],
+                "CONTENT_LENGTH",
+                Some("5"),
+            ),
+            (
+                &[(b"CONTENT_LENGTH", b"3"), (b"CONTENT_LENGTH", b"")],
+                "CONTENT_LENGTH",
+                None,
+            ),
         ];
         for (pairs, key, expected) in rows {
             let meta = meta(pairs);
@@ -256,6 +333,36 @@ mod tests {
                 "key {key} from {pairs:?}"
             );
         }
+    }
+
+    /// Many variables (the hashed lookup): each name once, in its first
+    /// place, with its last value; the defaults still filled in.
+    #[test]
+    fn many_variables_keep_the_last_value_of_each_name() {
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..5000)
+            .map(|i| {
+                (
+                    format!("HTTP_X_{}", i % 1000).into_bytes(),
+                    i.to_string().into_bytes(),
+                )
+            })
+            .collect();
+        pairs.push((b"CONTENT_LENGTH".to_vec(), b"7".to_vec()));
+        pairs.push((b"HTTPS".to_vec(), b"off".to_vec()));
+        pairs.push((b"HTTPS".to_vec(), b"on".to_vec()));
+        let environ = build(&pairs).unwrap();
+        assert_eq!(environ.get("HTTP_X_0").as_deref(), Some("4000"));
+        assert_eq!(environ.get("HTTP_X_999").as_deref(), Some("4999"));
+        assert_eq!(environ.vars[0].0, b"HTTP_X_0");
+        let names = environ
+            .vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(b"HTTP_X_"))
+            .count();
+        assert_eq!(names, 1000);
+        assert_eq!(environ.content_length, Some(7));
+        assert_eq!(environ.url_scheme, "https");
+        assert_eq!(environ.get("SERVER_PORT").as_deref(), Some("443"));
     }
 
     #[test]

@@ -598,3 +598,71 @@ fn vanished_client_mid_upload_or_download_frees_the_app_thread() {
     );
     assert!(!r.log().contains("panicked"), "{}", r.log());
 }
+
+/// The PARAMS of a request with `extra` pairs appended to `req`'s (names may
+/// repeat), as BEGIN_REQUEST + PARAMS + empty STDIN.
+fn wire_with_pairs(id: u16, req: &Req, extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut params = req.encoded_params();
+    for (name, value) in extra {
+        encode_pair(&mut params, name, value);
+    }
+    let mut wire = record(BEGIN_REQUEST, id, &begin_body(RESPONDER, KEEP_CONN));
+    wire.extend(stream(PARAMS, id, &params, 65535));
+    wire.extend(record(STDIN, id, b""));
+    wire
+}
+
+/// A param sent twice: the last value wins, as in PHP-FPM — nginx's
+/// `include fastcgi_params; fastcgi_param HTTP_HOST $host:$server_port;`
+/// overrides Debian's `HTTP_HOST $host` that way.
+#[test]
+fn a_param_sent_twice_keeps_its_last_value() {
+    let r = Responder::fixtures(&[]);
+    let mut c = r.connect();
+    let req = Req::get("/environ").param("HTTP_HOST", "example.org");
+    c.send(&wire_with_pairs(
+        1,
+        &req,
+        &[
+            (b"HTTP_HOST", b"example.org:8080"),
+            (b"HTTP_X_TWICE", b"1"),
+            (b"HTTP_X_TWICE", b"2"),
+        ],
+    ))
+    .unwrap();
+    let env = c.response(1).json();
+    assert_eq!(env["HTTP_HOST"], "example.org:8080", "{env}");
+    assert_eq!(env["HTTP_X_TWICE"], "2", "{env}");
+}
+
+/// Tens of thousands of variables in one request (here 120,000 empty
+/// `HTTP_*` params, 1.6 MB of PARAMS) take linear time: the app sees them
+/// all, and another connection is answered meanwhile (a quadratic build,
+/// with the GIL held, took seconds and starved the other threads).
+#[test]
+fn a_hundred_and_twenty_thousand_params_cost_linear_time() {
+    let r = Responder::fixtures(&["--threads", "2", "--max-params-size", "3000000"]);
+    let names: Vec<Vec<u8>> = (0..120_000)
+        .map(|i| format!("HTTP_X{i}").into_bytes())
+        .collect();
+    let extra: Vec<(&[u8], &[u8])> = names.iter().map(|n| (n.as_slice(), &b""[..])).collect();
+    let mut big = r.connect();
+    big.send(&wire_with_pairs(1, &Req::get("/environ"), &extra))
+        .unwrap();
+    // A probe on another connection, while the big one is being built.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut probe = r.connect();
+    probe
+        .send_request(2, &Req::get("/empty").keep_conn())
+        .unwrap();
+    let probed = probe.response_with_result(2, Duration::from_secs(3));
+    assert!(
+        probed.as_ref().is_ok_and(|p| p.status() == 204),
+        "another request waited for the big one: {probed:?}"
+    );
+    let env = big
+        .response_with_result(1, Duration::from_secs(20))
+        .expect("the big request is answered")
+        .json();
+    assert_eq!(env["HTTP_X119999"], "", "the last variable is missing");
+}

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::BytesMut;
@@ -53,6 +53,11 @@ pub struct Kept {
     slots: Arc<Semaphore>,
     /// To the I/O thread.
     handoff: mpsc::UnboundedSender<Accepted>,
+    /// A peer sent a request (or an ABORT) while one of its requests ran:
+    /// it multiplexes or pipelines (HAProxy with `mpxs-conns`), so from now
+    /// on this worker's kept connections are the I/O thread's, which reads
+    /// them while requests run.
+    multiplexing: AtomicBool,
     me: Weak<Kept>,
 }
 
@@ -105,6 +110,7 @@ impl Kept {
             idle,
             slots,
             handoff,
+            multiplexing: AtomicBool::new(false),
             me: me.clone(),
         }))
     }
@@ -128,6 +134,16 @@ impl Kept {
             link: exchange.link().clone(),
             exchange: exchange.clone(),
         };
+        if self.multiplexing.load(Ordering::Relaxed) {
+            self.release(conn);
+            let permit = conn.permit.take();
+            let _ = self.handoff.send(Accepted {
+                permit,
+                in_flight: Some(in_flight),
+                ..Accepted::new_shared(conn.socket.clone(), conn.unix)
+            });
+            return Watch::HandedOff;
+        }
         let token = match conn.token {
             Some(token) => token,
             None => match self.keep(conn) {
@@ -267,6 +283,8 @@ impl Kept {
                 return None;
             }
             let token = events[0].data();
+            // (Data, not the peer's close: it speaks.)
+            let speaks = !events[0].events().contains(EpollFlags::EPOLLRDHUP);
             let mut conns = self.lock();
             let Some(entry) = conns.entries.get_mut(&token) else {
                 continue;
@@ -298,6 +316,13 @@ impl Kept {
                     running: Some(_), ..
                 } => {
                     drop(conns);
+                    if speaks && !self.multiplexing.swap(true, Ordering::Relaxed) {
+                        log_info!(
+                            "a web server sends requests on a kept connection while one runs \
+                             (multiplexing or pipelining): its kept connections are read by the \
+                             I/O thread from now on"
+                        );
+                    }
                     self.peer_spoke(token);
                 }
             }
