@@ -438,6 +438,14 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     if let Some(slot) = slot {
         slot.end();
     }
+    if status == Exit::Truncated && exchange.head_sent() && exchange.cut_short() {
+        log_error!(
+            "{}: the app failed after its response began: the connection is closed \
+             without END_REQUEST, so the web server sees the response cut short",
+            describe(&meta)
+        );
+        return;
+    }
     // The last output, held back by the sink, leaves with END_REQUEST.
     let (head, body) = held
         .lock()

@@ -139,6 +139,7 @@ fn python_stack(py: Python<'_>, thread: u64) -> String {
 pub(crate) fn describe(meta: &[(Vec<u8>, Vec<u8>)]) -> String {
     let get = |key: &[u8]| {
         meta.iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };

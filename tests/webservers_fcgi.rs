@@ -343,6 +343,33 @@ fn check_environ(s: &Site) {
         data.len()
     );
     s.check_500("/raise", &["SECRET-TRACEBACK-DETAIL"]);
+    check_cut_short(s);
+}
+
+/// An app that fails after its response began: the client's response is
+/// broken (no last chunk), never a whole one that caches would keep, and
+/// the web server logs why.
+fn check_cut_short(s: &Site) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", s.web.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "GET {}/exc-after HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        s.prefix
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{}: {text}", s.web.name);
+    assert!(text.contains("partial "), "{}: {text}", s.web.name);
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "{}: a response cut short by the app looks complete: {text:?}",
+        s.web.name
+    );
 }
 
 /// Sequential requests reuse kept-open connections (FCGI_KEEP_CONN): some

@@ -327,6 +327,24 @@ impl Exchange {
         })
     }
 
+    /// The app failed after its response began: end the request without
+    /// END_REQUEST — the connection is shut down, so the web server sees
+    /// the response cut short (nginx: "upstream prematurely closed") and
+    /// ends the client's response broken, never as a whole one. False when
+    /// the request had already ended.
+    pub fn cut_short(&self) -> bool {
+        self.abort();
+        let held = self.link.writer.hold();
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.link.finished(self.id, false);
+        self.link.writer.shut_down();
+        drop(held);
+        self.link.wake.notify_one();
+        true
+    }
+
     /// `--request-timeout`: answer 504 if nothing of the response went out,
     /// else cut it short (the connection is shut down without END_REQUEST, so
     /// the client never takes a truncated response for a whole one). False
