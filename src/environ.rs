@@ -160,6 +160,13 @@ pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ<'_>, RequestError> {
         vars.set(name, Cow::Borrowed(value.as_slice()));
     }
 
+    // A body the web server de-chunked and measured (nginx sets
+    // CONTENT_LENGTH and still passes the header): the app must not
+    // de-chunk it again (bottle, pypiserver's upload: 400).
+    if content_length.is_some() {
+        vars.remove(b"HTTP_TRANSFER_ENCODING");
+    }
+
     // (The last value of each: one scan each, from the end.)
     let value = |key: &[u8]| {
         meta.iter()
@@ -322,6 +329,21 @@ mod tests {
                 &[(b"CONTENT_LENGTH", b"3"), (b"CONTENT_LENGTH", b"")],
                 "CONTENT_LENGTH",
                 None,
+            ),
+            // a body de-chunked by the web server, with its length: the
+            // chunked header does not reach the app; without a length it does
+            (
+                &[
+                    (b"HTTP_TRANSFER_ENCODING", b"chunked"),
+                    (b"CONTENT_LENGTH", b"5"),
+                ],
+                "HTTP_TRANSFER_ENCODING",
+                None,
+            ),
+            (
+                &[(b"HTTP_TRANSFER_ENCODING", b"chunked")],
+                "HTTP_TRANSFER_ENCODING",
+                Some("chunked"),
             ),
         ];
         for (pairs, key, expected) in rows {

@@ -288,22 +288,31 @@ fn abort_on_a_kept_connection_is_seen_while_the_request_runs() {
                 "--threads 2: the abort was seen only after the app returned"
             );
         }
-        let out = c.response_with_result(1, PROMPT).expect("END_REQUEST");
-        assert_eq!(
-            out.protocol_status(),
-            REQUEST_COMPLETE,
-            "--threads {threads}"
-        );
         if threads == "2" {
+            let out = c.response_with_result(1, PROMPT).expect("END_REQUEST");
+            assert_eq!(out.protocol_status(), REQUEST_COMPLETE);
             assert!(
                 out.stdout.is_empty(),
                 "--threads 2: the aborted response went out"
             );
         } else {
-            assert!(
-                out.stdout_records < 3200,
-                "the whole body went out despite ABORT"
-            );
+            // The write that noticed the abort was waiting inside a record:
+            // it ends the record-less way (the connection is shut down, never
+            // a corrupt record) unless the record was finished first (then
+            // END_REQUEST follows). Either way the app stopped early.
+            match c.response_with_result(1, PROMPT) {
+                Ok(out) => {
+                    assert_eq!(out.protocol_status(), REQUEST_COMPLETE);
+                    assert!(
+                        out.stdout_records < 3200,
+                        "the whole body went out despite ABORT"
+                    );
+                }
+                Err(e) => {
+                    assert!(e.contains("inside a record") || e.contains("closed"), "{e}");
+                    c = r.connect();
+                }
+            }
             assert!(wait_file(&marker, "closed", PROMPT), "close() did not run");
         }
         assert_eq!(c.request(2, &Req::get("/empty").keep_conn()).status(), 204);

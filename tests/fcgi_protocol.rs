@@ -666,3 +666,45 @@ fn a_hundred_and_twenty_thousand_params_cost_linear_time() {
         .json();
     assert_eq!(env["HTTP_X119999"], "", "the last variable is missing");
 }
+
+/// The status and ping pages are matched on the whole path (SCRIPT_NAME +
+/// PATH_INFO) only: under a mount at /app, /app/status is the app's (an
+/// app route is not shadowed, and nobody reaches the page through the
+/// app's public location); the page answers where its exact path is routed.
+#[test]
+fn status_and_ping_pages_match_the_whole_path_only() {
+    let r = Responder::fixtures(&["--status-path", "/status", "--ping-path", "/app/ping"]);
+    let page = |script: &str, path: &str| {
+        let out = r.connect().request(
+            1,
+            &Req::get(path)
+                .param("SCRIPT_NAME", script)
+                .param("QUERY_STRING", ""),
+        );
+        (out.status(), out.text())
+    };
+    let (status, text) = page("", "/status");
+    assert!(status == 200 && text.contains("pool:"), "{status} {text}");
+    let (status, text) = page("/app", "/status");
+    assert!(
+        !text.contains("pool:"),
+        "/app/status gave the status page: {text}"
+    );
+    assert_eq!(status, 404, "{text}");
+    assert_eq!(page("/app", "/ping"), (200, "pong\n".to_string()));
+    let (_, text) = page("", "/ping");
+    assert_ne!(text, "pong\n", "/ping is not the ping path here");
+}
+
+/// nginx passes `Transfer-Encoding: chunked` along with the body it already
+/// de-chunked and measured (CONTENT_LENGTH): the header does not reach the
+/// app, which would de-chunk the body again (bottle answers 400).
+#[test]
+fn a_dechunked_body_with_its_length_hides_the_chunked_header() {
+    let r = Responder::fixtures(&[]);
+    let req =
+        Req::post("/environ", "text/plain", b"hello").param("HTTP_TRANSFER_ENCODING", "chunked");
+    let env = r.connect().request(1, &req).json();
+    assert_eq!(env["CONTENT_LENGTH"], "5", "{env}");
+    assert!(env.get("HTTP_TRANSFER_ENCODING").is_none(), "{env}");
+}

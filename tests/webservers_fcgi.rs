@@ -365,8 +365,11 @@ fn check_cut_short(s: &Site) {
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200"), "{}: {text}", s.web.name);
     assert!(text.contains("partial "), "{}: {text}", s.web.name);
+    // nginx, Apache mod_proxy_fcgi and lighttpd leave the chunked body
+    // unterminated; mod_fcgid appends its own 500 page to the body, then
+    // terminates it (its way; the client sees the failure in the body).
     assert!(
-        !text.ends_with("0\r\n\r\n"),
+        !text.ends_with("0\r\n\r\n") || text.contains("500 Internal Server Error"),
         "{}: a response cut short by the app looks complete: {text:?}",
         s.web.name
     );

@@ -387,15 +387,20 @@ pub(in crate::fcgi) fn own_answer(
     id: u16,
     meta: &MetaVariables,
 ) -> Option<Vec<u8>> {
+    // (A name given twice: its last value, as the environ has it.)
     let get = |key: &[u8]| {
         meta.iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map_or(&[][..], |(_, v)| v.as_slice())
     };
     if let Some(pages) = &limits.pages {
+        // The whole path only (SCRIPT_NAME + PATH_INFO): under a mount such
+        // as nginx's `location /app/`, /app/status is the app's, and the
+        // page is reached only where the operator routes its exact path.
         let full = [get(b"SCRIPT_NAME"), get(b"PATH_INFO")].concat();
         let query = get(b"QUERY_STRING");
-        let answer = (pages.0)(&full, query).or_else(|| (pages.0)(get(b"PATH_INFO"), query));
+        let answer = (pages.0)(&full, query);
         if let Some((content_type, body)) = answer {
             let response = format!(
                 "Status: 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
