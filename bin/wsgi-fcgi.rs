@@ -306,6 +306,7 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
     let listeners = worker::listeners(&options)?;
     // SAFETY: single-threaded still (no runtime, no Python yet).
     unsafe { std::env::remove_var(worker::REEXEC_ENV) };
+    worker::warn_if_root(&options);
     if options.workers == 0 {
         return Ok(match worker_main(&options, listeners, None, None) {
             0 => ExitCode::SUCCESS,

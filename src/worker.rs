@@ -314,6 +314,17 @@ fn stop_signals(
     })
 }
 
+/// Started by root without `--user`, the app would run as root: say so,
+/// once per start (PHP-FPM refuses to, uWSGI warns).
+pub fn warn_if_root(options: &WorkerOptions) {
+    if options.user.is_none() && nix::unistd::geteuid().is_root() {
+        crate::log_warn!(
+            "the app runs as root: started by root without --user; pass --user \
+             (and --group) to run it as an unprivileged user"
+        );
+    }
+}
+
 /// `--user` / `--group`: become that user and group (supplementary groups:
 /// the user's, from the group database), before Python or any thread starts.
 pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), WorkerError> {

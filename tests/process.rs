@@ -581,6 +581,7 @@ fn user_and_group_drop_privileges_after_binding() {
         } else {
             assert_eq!(served_by, r.pid);
         }
+        assert!(!r.log().contains("runs as root"), "{}", r.log());
     }
     // A user that does not exist: the worker cannot boot, the master stops.
     let dir = tempfile::tempdir().unwrap();
@@ -1074,4 +1075,29 @@ fn environment_variables_mirror_the_flags_between_config_and_command_line() {
     assert!(r.log().contains("with 3 app threads"), "{}", r.log());
     let help = Command::new(wsgi_fcgi()).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("WSGI_<FLAG>"));
+}
+
+/// Started by root without `--user`, the app would run as root: a clear
+/// warning at start, naming `--user` (PHP-FPM refuses, uWSGI warns).
+#[test]
+fn running_the_app_as_root_is_warned_about() {
+    if !nix_is_root() {
+        eprintln!("SKIP the root warning: the tests do not run as root");
+        return;
+    }
+    for workers in [&["--workers", "2"][..], &[]] {
+        let r = Responder::fixtures(workers);
+        assert!(
+            r.wait_log("the app runs as root", Duration::from_secs(5)),
+            "{workers:?}: {}",
+            r.log()
+        );
+        assert!(r.log().contains("--user"), "{}", r.log());
+        assert_eq!(
+            r.log().matches("the app runs as root").count(),
+            1,
+            "{}",
+            r.log()
+        );
+    }
 }

@@ -333,32 +333,18 @@ impl Exchange {
     /// ends the client's response broken, never as a whole one. False when
     /// the request had already ended.
     pub fn cut_short(&self) -> bool {
-        self.abort();
-        let held = self.link.writer.hold();
-        if self.ended.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        self.link.finished(self.id, false);
-        self.link.writer.shut_down();
-        drop(held);
-        self.link.wake.notify_one();
-        true
+        self.end_early(|_| self.link.writer.shut_down())
     }
 
     /// `--request-timeout`: answer 504 if nothing of the response went out,
-    /// else cut it short (the connection is shut down without END_REQUEST, so
-    /// the client never takes a truncated response for a whole one). False
-    /// when the request had already ended.
+    /// else cut it short (see [`Exchange::cut_short`]). False when the
+    /// request had already ended.
     pub fn time_out(&self) -> bool {
-        self.abort();
-        let held = self.link.writer.hold();
-        if self.ended.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        self.link.finished(self.id, false);
-        if self.head_sent() {
-            self.link.writer.shut_down();
-        } else {
+        self.end_early(|held| {
+            if self.head_sent() {
+                self.link.writer.shut_down();
+                return;
+            }
             let (head, body) = error_head(504);
             let mut frames = Frames::default();
             frames.stdout(
@@ -368,7 +354,19 @@ impl Exchange {
             );
             frames.end_response(self.id, crate::cgi::Exit::AppError as u32);
             let _ = held.write(frames, &|| self.link.gone.load(Ordering::Acquire));
+        })
+    }
+
+    /// End the request now, on our side: stop its output, then `answer`
+    /// with the writer held; the connection hears of the end.
+    fn end_early(&self, answer: impl FnOnce(&Held<'_>)) -> bool {
+        self.abort();
+        let held = self.link.writer.hold();
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return false;
         }
+        self.link.finished(self.id, false);
+        answer(&held);
         drop(held);
         self.link.wake.notify_one();
         true
