@@ -31,7 +31,7 @@ fn after_help() -> String {
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi [default: built-in demo app]
+    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi (`demo`: the built-in demo app, the default when no web server started us)
     #[arg(long, value_name = "SPEC")]
     app: Option<String>,
     /// A virtualenv; its Python version must match the linked libpython

@@ -48,6 +48,32 @@ fn looks_like_file(s: &str, base: &Path) -> bool {
     s.contains('/') || s.ends_with(".py") || (s.ends_with(".wsgi") && base.join(s).is_file())
 }
 
+/// `--app demo`: the built-in demo app, by name (a module called `demo` is
+/// `demo:application`).
+pub const DEMO: &str = "demo";
+
+/// Which app to serve: `Ok(None)` is the built-in demo app — named
+/// (`demo`), or no app at all when no web server started us (`by_server`
+/// false: a terminal). Started by a web server with no app configured, the
+/// demo (a dump of the request's environment) is refused: `Err` says why,
+/// naming suEXEC, which clears the variables (`SetEnv WSGI_APP`,
+/// `FcgidInitialEnv WSGI_APP`) such a setup relies on.
+pub fn choose(spec: Option<&str>, base: &Path, by_server: bool) -> Result<Option<AppSpec>, String> {
+    match spec.map(str::trim) {
+        Some(DEMO) => Ok(None),
+        Some(text) => AppSpec::parse(text, base)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None if by_server => Err("no application configured (--app, WSGI_APP or a script \
+             file's `app`), and a web server started this process: not serving the built-in \
+             demo app (it shows the request's environment). Under suEXEC (cPanel, Plesk, \
+             Virtualmin) variables set with SetEnv or FcgidInitialEnv never arrive: name the \
+             app in a script file or a wrapper script instead; `--app demo` serves the demo"
+            .to_string()),
+        None => Ok(None),
+    }
+}
+
 impl AppSpec {
     /// Parse a spec. Relative file paths are resolved against `base`.
     pub fn parse(spec: &str, base: &Path) -> Result<AppSpec, AppSpecError> {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use pyo3::prelude::*;
 
-use crate::appspec::AppSpec;
+use crate::appspec::{self, AppSpec};
 use crate::config::Settings;
 use crate::environ::{self, Environ};
 use crate::input::Input;
@@ -226,12 +226,9 @@ fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
         None => std::env::current_dir()
             .map_err(|e| format!("cannot read the current directory: {e}"))?,
     };
-    let spec = settings
-        .app
-        .as_deref()
-        .map(|text| AppSpec::parse(text, &base))
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    // (A web server sets GATEWAY_INTERFACE; a terminal does not.)
+    let by_server = std::env::var_os("GATEWAY_INTERFACE").is_some();
+    let spec = appspec::choose(settings.app.as_deref(), &base, by_server)?;
     if let Some(dir) = &settings.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| format!("cannot chdir to {}: {e}", dir.display()))?;

@@ -32,7 +32,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "app",
         flag: "--app",
         env: "WSGI_APP",
-        doc: "the WSGI application: module:callable, module:factory(), or path/to/app.py|app.wsgi (callable `application`); default: the built-in demo app",
+        doc: "the WSGI application: module:callable, module:factory(), or path/to/app.py|app.wsgi (callable `application`); `demo`: the built-in demo app, the default only when no web server started wsgi-cgi",
     },
     Setting {
         key: "venv",

@@ -276,8 +276,12 @@ impl Waiter {
             return;
         }
         self.unregister();
-        if self.listening.as_ref().is_some_and(|l| l.peers) {
-            self.paused_until = Some(std::time::Instant::now() + PAUSE);
+        if let Some(listening) = self.listening.as_ref().filter(|l| l.peers) {
+            // The more kept connections this worker holds, the longer it
+            // leaves the next ones to its peers (up to 5 pauses): a peer
+            // that was slow to wake for the burst still gets its share.
+            let held = listening.kept.len().clamp(1, 5) as u32;
+            self.paused_until = Some(std::time::Instant::now() + PAUSE * held);
         } else if let Err(e) = self.register() {
             log_error!("cannot wait on the listening sockets again: {e}");
         }

@@ -56,7 +56,9 @@ pub async fn serve(
             io.adopt(conn).await;
         }
         while io.connections.try_join_next().is_some() {}
-        if io.connections.is_empty() && listening.inflight() == 0 {
+        // (A kept connection an app thread took is counted from the moment
+        // it was taken, before its request counts as inline.)
+        if io.connections.is_empty() && listening.inflight() == 0 && listening.kept.is_empty() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {

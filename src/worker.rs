@@ -12,7 +12,6 @@ use pyo3::prelude::*;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::accesslog::AccessLog;
-use crate::appspec::AppSpec;
 use crate::fcgi::job::{Limits, PageHook};
 use crate::listener::{self, Bind, Listener, UnixSocketOptions};
 use crate::pool::{Pool, PoolOptions, RequestLimit};
@@ -524,12 +523,9 @@ pub fn remove_socket_files(options: &WorkerOptions) {
 
 fn load(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
     let base = std::env::current_dir()?;
-    let spec = options
-        .app
-        .as_deref()
-        .map(|text| AppSpec::parse(text, &base))
-        .transpose()
-        .map_err(|e| WorkerError::Setup(e.to_string()))?;
+    // (Without --bind, a web server or spawner started us, the socket on fd 0.)
+    let spec = crate::appspec::choose(options.app.as_deref(), &base, options.binds.is_empty())
+        .map_err(WorkerError::Setup)?;
     if let Some(dir) = &options.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| WorkerError::Setup(format!("cannot chdir to {}: {e}", dir.display())))?;

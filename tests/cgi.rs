@@ -15,13 +15,32 @@ fn json(out: &support::CgiOutput) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {} / stderr: {}", out.text(), out.stderr))
 }
 
+/// The demo app (a dump of the request's environment) is for a terminal:
+/// the default without a web server, or asked for by name (`--app demo`,
+/// `WSGI_APP=demo`). Started by a web server with no app configured (under
+/// suEXEC `SetEnv WSGI_APP` never arrives), the answer is a 500 and a log
+/// line naming suEXEC — never the demo.
 #[test]
-fn demo_app_is_the_default() {
+fn demo_app_only_in_a_terminal_or_by_name() {
+    for out in [
+        Cgi::get("/").unset("GATEWAY_INTERFACE").run(),
+        Cgi::get("/").arg("--app").arg("demo").run(),
+        Cgi::get("/").env("WSGI_APP", "demo").run(),
+    ] {
+        assert_eq!(out.exit, 0, "{}", out.stderr);
+        assert_eq!(out.status, 200);
+        assert!(out.text().starts_with("Hello from wsgi-gateway!"));
+        assert!(out.text().contains("wsgi.run_once = True"));
+    }
     let out = Cgi::get("/").run();
-    assert_eq!(out.exit, 0, "{}", out.stderr);
-    assert_eq!(out.status, 200);
-    assert!(out.text().starts_with("Hello from wsgi-gateway!"));
-    assert!(out.text().contains("wsgi.run_once = True"));
+    assert_eq!((out.status, out.exit), (500, 3), "{}", out.stderr);
+    assert!(!out.text().contains("wsgi-gateway!"), "{}", out.text());
+    assert!(out.stderr.contains("suEXEC"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no application configured"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -365,7 +384,12 @@ fn import_failure_is_a_500_with_exit_4() {
 
 #[test]
 fn bad_configuration_is_a_500_with_exit_3() {
-    let out = Cgi::get("/").arg("--venv").arg("/nonexistent").run();
+    let out = Cgi::get("/")
+        .arg("--app")
+        .arg("demo")
+        .arg("--venv")
+        .arg("/nonexistent")
+        .run();
     assert_clean_500(&out, 3);
     assert!(out.stderr.contains("not a virtualenv"));
     let out = Cgi::get("/").app("not a spec!").run();
@@ -380,7 +404,12 @@ fn venv_of_another_python_version_is_refused_clearly() {
         "home = /usr/bin\nversion = 2.7.18\n",
     )
     .unwrap();
-    let out = Cgi::get("/").arg("--venv").arg(dir.path()).run();
+    let out = Cgi::get("/")
+        .arg("--app")
+        .arg("demo")
+        .arg("--venv")
+        .arg(dir.path())
+        .run();
     assert_clean_500(&out, 3);
     assert!(
         out.stderr.contains("was created with Python 2.7"),

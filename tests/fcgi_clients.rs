@@ -10,8 +10,8 @@
 //!   eight uploads whose bodies are interleaved (one aborted mid-body) and
 //!   three downloads streamed at once: every other response whole and under
 //!   its own id;
-//! - kept connections, served by the app threads between the I/O thread's
-//!   turns (`fcgi/kept.rs`): an ABORT_REQUEST or a second request sent
+//! - kept connections served by the app threads (`--kept-inline`,
+//!   `fcgi/kept.rs`): an ABORT_REQUEST or a second request sent
 //!   while a request runs is seen at once (the connection goes to the I/O
 //!   thread with its running request), requests take turns over many kept
 //!   connections, and a stop closes the parked ones.
@@ -120,11 +120,19 @@ fn a_header_that_never_completes_or_a_stalled_body_is_closed_at_the_header_timeo
 
 #[test]
 fn at_max_conns_the_oldest_idle_connection_gives_way() {
-    let r = Responder::fixtures(&["--max-conns", "5"]);
+    // Idle on the I/O thread, and parked for the app threads.
+    max_conns_case(&[]);
+    max_conns_case(&["--kept-inline"]);
+}
+
+fn max_conns_case(extra: &[&str]) {
+    let mut args = vec!["--max-conns", "5"];
+    args.extend_from_slice(extra);
+    let r = Responder::fixtures(&args);
     let mut idle: Vec<Conn> = (0..5).map(|_| r.connect()).collect();
     for c in &mut idle {
         assert_eq!(c.request(1, &Req::get("/empty").keep_conn()).status(), 204);
-        // (Kept alive: parked between requests, it holds a slot.)
+        // (Kept alive: the I/O thread's, it holds a slot.)
         std::thread::sleep(Duration::from_millis(50));
     }
     // A newcomer whose request comes in two parts: not whole at once, so
@@ -263,7 +271,7 @@ fn eleven_requests_interleaved_on_one_connection_with_one_aborted() {
 #[test]
 fn abort_on_a_kept_connection_is_seen_while_the_request_runs() {
     for threads in ["2", "1"] {
-        let r = Responder::fixtures(&["--threads", threads]);
+        let r = Responder::fixtures(&["--threads", threads, "--kept-inline"]);
         let marker = r.path("closed");
         let mut c = r.connect();
         // A first request makes the connection a kept one.
@@ -324,7 +332,7 @@ fn abort_on_a_kept_connection_is_seen_while_the_request_runs() {
 /// every answer whole, under its id, on its own connection.
 #[test]
 fn many_kept_connections_take_turns_on_the_app_threads() {
-    let r = Responder::fixtures(&["--threads", "3", "--ping-path", "/ping"]);
+    let r = Responder::fixtures(&["--threads", "3", "--ping-path", "/ping", "--kept-inline"]);
     let mut conns: Vec<Conn> = (0..8).map(|_| r.connect()).collect();
     for round in 0..25u16 {
         for (n, c) in conns.iter_mut().enumerate() {
@@ -352,11 +360,11 @@ fn many_kept_connections_take_turns_on_the_app_threads() {
     assert!(!r.log().contains("error"), "{}", r.log());
 }
 
-/// A graceful stop closes the parked kept connections and exits at once
-/// (they are idle: nothing to wait for).
+/// A graceful stop closes the parked kept connections at once (idle: the
+/// web server drops them from its pool) and exits.
 #[test]
 fn a_stop_closes_parked_kept_connections() {
-    let mut r = Responder::fixtures(&["--threads", "2"]);
+    let mut r = Responder::fixtures(&["--threads", "2", "--kept-inline"]);
     let mut conns: Vec<Conn> = (0..4).map(|_| r.connect()).collect();
     for c in &mut conns {
         assert_eq!(c.request(1, &Req::get("/empty").keep_conn()).status(), 204);

@@ -436,6 +436,35 @@ fn serves_a_listening_socket_inherited_on_fd_0() {
     assert!(r.log().contains("on 1 socket(s)"), "{}", r.log());
 }
 
+/// Spawned by a web server (the socket on fd 0, no --bind) with no app
+/// configured — mod_fcgid's `FcgidInitialEnv WSGI_APP` under suEXEC never
+/// arrives — wsgi-fcgi refuses to start instead of serving the demo app;
+/// `--app demo` asks for it by name.
+#[test]
+fn spawned_without_an_app_it_refuses_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inherited.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let out = Command::new(wsgi_fcgi())
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no application configured"), "{stderr}");
+    assert!(stderr.contains("suEXEC"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inherited.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.args(["--app", "demo"])
+        .stdin(Stdio::from(OwnedFd::from(listener)));
+    let r = Responder::spawn(cmd, Addr::Unix(path), dir);
+    let text = r.connect().request(1, &Req::get("/")).text();
+    assert!(text.starts_with("Hello from wsgi-gateway!"), "{text}");
+}
+
 #[test]
 fn serves_a_systemd_socket_from_listen_fds() {
     use std::os::fd::{BorrowedFd, FromRawFd};

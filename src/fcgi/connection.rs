@@ -177,6 +177,8 @@ pub async fn serve<T: Transport>(
             },
         );
     }
+    // (A kept connection handed over because the worker stops comes with
+    // what the web server had sent on it: served, or closed at once if idle.)
     conn.begun |= kept;
     let closed = conn.run(&mut stream, buf).await;
     conn.leave_idle();

@@ -152,6 +152,9 @@ fn walk(bytes: &[u8], limits: &Limits) -> Walk {
                     return Walk::Other;
                 }
                 keep = body[2] & super::record::KEEP_CONN != 0;
+                if keep && !limits.kept_inline {
+                    return Walk::Other;
+                }
                 request = Some(id);
             }
             (Some(rid), k) if rid == id && k == RecordType::Params as u8 && !params_done => {
@@ -353,12 +356,18 @@ mod tests {
                 "{cut}"
             );
         }
-        // Kept alive: ours too, unless another request follows it before
-        // our answer (pipelined: the I/O thread's).
+        // Kept alive: the I/O thread's, unless --kept-inline; then ours
+        // too, unless another request follows it before our answer
+        // (pipelined: the I/O thread's).
         let mut kept = BytesMut::new();
         request(&mut kept, 1, 1, true, b"body");
+        assert!(matches!(walk(&kept, &limits), Walk::Other));
+        let inline = Limits {
+            kept_inline: true,
+            ..Limits::default()
+        };
         assert!(matches!(
-            walk(&kept, &limits),
+            walk(&kept, &inline),
             Walk::Whole { keep: true, .. }
         ));
         let mut pipelined = kept.clone();
@@ -368,7 +377,7 @@ mod tests {
             2,
             &[0, 1, 1, 0, 0, 0, 0, 0],
         );
-        assert!(matches!(walk(&pipelined, &limits), Walk::Other));
+        assert!(matches!(walk(&pipelined, &inline), Walk::Other));
         let mut closing = wire.clone();
         encode_stream(
             &mut closing,

@@ -70,6 +70,9 @@ pub struct Limits {
     /// A connection that has not completed a request header (BEGIN_REQUEST
     /// and PARAMS) within this time, or whose body stalls this long, is closed.
     pub header_timeout: Duration,
+    /// `--kept-inline`: kept-alive connections are served by the app threads
+    /// ([`super::kept`]) instead of the I/O thread.
+    pub kept_inline: bool,
 }
 
 impl Default for Limits {
@@ -84,6 +87,7 @@ impl Default for Limits {
             body_temp_dir: None,
             stream_request_body: false,
             header_timeout: Duration::from_secs(30),
+            kept_inline: false,
         }
     }
 }

@@ -311,10 +311,13 @@ impl Kept {
                 State::Serving {
                     running: None,
                     spoke,
-                } => *spoke = true,
+                } => *spoke |= unread(&entry.socket),
                 State::Serving {
                     running: Some(_), ..
                 } => {
+                    if !unread(&entry.socket) {
+                        continue; // (the edge of bytes the thread read)
+                    }
                     drop(conns);
                     if speaks && !self.multiplexing.swap(true, Ordering::Relaxed) {
                         log_info!(
@@ -352,12 +355,23 @@ impl Kept {
     /// Give a kept connection to the I/O thread, with its slot and the
     /// request running on it, if any.
     fn hand_off(&self, conn: &Accepted, entry: Option<Entry>, in_flight: Option<InFlight>) {
+        self.hand_off_with(conn, entry, in_flight, BytesMut::new());
+    }
+
+    /// [`Kept::hand_off`] with bytes already read from the connection.
+    fn hand_off_with(
+        &self,
+        conn: &Accepted,
+        entry: Option<Entry>,
+        in_flight: Option<InFlight>,
+        buf: BytesMut,
+    ) {
         let _ = self.epoll.delete(conn.socket.as_fd());
         let permit = entry.map(|e| e.permit);
         let _ = self.handoff.send(Accepted {
             socket: conn.socket.clone(),
             unix: conn.unix,
-            buf: BytesMut::new(),
+            buf,
             permit,
             token: None,
             in_flight,
@@ -382,6 +396,16 @@ impl Kept {
         }
     }
 
+    /// Kept connections of this worker (parked or being served).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether it keeps none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The worker stops: nothing is parked from now on; the parked
     /// connections go to the I/O thread (it serves a request already on
     /// its way, and closes each once idle). Those being served follow
@@ -400,12 +424,51 @@ impl Kept {
             .filter_map(|token| conns.entries.remove(token))
             .collect();
         drop(conns);
-        for entry in entries {
-            if let State::Parked { idle_key, .. } = entry.state {
-                self.idle.leave(idle_key);
+        for mut entry in entries {
+            let mut buf = BytesMut::new();
+            if let State::Parked {
+                idle_key,
+                buf: kept,
+            } = &mut entry.state
+            {
+                self.idle.leave(*idle_key);
+                buf = std::mem::take(kept);
             }
+            // What the web server already sent (a request on its way) goes
+            // along: the I/O thread serves it, and closes an idle one at
+            // once (the web server drops a closed idle connection from its
+            // pool without an error; one it may reuse any moment must not
+            // linger).
             let conn = Accepted::new_shared(entry.socket.clone(), entry.unix);
-            self.hand_off(&conn, Some(entry), None);
+            read_waiting(&conn.socket, &mut buf);
+            self.hand_off_with(&conn, Some(entry), None, buf);
         }
     }
+}
+
+/// Read what the socket holds right now, without waiting.
+fn read_waiting(socket: &OwnedFd, buf: &mut BytesMut) {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            &mut chunk,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Whether the peer has sent something not read yet (an edge-triggered
+/// event can also stand for bytes a serving thread already read).
+fn unread(socket: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    nix::sys::socket::recv(
+        std::os::fd::AsRawFd::as_raw_fd(socket),
+        &mut byte,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_PEEK,
+    )
+    .is_ok()
 }
