@@ -277,10 +277,12 @@ impl Waiter {
         }
         self.unregister();
         if let Some(listening) = self.listening.as_ref().filter(|l| l.peers) {
-            // The more kept connections this worker holds, the longer it
-            // leaves the next ones to its peers (up to 5 pauses): a peer
-            // that was slow to wake for the burst still gets its share.
-            let held = listening.kept.len().clamp(1, 5) as u32;
+            // The more kept connections this worker holds (its I/O
+            // thread's and parked ones: the --max-conns slots in use), the
+            // longer it leaves the next ones to its peers (up to 5 pauses):
+            // a peer that was slow to wake for the burst still gets its share.
+            let in_use = listening.limits.max_conns.max(1) - listening.slots.available_permits();
+            let held = in_use.clamp(1, 5) as u32;
             self.paused_until = Some(std::time::Instant::now() + PAUSE * held);
         } else if let Err(e) = self.register() {
             log_error!("cannot wait on the listening sockets again: {e}");
