@@ -86,7 +86,8 @@ struct Shared {
     state: Mutex<State>,
     /// Jobs that may wait in the queue.
     capacity: usize,
-    /// The kept connections' epoll, watched by one idle thread.
+    /// The kept connections' epoll, watched by one idle thread
+    /// (`--kept-inline`).
     kept: Option<Arc<Kept>>,
 }
 
@@ -185,7 +186,11 @@ impl Pool {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             capacity: options.queue.max(1),
-            kept: listening.as_ref().map(|l| l.kept.clone()),
+            // (Watched only with --kept-inline: otherwise nothing is parked.)
+            kept: listening
+                .as_ref()
+                .filter(|l| l.limits.kept_inline)
+                .map(|l| l.kept.clone()),
         });
         let app = Arc::new(app);
         for index in 0..threads {
@@ -247,11 +252,18 @@ fn app_thread(
                 None => py.detach(|| waiter.wait()),
             };
             // Busy now: no job for this thread until it is done, and the
-            // watch of the kept connections goes to an idle thread.
-            shared.busy(&me);
+            // watch of the kept connections goes to an idle thread. (A job
+            // came through the idle list, which the dispatch left: without
+            // kept connections there is nothing to do, and no lock to take.)
             match woken {
-                Woken::Job(job) => thread.run(py, app, job, limit),
+                Woken::Job(job) => {
+                    if shared.kept.is_some() {
+                        shared.busy(&me);
+                    }
+                    thread.run(py, app, job, limit)
+                }
                 Woken::Connection(conn) => {
+                    shared.busy(&me);
                     serve_inline(py, app, conn, &mut thread, &mut waiter, limit);
                 }
             }
