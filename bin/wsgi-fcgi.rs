@@ -130,9 +130,9 @@ struct Serve {
     /// Seconds a connection may take to send a complete request header (BEGIN_REQUEST and PARAMS), or may let a body stall, before it is closed
     #[arg(long, value_name = "S", default_value_t = 30.0)]
     header_timeout: f64,
-    /// Serve kept-alive connections (nginx keepalive pools) on the app threads, one wake-up per request, instead of the I/O thread (experimental: a rare lost request during --preload reloads is not yet understood)
+    /// Serve kept-alive connections (nginx keepalive pools) on the I/O thread: two wake-ups per request instead of one (by default the app threads serve them)
     #[arg(long)]
-    kept_inline: bool,
+    kept_on_io_thread: bool,
     /// Also send wsgi.errors output to the web server as FCGI_STDERR (like fcgiwrap -f)
     #[arg(long)]
     forward_stderr: bool,
@@ -277,7 +277,7 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             body_temp_dir: args.body_temp_dir,
             stream_request_body: args.stream_request_body,
             header_timeout: Duration::from_secs_f64(args.header_timeout.max(0.001)),
-            kept_inline: args.kept_inline,
+            kept_inline: !args.kept_on_io_thread,
         },
         forward_stderr: args.forward_stderr,
         graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),

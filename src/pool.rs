@@ -21,7 +21,7 @@ use crate::cgi::Exit;
 use crate::environ::{self, Flavor};
 use crate::fcgi::inline;
 use crate::fcgi::job::{Body, Dispatch, Exchange, Job};
-use crate::fcgi::kept::{Kept, Watch};
+use crate::fcgi::kept::{Kept, Ran, Watch};
 use crate::fcgi::record::Role;
 use crate::input::Input;
 use crate::parking::{Listening, Parked, Waiter, Woken};
@@ -289,54 +289,63 @@ fn serve_inline(
     listening.inflight.fetch_add(1, Ordering::AcqRel);
     let limits = &listening.limits;
     let kept = &listening.kept;
-    let to_close = match py.detach(|| inline::next_request(conn, limits, inline::INLINE_WAIT)) {
-        inline::Next::Run {
-            job,
-            mut conn,
-            keep,
-        } => {
-            let exchange = job.exchange.clone();
-            if keep && conn.token.is_none() {
-                waiter.handed_off(); // a newly kept connection stays with this worker
+    let mut conn = conn;
+    let to_close = loop {
+        let ran = match py.detach(|| inline::next_request(conn, limits, inline::INLINE_WAIT)) {
+            inline::Next::Run {
+                job,
+                mut conn,
+                keep,
+            } => {
+                let exchange = job.exchange.clone();
+                if keep && conn.token.is_none() {
+                    waiter.handed_off(); // a newly kept connection stays with this worker
+                }
+                let watched = if keep {
+                    matches!(kept.running(&mut conn, &exchange), Watch::Watched)
+                } else {
+                    kept.release(&mut conn);
+                    false
+                };
+                thread.run(py, app, job, limit);
+                match (keep, watched) {
+                    // Parked for its next request if its answer went out whole.
+                    (true, true) => kept.ran(conn, exchange.ended_cleanly()),
+                    (true, false) => Ran::Left, // the I/O thread has it
+                    (false, _) => Ran::Close(conn),
+                }
             }
-            let watched = if keep {
-                matches!(kept.running(&mut conn, &exchange), Watch::Watched)
-            } else {
+            // A page (status, ping) answered here: a kept connection is parked.
+            inline::Next::Answered(mut conn, keep) => {
+                if keep && conn.token.is_none() && kept.keep(&mut conn).is_none() {
+                    waiter.hand_off(conn); // no slot free: the I/O thread makes room
+                    Ran::Left
+                } else if keep {
+                    kept.ran(conn, true)
+                } else {
+                    kept.release(&mut conn);
+                    Ran::Close(conn)
+                }
+            }
+            inline::Next::HandOff(mut conn) => {
+                let fresh = conn.token.is_none();
                 kept.release(&mut conn);
-                false
-            };
-            thread.run(py, app, job, limit);
-            match (keep, watched) {
-                // Parked for its next request if its answer went out whole.
-                (true, true) => kept.ran(conn, exchange.ended_cleanly()),
-                (true, false) => None, // the I/O thread has it
-                (false, _) => Some(conn),
+                waiter.hand_off(conn);
+                if fresh {
+                    waiter.handed_off(); // it stays with this worker
+                }
+                Ran::Left
             }
-        }
-        // A page (status, ping) answered here: a kept connection is parked.
-        inline::Next::Answered(mut conn, keep) => {
-            if keep && conn.token.is_none() && kept.keep(&mut conn).is_none() {
-                waiter.hand_off(conn); // no slot free: the I/O thread makes room
-                None
-            } else if keep {
-                kept.ran(conn, true)
-            } else {
+            inline::Next::Done(mut conn) => {
                 kept.release(&mut conn);
-                Some(conn)
+                Ran::Left
             }
-        }
-        inline::Next::HandOff(mut conn) => {
-            let fresh = conn.token.is_none();
-            kept.release(&mut conn);
-            waiter.hand_off(conn);
-            if fresh {
-                waiter.handed_off(); // it stays with this worker
-            }
-            None
-        }
-        inline::Next::Done(mut conn) => {
-            kept.release(&mut conn);
-            None
+        };
+        match ran {
+            Ran::Left => break None,
+            Ran::Close(conn) => break Some(conn),
+            // Its next request came before it was parked.
+            Ran::Again(next) => conn = next,
         }
     };
     // (A half-close never blocks: no reason to let go of the GIL for it.)

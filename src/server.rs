@@ -59,7 +59,13 @@ pub async fn serve(
         // (A kept connection an app thread took is counted from the moment
         // it was taken, before its request counts as inline.)
         if io.connections.is_empty() && listening.inflight() == 0 && listening.kept.is_empty() {
-            break;
+            // (An app thread or the kept connections send before they
+            // count themselves off: whatever they sent is here now.)
+            match handoffs.try_recv() {
+                Ok(conn) => io.adopt(conn).await,
+                Err(_) => break,
+            }
+            continue;
         }
         if tokio::time::Instant::now() >= deadline {
             log_warn!(

@@ -10,7 +10,7 @@
 //!   eight uploads whose bodies are interleaved (one aborted mid-body) and
 //!   three downloads streamed at once: every other response whole and under
 //!   its own id;
-//! - kept connections served by the app threads (`--kept-inline`,
+//! - kept connections served by the app threads (the default;
 //!   `fcgi/kept.rs`): an ABORT_REQUEST or a second request sent
 //!   while a request runs is seen at once (the connection goes to the I/O
 //!   thread with its running request), requests take turns over many kept
@@ -122,7 +122,7 @@ fn a_header_that_never_completes_or_a_stalled_body_is_closed_at_the_header_timeo
 fn at_max_conns_the_oldest_idle_connection_gives_way() {
     // Idle on the I/O thread, and parked for the app threads.
     max_conns_case(&[]);
-    max_conns_case(&["--kept-inline"]);
+    max_conns_case(&["--kept-on-io-thread"]);
 }
 
 fn max_conns_case(extra: &[&str]) {
@@ -271,7 +271,7 @@ fn eleven_requests_interleaved_on_one_connection_with_one_aborted() {
 #[test]
 fn abort_on_a_kept_connection_is_seen_while_the_request_runs() {
     for threads in ["2", "1"] {
-        let r = Responder::fixtures(&["--threads", threads, "--kept-inline"]);
+        let r = Responder::fixtures(&["--threads", threads]);
         let marker = r.path("closed");
         let mut c = r.connect();
         // A first request makes the connection a kept one.
@@ -332,7 +332,7 @@ fn abort_on_a_kept_connection_is_seen_while_the_request_runs() {
 /// every answer whole, under its id, on its own connection.
 #[test]
 fn many_kept_connections_take_turns_on_the_app_threads() {
-    let r = Responder::fixtures(&["--threads", "3", "--ping-path", "/ping", "--kept-inline"]);
+    let r = Responder::fixtures(&["--threads", "3", "--ping-path", "/ping"]);
     let mut conns: Vec<Conn> = (0..8).map(|_| r.connect()).collect();
     for round in 0..25u16 {
         for (n, c) in conns.iter_mut().enumerate() {
@@ -360,11 +360,40 @@ fn many_kept_connections_take_turns_on_the_app_threads() {
     assert!(!r.log().contains("error"), "{}", r.log());
 }
 
+/// A web server reuses a kept connection the moment it reads END_REQUEST
+/// (nginx does), before the app thread that wrote it has parked it: that
+/// next request is served as the next one, on the app threads — not taken
+/// for multiplexing, which would send the worker's kept connections to the
+/// I/O thread for good.
+#[test]
+fn a_request_right_after_end_request_is_not_taken_for_multiplexing() {
+    let r = Responder::fixtures(&["--threads", "2"]);
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = r.connect();
+            std::thread::spawn(move || {
+                for n in 0..3000u32 {
+                    let out = c.request(1, &Req::get("/empty").keep_conn());
+                    assert_eq!(out.status(), 204, "request {n}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        !r.log().contains("multiplexing or pipelining"),
+        "{}",
+        r.log()
+    );
+}
+
 /// A graceful stop closes the parked kept connections at once (idle: the
 /// web server drops them from its pool) and exits.
 #[test]
 fn a_stop_closes_parked_kept_connections() {
-    let mut r = Responder::fixtures(&["--threads", "2", "--kept-inline"]);
+    let mut r = Responder::fixtures(&["--threads", "2"]);
     let mut conns: Vec<Conn> = (0..4).map(|_| r.connect()).collect();
     for c in &mut conns {
         assert_eq!(c.request(1, &Req::get("/empty").keep_conn()).status(), 204);

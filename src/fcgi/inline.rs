@@ -356,16 +356,17 @@ mod tests {
                 "{cut}"
             );
         }
-        // Kept alive: the I/O thread's, unless --kept-inline; then ours
-        // too, unless another request follows it before our answer
-        // (pipelined: the I/O thread's).
+        // Kept alive: ours too, unless another request follows it before
+        // our answer (pipelined: the I/O thread's); all the I/O thread's
+        // with --kept-on-io-thread.
         let mut kept = BytesMut::new();
         request(&mut kept, 1, 1, true, b"body");
-        assert!(matches!(walk(&kept, &limits), Walk::Other));
-        let inline = Limits {
-            kept_inline: true,
+        let on_io_thread = Limits {
+            kept_inline: false,
             ..Limits::default()
         };
+        assert!(matches!(walk(&kept, &on_io_thread), Walk::Other));
+        let inline = Limits::default();
         assert!(matches!(
             walk(&kept, &inline),
             Walk::Whole { keep: true, .. }

@@ -70,8 +70,8 @@ pub struct Limits {
     /// A connection that has not completed a request header (BEGIN_REQUEST
     /// and PARAMS) within this time, or whose body stalls this long, is closed.
     pub header_timeout: Duration,
-    /// `--kept-inline`: kept-alive connections are served by the app threads
-    /// ([`super::kept`]) instead of the I/O thread.
+    /// Kept-alive connections are served by the app threads
+    /// ([`super::kept`]); off (`--kept-on-io-thread`): by the I/O thread.
     pub kept_inline: bool,
 }
 
@@ -87,7 +87,7 @@ impl Default for Limits {
             body_temp_dir: None,
             stream_request_body: false,
             header_timeout: Duration::from_secs(30),
-            kept_inline: false,
+            kept_inline: true,
         }
     }
 }
@@ -251,6 +251,12 @@ impl Exchange {
     /// short and nothing failed: its connection may carry another request.
     pub fn ended_cleanly(&self) -> bool {
         self.ended.load(Ordering::Acquire) && !self.aborted() && self.link.writer.intact()
+    }
+
+    /// Whether the request is over on our side: its END_REQUEST is out or
+    /// going out (set before it is written), or it was ended early.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Whether any of the response (its header block) went out.

@@ -66,6 +66,20 @@ struct Conns {
     entries: HashMap<u64, Entry>,
     /// The worker stopped: nothing is parked any more.
     stopped: bool,
+    /// Taken out of `entries` for the I/O thread and not sent yet: still
+    /// counted as kept, so that a stopping worker never exits with one
+    /// on its way (see [`Kept::is_empty`]).
+    handing: usize,
+}
+
+impl Conns {
+    /// Take `token`'s entry out to hand it to the I/O thread
+    /// ([`Kept::hand_off_with`] counts it off).
+    fn take_for_hand_off(&mut self, token: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&token)?;
+        self.handing += 1;
+        Some(entry)
+    }
 }
 
 struct Entry {
@@ -84,6 +98,16 @@ enum State {
         spoke: bool,
         running: Option<InFlight>,
     },
+}
+
+/// What became of a kept connection after its request ([`Kept::ran`]).
+pub enum Ran {
+    /// Parked for its next request, or the I/O thread has it.
+    Left,
+    /// Not kept any more: the caller closes it.
+    Close(Accepted),
+    /// Its next request arrived already: the caller serves it now.
+    Again(Accepted),
 }
 
 /// What [`Kept::running`] decided.
@@ -178,7 +202,7 @@ impl Kept {
                 })));
             return Watch::Watched;
         }
-        let entry = conns.entries.remove(&token);
+        let entry = conns.take_for_hand_off(token);
         drop(conns);
         if let Some(entry) = entry {
             self.hand_off(conn, Some(entry), Some(in_flight));
@@ -216,10 +240,12 @@ impl Kept {
     }
 
     /// The request of a watched connection ended (`clean`: its answer went
-    /// out whole): park it for the next one. `Some(conn)`: not kept any
-    /// more, the caller closes it; `None`: parked, or the I/O thread has it.
-    pub fn ran(&self, conn: Accepted, clean: bool) -> Option<Accepted> {
-        let token = conn.token?;
+    /// out whole): park it for the next one — or give it back to serve at
+    /// once when that arrived already.
+    pub fn ran(&self, conn: Accepted, clean: bool) -> Ran {
+        let Some(token) = conn.token else {
+            return Ran::Close(conn);
+        };
         let mut conns = self.lock();
         if let Some(Entry {
             state:
@@ -233,7 +259,18 @@ impl Kept {
             in_flight.link.writer.when_peer_speaks(None);
         }
         let stopped = conns.stopped;
-        let entry = conns.entries.get_mut(&token)?; // taken over meanwhile
+        let Some(entry) = conns.entries.get_mut(&token) else {
+            return Ran::Left; // taken over meanwhile
+        };
+        // The next request arrived before this call (its edge was seen).
+        let waiting = matches!(entry.state, State::Serving { spoke: true, .. });
+        if clean && !stopped && waiting {
+            entry.state = State::Serving {
+                spoke: false,
+                running: None,
+            };
+            return Ran::Again(conn);
+        }
         if clean && !stopped {
             let me = self.me.clone();
             let evict = Evict::Call(Arc::new(move || {
@@ -245,18 +282,26 @@ impl Kept {
                 idle_key: self.idle.enter(evict),
                 buf: conn.buf,
             };
-            return None;
+            return Ran::Left;
         }
-        let entry = conns.entries.remove(&token);
+        let entry = if clean {
+            conns.take_for_hand_off(token)
+        } else {
+            conns.entries.remove(&token)
+        };
         drop(conns);
         let _ = self.epoll.delete(conn.socket.as_fd());
         match entry {
             Some(entry) if clean => {
-                // Stopping: the I/O thread closes it once idle.
-                self.hand_off(&conn, Some(entry), None);
-                None
+                // Stopping: the I/O thread serves what arrived and closes
+                // it once idle.
+                let mut buf = conn.buf;
+                read_waiting(&conn.socket, &mut buf);
+                let conn = Accepted::new_shared(conn.socket, conn.unix);
+                self.hand_off_with(&conn, Some(entry), None, buf);
+                Ran::Left
             }
-            _ => Some(conn),
+            _ => Ran::Close(conn),
         }
     }
 
@@ -313,10 +358,19 @@ impl Kept {
                     spoke,
                 } => *spoke |= unread(&entry.socket),
                 State::Serving {
-                    running: Some(_), ..
+                    running: Some(in_flight),
+                    spoke,
                 } => {
                     if !unread(&entry.socket) {
                         continue; // (the edge of bytes the thread read)
+                    }
+                    if in_flight.exchange.ended() {
+                        // Its END_REQUEST is out: the web server reuses the
+                        // connection at once (nginx does), before the thread
+                        // parks it. Not multiplexing: the thread serves it
+                        // when it parks it (see `ran`).
+                        *spoke = true;
+                        continue;
                     }
                     drop(conns);
                     if speaks && !self.multiplexing.swap(true, Ordering::Relaxed) {
@@ -338,12 +392,20 @@ impl Kept {
         let mut conns = self.lock();
         let running = match conns.entries.get_mut(&token) {
             Some(Entry {
-                state: State::Serving { running, .. },
+                state: State::Serving { running, spoke },
                 ..
-            }) if running.is_some() => running.take(),
+            }) => match running {
+                // (Over: the next request; see `take`.)
+                Some(in_flight) if in_flight.exchange.ended() => {
+                    *spoke = true;
+                    return;
+                }
+                Some(_) => running.take(),
+                None => return,
+            },
             _ => return,
         };
-        let entry = conns.entries.remove(&token);
+        let entry = conns.take_for_hand_off(token);
         drop(conns);
         if let (Some(entry), Some(in_flight)) = (entry, running) {
             in_flight.link.writer.when_peer_speaks(None);
@@ -367,6 +429,7 @@ impl Kept {
         buf: BytesMut,
     ) {
         let _ = self.epoll.delete(conn.socket.as_fd());
+        let counted = entry.is_some();
         let permit = entry.map(|e| e.permit);
         let _ = self.handoff.send(Accepted {
             socket: conn.socket.clone(),
@@ -376,6 +439,9 @@ impl Kept {
             token: None,
             in_flight,
         });
+        if counted {
+            self.lock().handing -= 1;
+        }
     }
 
     /// `--max-conns` reached: close a parked connection (unless a thread
@@ -396,9 +462,11 @@ impl Kept {
         }
     }
 
-    /// Kept connections of this worker (parked or being served).
+    /// Kept connections of this worker (parked, being served, or on their
+    /// way to the I/O thread).
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        let conns = self.lock();
+        conns.entries.len() + conns.handing
     }
 
     /// Whether it keeps none.
@@ -421,7 +489,7 @@ impl Kept {
             .collect();
         let entries: Vec<Entry> = parked
             .iter()
-            .filter_map(|token| conns.entries.remove(token))
+            .filter_map(|token| conns.take_for_hand_off(*token))
             .collect();
         drop(conns);
         for mut entry in entries {

@@ -12,8 +12,9 @@
 #                     connection per request, as every tutorial writes it)
 #   ours-preload      the same with --preload (the app imported in the master,
 #                     workers forked from it: compare pss/wk)
-#   ours-kept         the same with --kept-inline (kept connections served by
-#                     the app threads; NGINX_MODE=keepalive is where it acts)
+#   ours-iothread     the same with --kept-on-io-thread (kept connections
+#                     served by the I/O thread, the path before kept.rs;
+#                     NGINX_MODE=keepalive is where it differs)
 #   ours-nopython     the same answering every request with its ping page
 #                     (--ping-path /: no Python at all), hello only: the
 #                     ceiling this front end, wrk and the box allow a server
@@ -68,7 +69,7 @@
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
-#   SYSTEMS="ours ours-kept ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
+#   SYSTEMS="ours ours-iothread ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
 #   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
@@ -80,7 +81,7 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-16}
 WORKLOADS=${WORKLOADS:-"hello flask"}
-SYSTEMS=${SYSTEMS:-"ours ours-kept ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
+SYSTEMS=${SYSTEMS:-"ours ours-iothread ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
 NGINX_PORT=${NGINX_PORT:-18089}
 NGINX_MODE=${NGINX_MODE:-keepalive}
 FRONT=${FRONT:-nginx}
@@ -153,10 +154,10 @@ server_cmd() { # system workload socket -> the command line (one word per line)
             --venv "$VENV" --socket-mode 666 ;;
     ours-preload) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
             --venv "$VENV" --socket-mode 666 --preload ;;
-    ours-kept) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
-            --venv "$VENV" --socket-mode 666 --kept-inline ;;
+    ours-iothread) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
+            --venv "$VENV" --socket-mode 666 --kept-on-io-thread ;;
     ours-nopython) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
-            --venv "$VENV" --socket-mode 666 --ping-path / --kept-inline ;;
+            --venv "$VENV" --socket-mode 666 --ping-path / ;;
     uwsgi) printf '%s\n' "$VENV/bin/uwsgi" --master --processes "$WORKERS" --threads "$THREADS" \
             --fastcgi-socket "$3" --chmod-socket=666 --wsgi-file "$app" --home "$VENV" --disable-logging ;;
     gunicorn-sync) printf '%s\n' "$VENV/bin/gunicorn" --workers "$WORKERS" --worker-class sync \
@@ -169,7 +170,7 @@ server_cmd() { # system workload socket -> the command line (one word per line)
 }
 nginx_mode() { # how nginx talks to the system
   case $1 in
-    ours|ours-preload|ours-kept|ours-nopython)
+    ours|ours-preload|ours-iothread|ours-nopython)
       # NGINX_MODE=default: the plain `fastcgi_pass` of every tutorial (a
       # new connection per request); keepalive: an upstream keepalive pool
       # with fastcgi_keep_conn on.
