@@ -154,7 +154,7 @@ struct Serve {
     /// (--workers) Replace a worker after S seconds (plus up to 10% at random)
     #[arg(long, value_name = "S", requires = "workers")]
     max_lifetime: Option<f64>,
-    /// A request running longer than S seconds: its Python stack is logged, it gets a 504 if its response has not begun, and (with --workers) the worker is replaced once its other requests are done
+    /// A request running longer than S seconds: its Python stack is logged, it gets a 504 if its response has not begun, and (with --workers) the worker is replaced once its other requests are done; the master kills a worker that does not act by S + --graceful-timeout
     #[arg(long, value_name = "S")]
     request_timeout: Option<f64>,
     /// Log the Python stack of requests running longer than S seconds (like PHP-FPM's slowlog)
@@ -317,8 +317,12 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             code => ExitCode::from(code as u8),
         });
     }
-    if options.status_path.is_some() || options.ping_path.is_some() {
-        // Shared by every worker forked from here on.
+    if options.status_path.is_some()
+        || options.ping_path.is_some()
+        || options.timeouts.request.is_some()
+    {
+        // Shared by every worker forked from here on (the master reads
+        // there what each app thread runs, for --request-timeout).
         wsgi_gateway::process::scoreboard::create()?;
     }
     let master_options = MasterOptions {
@@ -328,6 +332,7 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             .max_lifetime
             .map(|s| Duration::from_secs_f64(s.max(0.001))),
         max_rss: args.max_rss.map(|mib| mib << 20),
+        request_timeout: options.timeouts.request,
     };
     let preloaded = match preload.then(|| worker::preload(&options)) {
         None => None,

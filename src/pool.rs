@@ -203,7 +203,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("wsgi-app-{index}"))
                 .spawn(move || {
-                    let thread = ThreadState::new(options, slot, access_log);
+                    let thread = ThreadState::new(options, (slot, index), access_log);
                     app_thread(&app, &shared, thread, waiter, limit.as_deref())
                 })?;
         }
@@ -362,6 +362,8 @@ struct ThreadState {
     strings: StrCache,
     /// Where the watchdog sees what this thread runs (with timeouts).
     slot: Option<(Slots, usize)>,
+    /// Which app thread of the worker this is (its scoreboard row).
+    index: usize,
     /// `--access-log`.
     access_log: Option<Arc<AccessLog>>,
 }
@@ -369,7 +371,7 @@ struct ThreadState {
 impl ThreadState {
     fn new(
         options: PoolOptions,
-        slot: Option<(Slots, usize)>,
+        (slot, index): (Option<(Slots, usize)>, usize),
         access_log: Option<Arc<AccessLog>>,
     ) -> ThreadState {
         ThreadState {
@@ -381,6 +383,7 @@ impl ThreadState {
             forward_stderr: options.forward_stderr,
             strings: StrCache::new(),
             slot,
+            index,
             access_log,
         }
     }
@@ -437,7 +440,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     };
     let started = Instant::now();
     if let Some(slot) = slot {
-        slot.begin(line.as_deref().unwrap_or_default().as_bytes());
+        slot.begin(thread.index, line.as_deref().unwrap_or_default().as_bytes());
         if let Some(board) = crate::process::scoreboard::board() {
             let busy = board
                 .slots
@@ -457,7 +460,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         });
     }
     if let Some(slot) = slot {
-        slot.end();
+        slot.end(thread.index);
     }
     if status == Exit::Truncated && exchange.head_sent() && exchange.cut_short() {
         log_error!(

@@ -140,6 +140,22 @@ pub fn prepend_sys_path(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
     Ok(())
 }
 
+/// The signal on which a `wsgi-fcgi` worker writes the Python stacks of
+/// all its threads to the log (faulthandler: without the GIL, so also when
+/// a thread holds it in C code).
+pub const STACKS_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR2;
+
+/// Register faulthandler for [`STACKS_SIGNAL`], writing to fd 2 (the log).
+pub fn dump_stacks_on_signal(py: Python<'_>) -> PyResult<()> {
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("file", 2)?;
+    kwargs.set_item("all_threads", true)?;
+    kwargs.set_item("chain", false)?;
+    py.import("faulthandler")?
+        .call_method("register", (STACKS_SIGNAL as i32,), Some(&kwargs))?;
+    Ok(())
+}
+
 /// What `Py_FinalizeEx` would have done that matters: run `atexit` handlers
 /// and flush Python's standard streams. Finalization itself is skipped
 /// (it costs milliseconds per CGI request and some extensions crash in it).

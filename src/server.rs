@@ -21,13 +21,14 @@ use crate::{log_error, log_info, log_warn};
 
 /// Serve the connections handed over on `handoffs` (with the limits of
 /// `listening`, where the app threads accept them) until `stop` resolves
-/// to a grace period, then stop (zero: a fast stop).
+/// to a grace period, then stop (zero: a fast stop). `Ok(false)`: the
+/// grace period ran out with requests still running.
 pub async fn serve(
     mut handoffs: mpsc::UnboundedReceiver<Accepted>,
     listening: Arc<Listening>,
     dispatch: Arc<dyn Dispatch>,
     stop: impl Future<Output = Duration>,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut io = Io {
         context: Context {
@@ -63,7 +64,7 @@ pub async fn serve(
             // count themselves off: whatever they sent is here now.)
             match handoffs.try_recv() {
                 Ok(conn) => io.adopt(conn).await,
-                Err(_) => break,
+                Err(_) => return Ok(true),
             }
             continue;
         }
@@ -74,11 +75,10 @@ pub async fn serve(
                 listening.inflight()
             );
             io.connections.abort_all();
-            break;
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(())
 }
 
 /// The I/O thread's connections.

@@ -95,25 +95,58 @@ pub(crate) fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn(
             }
         }
         for (timed_out, elapsed, what, thread, name) in reports {
-            let stack = Python::attach(|py| python_stack(py, thread));
+            // Asked first: a worker whose thread holds the GIL is replaced
+            // even though nothing here can run Python.
+            if timed_out && !replacement_asked {
+                replacement_asked = true;
+                on_timeout();
+            }
+            let stack = match stack_within(thread, STACK_WAIT) {
+                Some(stack) => format!("Python stack, most recent call last:\n{stack}"),
+                None => format!(
+                    "no Python stack: the GIL was not released within {:.0} s (a thread stuck \
+                     in C code holding it?); faulthandler's stacks of every thread follow",
+                    STACK_WAIT.as_secs_f64()
+                ),
+            };
             if timed_out {
                 log_error!(
                     "request timed out after {:.1} s: {what} (thread {name}); answered 504 unless its \
-                     response had begun; Python stack, most recent call last:\n{stack}",
+                     response had begun; {stack}",
                     elapsed.as_secs_f64()
                 );
-                if !replacement_asked {
-                    replacement_asked = true;
-                    on_timeout();
-                }
             } else {
                 log_warn!(
-                    "slow request ({:.1} s so far): {what} (thread {name}); Python stack, most recent call last:\n{stack}",
+                    "slow request ({:.1} s so far): {what} (thread {name}); {stack}",
                     elapsed.as_secs_f64()
+                );
+            }
+            if !stack.starts_with("Python stack") {
+                // faulthandler writes them from the signal handler, on
+                // this thread, now (no GIL needed).
+                let _ = nix::sys::pthread::pthread_kill(
+                    nix::sys::pthread::pthread_self(),
+                    crate::python::STACKS_SIGNAL,
                 );
             }
         }
     }
+}
+
+/// How long the watchdog waits for the GIL to format a stack.
+const STACK_WAIT: Duration = Duration::from_secs(1);
+
+/// [`python_stack`], if the GIL can be had within `wait`. (Otherwise the
+/// helper thread stays blocked until the GIL frees up, then returns.)
+fn stack_within(thread: u64, wait: Duration) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("wsgi-watchdog-stack".into())
+        .spawn(move || {
+            let _ = tx.send(Python::attach(|py| python_stack(py, thread)));
+        })
+        .ok()?;
+    rx.recv_timeout(wait).ok()
 }
 
 /// The Python stack of the thread with this ident, formatted.

@@ -20,7 +20,7 @@ use crate::process::master::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
 use crate::server;
-use crate::{app, log_error, log_info, python};
+use crate::{app, log_error, log_info, log_warn, python};
 
 /// Everything a worker needs.
 #[derive(Clone, Debug)]
@@ -139,6 +139,11 @@ pub fn run(
         Some(app) => Python::attach(|py| app.clone_ref(py)),
         None => load(&options)?,
     };
+    // USR2: the Python stacks of every thread to the log, even while one
+    // holds the GIL in C code (the watchdog and the master ask for them).
+    if let Err(e) = Python::attach(python::dump_stacks_on_signal) {
+        log_warn!("USR2 will not dump the Python stacks: faulthandler: {e}");
+    }
     let ready = ready.map(Arc::new);
     // Idle app threads accept on the listening sockets themselves; what
     // they hand over, the I/O thread serves.
@@ -172,13 +177,39 @@ pub fn run(
         None => crate::process::notify::notify("READY=1"),
     }
     let pool = Arc::new(pool);
-    runtime.block_on(server::serve(handoffs, listening, pool, stop))?;
+    let finished = runtime.block_on(server::serve(handoffs, listening, pool, stop))?;
     if ready.is_none() {
         remove_socket_files(&options);
     }
-    Python::attach(python::run_exit_hooks);
+    if finished {
+        Python::attach(python::run_exit_hooks);
+    } else {
+        exit_hooks_within(EXIT_HOOKS_WAIT);
+    }
     log_info!("stopped");
     Ok(())
+}
+
+/// After the grace period ran out, how long the exit hooks may wait for
+/// the GIL (a thread stuck in C code may hold it for good).
+const EXIT_HOOKS_WAIT: Duration = Duration::from_secs(1);
+
+/// Run the exit hooks (atexit) if the GIL frees up within `wait`;
+/// otherwise the process exits without them, saying so.
+fn exit_hooks_within(wait: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("wsgi-exit-hooks".into())
+        .spawn(move || {
+            Python::attach(python::run_exit_hooks);
+            let _ = tx.send(());
+        });
+    if spawned.is_err() || rx.recv_timeout(wait).is_err() {
+        log_warn!(
+            "exiting without the exit hooks (atexit): an app thread still holds the GIL \
+             after the graceful timeout (stuck in C code?)"
+        );
+    }
 }
 
 /// `--status-path` / `--ping-path`: the pages, answered from the shared

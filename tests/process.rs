@@ -658,6 +658,164 @@ fn a_hanging_request_gets_its_stack_logged_a_504_and_its_worker_replaced() {
     assert_eq!(served(&r, "/").unwrap().0, "v1");
 }
 
+/// A request stuck in C code that holds the GIL (nothing in its worker can
+/// run Python): the watchdog still answers 504 and asks for a replacement
+/// at once, logs that no Python stack could be had and has faulthandler
+/// write every thread's stack (USR2); the worker leaves when its graceful
+/// timeout runs out, without waiting for the GIL; everyone is served after.
+#[test]
+fn a_request_stuck_in_c_holding_the_gil_times_out_and_its_worker_is_replaced() {
+    let r = master(
+        2,
+        "v1",
+        &["--request-timeout", "1", "--graceful-timeout", "1"],
+    );
+    let before = workers_of(r.pid);
+    let mut c = r.connect();
+    c.send_request(1, &Req::get("/stuck")).unwrap();
+    let out = c.response_with_result(1, Duration::from_secs(20)).unwrap();
+    assert_eq!(out.status(), 504, "{}", r.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let now = workers_of(r.pid);
+            now.len() == 2 && before.iter().any(|p| !now.contains(p))
+        }),
+        "the stuck worker was not replaced: {}",
+        r.log()
+    );
+    assert!(
+        r.wait_log("in stuck_in_c", Duration::from_secs(5)),
+        "no faulthandler stack: {}",
+        r.log()
+    );
+    let log = r.log();
+    assert!(log.contains("request timed out after 1."), "{log}");
+    assert!(log.contains("GET /stuck"), "{log}");
+    assert!(
+        log.contains("no Python stack: the GIL was not released"),
+        "{log}"
+    );
+    assert!(log.contains("recycled (request-timeout)"), "{log}");
+    for n in 0..10 {
+        assert_eq!(served(&r, "/").map(|s| s.0), Ok("v1".into()), "request {n}");
+    }
+}
+
+/// A worker that cannot act at all (SIGSTOPped during a request) is
+/// replaced by the master itself once the request has run past
+/// --request-timeout + --graceful-timeout; the log names the request.
+#[test]
+fn the_master_replaces_a_stopped_worker_whose_request_overran() {
+    let r = master(
+        1,
+        "v1",
+        &["--request-timeout", "1", "--graceful-timeout", "1"],
+    );
+    let victim = workers_of(r.pid)[0];
+    let mut c = r.connect();
+    c.send_request(1, &Req::get("/slow").param("QUERY_STRING", "s=60"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    kill(victim, "STOP");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let now = workers_of(r.pid);
+            now.len() == 1 && now[0] != victim
+        }),
+        "the stopped worker was not replaced: {}",
+        r.log()
+    );
+    let log = r.log();
+    assert!(
+        log.contains(&format!(
+            "master: worker {victim} does not act on a request"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("GET /slow on app thread 0, has run "), "{log}");
+    assert!(log.contains("is stopped (SIGSTOP"), "{log}");
+    assert_eq!(served(&r, "/").map(|s| s.0), Ok("v1".into()));
+}
+
+/// The pipes a descriptor table holds (inodes), beyond fds 0-2.
+fn pipes_of(pid: u32) -> Vec<String> {
+    let mut pipes = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let target = target.to_string_lossy();
+        if fd > 2 && target.starts_with("pipe:") {
+            pipes.push(target.into_owned());
+        }
+    }
+    pipes
+}
+
+/// Each worker holds its own message pipe to the master and no other
+/// worker's (a worker forked later used to inherit the read ends of its
+/// elders' pipes, so it kept them open after they died).
+#[test]
+fn no_worker_holds_another_workers_pipe() {
+    let r = master(3, "v1", &[]);
+    // (Less those it shares with this test: its log.)
+    let ours = pipes_of(std::process::id());
+    let masters: Vec<_> = pipes_of(r.pid)
+        .into_iter()
+        .filter(|p| !ours.contains(p))
+        .collect();
+    assert_eq!(masters.len(), 3, "the master's pipes: {masters:?}");
+    for worker in workers_of(r.pid) {
+        let shared: Vec<_> = pipes_of(worker)
+            .into_iter()
+            .filter(|p| masters.contains(p))
+            .collect();
+        assert_eq!(shared.len(), 1, "worker {worker} holds {shared:?}");
+    }
+}
+
+/// A single process (no master) stops on TERM within its graceful timeout
+/// even while a thread holds the GIL in C code for good, and USR2 dumps
+/// the Python stacks meanwhile.
+#[test]
+fn a_single_process_stops_on_term_while_a_thread_holds_the_gil() {
+    let dir = tempfile::tempdir().unwrap();
+    let version_file = dir.path().join("version");
+    std::fs::write(&version_file, "v1").unwrap();
+    let addr = Addr::Unix(dir.path().join("fcgi.sock"));
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--app")
+        .arg(app("reloadable.py"))
+        .args(["--threads", "2", "--graceful-timeout", "1", "--bind"])
+        .arg(addr.arg())
+        .env("RELOADABLE_VERSION", &version_file);
+    let mut r = Responder::spawn(cmd, addr, dir);
+    assert!(
+        r.wait_log("serving", Duration::from_secs(20)),
+        "{}",
+        r.log()
+    );
+    let mut c = r.connect();
+    c.send_request(1, &Req::get("/stuck")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    kill(r.pid, "USR2");
+    assert!(
+        r.wait_log("in stuck_in_c", Duration::from_secs(5)),
+        "USR2 gave no stack: {}",
+        r.log()
+    );
+    r.signal("TERM");
+    let status = r.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some(), "TERM did not stop it: {}", r.log());
+    assert!(
+        r.log().contains("exiting without the exit hooks"),
+        "{}",
+        r.log()
+    );
+}
+
 #[test]
 fn slow_request_log_shows_the_stack_without_stopping_anything() {
     let r = master(1, "v1", &["--slow-request-log", "0.3"]);

@@ -56,7 +56,17 @@ pub struct MasterOptions {
     /// Recycle a worker whose resident memory exceeds this (bytes; minus
     /// up to 5% jitter), sampled every second.
     pub max_rss: Option<u64>,
+    /// `--request-timeout`: a worker whose request runs past it plus
+    /// `graceful_timeout` without the worker acting (its watchdog asks for
+    /// a replacement at the timeout) cannot act — a thread holds the GIL in
+    /// C code, the worker is stopped or deadlocked — and is killed, after
+    /// its Python stacks are dumped (seen on the scoreboard).
+    pub request_timeout: Option<Duration>,
 }
+
+/// How long a worker gets to write its Python stacks (faulthandler, on
+/// SIGUSR2) before the SIGKILL.
+const DUMP_TIME: Duration = Duration::from_secs(1);
 
 /// Exit statuses shared by workers and the master.
 pub mod exit {
@@ -109,6 +119,8 @@ struct Worker {
     recycle: Option<Recycle>,
     /// When it was told to stop (SIGKILL after the graceful timeout).
     stopping_since: Option<Instant>,
+    /// Asked for its Python stacks; SIGKILL at this time.
+    kill_at: Option<Instant>,
     /// This worker's jittered limits.
     lifetime: Option<Duration>,
     rss: Option<u64>,
@@ -168,6 +180,7 @@ pub fn run<'a>(
                 started: Instant::now(),
                 recycle: None,
                 stopping_since: None,
+                kill_at: None,
                 lifetime: None,
                 rss: None,
             })
@@ -562,18 +575,67 @@ impl Master<'_> {
     }
 
     /// A worker told to stop that is still there after the graceful
-    /// timeout (a request stuck for good) is killed.
+    /// timeout (a request stuck for good) is killed; so is one whose
+    /// request overran `--request-timeout` + `--graceful-timeout` without
+    /// the worker acting on it. Each first dumps its Python stacks.
     fn kill_overdue(&mut self) {
+        let now = Instant::now();
+        let board = super::scoreboard::board();
+        let (grace, timeout) = (self.options.graceful_timeout, self.options.request_timeout);
         for worker in &mut self.workers {
+            if let Some(at) = worker.kill_at {
+                if now >= at {
+                    let _ = kill(worker.pid, Signal::SIGKILL);
+                    worker.kill_at = None;
+                }
+                continue;
+            }
+            let slot = board.and_then(|b| b.slot_of(worker.pid.as_raw() as u32));
+            let longest = slot.and_then(|s| s.longest_running());
+            let running = match (slot, longest) {
+                (Some(slot), Some((thread, ran))) => format!(
+                    "; its longest request, {} on app thread {thread}, has run {:.1} s",
+                    slot.threads[thread].line(),
+                    ran as f64 / 1e6
+                ),
+                _ => String::new(),
+            };
             if let (State::Stopping, Some(since)) = (worker.state, worker.stopping_since) {
-                if since.elapsed() > self.options.graceful_timeout + Duration::from_secs(5) {
+                if since.elapsed() > grace + Duration::from_secs(5) {
                     log_warn!(
-                        "master: worker {} did not stop within the graceful timeout: SIGKILL",
+                        "master: worker {} did not stop within the graceful timeout{running}",
                         worker.pid
                     );
-                    let _ = kill(worker.pid, Signal::SIGKILL);
-                    worker.stopping_since = None;
+                    dump_then_kill(worker, now);
                 }
+                continue;
+            }
+            // Its watchdog asks for a replacement at the timeout (and the
+            // replacement's TERM gives it the graceful timeout): a worker
+            // that did not is past acting.
+            let (Some(timeout), Some((_, ran))) = (timeout, longest) else {
+                continue;
+            };
+            if worker.state == State::Ready
+                && worker.recycle.is_none()
+                && Duration::from_micros(ran) > timeout + grace
+            {
+                log_error!(
+                    "master: worker {} does not act on a request past --request-timeout ({:.1} s) \
+                     + --graceful-timeout ({:.1} s){running} (a thread holding the GIL in C code, \
+                     a stopped or deadlocked worker): replacing it",
+                    worker.pid,
+                    timeout.as_secs_f64(),
+                    grace.as_secs_f64()
+                );
+                worker.state = State::Stopping;
+                worker.stopping_since = Some(now);
+                if let Some(board) = board {
+                    board
+                        .timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                dump_then_kill(worker, now);
             }
         }
     }
@@ -613,6 +675,7 @@ impl Master<'_> {
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
+        // (A worker holds no other worker's pipe: the child drops them.)
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let master = nix::unistd::getpid();
         if let Some(hooks) = self.hooks {
@@ -631,6 +694,9 @@ impl Master<'_> {
                     hooks.after_fork_child();
                 }
                 drop(read);
+                for worker in &mut self.workers {
+                    worker.pipe = None;
+                }
                 // Workers do not outlive their master (even a SIGKILLed one).
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
                 if nix::unistd::getppid() != master {
@@ -656,6 +722,7 @@ impl Master<'_> {
                     started: Instant::now(),
                     recycle: None,
                     stopping_since: None,
+                    kill_at: None,
                     lifetime: self
                         .options
                         .max_lifetime
@@ -666,4 +733,36 @@ impl Master<'_> {
             }
         }
     }
+}
+
+/// Ask `worker` for its Python stacks (SIGUSR2: every worker registers
+/// faulthandler for it, which writes them to the log without the GIL) and
+/// kill it [`DUMP_TIME`] later — at once if it is stopped (SIGSTOP: it
+/// cannot run a handler).
+fn dump_then_kill(worker: &mut Worker, now: Instant) {
+    if process_stopped(worker.pid) {
+        log_warn!(
+            "master: worker {} is stopped (SIGSTOP or a debugger): no Python stacks; SIGKILL",
+            worker.pid
+        );
+        let _ = kill(worker.pid, Signal::SIGKILL);
+        return;
+    }
+    log_warn!(
+        "master: worker {}: its Python stacks follow (faulthandler), then SIGKILL",
+        worker.pid
+    );
+    let _ = kill(worker.pid, Signal::SIGUSR2);
+    worker.kill_at = Some(now + DUMP_TIME);
+}
+
+/// Whether the process is stopped (state T or t in `/proc/PID/stat`).
+fn process_stopped(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // (The command name, in parentheses, may hold anything.)
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "T" || state == "t")
 }

@@ -14,6 +14,70 @@ use super::recycle::Recycle;
 /// Worker slots (a master never runs more workers than this).
 pub const SLOTS: usize = 256;
 const URI: usize = 192;
+/// App threads of a worker whose requests the master can see (more are
+/// served, not watched by the master).
+pub const THREAD_SLOTS: usize = 64;
+const THREAD_URI: usize = 128;
+
+/// A request line, written under a sequence counter and read consistently.
+#[repr(C)]
+struct Text<const N: usize> {
+    seq: AtomicU32,
+    len: AtomicU32,
+    bytes: [AtomicU8; N],
+}
+
+impl<const N: usize> Text<N> {
+    fn write(&self, line: &[u8]) {
+        let len = line.len().min(N);
+        self.seq.fetch_add(1, Ordering::AcqRel); // odd: writing
+        for (cell, &byte) in self.bytes.iter().zip(&line[..len]) {
+            cell.store(byte, Ordering::Relaxed);
+        }
+        self.len.store(len as u32, Ordering::Relaxed);
+        self.seq.fetch_add(1, Ordering::Release); // even: done
+    }
+
+    fn clear(&self) {
+        self.len.store(0, Ordering::Relaxed);
+    }
+
+    /// The line, read consistently (a few retries).
+    fn read(&self) -> String {
+        for _ in 0..100 {
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let len = (self.len.load(Ordering::Relaxed) as usize).min(N);
+            let bytes: Vec<u8> = self.bytes[..len]
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect();
+            if self.seq.load(Ordering::Acquire) == before {
+                return String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+        String::new()
+    }
+}
+
+/// What one app thread of a worker runs, for the master (which enforces
+/// `--request-timeout` from here when the worker itself cannot).
+#[repr(C)]
+pub struct ThreadRow {
+    /// Start of its request (µs since the epoch); 0: idle.
+    pub started: AtomicU64,
+    line: Text<THREAD_URI>,
+}
+
+impl ThreadRow {
+    /// "METHOD URI" of its request.
+    pub fn line(&self) -> String {
+        self.line.read()
+    }
+}
 
 /// One worker's row.
 #[repr(C)]
@@ -30,9 +94,9 @@ pub struct Slot {
     pub request_start: AtomicU64,
     /// Duration of its last finished request (µs).
     pub last_duration: AtomicU64,
-    seq: AtomicU32,
-    uri_len: AtomicU32,
-    uri: [AtomicU8; URI],
+    uri: Text<URI>,
+    /// Its app threads (the first [`THREAD_SLOTS`]).
+    pub threads: [ThreadRow; THREAD_SLOTS],
 }
 
 /// The whole board.
@@ -112,9 +176,19 @@ impl Board {
         slot.requests.store(0, Ordering::Relaxed);
         slot.request_start.store(0, Ordering::Relaxed);
         slot.last_duration.store(0, Ordering::Relaxed);
-        slot.uri_len.store(0, Ordering::Relaxed);
+        slot.uri.clear();
+        for thread in &slot.threads {
+            thread.started.store(0, Ordering::Relaxed);
+        }
         slot.started.store(now_us(), Ordering::Relaxed);
         Some(index)
+    }
+
+    /// The row of worker `pid`.
+    pub fn slot_of(&self, pid: u32) -> Option<&Slot> {
+        self.slots
+            .iter()
+            .find(|s| s.pid.load(Ordering::Acquire) == pid)
     }
 
     /// The worker `pid` is gone.
@@ -133,21 +207,23 @@ pub fn adopt(index: usize) {
 }
 
 impl Slot {
-    /// A request starts: `line` is "METHOD URI".
-    pub fn begin(&self, line: &[u8]) {
+    /// App thread `thread` starts a request: `line` is "METHOD URI".
+    pub fn begin(&self, thread: usize, line: &[u8]) {
+        let now = now_us();
         self.running.fetch_add(1, Ordering::AcqRel);
-        self.request_start.store(now_us(), Ordering::Relaxed);
-        let len = line.len().min(URI);
-        self.seq.fetch_add(1, Ordering::AcqRel); // odd: writing
-        for (cell, &byte) in self.uri.iter().zip(&line[..len]) {
-            cell.store(byte, Ordering::Relaxed);
+        self.request_start.store(now, Ordering::Relaxed);
+        self.uri.write(line);
+        if let Some(row) = self.threads.get(thread) {
+            row.line.write(line);
+            row.started.store(now.max(1), Ordering::Release);
         }
-        self.uri_len.store(len as u32, Ordering::Relaxed);
-        self.seq.fetch_add(1, Ordering::Release); // even: done
     }
 
-    /// A request ends.
-    pub fn end(&self) {
+    /// App thread `thread`'s request ends.
+    pub fn end(&self, thread: usize) {
+        if let Some(row) = self.threads.get(thread) {
+            row.started.store(0, Ordering::Release);
+        }
         let start = self.request_start.load(Ordering::Relaxed);
         self.last_duration
             .store(now_us().saturating_sub(start), Ordering::Relaxed);
@@ -157,21 +233,20 @@ impl Slot {
 
     /// The latest request line, read consistently (a few retries).
     pub fn line(&self) -> String {
-        for _ in 0..100 {
-            let before = self.seq.load(Ordering::Acquire);
-            if before % 2 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let len = (self.uri_len.load(Ordering::Relaxed) as usize).min(URI);
-            let bytes: Vec<u8> = self.uri[..len]
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect();
-            if self.seq.load(Ordering::Acquire) == before {
-                return String::from_utf8_lossy(&bytes).into_owned();
-            }
-        }
-        String::new()
+        self.uri.read()
+    }
+
+    /// The app thread whose request has run longest, if one runs: (thread,
+    /// µs it has run).
+    pub fn longest_running(&self) -> Option<(usize, u64)> {
+        let now = now_us();
+        self.threads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, row)| {
+                let started = row.started.load(Ordering::Acquire);
+                (started != 0).then(|| (i, now.saturating_sub(started)))
+            })
+            .max_by_key(|&(_, ran)| ran)
     }
 }

@@ -3,8 +3,11 @@ reload test): the version comes from the file named by $RELOADABLE_VERSION,
 read when the module is imported, so only a worker that imported the app
 afresh (a reload) serves a new one; "broken" in the file makes the import
 fail. Responses are "VERSION PID"; /slow?s=SECONDS sleeps first; /hang
-never returns (in `hang_forever`, for the request timeout tests)."""
+never returns (in `hang_forever`, for the request timeout tests); /stuck
+never returns either, holding the GIL in C code (`stuck_in_c`: libc's
+sleep through ctypes.PyDLL, which keeps the GIL)."""
 
+import ctypes
 import os
 import time
 
@@ -22,9 +25,15 @@ def hang_forever():
         time.sleep(0.05)
 
 
+def stuck_in_c():
+    ctypes.PyDLL(None).sleep(1000)
+
+
 def application(environ, start_response):
     if environ.get("PATH_INFO") == "/hang":
         hang_forever()
+    if environ.get("PATH_INFO") == "/stuck":
+        stuck_in_c()
     if environ.get("PATH_INFO") == "/slow":
         query = environ.get("QUERY_STRING", "")
         time.sleep(float(query.split("=", 1)[1]) if query.startswith("s=") else 1.0)
