@@ -146,6 +146,12 @@ const MAX_LINGERING: usize = 256;
 /// its peers, and how often an idle thread with peers looks for waiting ones.
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 const TICK: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often a paused thread looks for connections nobody took: when every
+/// worker is paused (nginx opens a new upstream connection every
+/// `keepalive_requests`, 1000 by default, so under load each worker keeps
+/// new ones all the time), a connection waits this long at most, not the
+/// whole pause.
+const PAUSED_TICK: std::time::Duration = std::time::Duration::from_millis(2);
 /// Lingering connections gathered before they are looked at.
 const LINGER_BATCH: usize = 16;
 
@@ -204,6 +210,8 @@ pub struct Waiter {
     /// Off the listening sockets until then, after handing a connection
     /// over (see [`Waiter::handed_off`]).
     paused_until: Option<std::time::Instant>,
+    /// When this thread last looked for waiting connections while paused.
+    looked: std::time::Instant,
     /// Connections closed on our side, waiting for the peer's close, and
     /// their own epoll: looked at whenever the thread wakes anyway, so a
     /// peer's close never wakes it on its own.
@@ -227,6 +235,7 @@ impl Waiter {
             accepting,
             lingering: Vec::new(),
             paused_until: None,
+            looked: std::time::Instant::now(),
             linger_epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             reap_at: LINGER_BATCH,
         };
@@ -270,7 +279,8 @@ impl Waiter {
     /// worker first). With peers, step off the sockets for [`PAUSE`]: a
     /// burst of connections (a keepalive pool being opened) otherwise all
     /// wakes the one thread that was woken first, and it accepts them all;
-    /// the peers' idle threads look for waiting connections every [`TICK`].
+    /// the peers' idle threads look for waiting connections every [`TICK`],
+    /// and this one every [`PAUSED_TICK`] meanwhile.
     pub fn handed_off(&mut self) {
         if !self.accepting {
             return;
@@ -308,7 +318,9 @@ impl Waiter {
         let now = std::time::Instant::now();
         let peers = self.listening.as_ref().is_some_and(|l| l.peers);
         let tick = (self.accepting && peers && self.paused_until.is_none()).then_some(TICK);
-        let pause = self.paused_until.map(|t| t.saturating_duration_since(now));
+        let pause = self
+            .paused_until
+            .map(|t| t.saturating_duration_since(now).min(PAUSED_TICK));
         let linger = self
             .lingering
             .first()
@@ -344,8 +356,12 @@ impl Waiter {
                 self.accepting = false;
             }
             self.resume();
-            // A tick: a burst may be waiting that woke another thread only.
-            let mut accepted = if ready == 0 { self.try_accept() } else { None };
+            // A tick: a burst may be waiting that woke another thread only,
+            // or a connection that no paused peer took (looked for while
+            // paused even when busy with kept connections).
+            let look =
+                ready == 0 || (self.paused_until.is_some() && self.looked.elapsed() >= PAUSED_TICK);
+            let mut accepted = if look { self.look_for_waiting() } else { None };
             let mut kept = false;
             for event in events {
                 match event.data() {
@@ -444,6 +460,17 @@ impl Waiter {
         self.reap_at = self.lingering.len() + LINGER_BATCH;
     }
 
+    /// Accept a connection if one is waiting, paused or not (never waits).
+    fn look_for_waiting(&mut self) -> Option<Accepted> {
+        self.looked = std::time::Instant::now();
+        let listening = self.listening.as_ref()?;
+        if !self.accepting || listening.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        let count = listening.sockets.len();
+        (0..count).find_map(|index| self.accept(index))
+    }
+
     /// Accept a connection if one is waiting (never waits).
     pub fn try_accept(&self) -> Option<Accepted> {
         let listening = self.listening.as_ref()?;
@@ -519,5 +546,47 @@ fn peer_allowed(fd: &OwnedFd, allowed: Option<&[IpAddr]>) -> bool {
             log_error!("refused FastCGI connection from {shown}: not in FCGI_WEB_SERVER_ADDRS");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every worker paused (each kept a new connection a moment ago, as
+    /// under nginx's keepalive_requests churn): a connection waiting on the
+    /// socket is taken by a paused thread before its pause ends, not left
+    /// in the backlog for the whole pause.
+    #[test]
+    fn a_paused_thread_takes_a_connection_nobody_else_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (handoff, _handoffs) = tokio::sync::mpsc::unbounded_channel();
+        let listening = Arc::new(
+            Listening::new(
+                &[(listener.as_raw_fd(), true)],
+                None,
+                Arc::new(Limits::default()),
+                handoff,
+                true,
+            )
+            .unwrap(),
+        );
+        // Five slots held: the longest pause (5 × PAUSE).
+        let _held = listening.slots.clone().try_acquire_many_owned(5).unwrap();
+        let mut waiter = Waiter::new(Arc::new(Parked::new().unwrap()), Some(listening)).unwrap();
+        waiter.handed_off();
+        assert!(waiter.paused_until.is_some());
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        match waiter.wait() {
+            Woken::Connection(_) => {}
+            _ => panic!("woken without the connection"),
+        }
+        assert!(
+            waiter.paused_until.is_some(),
+            "the connection waited for the whole pause"
+        );
     }
 }
