@@ -16,5 +16,17 @@ fn main() {
         config.version().major,
         config.version().minor
     );
+    // The full version string (`sys.version`, what `Py_GetVersion()` of
+    // the libpython it uses returns): a binary that loads another libpython
+    // of the same soname at run time (the loader's fallback when this one
+    // cannot be reached) notices and refuses.
+    let full = std::process::Command::new(&executable)
+        .args(["-c", "import sys; print(sys.version, end='')"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " "))
+        .unwrap_or_default();
+    println!("cargo:rustc-env=WSGI_GATEWAY_BUILD_PYTHON_FULL={full}");
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
 }

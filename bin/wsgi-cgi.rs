@@ -43,6 +43,9 @@ struct Cli {
     /// Put DIR in front of sys.path (repeatable)
     #[arg(long, value_name = "DIR")]
     pythonpath: Vec<PathBuf>,
+    /// A request body over BYTES (declared, or chunked as it arrives) gets 413
+    #[arg(long, value_name = "BYTES")]
+    max_body_size: Option<u64>,
     /// A script file (TOML after a #! line) with the settings
     #[arg(value_name = "SCRIPT")]
     script: Option<PathBuf>,
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         venv: cli.venv,
         chdir: cli.chdir,
         pythonpath: (!cli.pythonpath.is_empty()).then_some(cli.pythonpath),
+        max_body_size: cli.max_body_size,
     };
     let settings = config::merge(
         command_line,

@@ -308,6 +308,8 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default();
     let listeners = worker::listeners(&options)?;
+    // From here on, whatever happens, the socket files go with this process.
+    let _socket_files = worker::SocketFiles(&options);
     // SAFETY: single-threaded still (no runtime, no Python yet).
     unsafe { std::env::remove_var(worker::REEXEC_ENV) };
     worker::warn_if_root(&options);
@@ -365,7 +367,6 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         hooks,
         &adopted,
     )?;
-    worker::remove_socket_files(&options);
     Ok(ExitCode::from(code as u8))
 }
 

@@ -22,8 +22,11 @@ pub struct AppSpec {
     pub source: Source,
     /// Attribute holding the WSGI callable (or the factory).
     pub callable: String,
-    /// `callable()` is a factory to call once, without arguments.
+    /// `callable(...)` is a factory to call once.
     pub factory: bool,
+    /// The factory's arguments, as written between its parentheses
+    /// (Python literals, as gunicorn takes them: `app(root="/srv")`).
+    pub args: String,
 }
 
 /// A spec that cannot name an application.
@@ -31,7 +34,7 @@ pub struct AppSpec {
 pub enum AppSpecError {
     /// The spec is not one of the accepted forms.
     #[error(
-        "invalid app spec {0:?}: expected module:callable, module:factory(), or a file path ending in .py or .wsgi"
+        "invalid app spec {0:?}: expected module:callable, module:factory() (arguments: Python literals), or a file path ending in .py or .wsgi"
     )]
     Invalid(String),
 }
@@ -79,16 +82,21 @@ impl AppSpec {
     pub fn parse(spec: &str, base: &Path) -> Result<AppSpec, AppSpecError> {
         let invalid = || AppSpecError::Invalid(spec.to_string());
         let spec = spec.trim();
-        let (target, attr) = match spec.rsplit_once(':') {
-            Some((target, attr)) if !attr.contains('/') => (target, Some(attr)),
+        // A factory call first: its arguments may hold anything (`/`, `:`).
+        let (head, args) = match spec.split_once('(') {
+            Some((head, rest)) if head.contains(':') => match rest.strip_suffix(')') {
+                Some(args) => (head, Some(args)),
+                None => return Err(invalid()),
+            },
             _ => (spec, None),
         };
-        let (callable, factory) = match attr {
-            None => ("application".to_string(), false),
-            Some(attr) => match attr.strip_suffix("()") {
-                Some(name) => (name.to_string(), true),
-                None => (attr.to_string(), false),
-            },
+        let (target, attr) = match head.rsplit_once(':') {
+            Some((target, attr)) if !attr.contains('/') => (target, Some(attr)),
+            _ => (head, None),
+        };
+        let (callable, factory) = match (attr, args) {
+            (None, _) => ("application".to_string(), false),
+            (Some(attr), args) => (attr.to_string(), args.is_some()),
         };
         if !is_identifier(&callable) || target.is_empty() {
             return Err(invalid());
@@ -104,6 +112,7 @@ impl AppSpec {
             source,
             callable,
             factory,
+            args: args.unwrap_or_default().trim().to_string(),
         })
     }
 }
@@ -119,11 +128,13 @@ mod tests {
             source: Source::Module(m.into()),
             callable: c.into(),
             factory: f,
+            args: String::new(),
         };
         let file = |p: &str, c: &str, f: bool| AppSpec {
             source: Source::File(p.into()),
             callable: c.into(),
             factory: f,
+            args: String::new(),
         };
         let rows = [
             (
@@ -148,7 +159,19 @@ mod tests {
         for (text, expected) in rows {
             assert_eq!(AppSpec::parse(text, base).unwrap(), expected, "{text}");
         }
-        for bad in ["", ":app", "mod:", "mod:1x", "bad-name", "a..b", "mod:f(x)"] {
+        // A factory with arguments (gunicorn's form, pypiserver's docs): a
+        // `/` in them does not make the spec a file.
+        let with_args =
+            AppSpec::parse(r#"pypiserver:app(root="/srv/pkgs", port=1)"#, base).unwrap();
+        assert_eq!(with_args.source, Source::Module("pypiserver".into()));
+        assert_eq!(
+            (with_args.callable.as_str(), with_args.factory),
+            ("app", true)
+        );
+        assert_eq!(with_args.args, r#"root="/srv/pkgs", port=1"#);
+        for bad in [
+            "", ":app", "mod:", "mod:1x", "bad-name", "a..b", "mod:f(x", "mod:(x)",
+        ] {
             assert!(AppSpec::parse(bad, base).is_err(), "{bad:?}");
         }
     }

@@ -40,7 +40,8 @@ pub enum Exit {
     Truncated = 6,
     /// The web server or client closed the output early.
     ClientGone = 7,
-    /// The request was malformed (invalid CONTENT_LENGTH); 400 sent.
+    /// The request was malformed (invalid CONTENT_LENGTH; 400 sent) or its
+    /// body is over `--max-body-size` (413 sent).
     BadRequest = 8,
 }
 
@@ -64,7 +65,8 @@ pub const EXIT_TABLE: &str = "Exit status:
   5  the application failed before sending headers (500 sent)
   6  the application failed after headers were sent (response truncated)
   7  the web server or client closed the output early
-  8  malformed request, e.g. an invalid CONTENT_LENGTH (400 sent)";
+  8  malformed request, e.g. an invalid CONTENT_LENGTH (400 sent), or a body
+     over --max-body-size (413 sent)";
 
 /// The response channel: the original stdout, moved off fd 1.
 struct CgiSink {
@@ -178,7 +180,7 @@ pub fn run(settings: &Settings) -> Exit {
         start: Instant::now(),
         enabled: std::env::var_os("WSGI_CGI_TIMING").is_some_and(|v| v == "1"),
     };
-    let meta: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+    let mut meta: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     let sink = match CgiSink::take_stdout() {
@@ -191,6 +193,17 @@ pub fn run(settings: &Settings) -> Exit {
     // SAFETY: still single-threaded: no other thread can read the environment.
     unsafe { std::env::remove_var("HTTP_PROXY") };
 
+    // A chunked body (Apache mod_cgi/mod_cgid: no CONTENT_LENGTH, the
+    // decoded body on stdin) is read whole first and measured, as nginx does
+    // before FastCGI: the app sees a CONTENT_LENGTH.
+    let body = match body::receive(&mut meta, settings.max_body_size) {
+        Ok(body) => body,
+        Err(refusal) => {
+            log_error!("rejecting request: {}", refusal.message);
+            let _ = ResponseWriter::new(Box::new(sink), false).fail(refusal.status);
+            return Exit::BadRequest;
+        }
+    };
     let environ = match environ::build(&meta) {
         Ok(environ) => environ,
         Err(err) => {
@@ -211,7 +224,14 @@ pub fn run(settings: &Settings) -> Exit {
         }
     };
     let exit = Python::attach(|py| {
-        let exit = serve(py, settings, spec.as_ref(), &environ, writer, &phases);
+        let exit = serve(
+            py,
+            (settings, spec.as_ref()),
+            &environ,
+            body,
+            writer,
+            &phases,
+        );
         python::run_exit_hooks(py);
         exit
     });
@@ -237,14 +257,7 @@ fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
         Some(venv) => python::venv_program_name(venv).map_err(|e| e.to_string())?,
         None => python::BUILD_PYTHON.into(),
     };
-    // The interpreter must be reachable by the web server's user; otherwise
-    // the loader may silently take another libpython of the same soname.
-    std::fs::metadata(&program_name).map_err(|e| {
-        format!(
-            "cannot access the Python interpreter {}: {e} (the web server's user needs search permission on every directory above it)",
-            program_name.display()
-        )
-    })?;
+    // (It also refuses an unreachable interpreter and a wrong libpython.)
     python::initialize(&program_name, true).map_err(|e| e.to_string())?;
     Ok(spec)
 }
@@ -265,9 +278,9 @@ fn without_gc<'py, T>(py: Python<'py>, f: impl FnOnce() -> PyResult<T>) -> PyRes
 
 fn serve(
     py: Python<'_>,
-    settings: &Settings,
-    spec: Option<&AppSpec>,
+    (settings, spec): (&Settings, Option<&AppSpec>),
     environ: &Environ<'_>,
+    body: Option<Box<dyn io::Read + Send>>,
     mut writer: ResponseWriter,
     phases: &Phases,
 ) -> Exit {
@@ -294,7 +307,8 @@ fn serve(
         // RFC 3875 §4.1.2: no CONTENT_LENGTH means no body.
         None => Some(0),
     };
-    let input = Input::new(BodyReader::new(Box::new(io::stdin()), limit));
+    let source = body.unwrap_or_else(|| Box::new(io::stdin()));
+    let input = Input::new(BodyReader::new(source, limit));
     let errors = py.import("sys").and_then(|sys| sys.getattr("stderr"));
     let dict = match errors.and_then(|errors| {
         app::environ_dict(
@@ -317,4 +331,142 @@ fn serve(
     // Close the response before atexit handlers run: the server can finish.
     drop(writer);
     Exit::from(outcome)
+}
+
+/// The request body before the app runs: a declared length checked
+/// against `--max-body-size`; a chunked one (no CONTENT_LENGTH) read whole.
+mod body {
+    use std::io::{self, Read, Seek, Write};
+
+    /// Bodies up to this size stay in memory; larger ones go to an
+    /// unlinked temporary file in `$TMPDIR`.
+    const IN_MEMORY: usize = 1024 * 1024;
+
+    /// Why a request is refused before the app runs.
+    pub struct Refusal {
+        pub status: u16,
+        pub message: String,
+    }
+
+    fn get<'a>(meta: &'a [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'a [u8]> {
+        meta.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// `Some(body)`: a chunked body, read whole (its CONTENT_LENGTH added
+    /// to `meta`); `None`: the app reads stdin as the CONTENT_LENGTH says.
+    pub fn receive(
+        meta: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        max: Option<u64>,
+    ) -> Result<Option<Box<dyn Read + Send>>, Refusal> {
+        let too_large = |what: String| Refusal {
+            status: 413,
+            message: format!(
+                "{what} is over --max-body-size ({} bytes)",
+                max.unwrap_or(0)
+            ),
+        };
+        if let Some(length) = get(meta, b"CONTENT_LENGTH").filter(|v| !v.is_empty()) {
+            // (An invalid one is the environ's to refuse, with 400.)
+            let declared = std::str::from_utf8(length)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let (Some(declared), Some(max)) = (declared, max) {
+                if declared > max {
+                    return Err(too_large(format!("the request body ({declared} bytes)")));
+                }
+            }
+            return Ok(None);
+        }
+        let chunked = get(meta, b"HTTP_TRANSFER_ENCODING").is_some_and(|te| {
+            te.split(|&b| b == b',')
+                .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        });
+        if !chunked {
+            return Ok(None);
+        }
+        let (body, len) = read_all(&mut io::stdin().lock(), max).map_err(|e| match e {
+            Stop::TooLarge => too_large("the chunked request body".into()),
+            Stop::Io(e) => Refusal {
+                status: 400,
+                message: format!("cannot read the chunked request body: {e}"),
+            },
+        })?;
+        meta.push((b"CONTENT_LENGTH".to_vec(), len.to_string().into_bytes()));
+        Ok(Some(body))
+    }
+
+    enum Stop {
+        TooLarge,
+        Io(io::Error),
+    }
+
+    /// Everything `input` holds, in memory or (beyond [`IN_MEMORY`]) in a
+    /// temporary file; more than `max` bytes: [`Stop::TooLarge`].
+    fn read_all(
+        input: &mut dyn Read,
+        max: Option<u64>,
+    ) -> Result<(Box<dyn Read + Send>, u64), Stop> {
+        let mut memory = Vec::new();
+        let mut file: Option<std::fs::File> = None;
+        let mut len = 0u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match input.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Stop::Io(e)),
+            };
+            len += n as u64;
+            if max.is_some_and(|max| len > max) {
+                return Err(Stop::TooLarge);
+            }
+            match &mut file {
+                Some(file) => file.write_all(&chunk[..n]).map_err(Stop::Io)?,
+                None if memory.len() + n <= IN_MEMORY => memory.extend_from_slice(&chunk[..n]),
+                None => {
+                    let mut spill = crate::fcgi::spool::temp_file(None).map_err(Stop::Io)?;
+                    spill.write_all(&memory).map_err(Stop::Io)?;
+                    spill.write_all(&chunk[..n]).map_err(Stop::Io)?;
+                    memory = Vec::new();
+                    file = Some(spill);
+                }
+            }
+        }
+        Ok(match file {
+            Some(mut file) => {
+                file.rewind().map_err(Stop::Io)?;
+                (Box::new(file), len)
+            }
+            None => (Box::new(io::Cursor::new(memory)), len),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn bodies_are_read_whole_in_memory_or_spilled_and_bounded() {
+            for size in [0usize, 10, IN_MEMORY + 1] {
+                let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+                let (mut body, len) = match read_all(&mut data.as_slice(), None) {
+                    Ok(got) => got,
+                    Err(_) => panic!("{size}: refused"),
+                };
+                assert_eq!(len, size as u64);
+                let mut back = Vec::new();
+                body.read_to_end(&mut back).unwrap();
+                assert!(back == data, "{size}: not the same bytes");
+            }
+            assert!(matches!(
+                read_all(&mut [0u8; 11].as_slice(), Some(10)),
+                Err(Stop::TooLarge)
+            ));
+            assert!(read_all(&mut [0u8; 10].as_slice(), Some(10)).is_ok());
+        }
+    }
 }

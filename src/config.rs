@@ -52,6 +52,12 @@ pub const SETTINGS: &[Setting] = &[
         env: "WSGI_PYTHONPATH",
         doc: "directories put in front of sys.path (flag repeatable; ':'-separated in the environment)",
     },
+    Setting {
+        key: "max-body-size",
+        flag: "--max-body-size",
+        env: "WSGI_MAX_BODY_SIZE",
+        doc: "bytes: a request body over this (its CONTENT_LENGTH, or a chunked body as it arrives) is answered 413; default: no limit",
+    },
 ];
 
 /// The validated settings a run uses.
@@ -65,6 +71,8 @@ pub struct Settings {
     pub chdir: Option<PathBuf>,
     /// Extra `sys.path` entries.
     pub pythonpath: Vec<PathBuf>,
+    /// Largest request body accepted (bytes).
+    pub max_body_size: Option<u64>,
     /// Directory that relative file app specs are resolved against.
     pub base_dir: Option<PathBuf>,
 }
@@ -81,6 +89,9 @@ pub struct Layer {
     pub chdir: Option<PathBuf>,
     /// See [`SETTINGS`].
     pub pythonpath: Option<Vec<PathBuf>>,
+    /// See [`SETTINGS`].
+    #[serde(rename = "max-body-size")]
+    pub max_body_size: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -119,6 +130,8 @@ impl Layer {
                     .filter(|p| !p.as_os_str().is_empty())
                     .collect()
             }),
+            // (Not a number: ignored, as an unset variable.)
+            max_body_size: get("WSGI_MAX_BODY_SIZE").and_then(|v| v.to_str()?.trim().parse().ok()),
         }
     }
 
@@ -149,6 +162,7 @@ impl Layer {
             venv: self.venv.or(other.venv),
             chdir: self.chdir.or(other.chdir),
             pythonpath: self.pythonpath.or(other.pythonpath),
+            max_body_size: self.max_body_size.or(other.max_body_size),
         }
     }
 }
@@ -172,6 +186,7 @@ pub fn merge(cli: Layer, script: Option<(Layer, PathBuf)>, env: Layer) -> Settin
         venv: merged.venv,
         chdir: merged.chdir,
         pythonpath: merged.pythonpath.unwrap_or_default(),
+        max_body_size: merged.max_body_size,
         base_dir,
     }
 }

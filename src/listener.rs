@@ -8,7 +8,6 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -32,12 +31,14 @@ pub enum ListenError {
     #[error("invalid bind address {0:?}: expected unix:PATH, HOST:PORT or [IPv6]:PORT")]
     BadAddress(String),
     /// Binding or setting up the socket failed.
-    #[error("cannot listen on {address}: {source}")]
+    // (The error is in the message, not a `source`: `{err:#}` would print
+    // it twice.)
+    #[error("cannot listen on {address}: {reason}")]
     Io {
         /// The address.
         address: String,
         /// The error.
-        source: io::Error,
+        reason: io::Error,
     },
     /// No `--bind` and nothing inherited.
     #[error(
@@ -110,9 +111,9 @@ impl Default for UnixSocketOptions {
 }
 
 fn io_err(address: &str) -> impl FnOnce(io::Error) -> ListenError + '_ {
-    move |source| ListenError::Io {
+    move |reason| ListenError::Io {
         address: address.to_string(),
-        source,
+        reason,
     }
 }
 
@@ -155,14 +156,15 @@ fn bind_unix(
     }
     let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
         .map_err(io_err(&name))?;
-    // Create the socket file with no permissions for others from the start.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    // The socket file is created with its final mode (the umask around
+    // bind): no chmod by path afterwards, which a symlink planted meanwhile
+    // could redirect.
+    let umask = nix::sys::stat::Mode::from_bits_truncate(!options.mode & 0o777);
+    let old = nix::sys::stat::umask(umask);
     let bound = socket.bind(&socket2::SockAddr::unix(path).map_err(io_err(&name))?);
     nix::sys::stat::umask(old);
     bound.map_err(io_err(&name))?;
     socket.listen(backlog).map_err(io_err(&name))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(options.mode))
-        .map_err(io_err(&name))?;
     if options.owner.is_some() || options.group.is_some() {
         let uid = match &options.owner {
             Some(user) => Some(lookup_user(user).map_err(io_err(&name))?),
@@ -172,7 +174,15 @@ fn bind_unix(
             Some(group) => Some(lookup_group(group).map_err(io_err(&name))?),
             None => None,
         };
-        nix::unistd::chown(path, uid, gid).map_err(|e| io_err(&name)(e.into()))?;
+        // (Not following a symlink: the file we bound, or nothing.)
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            uid,
+            gid,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err(&name)(e.into()))?;
     }
     Ok(Listener::Unix(UnixListener::from(OwnedFd::from(socket))))
 }
@@ -274,6 +284,7 @@ pub fn web_server_addrs() -> Option<Vec<std::net::IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn bind_address_table() {

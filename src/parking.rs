@@ -515,9 +515,6 @@ impl Waiter {
         };
         // SAFETY: accept4 returned a fresh descriptor that we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if let Some(board) = crate::process::scoreboard::board() {
-            board.accepted.fetch_add(1, Ordering::Relaxed);
-        }
         if !*unix && !peer_allowed(&fd, listening.allowed_peers.as_deref()) {
             return None;
         }

@@ -12,6 +12,8 @@ use pyo3::prelude::*;
 
 /// The interpreter this binary was built against (baked in by build.rs).
 pub const BUILD_PYTHON: &str = env!("WSGI_GATEWAY_BUILD_PYTHON");
+/// Its full version string (`sys.version`; empty if build.rs could not run it).
+pub const BUILD_PYTHON_FULL: &str = env!("WSGI_GATEWAY_BUILD_PYTHON_FULL");
 
 /// Why the interpreter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,58 @@ pub enum PythonError {
     /// `Py_InitializeFromConfig` failed.
     #[error("Python initialization failed: {0}")]
     Init(String),
+    /// The interpreter (`program_name`) cannot be reached.
+    #[error(
+        "cannot access the Python interpreter {path}: {reason} (this user needs search permission on every directory above it; otherwise the loader may take another libpython of the same soname)"
+    )]
+    Unreachable {
+        /// `program_name`.
+        path: PathBuf,
+        /// Why.
+        reason: std::io::Error,
+    },
+    /// Another libpython than the build's was loaded.
+    #[error(
+        "the libpython loaded ({loaded}, Python {loaded_version}) is not the one wsgi-gateway was built against (Python {build_version}, {build}): the build's library cannot be reached by this user (search permission on every directory above it), or was replaced; refusing to run on the wrong Python"
+    )]
+    WrongLibpython {
+        /// Where the loaded library is.
+        loaded: String,
+        /// Its `Py_GetVersion()`.
+        loaded_version: String,
+        /// The build-time `sys.version`.
+        build_version: &'static str,
+        /// The build-time interpreter.
+        build: &'static str,
+    },
+}
+
+/// The libpython this process loaded, if it is not the build's: (its file,
+/// its full version).
+fn wrong_libpython() -> Option<(String, String)> {
+    // SAFETY: Py_GetVersion returns a pointer to a static NUL-terminated
+    // string and may be called before initialization.
+    let loaded = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }
+        .to_string_lossy()
+        .into_owned();
+    if BUILD_PYTHON_FULL.is_empty() || loaded == BUILD_PYTHON_FULL {
+        return None;
+    }
+    // SAFETY: dladdr only reads the loader's tables; `info` is written by
+    // it and read only when it succeeded; dli_fname is a NUL-terminated
+    // string owned by the loader.
+    let file = unsafe {
+        let mut info = std::mem::zeroed::<nix::libc::Dl_info>();
+        let addr = ffi::Py_GetVersion as *const std::ffi::c_void;
+        if nix::libc::dladdr(addr, &mut info) != 0 && !info.dli_fname.is_null() {
+            CStr::from_ptr(info.dli_fname)
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            "an unknown file".into()
+        }
+    };
+    Some((file, loaded))
 }
 
 /// `major.minor` of the libpython actually loaded (not the build-time guess).
@@ -85,6 +139,18 @@ pub fn venv_program_name(venv: &Path) -> Result<PathBuf, PythonError> {
 /// an initialized interpreter with no thread attached). With `lean_site`,
 /// `site` is not imported: the caller runs [`crate::site::install`] instead.
 pub fn initialize(program_name: &Path, lean_site: bool) -> Result<(), PythonError> {
+    std::fs::metadata(program_name).map_err(|reason| PythonError::Unreachable {
+        path: program_name.to_path_buf(),
+        reason,
+    })?;
+    if let Some((loaded, loaded_version)) = wrong_libpython() {
+        return Err(PythonError::WrongLibpython {
+            loaded,
+            loaded_version,
+            build_version: BUILD_PYTHON_FULL,
+            build: BUILD_PYTHON,
+        });
+    }
     let name = CString::new(program_name.as_os_str().as_bytes())
         .map_err(|_| PythonError::Init("program name contains NUL".into()))?;
     // SAFETY: PyConfig is a plain C struct that PyConfig_InitPythonConfig

@@ -178,9 +178,7 @@ pub fn run(
     }
     let pool = Arc::new(pool);
     let finished = runtime.block_on(server::serve(handoffs, listening, pool, stop))?;
-    if ready.is_none() {
-        remove_socket_files(&options);
-    }
+    // (The socket files go when the binary's `SocketFiles` guard does.)
     if finished {
         Python::attach(python::run_exit_hooks);
     } else {
@@ -547,8 +545,33 @@ pub fn check_import(options: &WorkerOptions) -> Result<(), WorkerError> {
 pub fn remove_socket_files(options: &WorkerOptions) {
     for bind in &options.binds {
         if let Bind::Unix(path) = bind {
-            let _ = std::fs::remove_file(path);
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log_warn!(
+                    "cannot remove the socket file {}: {e}{}",
+                    path.display(),
+                    match &options.user {
+                        Some(user) => format!(
+                            " (running as {user} now: put the socket in a directory {user} may \
+                             write, e.g. systemd's RuntimeDirectory=; the next start replaces it)"
+                        ),
+                        None => String::new(),
+                    }
+                ),
+            }
         }
+    }
+}
+
+/// The unix socket files this process bound, removed when it is dropped —
+/// on every way out of the process that bound them, a failed start included
+/// (forked workers and a re-executed master leave without dropping it).
+pub struct SocketFiles<'a>(pub &'a WorkerOptions);
+
+impl Drop for SocketFiles<'_> {
+    fn drop(&mut self) {
+        remove_socket_files(self.0);
     }
 }
 

@@ -188,6 +188,84 @@ fn absent_content_length_means_no_body() {
     assert_eq!(json(&out)["len"].to_string(), "0");
 }
 
+/// Apache mod_cgi/mod_cgid with a chunked request: no CONTENT_LENGTH, the
+/// decoded body on stdin. It is read whole (in memory, or spilled to a
+/// temporary file past 1 MiB) and the app gets it with its CONTENT_LENGTH.
+#[test]
+fn a_chunked_body_without_content_length_reaches_the_app() {
+    for size in [5usize, 3 * 1024 * 1024] {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        let out = Cgi::get("/echo")
+            .method("POST")
+            .env("CONTENT_TYPE", "application/octet-stream")
+            .env("HTTP_TRANSFER_ENCODING", "chunked")
+            .stdin(&body)
+            .app(gateway())
+            .run();
+        assert_eq!(out.status, 200, "{size}: {}", out.stderr);
+        assert!(out.body == body, "{size}: the body changed on its way");
+    }
+    // The app sees the measured length, and no Transfer-Encoding.
+    let out = Cgi::get("/environ")
+        .method("POST")
+        .env("HTTP_TRANSFER_ENCODING", "chunked")
+        .stdin(b"0123456789")
+        .app(gateway())
+        .run();
+    let v = json(&out);
+    assert_eq!(v["CONTENT_LENGTH"].as_str(), Some("10"), "{v}");
+    assert!(v["HTTP_TRANSFER_ENCODING"].is_null(), "{v}");
+}
+
+/// `--max-body-size` (also `WSGI_MAX_BODY_SIZE`, script key
+/// `max-body-size`): a declared length over it, or a chunked body growing
+/// past it, is answered 413 (exit 8) before the app runs.
+#[test]
+fn max_body_size_refuses_large_bodies_with_413() {
+    let declared = Cgi::get("/read-all")
+        .method("POST")
+        .body("text/plain", &[b'x'; 2000])
+        .arg("--max-body-size")
+        .arg("1000")
+        .app(gateway())
+        .run();
+    assert_eq!(
+        (declared.status, declared.exit),
+        (413, 8),
+        "{}",
+        declared.stderr
+    );
+    assert!(
+        declared
+            .stderr
+            .contains("over --max-body-size (1000 bytes)"),
+        "{}",
+        declared.stderr
+    );
+    let chunked = Cgi::get("/read-all")
+        .method("POST")
+        .env("HTTP_TRANSFER_ENCODING", "chunked")
+        .env("WSGI_MAX_BODY_SIZE", "1000")
+        .stdin(&[b'x'; 2000])
+        .app(gateway())
+        .run();
+    assert_eq!(
+        (chunked.status, chunked.exit),
+        (413, 8),
+        "{}",
+        chunked.stderr
+    );
+    let within = Cgi::get("/read-all")
+        .method("POST")
+        .env("HTTP_TRANSFER_ENCODING", "chunked")
+        .env("WSGI_MAX_BODY_SIZE", "1000")
+        .stdin(&[b'x'; 1000])
+        .app(gateway())
+        .run();
+    assert_eq!(within.status, 200, "{}", within.stderr);
+    assert_eq!(json(&within)["len"].to_string(), "1000");
+}
+
 #[test]
 fn readline_readlines_and_iteration() {
     let out = Cgi::get("/lines")
@@ -380,6 +458,64 @@ fn import_failure_is_a_500_with_exit_4() {
     let out = Cgi::get("/").app("no_such_module_here:app").run();
     assert_clean_500(&out, 4);
     assert!(out.stderr.contains("ModuleNotFoundError"));
+}
+
+/// A factory with literal arguments (gunicorn's form, as pypiserver's docs
+/// write `pypiserver:app(root="/srv/pkgs")`): a `/` in them does not make the
+/// spec a file path.
+#[test]
+fn a_factory_with_literal_arguments() {
+    let out = Cgi::get("/")
+        .arg("--pythonpath")
+        .arg(support::root().join("tests/apps"))
+        .app(r#"factory:create_with("hi", path="/srv/x", times=2)"#)
+        .run();
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    assert_eq!(out.text(), "hi /srv/x\nhi /srv/x\n");
+    // Not literals: refused, saying so.
+    let out = Cgi::get("/")
+        .arg("--pythonpath")
+        .arg(support::root().join("tests/apps"))
+        .app("factory:create_with(open('/etc/passwd'))")
+        .run();
+    assert_clean_500(&out, 4);
+    assert!(
+        out.stderr.contains("must be Python literals"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Loading mistakes name their fix: a file whose callable is not called
+/// `application` gets "did you mean file.py:app"; an app file named like
+/// the package it imports is told to rename itself.
+#[test]
+fn load_errors_suggest_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaskish = dir.path().join("flaskapp.py");
+    std::fs::write(
+        &flaskish,
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'']\n",
+    )
+    .unwrap();
+    let out = Cgi::get("/").app(&flaskish).run();
+    assert_clean_500(&out, 4);
+    assert!(
+        out.stderr
+            .contains(&format!("did you mean {}:app?", flaskish.display())),
+        "{}",
+        out.stderr
+    );
+    let shadow = dir.path().join("json.py");
+    std::fs::write(&shadow, "import json.decoder\napplication = None\n").unwrap();
+    let out = Cgi::get("/").app(&shadow).run();
+    assert_clean_500(&out, 4);
+    assert!(
+        out.stderr
+            .contains("has the name of the module it imports (`json`)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

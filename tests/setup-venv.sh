@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Create (or reuse) the test virtualenv at target/test-venv with the Python that
 # wsgi-gateway is built against, and install tests/requirements.txt into it.
-# Prints the venv's path. Idempotent: reinstalls only when the requirements change.
+# Prints the venv's path. Idempotent: reinstalls only when the requirements or
+# the interpreter change.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYO3_PYTHON:-$(command -v pyenv >/dev/null && pyenv which python3 || command -v python3)}
 venv="$root/target/test-venv"
 stamp="$venv/.requirements.sha"
-want=$(sha256sum "$root/tests/requirements.txt" | cut -d' ' -f1)
+# (The interpreter is part of the stamp: another PYO3_PYTHON gets a new venv.)
+want=$( { cat "$root/tests/requirements.txt"; echo "$python"; "$python" -c 'import sys; print(sys.version)'; } \
+  | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   rm -rf "$venv"
   "$python" -m venv "$venv" >&2

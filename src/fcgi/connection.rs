@@ -317,6 +317,10 @@ impl Connection {
                 Event::Read(Err(e)) => {
                     return if self.live() {
                         Closed::PeerGone
+                    } else if e.kind() == std::io::ErrorKind::ConnectionReset {
+                        // An idle kept-alive connection reset by its peer
+                        // (HAProxy and h2o close idle ones that way): normal.
+                        Closed::Normal
                     } else {
                         Closed::Protocol(format!("read error: {e}"))
                     };

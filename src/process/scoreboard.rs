@@ -104,7 +104,8 @@ pub struct Slot {
 pub struct Board {
     /// Pool start (µs since the epoch).
     pub start_time: AtomicU64,
-    /// Connections accepted by all workers.
+    /// Requests accepted by all workers (PHP-FPM's `accepted conn`, which
+    /// counts requests: one per connection there).
     pub accepted: AtomicU64,
     /// Requests that crossed `--slow-request-log`.
     pub slow_requests: AtomicU64,

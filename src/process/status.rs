@@ -220,9 +220,11 @@ pub fn render(
     }
     if words.contains(&"openmetrics") {
         let mut body = String::new();
+        // (OpenMetrics: a counter's sample is named `<family>_total`.)
         let metric = |body: &mut String, name: &str, kind: &str, help: &str, value: String| {
+            let sample = if kind == "counter" { "_total" } else { "" };
             body.push_str(&format!(
-                "# HELP phpfpm_{name} {help}\n# TYPE phpfpm_{name} {kind}\nphpfpm_{name} {value}\n"
+                "# HELP phpfpm_{name} {help}\n# TYPE phpfpm_{name} {kind}\nphpfpm_{name}{sample} {value}\n"
             ));
         };
         metric(
@@ -235,7 +237,7 @@ pub fn render(
         metric(
             &mut body,
             "start_since",
-            "counter",
+            "gauge",
             "Seconds since the pool started.",
             since.to_string(),
         );
@@ -243,7 +245,7 @@ pub fn render(
             &mut body,
             "accepted_connections",
             "counter",
-            "Connections accepted.",
+            "Requests accepted (PHP-FPM's accepted conn).",
             board.accepted.load(Ordering::Relaxed).to_string(),
         );
         metric(
@@ -256,7 +258,7 @@ pub fn render(
         metric(
             &mut body,
             "max_listen_queue",
-            "counter",
+            "gauge",
             "Longest listen queue seen.",
             max_listen.to_string(),
         );
@@ -291,7 +293,7 @@ pub fn render(
         metric(
             &mut body,
             "max_active_processes",
-            "counter",
+            "gauge",
             "Most worker processes active at once.",
             max_active.to_string(),
         );
@@ -313,13 +315,13 @@ pub fn render(
             "# HELP phpfpm_recycles Workers recycled, by cause.\n# TYPE phpfpm_recycles counter\n",
         );
         for (cause, n) in &recycles {
-            body.push_str(&format!("phpfpm_recycles{{cause=\"{cause}\"}} {n}\n"));
+            body.push_str(&format!("phpfpm_recycles_total{{cause=\"{cause}\"}} {n}\n"));
         }
         if full {
             body.push_str("# HELP phpfpm_process_requests Requests served by a worker.\n# TYPE phpfpm_process_requests counter\n");
             for w in &list {
                 body.push_str(&format!(
-                    "phpfpm_process_requests{{pid=\"{}\"}} {}\n",
+                    "phpfpm_process_requests_total{{pid=\"{}\"}} {}\n",
                     w.pid, w.requests
                 ));
             }

@@ -387,6 +387,13 @@ pub(in crate::fcgi) fn own_answer(
     id: u16,
     meta: &MetaVariables,
 ) -> Option<Vec<u8>> {
+    // Every request's header passes here (inline or on the I/O thread):
+    // `accepted conn` counts requests, as PHP-FPM's does.
+    if let Some(board) = crate::process::scoreboard::board() {
+        board
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     // (A name given twice: its last value, as the environ has it.)
     let get = |key: &[u8]| {
         meta.iter()
