@@ -820,6 +820,83 @@ fn an_address_in_use_is_said_once() {
     assert_eq!(text.matches("Address already in use").count(), 1, "{text}");
 }
 
+/// A start that fails after binding (the app does not import: a single
+/// process, a master with --preload, a master whose workers fail) leaves no
+/// socket file behind.
+#[test]
+fn a_failed_start_leaves_no_socket_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [
+        &[][..],
+        &["--workers", "2", "--preload"][..],
+        &["--workers", "2"][..],
+    ] {
+        let socket = dir.path().join("app.sock");
+        let out = Command::new(wsgi_fcgi())
+            .arg("--app")
+            .arg(app("broken_import.py"))
+            .arg("--bind")
+            .arg(format!("unix:{}", socket.display()))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!socket.exists(), "{extra:?}: the socket file stayed");
+    }
+}
+
+/// Every descriptor of the master and of its workers beyond 0-2 is
+/// close-on-exec (listening sockets, pipes, epolls, eventfds): an app that
+/// runs a subprocess hands it none of them.
+#[test]
+fn every_descriptor_is_close_on_exec() {
+    let flags_of = |path: &Path| {
+        std::fs::read_to_string(path).ok().map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .unwrap_or(0)
+        })
+    };
+    // Descriptors this test inherited itself (from cargo or the shell) pass
+    // on to every child: not ours.
+    let inherited: Vec<u32> = std::fs::read_dir("/proc/self/fdinfo")
+        .unwrap()
+        .flatten()
+        .filter(|e| flags_of(&e.path()).is_some_and(|f| f & 0o2000000 == 0))
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    let r = master(2, "v1", &["--status-path", "/status"]);
+    assert!(served(&r, "/").is_ok());
+    let mut pids = workers_of(r.pid);
+    pids.push(r.pid);
+    for pid in pids {
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flatten()
+        {
+            let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+            if fd <= 2 || inherited.contains(&fd) {
+                continue;
+            }
+            let Some(flags) = flags_of(&entry.path()) else {
+                continue; // (closed meanwhile)
+            };
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default();
+            assert!(
+                flags & 0o2000000 != 0,
+                "process {pid} fd {fd} ({}) is not close-on-exec",
+                target.display()
+            );
+        }
+    }
+}
+
 /// The pipes a descriptor table holds (inodes), beyond fds 0-2.
 fn pipes_of(pid: u32) -> Vec<String> {
     let mut pipes = Vec::new();
