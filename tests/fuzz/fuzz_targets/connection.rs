@@ -68,6 +68,15 @@ fn wire(data: &[u8]) -> BytesMut {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // As in the binaries (Rust's runtime does it for them): a write to a
+    // peer that left is EPIPE, not a signal.
+    static IGNORE_SIGPIPE: std::sync::Once = std::sync::Once::new();
+    IGNORE_SIGPIPE.call_once(|| {
+        // SAFETY: setting a signal's disposition to "ignore" installs no handler.
+        let _ = unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
+        };
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
