@@ -196,7 +196,17 @@ pub async fn serve<T: Transport>(
         }
     }
     link.gone.store(true, Ordering::Release);
-    match &closed {
+    log_closed(&closed);
+    close_write_side(&link).await;
+    if closed == Closed::Normal {
+        linger(&mut stream).await;
+    }
+    closed
+}
+
+/// Why the connection ended, for the log (a normal close says nothing).
+fn log_closed(closed: &Closed) {
+    match closed {
         Closed::Protocol(fault) => log_error!("closing FastCGI connection: {fault}"),
         Closed::Timeout(why) => log_error!("closing FastCGI connection: {why}"),
         Closed::PeerGone => log_info!("web server closed the connection during a request"),
@@ -205,11 +215,6 @@ pub async fn serve<T: Transport>(
         }
         Closed::Normal => {}
     }
-    close_write_side(&link).await;
-    if closed == Closed::Normal {
-        linger(&mut stream).await;
-    }
-    closed
 }
 
 /// Shut our side down once no writer is in the middle of a response.
