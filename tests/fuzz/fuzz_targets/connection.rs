@@ -17,11 +17,16 @@ use wsgi_gateway::fcgi::connection::{Context, serve};
 use wsgi_gateway::fcgi::idle::IdleList;
 use wsgi_gateway::fcgi::job::{Dispatch, Job, Limits};
 
-struct Answer;
+/// Answers each request from its own thread (joined at the end of the
+/// input, so that no thread outlives it).
+#[derive(Default)]
+struct Answer {
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
 
 impl Dispatch for Answer {
     fn dispatch(&self, mut job: Job) -> Result<(), Box<Job>> {
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             use std::io::Read;
             let mut body = Vec::new();
             let _ = job.body.read_to_end(&mut body);
@@ -30,6 +35,7 @@ impl Dispatch for Answer {
                 ending.write(frames);
             }
         });
+        self.threads.lock().unwrap().push(thread);
         Ok(())
     }
 }
@@ -84,8 +90,9 @@ fuzz_target!(|data: &[u8]| {
     runtime.block_on(async {
         let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let answer = Arc::new(Answer::default());
         let context = Context {
-            dispatch: Arc::new(Answer),
+            dispatch: answer.clone(),
             limits: Arc::new(Limits {
                 max_params: 512,
                 max_conns: 4,
@@ -109,5 +116,10 @@ fuzz_target!(|data: &[u8]| {
         let ended = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
         assert!(ended.is_ok(), "the connection did not end");
         let _ = reader.await;
+        // Every request's thread is done once its connection is gone.
+        let threads = std::mem::take(&mut *answer.threads.lock().unwrap());
+        for thread in threads {
+            thread.join().unwrap();
+        }
     });
 });
