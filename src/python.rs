@@ -72,7 +72,10 @@ fn wrong_libpython() -> Option<(String, String)> {
     let loaded = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }
         .to_string_lossy()
         .into_owned();
-    if BUILD_PYTHON_FULL.is_empty() || loaded == BUILD_PYTHON_FULL {
+    // (Compared with runs of white space as one space: `sys.version` holds a
+    // newline before the compiler on some builds, which build.rs flattens.)
+    let flat = |v: &str| v.split_whitespace().collect::<Vec<_>>().join(" ");
+    if BUILD_PYTHON_FULL.is_empty() || flat(&loaded) == flat(BUILD_PYTHON_FULL) {
         return None;
     }
     // SAFETY: dladdr only reads the loader's tables; `info` is written by
