@@ -109,9 +109,9 @@ struct Serve {
     /// Connections open at once (advertised as FCGI_MAX_CONNS); at the limit the oldest idle one is closed for a new one
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_conns: usize,
-    /// Requests in flight on one connection (multiplexing; advertised as FCGI_MAX_REQS)
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
-    max_reqs: u32,
+    /// Requests in flight on one connection (multiplexing), default 64; advertised as FCGI_MAX_REQS when given, else the worker's app threads are (a multiplexing client such as HAProxy then opens more connections, which spread over the workers, instead of queueing requests on one)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_reqs: Option<u32>,
     /// Largest PARAMS (request headers and CGI variables) in bytes; more closes the connection
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     max_params_size: usize,
@@ -210,6 +210,9 @@ struct RequestArgs {
     data_file: Option<PathBuf>,
 }
 
+/// `--max-reqs` when not given.
+const DEFAULT_MAX_REQS: usize = 64;
+
 fn parse_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .map_err(|e| format!("not an octal mode: {e}"))
@@ -271,7 +274,10 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             max_params: args.max_params_size,
             max_body: args.max_body_size,
             max_conns: args.max_conns,
-            max_reqs: args.max_reqs as usize,
+            max_reqs: args.max_reqs.map_or(DEFAULT_MAX_REQS, |n| n as usize),
+            advertised_reqs: args
+                .max_reqs
+                .map_or(args.threads.max(1) as usize, |n| n as usize),
             pages: None,
             body_buffer_size: args.body_buffer_size,
             body_temp_dir: args.body_temp_dir,

@@ -58,6 +58,38 @@ fn get_values_answers_known_names_exactly() {
     );
 }
 
+/// Without `--max-reqs`, FCGI_MAX_REQS advertises the app threads (HAProxy
+/// with `mpxs-conns` and `get-values` then opens a connection per thread's
+/// worth of requests, and those spread over the workers, instead of queueing
+/// everything on one connection's worker: Flask 0.82x -> 1.13-1.29x uWSGI);
+/// more requests than that on one connection are still served (64 allowed).
+#[test]
+fn max_reqs_advertises_the_app_threads_unless_given() {
+    let r = Responder::fixtures(&["--threads", "3"]);
+    let mut c = r.connect();
+    c.get_values(&["FCGI_MAX_REQS"]).unwrap();
+    assert_eq!(
+        decode_pairs(&c.read_record().content),
+        [("FCGI_MAX_REQS".into(), "3".into())]
+    );
+    for id in 1..=5u16 {
+        c.send_request(id, &Req::get("/sleep?s=0.2").keep_conn())
+            .unwrap();
+    }
+    // (Answers come in any order.)
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < 5 {
+        match c.next(Duration::from_secs(10)) {
+            Next::Record(r) if r.kind == END_REQUEST => {
+                assert_eq!(r.content[4], REQUEST_COMPLETE, "request {} refused", r.id);
+                ended.insert(r.id);
+            }
+            Next::Record(_) => {}
+            other => panic!("after {ended:?}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn unknown_management_type_gets_unknown_type_with_the_type_byte() {
     let r = Responder::fixtures(&[]);

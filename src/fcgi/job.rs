@@ -55,8 +55,11 @@ pub struct Limits {
     pub max_body: Option<u64>,
     /// `FCGI_MAX_CONNS` as advertised.
     pub max_conns: usize,
-    /// `FCGI_MAX_REQS` as advertised: requests one connection may carry at once.
+    /// Requests one connection may carry at once (more: FCGI_OVERLOADED).
     pub max_reqs: usize,
+    /// What GET_VALUES answers for FCGI_MAX_REQS: `--max-reqs` when given,
+    /// else the worker's app threads (more run no sooner: they queue).
+    pub advertised_reqs: usize,
     /// Status and ping pages.
     pub pages: Option<PageHook>,
     /// Request bodies up to this size are held in memory before the app
@@ -82,6 +85,7 @@ impl Default for Limits {
             max_body: None,
             max_conns: 1024,
             max_reqs: 1024,
+            advertised_reqs: 1024,
             pages: None,
             body_buffer_size: 1024 * 1024,
             body_temp_dir: None,

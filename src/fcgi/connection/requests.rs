@@ -364,7 +364,7 @@ impl Connection {
             for (name, _) in asked {
                 let value = match name.as_slice() {
                     b"FCGI_MAX_CONNS" => limits.max_conns.to_string(),
-                    b"FCGI_MAX_REQS" => limits.max_reqs.to_string(),
+                    b"FCGI_MAX_REQS" => limits.advertised_reqs.to_string(),
                     b"FCGI_MPXS_CONNS" => "1".to_string(),
                     _ => continue, // unknown names are omitted (§4.1)
                 };
