@@ -275,9 +275,7 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             max_body: args.max_body_size,
             max_conns: args.max_conns,
             max_reqs: args.max_reqs.map_or(DEFAULT_MAX_REQS, |n| n as usize),
-            advertised_reqs: args
-                .max_reqs
-                .map_or(args.threads.max(1) as usize, |n| n as usize),
+            advertised_reqs: args.max_reqs.map_or(args.threads.max(1), |n| n as usize),
             pages: None,
             body_buffer_size: args.body_buffer_size,
             body_temp_dir: args.body_temp_dir,
