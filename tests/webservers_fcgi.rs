@@ -400,6 +400,7 @@ cases! {
     nginx_tcp => nginx_site(Listen::Tcp, false);
     nginx_django => run_nginx_django();
     nginx_hgweb_clone => nginx_hgweb();
+    nginx_pip_uploads_to_and_installs_from_pypiserver => nginx_pypiserver();
     apache_proxy_fcgi_unix_socket => apache_proxy(Listen::Unix);
     apache_proxy_fcgi_tcp => apache_proxy(Listen::Tcp);
     apache_fcgid => run_apache_fcgid();
@@ -773,6 +774,107 @@ fn nginx_hgweb() -> Option<()> {
     assert_eq!(hg(&["-R", c, "log", "-T", "{desc}"]), DESC);
     let readme = std::fs::read_to_string(clone.join("README")).unwrap();
     assert_eq!(readme, "served by wsgi-fcgi\n");
+    Some(())
+}
+
+/// pip and pypiserver behind Debian's stock nginx snippet, no workaround:
+/// pypiserver's app built by its factory with arguments (`--app
+/// 'pypiserver:app(roots=[...], ...)'`, as its docs write it for gunicorn); a
+/// wheel uploaded with a chunked request body (nginx de-chunks it, sets
+/// CONTENT_LENGTH and still passes `Transfer-Encoding: chunked`: bottle then
+/// de-chunked again and answered 400); then `pip download` through the index.
+fn nginx_pypiserver() -> Option<()> {
+    let app = App::file("hello.py")?;
+    let python = app.venv.join("bin/python");
+    let has = Command::new(&python)
+        .args(["-c", "import pypiserver"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        support::skip("no pypiserver in the test virtualenv: rerun tests/setup-venv.sh");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (packages, out) = (tmp.path().join("packages"), tmp.path().join("out"));
+    std::fs::create_dir_all(&packages).unwrap();
+    let wheel = tmp.path().join("demo_pkg-1.0-py3-none-any.whl");
+    let built = Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import sys, zipfile\n\
+             with zipfile.ZipFile(sys.argv[1], 'w') as z:\n\
+             \x20   z.writestr('demo_pkg/__init__.py', 'VALUE = 42\\n')\n\
+             \x20   z.writestr('demo_pkg-1.0.dist-info/METADATA', 'Metadata-Version: 2.1\\nName: demo-pkg\\nVersion: 1.0\\n')\n\
+             \x20   z.writestr('demo_pkg-1.0.dist-info/WHEEL', 'Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\n\
+             \x20   z.writestr('demo_pkg-1.0.dist-info/RECORD', '')\n",
+        )
+        .arg(&wheel)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let spec = format!(
+        "pypiserver:app(roots=[{:?}], authenticate=[], password_file='.')",
+        packages.display().to_string()
+    );
+    let pypi = App { spec, ..app };
+    let responder = responder(&pypi, Listen::Unix);
+    let web = nginx(&responder.address(), "/pypi")?;
+    // The upload, chunked, as twine's streaming uploads may send it.
+    let content = std::fs::read(&wheel).unwrap();
+    let (content_type, body) = http::multipart(
+        &[
+            (":action", "file_upload"),
+            ("name", "demo-pkg"),
+            ("version", "1.0"),
+        ],
+        ("content", "demo_pkg-1.0-py3-none-any.whl", &content),
+    );
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let status_line = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", web.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let head = format!(
+            "POST /pypi/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&chunked).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        text.lines().next().unwrap_or_default().to_string()
+    };
+    assert!(
+        status_line.starts_with("HTTP/1.1 200"),
+        "upload: {status_line}\n{}\n{}",
+        web.log(),
+        responder.proc.log()
+    );
+    assert!(packages.join("demo_pkg-1.0-py3-none-any.whl").is_file());
+    let index = format!("http://127.0.0.1:{}/pypi/simple/", web.port);
+    let pip = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--no-cache-dir"])
+        .args([
+            "--disable-pip-version-check",
+            "--index-url",
+            &index,
+            "demo-pkg==1.0",
+            "-d",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        pip.status.success(),
+        "pip download: {}{}",
+        String::from_utf8_lossy(&pip.stdout),
+        String::from_utf8_lossy(&pip.stderr)
+    );
+    assert!(out.join("demo_pkg-1.0-py3-none-any.whl").is_file());
     Some(())
 }
 
