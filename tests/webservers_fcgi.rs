@@ -400,7 +400,8 @@ cases! {
     nginx_tcp => nginx_site(Listen::Tcp, false);
     nginx_django => run_nginx_django();
     nginx_hgweb_clone => nginx_hgweb();
-    nginx_pip_uploads_to_and_installs_from_pypiserver => nginx_pypiserver();
+    nginx_pip_uploads_to_and_installs_from_pypiserver => pypiserver(false);
+    apache_pip_uploads_to_and_installs_from_pypiserver => pypiserver(true);
     apache_proxy_fcgi_unix_socket => apache_proxy(Listen::Unix);
     apache_proxy_fcgi_tcp => apache_proxy(Listen::Tcp);
     apache_fcgid => run_apache_fcgid();
@@ -777,13 +778,14 @@ fn nginx_hgweb() -> Option<()> {
     Some(())
 }
 
-/// pip and pypiserver behind Debian's stock nginx snippet, no workaround:
+/// pip and pypiserver behind Debian's stock nginx (or Apache mod_proxy_fcgi)
+/// and our snippet, no workaround:
 /// pypiserver's app built by its factory with arguments (`--app
 /// 'pypiserver:app(roots=[...], ...)'`, as its docs write it for gunicorn); a
 /// wheel uploaded with a chunked request body (nginx de-chunks it, sets
 /// CONTENT_LENGTH and still passes `Transfer-Encoding: chunked`: bottle then
 /// de-chunked again and answered 400); then `pip download` through the index.
-fn nginx_pypiserver() -> Option<()> {
+fn pypiserver(behind_apache: bool) -> Option<()> {
     let app = App::file("hello.py")?;
     let python = app.venv.join("bin/python");
     let has = Command::new(&python)
@@ -818,7 +820,12 @@ fn nginx_pypiserver() -> Option<()> {
     );
     let pypi = App { spec, ..app };
     let responder = responder(&pypi, Listen::Unix);
-    let web = nginx(&responder.address(), "/pypi")?;
+    let (web, prefix) = if behind_apache {
+        let backend = format!("unix:{}|fcgi://localhost", responder.socket().display());
+        (apache(Apache::Proxy(backend))?, MOUNT)
+    } else {
+        (nginx(&responder.address(), "/pypi")?, "/pypi")
+    };
     // The upload, chunked, as twine's streaming uploads may send it.
     let content = std::fs::read(&wheel).unwrap();
     let (content_type, body) = http::multipart(
@@ -838,7 +845,7 @@ fn nginx_pypiserver() -> Option<()> {
         s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
             .unwrap();
         let head = format!(
-            "POST /pypi/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+            "POST {prefix}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
              Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
         s.write_all(head.as_bytes()).unwrap();
@@ -855,7 +862,7 @@ fn nginx_pypiserver() -> Option<()> {
         responder.proc.log()
     );
     assert!(packages.join("demo_pkg-1.0-py3-none-any.whl").is_file());
-    let index = format!("http://127.0.0.1:{}/pypi/simple/", web.port);
+    let index = format!("http://127.0.0.1:{}{prefix}/simple/", web.port);
     let pip = Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--no-cache-dir"])
         .args([
