@@ -190,7 +190,7 @@ pub fn run(
 
 /// After the grace period ran out, how long the exit hooks may wait for
 /// the GIL (a thread stuck in C code may hold it for good).
-const EXIT_HOOKS_WAIT: Duration = Duration::from_secs(1);
+const EXIT_HOOKS_WAIT: Duration = Duration::from_millis(250);
 
 /// Run the exit hooks (atexit) if the GIL frees up within `wait`;
 /// otherwise the process exits without them, saying so.
@@ -554,7 +554,8 @@ pub fn remove_socket_files(options: &WorkerOptions) {
                     match &options.user {
                         Some(user) => format!(
                             " (running as {user} now: put the socket in a directory {user} may \
-                             write, e.g. systemd's RuntimeDirectory=; the next start replaces it)"
+                             write, e.g. systemd's RuntimeDirectory=, or run with --workers, whose \
+                             master keeps the privileges to remove it; the next start replaces it)"
                         ),
                         None => String::new(),
                     }
