@@ -402,6 +402,7 @@ cases! {
     nginx_hgweb_clone => nginx_hgweb();
     nginx_pip_uploads_to_and_installs_from_pypiserver => pypiserver(false);
     apache_pip_uploads_to_and_installs_from_pypiserver => pypiserver(true);
+    nginx_trac_creates_a_ticket => nginx_trac();
     apache_proxy_fcgi_unix_socket => apache_proxy(Listen::Unix);
     apache_proxy_fcgi_tcp => apache_proxy(Listen::Tcp);
     apache_fcgid => run_apache_fcgid();
@@ -882,6 +883,87 @@ fn pypiserver(behind_apache: bool) -> Option<()> {
         String::from_utf8_lossy(&pip.stderr)
     );
     assert!(out.join("demo_pkg-1.0-py3-none-any.whl").is_file());
+    Some(())
+}
+
+/// Trac behind Debian's stock nginx and our snippet, as its WSGI docs set
+/// it up: the new-ticket form (its token in a cookie and a hidden field),
+/// the POST that creates the ticket and its redirect, the ticket page.
+fn nginx_trac() -> Option<()> {
+    let mut app = App::file("trac_app.py")?;
+    let admin = app.venv.join("bin/trac-admin");
+    if !admin.is_file() {
+        support::skip("no trac-admin in the test virtualenv: rerun tests/setup-venv.sh (trac)");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let env = tmp.path().join("env");
+    let admin = |args: &[&str]| {
+        let out = Command::new(&admin).arg(&env).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "trac-admin {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    admin(&["initenv", "Served", "sqlite:db/trac.db"]);
+    admin(&[
+        "permission",
+        "add",
+        "anonymous",
+        "TICKET_CREATE",
+        "TICKET_MODIFY",
+    ]);
+    app.env.push(("TRAC_ENV", env.display().to_string()));
+    let responder = responder(&app, Listen::Unix);
+    let web = nginx(&responder.address(), "/trac")?;
+    let form = web.get("/trac/newticket");
+    assert_eq!(
+        form.status,
+        200,
+        "{}\n{}",
+        form.text(),
+        responder.proc.log()
+    );
+    let cookie = form
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .find_map(|(_, v)| v.strip_prefix("trac_form_token="))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no form token cookie: {:?}", form.headers))
+        .to_string();
+    let body = format!(
+        "__FORM_TOKEN={cookie}&field_summary=Served+by+wsgi-fcgi&field_type=defect\
+         &field_description=Created+through+nginx&field_reporter=anonymous&submit=Create+ticket"
+    );
+    let cookie_header = format!("trac_form_token={cookie}");
+    let created = web.request(
+        "POST",
+        "/trac/newticket",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", cookie_header.as_str()),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        created.status,
+        303,
+        "{}\n{}",
+        created.text(),
+        responder.proc.log()
+    );
+    let location = created.header("Location").unwrap_or_default().to_string();
+    assert!(location.ends_with("/trac/ticket/1"), "{location}");
+    let ticket = web.get("/trac/ticket/1");
+    assert_eq!(ticket.status, 200);
+    assert!(
+        ticket.text().contains("Served by wsgi-fcgi"),
+        "{}",
+        ticket.text()
+    );
     Some(())
 }
 
