@@ -39,6 +39,7 @@ fn limits() -> Limits {
         max_params: 4096,
         max_conns: 7,
         max_reqs: 7,
+        advertised_reqs: 7,
         ..Limits::default()
     }
 }
