@@ -568,7 +568,8 @@ fn user_and_group_drop_privileges_after_binding() {
         cmd.args(["--user", "nobody", "--group", "nogroup", "--bind"])
             .arg(addr.arg())
             .env("RELOADABLE_VERSION", &version);
-        let r = Responder::spawn(cmd, addr, dir);
+        let socket = dir.path().join("fcgi.sock");
+        let mut r = Responder::spawn(cmd, addr, dir);
         let (_, served_by) = served(&r, "/").unwrap_or_else(|e| panic!("{e}: {}", r.log()));
         assert_eq!(
             uid_of(served_by),
@@ -582,6 +583,25 @@ fn user_and_group_drop_privileges_after_binding() {
             assert_eq!(served_by, r.pid);
         }
         assert!(!r.log().contains("runs as root"), "{}", r.log());
+        // After TERM the socket file goes: removed by the master (root); a
+        // single process, nobody now, cannot in this root-owned directory and
+        // says where to put the socket instead.
+        r.signal("TERM");
+        assert!(
+            r.wait_exit(Duration::from_secs(20)).is_some(),
+            "{}",
+            r.log()
+        );
+        if workers.is_some() {
+            assert!(!socket.exists(), "the master left the socket file");
+        } else {
+            assert!(
+                r.log().contains("cannot remove the socket file")
+                    && r.log().contains("RuntimeDirectory="),
+                "{}",
+                r.log()
+            );
+        }
     }
     // A user that does not exist: the worker cannot boot, the master stops.
     let dir = tempfile::tempdir().unwrap();
