@@ -56,7 +56,9 @@ pub struct Listening {
     stop: EventFd,
     /// Set once the worker stops accepting.
     stopped: std::sync::atomic::AtomicBool,
-    /// Requests being served inline right now (a stop waits for them).
+    /// Connections an app thread is accepting or serving right now,
+    /// counted from before `accept4` (a stop waits for them: see
+    /// [`Waiter::accept`]).
     pub inflight: AtomicUsize,
     /// Other processes accept on the same sockets (`--workers`, or sockets
     /// inherited from a spawner that runs several of us).
@@ -104,14 +106,15 @@ impl Listening {
     /// the parked connections go to the I/O thread (which closes each once
     /// idle).
     pub fn stop_accepting(&self) {
-        self.stopped.store(true, Ordering::Release);
+        // (SeqCst, with `inflight`: see `Waiter::accept`.)
+        self.stopped.store(true, Ordering::SeqCst);
         let _ = self.stop.write(1);
         self.kept.stop();
     }
 
     /// Requests being served inline.
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Acquire)
+        self.inflight.load(Ordering::SeqCst)
     }
 }
 
@@ -379,8 +382,12 @@ impl Waiter {
             self.reap_lingering();
             if let Some(job) = self.me.take() {
                 if let Some(conn) = accepted {
-                    // Both at once: the job now, the connection to the I/O thread.
+                    // Both at once: the job now, the connection to the I/O
+                    // thread (sent before it is counted off).
                     self.hand_off(conn);
+                    if let Some(listening) = &self.listening {
+                        listening.inflight.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
                 return Woken::Job(job);
             }
@@ -395,9 +402,13 @@ impl Waiter {
         }
     }
 
-    /// A kept connection with a request (or a close) waiting.
+    /// A kept connection with a request (or a close) waiting (counted in
+    /// `inflight` as an accepted one is).
     fn kept(&self) -> Option<Accepted> {
-        self.listening.as_ref()?.kept.take()
+        let listening = self.listening.as_ref()?;
+        let conn = listening.kept.take()?;
+        listening.inflight.fetch_add(1, Ordering::SeqCst);
+        Some(conn)
     }
 
     /// A half-closed connection whose peer has not closed yet: read (and
@@ -493,9 +504,23 @@ impl Waiter {
 
     /// Accept one connection on listening socket `index` (another thread
     /// may have taken it: then `None`).
+    ///
+    /// The connection counts in `inflight` from before `accept4` (the thread
+    /// that serves it counts it off): a stopping worker, which sets
+    /// `stopped` and then waits for `inflight` to reach zero, either sees it
+    /// here or this thread sees `stopped` and does not accept — no
+    /// connection is taken from the backlog and then dropped by the exit.
     fn accept(&self, index: usize) -> Option<Accepted> {
         let listening = self.listening.as_ref()?;
         let (socket, unix) = listening.sockets.get(index)?;
+        listening.inflight.fetch_add(1, Ordering::SeqCst);
+        let not_taken = || {
+            listening.inflight.fetch_sub(1, Ordering::SeqCst);
+            None
+        };
+        if listening.stopped.load(Ordering::SeqCst) {
+            return not_taken();
+        }
         let flags =
             nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
         let fd = match nix::sys::socket::accept4(socket.as_raw_fd(), flags) {
@@ -505,18 +530,18 @@ impl Waiter {
                 | nix::errno::Errno::EINTR
                 | nix::errno::Errno::ECONNABORTED,
             ) => {
-                return None;
+                return not_taken();
             }
             Err(e) => {
                 log_error!("accept failed: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(10));
-                return None;
+                return not_taken();
             }
         };
         // SAFETY: accept4 returned a fresh descriptor that we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         if !*unix && !peer_allowed(&fd, listening.allowed_peers.as_deref()) {
-            return None;
+            return not_taken();
         }
         Some(Accepted::new(fd, *unix))
     }

@@ -286,7 +286,7 @@ fn serve_inline(
     let Some(listening) = waiter.listening().cloned() else {
         return;
     };
-    listening.inflight.fetch_add(1, Ordering::AcqRel);
+    // (Counted in `inflight` since it was accepted or taken: parking.rs.)
     let limits = &listening.limits;
     let kept = &listening.kept;
     let mut conn = conn;
@@ -352,7 +352,7 @@ fn serve_inline(
     if let Some(socket) = to_close.and_then(inline::close) {
         waiter.linger(socket);
     }
-    listening.inflight.fetch_sub(1, Ordering::AcqRel);
+    listening.inflight.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// What an app thread keeps from job to job.
