@@ -311,6 +311,22 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         .ok()
         .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default();
+    let mut options = options;
+    if options.workers == 0
+        && options.user.is_some()
+        && nix::unistd::geteuid().is_root()
+        && options.binds.iter().any(|b| matches!(b, Bind::Unix(_)))
+    {
+        // A process that dropped its privileges cannot remove a socket file
+        // from a root-owned directory at the end: a master (which stays
+        // root, and tells systemd READY=1 itself) with one worker can.
+        wsgi_gateway::log_info!(
+            "--user with a unix socket file: running a master with one worker, which keeps \
+             the privileges to remove the socket file when it stops"
+        );
+        options.workers = 1;
+    }
+    let options = options;
     let listeners = worker::listeners(&options)?;
     // From here on, whatever happens, the socket files go with this process.
     let _socket_files = worker::SocketFiles(&options);
