@@ -402,7 +402,8 @@ cases! {
     nginx_hgweb_clone => nginx_hgweb();
     nginx_pip_uploads_to_and_installs_from_pypiserver => pypiserver(false);
     apache_pip_uploads_to_and_installs_from_pypiserver => pypiserver(true);
-    nginx_trac_creates_a_ticket => nginx_trac();
+    nginx_trac_creates_a_ticket => trac(false);
+    apache_trac_creates_a_ticket => trac(true);
     apache_proxy_fcgi_unix_socket => apache_proxy(Listen::Unix);
     apache_proxy_fcgi_tcp => apache_proxy(Listen::Tcp);
     apache_fcgid => run_apache_fcgid();
@@ -886,10 +887,10 @@ fn pypiserver(behind_apache: bool) -> Option<()> {
     Some(())
 }
 
-/// Trac behind Debian's stock nginx and our snippet, as its WSGI docs set
-/// it up: the new-ticket form (its token in a cookie and a hidden field),
+/// Trac behind Debian's stock nginx (or Apache mod_proxy_fcgi) and our
+/// snippet, as its WSGI docs set it up: the new-ticket form (its token in a cookie and a hidden field),
 /// the POST that creates the ticket and its redirect, the ticket page.
-fn nginx_trac() -> Option<()> {
+fn trac(behind_apache: bool) -> Option<()> {
     let mut app = App::file("trac_app.py")?;
     let admin = app.venv.join("bin/trac-admin");
     if !admin.is_file() {
@@ -917,8 +918,13 @@ fn nginx_trac() -> Option<()> {
     ]);
     app.env.push(("TRAC_ENV", env.display().to_string()));
     let responder = responder(&app, Listen::Unix);
-    let web = nginx(&responder.address(), "/trac")?;
-    let form = web.get("/trac/newticket");
+    let (web, prefix) = if behind_apache {
+        let backend = format!("unix:{}|fcgi://localhost", responder.socket().display());
+        (apache(Apache::Proxy(backend))?, MOUNT)
+    } else {
+        (nginx(&responder.address(), "/trac")?, "/trac")
+    };
+    let form = web.get(&format!("{prefix}/newticket"));
     assert_eq!(
         form.status,
         200,
@@ -941,7 +947,7 @@ fn nginx_trac() -> Option<()> {
     let cookie_header = format!("trac_form_token={cookie}");
     let created = web.request(
         "POST",
-        "/trac/newticket",
+        &format!("{prefix}/newticket"),
         &[
             ("Content-Type", "application/x-www-form-urlencoded"),
             ("Cookie", cookie_header.as_str()),
@@ -956,8 +962,11 @@ fn nginx_trac() -> Option<()> {
         responder.proc.log()
     );
     let location = created.header("Location").unwrap_or_default().to_string();
-    assert!(location.ends_with("/trac/ticket/1"), "{location}");
-    let ticket = web.get("/trac/ticket/1");
+    assert!(
+        location.ends_with(&format!("{prefix}/ticket/1")),
+        "{location}"
+    );
+    let ticket = web.get(&format!("{prefix}/ticket/1"));
     assert_eq!(ticket.status, 200);
     assert!(
         ticket.text().contains("Served by wsgi-fcgi"),
