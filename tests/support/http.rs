@@ -126,6 +126,32 @@ pub fn request(
     parse_response(&raw, method == "HEAD")
 }
 
+/// POST `body` to 127.0.0.1:`port` with `Transfer-Encoding: chunked` (in
+/// chunks of `chunk` bytes) and no Content-Length.
+pub fn post_chunked(
+    port: u16,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    chunk: usize,
+) -> Response {
+    let (mut stream, mut head) = open_request(port, "POST", target, headers);
+    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    let mut wire = head.into_bytes();
+    for piece in body.chunks(chunk.max(1)) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&wire).expect("send the chunked request");
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read response to POST {target}: {e}"));
+    parse_response(&raw, false)
+}
+
 /// GET `target` from 127.0.0.1:`port`.
 pub fn get(port: u16, target: &str) -> Response {
     request(port, "GET", target, &[], b"")
