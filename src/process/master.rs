@@ -587,6 +587,8 @@ impl Master<'_> {
                 if now >= at {
                     let _ = kill(worker.pid, Signal::SIGKILL);
                     worker.kill_at = None;
+                    // (Killed: nothing more to ask of it until it is reaped.)
+                    worker.stopping_since = None;
                 }
                 continue;
             }
@@ -746,6 +748,7 @@ fn dump_then_kill(worker: &mut Worker, now: Instant) {
             worker.pid
         );
         let _ = kill(worker.pid, Signal::SIGKILL);
+        worker.stopping_since = None;
         return;
     }
     log_warn!(
