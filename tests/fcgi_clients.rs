@@ -389,6 +389,31 @@ fn a_request_right_after_end_request_is_not_taken_for_multiplexing() {
     );
 }
 
+/// An idle kept-alive connection reset by its peer (HAProxy and h2o close
+/// idle ones that way) is a normal close: no error, and not "closed during a
+/// request" (its last request had ended) — parked for the app threads, and
+/// on the I/O thread (`--kept-on-io-thread`).
+#[test]
+fn an_idle_connection_reset_by_its_peer_is_a_normal_close() {
+    for extra in [&[][..], &["--kept-on-io-thread"][..]] {
+        let app = fcgi::app("fcgi_fixtures.py");
+        let mut args = vec!["--app", app.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let r = Responder::start_tcp(&args, &[]);
+        let mut c = r.connect();
+        assert_eq!(c.request(1, &Req::get("/empty").keep_conn()).status(), 204);
+        std::thread::sleep(Duration::from_millis(100));
+        c.reset();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(r.connect().request(1, &Req::get("/empty")).status(), 204);
+        let log = r.log();
+        assert!(
+            !log.contains("error") && !log.contains("during a request"),
+            "{extra:?}: {log}"
+        );
+    }
+}
+
 /// A graceful stop closes the parked kept connections at once (idle: the
 /// web server drops them from its pool) and exits.
 #[test]

@@ -320,6 +320,8 @@ impl Connection {
                 }
                 Event::Read(Ok(_)) => self.last_read = Instant::now(),
                 Event::Read(Err(e)) => {
+                    // (Ends that went out just before the peer reset it.)
+                    self.reap();
                     return if self.live() {
                         Closed::PeerGone
                     } else if e.kind() == std::io::ErrorKind::ConnectionReset {

@@ -465,6 +465,12 @@ impl Conn {
         }
     }
     /// Half-close: the server reads EOF.
+    /// Close with a reset (TCP: SO_LINGER 0), as HAProxy and h2o close idle
+    /// connections.
+    pub fn reset(self) {
+        let _ = self.sock.set_linger(Some(Duration::ZERO));
+        drop(self);
+    }
     pub fn shutdown_write(&mut self) {
         let _ = self.sock.shutdown(Shutdown::Write);
     }
