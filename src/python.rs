@@ -225,6 +225,25 @@ pub fn dump_stacks_on_signal(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
+/// Run `f` with the GIL if it can be had within `wait`: on a helper thread
+/// named `name`, so that a GIL held for good (a thread stuck in C code) does
+/// not hold the caller too. `None`: not in time (the helper stays blocked
+/// until the GIL frees up, then runs `f` and ends).
+pub fn attach_within<T: Send + 'static>(
+    name: &str,
+    wait: std::time::Duration,
+    f: impl FnOnce(Python<'_>) -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(Python::attach(f));
+        })
+        .ok()?;
+    rx.recv_timeout(wait).ok()
+}
+
 /// What `Py_FinalizeEx` would have done that matters: run `atexit` handlers
 /// and flush Python's standard streams. Finalization itself is skipped
 /// (it costs milliseconds per CGI request and some extensions crash in it).

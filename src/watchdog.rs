@@ -101,14 +101,17 @@ pub(crate) fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn(
                 replacement_asked = true;
                 on_timeout();
             }
-            let stack = match stack_within(thread, STACK_WAIT) {
-                Some(stack) => format!("Python stack, most recent call last:\n{stack}"),
-                None => format!(
-                    "no Python stack: the GIL was not released within {:.0} s (a thread stuck \
+            let stack =
+                match crate::python::attach_within("wsgi-watchdog-stack", STACK_WAIT, move |py| {
+                    python_stack(py, thread)
+                }) {
+                    Some(stack) => format!("Python stack, most recent call last:\n{stack}"),
+                    None => format!(
+                        "no Python stack: the GIL was not released within {:.0} s (a thread stuck \
                      in C code holding it?); faulthandler's stacks of every thread follow",
-                    STACK_WAIT.as_secs_f64()
-                ),
-            };
+                        STACK_WAIT.as_secs_f64()
+                    ),
+                };
             if timed_out {
                 log_error!(
                     "request timed out after {:.1} s: {what} (thread {name}); answered 504 unless its \
@@ -135,19 +138,6 @@ pub(crate) fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn(
 
 /// How long the watchdog waits for the GIL to format a stack.
 const STACK_WAIT: Duration = Duration::from_secs(1);
-
-/// [`python_stack`], if the GIL can be had within `wait`. (Otherwise the
-/// helper thread stays blocked until the GIL frees up, then returns.)
-fn stack_within(thread: u64, wait: Duration) -> Option<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("wsgi-watchdog-stack".into())
-        .spawn(move || {
-            let _ = tx.send(Python::attach(|py| python_stack(py, thread)));
-        })
-        .ok()?;
-    rx.recv_timeout(wait).ok()
-}
 
 /// The Python stack of the thread with this ident, formatted.
 fn python_stack(py: Python<'_>, thread: u64) -> String {

@@ -195,14 +195,7 @@ const EXIT_HOOKS_WAIT: Duration = Duration::from_millis(250);
 /// Run the exit hooks (atexit) if the GIL frees up within `wait`;
 /// otherwise the process exits without them, saying so.
 fn exit_hooks_within(wait: Duration) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("wsgi-exit-hooks".into())
-        .spawn(move || {
-            Python::attach(python::run_exit_hooks);
-            let _ = tx.send(());
-        });
-    if spawned.is_err() || rx.recv_timeout(wait).is_err() {
+    if python::attach_within("wsgi-exit-hooks", wait, python::run_exit_hooks).is_none() {
         log_warn!(
             "exiting without the exit hooks (atexit): an app thread still holds the GIL \
              after the graceful timeout (stuck in C code?)"
