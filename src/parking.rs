@@ -474,24 +474,25 @@ impl Waiter {
     /// Accept a connection if one is waiting, paused or not (never waits).
     fn look_for_waiting(&mut self) -> Option<Accepted> {
         self.looked = std::time::Instant::now();
-        let listening = self.listening.as_ref()?;
-        if !self.accepting || listening.stopped.load(Ordering::Acquire) {
-            return None;
-        }
-        let count = listening.sockets.len();
-        (0..count).find_map(|index| self.accept(index))
+        self.accept_any()
     }
 
-    /// Accept a connection if one is waiting (never waits).
+    /// Accept a connection if one is waiting and this thread is not paused
+    /// (never waits).
     pub fn try_accept(&self) -> Option<Accepted> {
-        let listening = self.listening.as_ref()?;
-        if !self.accepting
-            || self.paused_until.is_some()
-            || listening.stopped.load(Ordering::Acquire)
-        {
+        if self.paused_until.is_some() {
             return None;
         }
-        let count = listening.sockets.len();
+        self.accept_any()
+    }
+
+    /// A connection from any of the listening sockets, if one waits (the
+    /// stop is checked by [`Waiter::accept`]).
+    fn accept_any(&self) -> Option<Accepted> {
+        let count = self.listening.as_ref()?.sockets.len();
+        if !self.accepting {
+            return None;
+        }
         (0..count).find_map(|index| self.accept(index))
     }
 
