@@ -126,6 +126,20 @@ struct Worker {
     rss: Option<u64>,
 }
 
+impl Worker {
+    /// Tell it to stop with `signal` (TERM: finish your requests).
+    fn stop(&mut self, signal: Signal) {
+        let _ = kill(self.pid, signal);
+        self.mark_stopping();
+    }
+
+    /// It is stopping from now on (SIGKILL after the graceful timeout).
+    fn mark_stopping(&mut self) {
+        self.state = State::Stopping;
+        self.stopping_since = Some(Instant::now());
+    }
+}
+
 struct Stop {
     deadline: Instant,
     killed: bool,
@@ -364,9 +378,7 @@ impl Master<'_> {
 
     fn stop_all(&mut self, signal: Signal, grace: Duration) {
         for worker in &mut self.workers {
-            let _ = kill(worker.pid, signal);
-            worker.state = State::Stopping;
-            worker.stopping_since = Some(Instant::now());
+            worker.stop(signal);
         }
         let deadline = Instant::now() + grace;
         match &mut self.stop {
@@ -446,9 +458,7 @@ impl Master<'_> {
                 );
                 for other in &mut self.workers {
                     if other.generation > old && other.state != State::Stopping {
-                        let _ = kill(other.pid, Signal::SIGTERM);
-                        other.state = State::Stopping;
-                        other.stopping_since = Some(Instant::now());
+                        other.stop(Signal::SIGTERM);
                     }
                 }
                 self.generation = old;
@@ -519,9 +529,7 @@ impl Master<'_> {
             let mut retired = 0;
             for worker in &mut self.workers {
                 if worker.generation < self.generation && worker.state != State::Stopping {
-                    let _ = kill(worker.pid, Signal::SIGTERM);
-                    worker.state = State::Stopping;
-                    worker.stopping_since = Some(Instant::now());
+                    worker.stop(Signal::SIGTERM);
                     retired += 1;
                 }
             }
@@ -535,9 +543,7 @@ impl Master<'_> {
             for worker in &mut self.workers {
                 if let (Some(cause), State::Ready | State::Booting) = (worker.recycle, worker.state)
                 {
-                    let _ = kill(worker.pid, Signal::SIGTERM);
-                    worker.state = State::Stopping;
-                    worker.stopping_since = Some(Instant::now());
+                    worker.stop(Signal::SIGTERM);
                     log_info!(
                         "master: worker {} recycled ({}): finishing its requests",
                         worker.pid,
@@ -566,9 +572,7 @@ impl Master<'_> {
                 })
                 .max_by_key(|w| w.started)
             {
-                let _ = kill(worker.pid, Signal::SIGTERM);
-                worker.state = State::Stopping;
-                worker.stopping_since = Some(Instant::now());
+                worker.stop(Signal::SIGTERM);
             }
         }
         Ok(None)
@@ -630,8 +634,7 @@ impl Master<'_> {
                     timeout.as_secs_f64(),
                     grace.as_secs_f64()
                 );
-                worker.state = State::Stopping;
-                worker.stopping_since = Some(now);
+                worker.mark_stopping();
                 if let Some(board) = board {
                     board
                         .timeouts
