@@ -28,5 +28,12 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " "))
         .unwrap_or_default();
     println!("cargo:rustc-env=WSGI_GATEWAY_BUILD_PYTHON_FULL={full}");
+    // `_PyDict_NewPresized` (the environ dict made at its size, not grown
+    // three times): private, but exported by every libpython 3.9-3.13
+    // (checked with `nm -D`); newer ones build without it.
+    println!("cargo::rustc-check-cfg=cfg(wsgi_presized_dict)");
+    if config.version().major == 3 && config.version().minor <= 13 {
+        println!("cargo:rustc-cfg=wsgi_presized_dict");
+    }
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
 }

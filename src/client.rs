@@ -101,13 +101,20 @@ pub async fn send(probe: &Probe) -> Result<ProbeResponse, ProbeError> {
             let stream = tokio::net::UnixStream::connect(path)
                 .await
                 .map_err(|e| ProbeError::Connect(name, e))?;
-            Client::new_tokio(stream).execute_once(request).await
+            // Buffered: the request leaves in one write (the crate writes
+            // each record header and body on its own, and a second empty
+            // STDIN after the first, which could meet a closed socket).
+            Client::new_tokio(tokio::io::BufStream::new(stream))
+                .execute_once(request)
+                .await
         }
         Bind::Tcp(addr) => {
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| ProbeError::Connect(name, e))?;
-            Client::new_tokio(stream).execute_once(request).await
+            Client::new_tokio(tokio::io::BufStream::new(stream))
+                .execute_once(request)
+                .await
         }
     }
     .map_err(|e| ProbeError::Protocol(e.to_string()))?;

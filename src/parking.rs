@@ -153,7 +153,8 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(5);
 /// worker is paused (nginx opens a new upstream connection every
 /// `keepalive_requests`, 1000 by default, so under load each worker keeps
 /// new ones all the time), a connection waits this long at most, not the
-/// whole pause.
+/// whole pause. Not while another worker has a thread waiting for
+/// connections (the scoreboard's `waiting`): that one was woken for it.
 const PAUSED_TICK: std::time::Duration = std::time::Duration::from_millis(2);
 /// Lingering connections gathered before they are looked at.
 const LINGER_BATCH: usize = 16;
@@ -222,6 +223,10 @@ pub struct Waiter {
     linger_epoll: Epoll,
     /// Reap when this many linger.
     reap_at: usize,
+    /// The scoreboard and this worker's slot in it (workers under a
+    /// master): where a paused thread sees whether another worker has a
+    /// thread waiting for connections.
+    board: Option<(&'static crate::process::scoreboard::Board, usize)>,
 }
 
 impl Waiter {
@@ -241,6 +246,7 @@ impl Waiter {
             looked: std::time::Instant::now(),
             linger_epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             reap_at: LINGER_BATCH,
+            board: crate::process::scoreboard::board().zip(crate::process::scoreboard::my_index()),
         };
         waiter.register()?;
         Ok(waiter)
@@ -302,6 +308,19 @@ impl Waiter {
         }
     }
 
+    /// This worker's scoreboard row, while this thread waits on the
+    /// listening sockets and is not paused.
+    fn waiting_slot(&self) -> Option<&'static crate::process::scoreboard::Slot> {
+        let (board, me) = self.board?;
+        (self.accepting && self.paused_until.is_none()).then(|| &board.slots[me])
+    }
+
+    /// Whether another worker has a thread waiting for connections.
+    fn others_waiting(&self) -> bool {
+        self.board
+            .is_some_and(|(board, me)| board.others_waiting(me))
+    }
+
     /// Back on the listening sockets once the pause is over.
     fn resume(&mut self) {
         let due = self
@@ -343,7 +362,15 @@ impl Waiter {
             if let Some(job) = self.me.take() {
                 return Woken::Job(job);
             }
-            let ready = match self.me.epoll.wait(&mut events, self.timeout()) {
+            let waiting = self.waiting_slot();
+            if let Some(slot) = waiting {
+                slot.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+            let result = self.me.epoll.wait(&mut events, self.timeout());
+            if let Some(slot) = waiting {
+                slot.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            let ready = match result {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -362,8 +389,12 @@ impl Waiter {
             // A tick: a burst may be waiting that woke another thread only,
             // or a connection that no paused peer took (looked for while
             // paused even when busy with kept connections).
-            let look =
-                ready == 0 || (self.paused_until.is_some() && self.looked.elapsed() >= PAUSED_TICK);
+            let look = match self.paused_until {
+                None => ready == 0,
+                // (A waiting peer was woken for it already: a peer slow to
+                // run, on a busy machine, still gets its share.)
+                Some(_) => self.looked.elapsed() >= PAUSED_TICK && !self.others_waiting(),
+            };
             let mut accepted = if look { self.look_for_waiting() } else { None };
             let mut kept = false;
             for event in events {
@@ -611,5 +642,47 @@ mod tests {
             waiter.paused_until.is_some(),
             "the connection waited for the whole pause"
         );
+    }
+
+    /// Another worker has a thread waiting for connections (woken for
+    /// this one, but slow to run on a busy machine): the paused thread
+    /// leaves the connection to it for the whole pause, so a keepalive
+    /// pool opened in one burst still spreads over the workers.
+    #[test]
+    fn a_paused_thread_leaves_a_connection_to_a_waiting_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (handoff, _handoffs) = tokio::sync::mpsc::unbounded_channel();
+        let listening = Arc::new(
+            Listening::new(
+                &[(listener.as_raw_fd(), true)],
+                None,
+                Arc::new(Limits::default()),
+                handoff,
+                true,
+            )
+            .unwrap(),
+        );
+        let board = crate::process::scoreboard::create().unwrap();
+        let (me_pid, peer_pid) = (u32::MAX - 7, u32::MAX - 8);
+        let me = board.claim(me_pid).unwrap();
+        let peer = board.claim(peer_pid).unwrap();
+        let mut waiter = Waiter::new(Arc::new(Parked::new().unwrap()), Some(listening)).unwrap();
+        waiter.board = Some((board, me));
+        board.slots[peer].waiting.store(1, Ordering::Release);
+        waiter.handed_off();
+        let until = waiter.paused_until.unwrap();
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let taken = matches!(waiter.wait(), Woken::Connection(_));
+        let after_pause = std::time::Instant::now() >= until;
+        // And this thread's own waits are counted while it is not paused.
+        let counted = board.slots[me].waiting.load(Ordering::Acquire);
+        board.release(me_pid);
+        board.release(peer_pid);
+        assert!(taken, "woken without the connection");
+        assert!(after_pause, "taken from a waiting peer during the pause");
+        assert_eq!(counted, 0, "a wait that ended is still counted");
     }
 }

@@ -266,14 +266,40 @@ fn take_request(
     Next::Run { job, conn, keep }
 }
 
-/// Close after our response: half-close (the peer sees the end at once)
-/// and give the socket back to linger on: the peer may still send a last
-/// record (some clients send a second empty STDIN), which must meet an open
-/// socket, not a reset. `None` when something of the request is still alive
-/// (the app kept it): the descriptor then closes when that goes.
+/// Close after our response. A unix-domain socket with nothing unread is
+/// simply closed: what we wrote stays readable by the peer after our close
+/// (no reset on unix sockets), and a web server sends nothing after the end
+/// of a request it did not ask to keep — one syscall instead of four
+/// (shutdown, the linger epoll's add, the read of the peer's close, close).
+/// Otherwise half-close (the peer sees the end at once) and give the socket
+/// back to linger on: the peer may still send a last record (some clients
+/// send a second empty STDIN), which must meet an open socket, not a reset
+/// (TCP discards our unread response on a reset). `None` when nothing is
+/// left to linger on — closed here, or something of the request is still
+/// alive (the app kept it: the descriptor closes when that goes).
 pub fn close(conn: Accepted) -> Option<OwnedFd> {
-    let _ = nix::sys::socket::shutdown(conn.socket.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    Arc::try_unwrap(conn.socket).ok()
+    let mut socket = conn.socket;
+    if conn.unix && conn.buf.is_empty() && !unread(&socket) {
+        match Arc::try_unwrap(socket) {
+            Ok(alone) => {
+                drop(alone);
+                return None;
+            }
+            Err(shared) => socket = shared,
+        }
+    }
+    let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    Arc::try_unwrap(socket).ok()
+}
+
+/// Whether the peer has sent bytes we have not read (or the look failed).
+fn unread(socket: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+    !matches!(
+        nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 /// Read what is there, waiting until `deadline` for something. `Ok(false)`:

@@ -94,6 +94,10 @@ pub struct Slot {
     pub request_start: AtomicU64,
     /// Duration of its last finished request (µs).
     pub last_duration: AtomicU64,
+    /// Its app threads waiting for a connection on the listening sockets
+    /// right now, not stepped aside (see `parking::Waiter::handed_off`): a
+    /// paused thread of another worker leaves waiting connections to them.
+    pub waiting: AtomicU32,
     uri: Text<URI>,
     /// Its app threads (the first [`THREAD_SLOTS`]).
     pub threads: [ThreadRow; THREAD_SLOTS],
@@ -159,6 +163,11 @@ pub fn board() -> Option<&'static Board> {
     BOARD.get().copied()
 }
 
+/// This process's slot index, if it is a worker with one.
+pub fn my_index() -> Option<usize> {
+    MY_SLOT.get().copied()
+}
+
 /// This process's slot, if it is a worker with one.
 pub fn my_slot() -> Option<&'static Slot> {
     Some(&board()?.slots[*MY_SLOT.get()?])
@@ -177,12 +186,21 @@ impl Board {
         slot.requests.store(0, Ordering::Relaxed);
         slot.request_start.store(0, Ordering::Relaxed);
         slot.last_duration.store(0, Ordering::Relaxed);
+        slot.waiting.store(0, Ordering::Relaxed);
         slot.uri.clear();
         for thread in &slot.threads {
             thread.started.store(0, Ordering::Relaxed);
         }
         slot.started.store(now_us(), Ordering::Relaxed);
         Some(index)
+    }
+
+    /// Whether an app thread of a live worker other than slot `me` waits
+    /// for a connection, not stepped aside.
+    pub fn others_waiting(&self, me: usize) -> bool {
+        self.slots.iter().enumerate().any(|(i, s)| {
+            i != me && s.waiting.load(Ordering::Acquire) > 0 && s.pid.load(Ordering::Relaxed) != 0
+        })
     }
 
     /// The row of worker `pid`.
