@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use wsgi_gateway::cgi::config::{self, Layer};
 use wsgi_gateway::cgi::{self, EXIT_TABLE};
-use wsgi_gateway::config::{self, Layer};
 
 const SCRIPT_HELP: &str =
     "Script mode: a file starting with `#!/path/to/wsgi-cgi` whose body is TOML

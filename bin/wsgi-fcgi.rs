@@ -1,5 +1,5 @@
 //! `wsgi-fcgi`: the resident FastCGI responder, and `wsgi-fcgi request`,
-//! its health probe. argv → options → [`wsgi_gateway::worker::run`].
+//! its health probe. argv → options → [`wsgi_gateway::fcgi::worker::run`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use wsgi_gateway::client::{self, Probe};
-use wsgi_gateway::config::Layer;
+use wsgi_gateway::cgi::config::Layer;
+use wsgi_gateway::fcgi::client::{self, Probe};
 use wsgi_gateway::fcgi::job::Limits;
-use wsgi_gateway::listener::{Bind, Listener, UnixSocketOptions};
-use wsgi_gateway::pool::Timeouts;
+use wsgi_gateway::fcgi::worker::listener::{Bind, Listener, UnixSocketOptions};
+use wsgi_gateway::fcgi::worker::pool::Timeouts;
+use wsgi_gateway::fcgi::worker::{self, WorkerError, WorkerOptions};
 use wsgi_gateway::process::Ready;
 use wsgi_gateway::process::master::{self, MasterOptions, exit};
-use wsgi_gateway::worker::{self, WorkerError, WorkerOptions};
 
 const AFTER_HELP: &str =
     "Environment: every flag may be given as WSGI_<FLAG> (WSGI_APP, WSGI_WORKERS,
@@ -176,7 +176,7 @@ struct Serve {
     #[arg(long, value_name = "FILE")]
     access_log: Option<String>,
     /// Apache LogFormat atoms: %h %l %u %t %r %m %U %q %H %s %b %B %D %T %P %{Header}i %{VAR}e %%
-    #[arg(long, value_name = "FMT", default_value = wsgi_gateway::accesslog::DEFAULT_FORMAT)]
+    #[arg(long, value_name = "FMT", default_value = wsgi_gateway::fcgi::worker::accesslog::DEFAULT_FORMAT)]
     access_log_format: String,
     /// Run the app as this user once the sockets are bound (with --workers: the workers; the master stays as started)
     #[arg(long, value_name = "NAME")]

@@ -1,34 +1,40 @@
 //! wsgi-gateway: serve Python WSGI (PEP 3333) applications to classic web
-//! servers. The data flow of the CGI adapter reads off the module names:
+//! servers, as a CGI adapter (`wsgi-cgi`, a process per request) and a
+//! resident FastCGI responder (`wsgi-fcgi`, pre-forked workers under a
+//! master). The folders are the layers:
 //!
 //! ```text
-//! bin/wsgi-cgi.rs → config → cgi → request → environ → app → response → wire → stdout
+//! core/     request, environ, response, wire, log   both binaries; no pyo3, no tokio
+//! python/   interpreter, site, appspec, app, input  both binaries; pyo3
+//! cgi/      the CGI front end and its settings       wsgi-cgi only
+//! fcgi/     proto/ (sans I/O), the request path,     wsgi-fcgi only; tokio on
+//!           worker/ (app threads, I/O thread)        the I/O thread only
+//! process/  master, signals, recycle, scoreboard,    wsgi-fcgi --workers; no pyo3,
+//!           status, listenq, notify                  no tokio
 //! ```
 //!
-//! Layering: plain data (`config`, `request`, `environ`, `response`, `wire`)
-//! knows nothing of Python; the Python layer (`python`, `site`, `app`, `input`) is the
-//! only place pyo3 appears; `cgi` is the front end that ties them together.
-//! The FastCGI responder reuses everything below `cgi` unchanged.
+//! One CGI request, file by file:
+//!
+//! ```text
+//! bin/wsgi-cgi.rs → cgi/config → cgi → core/request → core/environ
+//!   → python/app (environ dict, start_response) → core/response → core/wire → stdout
+//! ```
+//!
+//! One FastCGI request on a fresh connection (nginx's plain `fastcgi_pass`):
+//!
+//! ```text
+//! fcgi/worker/parking (accept) → fcgi/inline (records → job) → fcgi/worker/pool
+//!   → core/environ → python/app → core/response → fcgi/writer (STDOUT, END_REQUEST)
+//! ```
+//!
+//! Kept-alive connections are parked between requests (`fcgi/kept`);
+//! multiplexed, slow or pipelined ones go to the I/O thread
+//! (`fcgi/worker/server` → `fcgi/connection`), which hands each request to
+//! an app thread as a job (`fcgi/job`). With `--workers`, the master
+//! (`process/master`) holds the listening sockets and forks the workers.
 
-pub mod accesslog;
-pub mod app;
-pub mod appspec;
 pub mod cgi;
-pub mod client;
-pub mod config;
-pub mod environ;
+pub mod core;
 pub mod fcgi;
-pub mod input;
-pub mod listener;
-pub mod log;
-pub mod parking;
-pub mod pool;
 pub mod process;
 pub mod python;
-pub mod request;
-pub mod response;
-pub mod server;
-pub mod site;
-pub mod watchdog;
-pub mod wire;
-pub mod worker;

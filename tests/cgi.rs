@@ -719,7 +719,7 @@ fn help_and_readme_cover_the_settings_table() {
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
-    for s in wsgi_gateway::config::SETTINGS {
+    for s in wsgi_gateway::cgi::config::SETTINGS {
         for word in [s.flag, s.env] {
             assert!(help.contains(word), "--help lacks {word}");
             assert!(readme.contains(word), "README lacks {word}");
@@ -765,7 +765,7 @@ fn vanished_client_closes_the_iterable_and_exits_7() {
 fn venv_site_packages_and_pth_files_work() {
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join("venv");
-    let made = std::process::Command::new(wsgi_gateway::python::BUILD_PYTHON)
+    let made = std::process::Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON)
         .args(["-m", "venv", "--without-pip"])
         .arg(&venv)
         .status()

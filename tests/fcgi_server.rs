@@ -88,7 +88,7 @@ fn upload_piece(index: usize, base: &[u8]) -> Vec<u8> {
 /// sha256 of `count` pieces made by `piece`, by the build interpreter's
 /// hashlib, streamed through a pipe (never all in memory).
 fn sha256_of_pieces(count: usize, piece: impl Fn(usize) -> Vec<u8> + Send + 'static) -> String {
-    let mut child = Command::new(wsgi_gateway::python::BUILD_PYTHON)
+    let mut child = Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON)
         .args([
             "-c",
             "import hashlib,sys\nh=hashlib.sha256()\nwhile b:=sys.stdin.buffer.read(1<<20): h.update(b)\nprint(h.hexdigest())",

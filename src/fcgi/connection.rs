@@ -40,14 +40,14 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
-use super::codec::{CodecError, RecordDecoder};
 use super::idle::{Evict, IdleList};
 use super::inline::InFlight;
 use super::job::{Dispatch, Exchange, Limits, Link};
-use super::record::Role;
+use super::proto::codec::{CodecError, RecordDecoder};
+use super::proto::record::Role;
 use super::spool::Spool;
 use super::writer::Frames;
-use crate::request::MetaVariables;
+use crate::core::request::MetaVariables;
 use crate::{log_error, log_info};
 
 /// How long a connection accepted just before a graceful stop may take to

@@ -9,8 +9,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::*;
 use crate::fcgi::job::Job;
-use crate::fcgi::params::{self, encode_pair};
-use crate::fcgi::record::{
+use crate::fcgi::proto::params::{self, encode_pair};
+use crate::fcgi::proto::record::{
     self, ProtocolStatus, Record, RecordType, encode_stream, encode_stream_end,
 };
 

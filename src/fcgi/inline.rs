@@ -30,8 +30,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::connection::own_answer;
 use super::job::{Body, Exchange, Job, Limits, Link};
-use super::params;
-use super::record::{HEADER_LEN, RecordType, Role, VERSION_1};
+use super::proto::params;
+use super::proto::record::{HEADER_LEN, RecordType, Role, VERSION_1};
 use super::writer::Frames;
 
 /// How long an accepting thread waits for a whole request before it hands
@@ -124,7 +124,7 @@ enum Walk {
 }
 
 /// Walk the records in `bytes` (FastCGI §3.3 framing; the full decoder is
-/// [`super::codec`]).
+/// [`super::proto::codec`]).
 fn walk(bytes: &[u8], limits: &Limits) -> Walk {
     let mut at = 0;
     let mut request: Option<u16> = None;
@@ -151,7 +151,7 @@ fn walk(bytes: &[u8], limits: &Limits) -> Walk {
                 {
                     return Walk::Other;
                 }
-                keep = body[2] & super::record::KEEP_CONN != 0;
+                keep = body[2] & super::proto::record::KEEP_CONN != 0;
                 if keep && !limits.kept_inline {
                     return Walk::Other;
                 }
@@ -345,7 +345,7 @@ fn read_some(conn: &mut Accepted, deadline: Instant) -> Result<bool, bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fcgi::record::{encode_stream, encode_stream_end};
+    use crate::fcgi::proto::record::{encode_stream, encode_stream_end};
 
     fn request(out: &mut BytesMut, id: u16, role: u16, keep: bool, body: &[u8]) {
         let mut begin = [0u8; 8];
@@ -421,7 +421,7 @@ mod tests {
         request(&mut authorizer, 1, 2, false, b"");
         assert!(matches!(walk(&authorizer, &limits), Walk::Other));
         let mut management = BytesMut::new();
-        crate::fcgi::record::encode_management(&mut management, RecordType::GetValues, b"");
+        crate::fcgi::proto::record::encode_management(&mut management, RecordType::GetValues, b"");
         assert!(matches!(walk(&management, &limits), Walk::Other));
         let small = Limits {
             body_buffer_size: 3,

@@ -26,11 +26,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
-use super::record::Role;
+use super::proto::record::Role;
 use super::writer::{Frames, Held, WriteError, Writer};
-use crate::request::MetaVariables;
-use crate::response::error_head;
-use crate::wire;
+use crate::core::request::MetaVariables;
+use crate::core::response::error_head;
+use crate::core::wire;
 
 /// Pages the connection answers itself, without the app (status, ping):
 /// `(path, query)` → `(content type, body)`.

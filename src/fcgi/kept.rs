@@ -140,7 +140,7 @@ impl Kept {
     }
 
     /// The shared epoll, readable while a kept connection has news (an app
-    /// thread's own epoll watches it; see [`crate::parking`]).
+    /// thread's own epoll watches it; see [`crate::fcgi::worker::parking`]).
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.epoll.0.as_fd()
     }

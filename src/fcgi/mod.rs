@@ -1,22 +1,23 @@
-//! FastCGI 1.0. The wire format, sans I/O: records ([`record`]), name-value
-//! pairs ([`params`]), the byte-stream decoder ([`codec`]). Then the request
-//! path: a connection's state machine on the I/O thread ([`connection`],
+//! The FastCGI responder. The wire format, sans I/O ([`proto`]). Then the
+//! request path: a connection's state machine on the I/O thread ([`connection`],
 //! reading only, on a socket registered with tokio for reading only:
 //! [`socket`]), request bodies received before the app starts ([`spool`]),
 //! what the connection and the app threads share ([`job`]), a connection
 //! served whole by the app thread that accepted it ([`inline`]) and parked
 //! between requests when kept alive ([`kept`]), the one place
 //! records are framed and written ([`writer`]), and the idle connections
-//! that give way at `--max-conns` ([`idle`]).
+//! that give way at `--max-conns` ([`idle`]). Around it, the worker process
+//! ([`worker`]: its app threads, I/O thread, listening sockets, watchdog and
+//! access log), and `wsgi-fcgi request`, a FastCGI client ([`client`]).
 
-pub mod codec;
+pub mod client;
 pub mod connection;
 pub mod idle;
 pub mod inline;
 pub mod job;
 pub mod kept;
-pub mod params;
-pub mod record;
+pub mod proto;
 pub mod socket;
 pub mod spool;
+pub mod worker;
 pub mod writer;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 
-use super::record::{self, MAX_CONTENT, ProtocolStatus, RecordType};
+use super::proto::record::{self, MAX_CONTENT, ProtocolStatus, RecordType};
 
 /// Payloads larger than this are written from the app's own buffer.
 const COPY_LIMIT: usize = 8 * 1024;
@@ -430,7 +430,7 @@ impl Held<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fcgi::codec::RecordDecoder;
+    use crate::fcgi::proto::codec::RecordDecoder;
     use tokio_util::codec::Decoder;
 
     fn records(frames: &mut Frames) -> Vec<(u8, u16, Vec<u8>)> {

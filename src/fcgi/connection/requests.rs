@@ -8,16 +8,17 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::{Closed, Connection, Req};
+use crate::core::request::MetaVariables;
+use crate::core::response::error_head;
+use crate::core::wire;
 use crate::fcgi::job::{Body, Exchange, Job, Limits};
-use crate::fcgi::params;
-use crate::fcgi::record::{
+use crate::fcgi::proto::params;
+use crate::fcgi::proto::record::{
     BeginRequest, NULL_REQUEST_ID, ProtocolStatus, Record, RecordType, Role,
 };
 use crate::fcgi::spool::Spool;
 use crate::fcgi::writer::Frames;
-use crate::request::MetaVariables;
-use crate::response::error_head;
-use crate::{log_error, log_info, wire};
+use crate::{log_error, log_info};
 
 /// STDIN records waiting for a streaming app: past this, the socket is not read.
 const STDIN_QUEUE: usize = 4;
@@ -370,9 +371,13 @@ impl Connection {
                 };
                 params::encode_pair(&mut answer, &name, value.as_bytes());
             }
-            crate::fcgi::record::encode_management(&mut out, RecordType::GetValuesResult, &answer);
+            crate::fcgi::proto::record::encode_management(
+                &mut out,
+                RecordType::GetValuesResult,
+                &answer,
+            );
         } else {
-            crate::fcgi::record::encode_unknown_type(&mut out, record.kind);
+            crate::fcgi::proto::record::encode_unknown_type(&mut out, record.kind);
         }
         let mut frames = Frames::default();
         frames.management(&out);

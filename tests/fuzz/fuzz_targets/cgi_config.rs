@@ -9,7 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
 use libfuzzer_sys::fuzz_target;
-use wsgi_gateway::config::{self, CgiArgv, Layer};
+use wsgi_gateway::cgi::config::{self, CgiArgv, Layer};
 
 fuzz_target!(|data: &[u8]| {
     // Four parts separated by 0xff: argv words (split on 0xfe), the query
@@ -50,6 +50,6 @@ fuzz_target!(|data: &[u8]| {
         env,
     );
     if let Some(app) = &settings.app {
-        let _ = wsgi_gateway::appspec::AppSpec::parse(app, std::path::Path::new("/srv/site"));
+        let _ = wsgi_gateway::python::appspec::AppSpec::parse(app, std::path::Path::new("/srv/site"));
     }
 });

@@ -6,8 +6,8 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
-use wsgi_gateway::fcgi::codec::RecordDecoder;
-use wsgi_gateway::fcgi::params;
+use wsgi_gateway::fcgi::proto::codec::RecordDecoder;
+use wsgi_gateway::fcgi::proto::params;
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);

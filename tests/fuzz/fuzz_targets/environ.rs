@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             (false, None) => free_name = Some(value),
         }
     }
-    if let Ok(environ) = wsgi_gateway::environ::build(&meta) {
+    if let Ok(environ) = wsgi_gateway::core::environ::build(&meta) {
         let _ = environ.content_length;
         let _ = environ.is_head;
     }

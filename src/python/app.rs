@@ -15,10 +15,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use crate::appspec::{AppSpec, Source};
-use crate::environ::{Environ, Flavor};
-use crate::input::{FileWrapper, Input};
-use crate::response::{ResponseWriter, make_head};
+use crate::core::environ::{Environ, Flavor};
+use crate::core::response::{ResponseWriter, make_head};
+use crate::python::appspec::{AppSpec, Source};
+use crate::python::input::{FileWrapper, Input};
 use crate::{log_error, log_info};
 
 const DEMO_APP: &str = include_str!("demo_app.py");
@@ -38,7 +38,7 @@ pub fn load<'py>(py: Python<'py>, spec: Option<&AppSpec>) -> PyResult<Bound<'py,
                 pyo3::exceptions::PyOSError::new_err(format!("cannot read {}: {e}", path.display()))
             })?;
             if let Some(dir) = path.parent() {
-                crate::python::prepend_sys_path(py, &[dir.to_path_buf()])?;
+                crate::python::interpreter::prepend_sys_path(py, &[dir.to_path_buf()])?;
             }
             let code = CString::new(source).map_err(|_| {
                 PyValueError::new_err(format!("{} contains a NUL byte", path.display()))
@@ -630,10 +630,10 @@ fn send_file(py: Python<'_>, sr: &StartResponse, wrapper: &FileWrapper) -> PyRes
 /// A sink that discards everything (used once the real one was handed back).
 struct NullSink;
 
-impl crate::response::Sink for NullSink {
+impl crate::core::response::Sink for NullSink {
     fn send(
         &mut self,
-        _: Option<&crate::response::Head>,
+        _: Option<&crate::core::response::Head>,
         _: Bytes,
         _: bool,
     ) -> std::io::Result<()> {
@@ -641,7 +641,7 @@ impl crate::response::Sink for NullSink {
     }
     fn send_file(
         &mut self,
-        _: Option<&crate::response::Head>,
+        _: Option<&crate::core::response::Head>,
         _: BorrowedFd<'_>,
         _: u64,
         _: u64,

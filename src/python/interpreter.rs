@@ -140,7 +140,7 @@ pub fn venv_program_name(venv: &Path) -> Result<PathBuf, PythonError> {
 
 /// Initialize CPython with `program_name` and release the GIL (pyo3 expects
 /// an initialized interpreter with no thread attached). With `lean_site`,
-/// `site` is not imported: the caller runs [`crate::site::install`] instead.
+/// `site` is not imported: the caller runs [`crate::python::site::install`] instead.
 pub fn initialize(program_name: &Path, lean_site: bool) -> Result<(), PythonError> {
     std::fs::metadata(program_name).map_err(|reason| PythonError::Unreachable {
         path: program_name.to_path_buf(),

@@ -101,17 +101,18 @@ pub(crate) fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn(
                 replacement_asked = true;
                 on_timeout();
             }
-            let stack =
-                match crate::python::attach_within("wsgi-watchdog-stack", STACK_WAIT, move |py| {
-                    python_stack(py, thread)
-                }) {
-                    Some(stack) => format!("Python stack, most recent call last:\n{stack}"),
-                    None => format!(
-                        "no Python stack: the GIL was not released within {:.0} s (a thread stuck \
+            let stack = match crate::python::interpreter::attach_within(
+                "wsgi-watchdog-stack",
+                STACK_WAIT,
+                move |py| python_stack(py, thread),
+            ) {
+                Some(stack) => format!("Python stack, most recent call last:\n{stack}"),
+                None => format!(
+                    "no Python stack: the GIL was not released within {:.0} s (a thread stuck \
                      in C code holding it?); faulthandler's stacks of every thread follow",
-                        STACK_WAIT.as_secs_f64()
-                    ),
-                };
+                    STACK_WAIT.as_secs_f64()
+                ),
+            };
             if timed_out {
                 log_error!(
                     "request timed out after {:.1} s: {what} (thread {name}); answered 504 unless its \
@@ -129,7 +130,7 @@ pub(crate) fn watchdog(slots: Slots, timeouts: Timeouts, on_timeout: Box<dyn Fn(
                 // this thread, now (no GIL needed).
                 let _ = nix::sys::pthread::pthread_kill(
                     nix::sys::pthread::pthread_self(),
-                    crate::python::STACKS_SIGNAL,
+                    crate::python::interpreter::STACKS_SIGNAL,
                 );
             }
         }

@@ -74,7 +74,7 @@ impl Decoder for RecordDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fcgi::record::{RecordType, encode_stream};
+    use crate::fcgi::proto::record::{RecordType, encode_stream};
 
     #[test]
     fn decodes_records_split_anywhere() {
@@ -124,8 +124,8 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::fcgi::params;
-    use crate::fcgi::record::{RecordType, encode_stream};
+    use crate::fcgi::proto::params;
+    use crate::fcgi::proto::record::{RecordType, encode_stream};
     use proptest::prelude::*;
 
     proptest! {

@@ -24,7 +24,7 @@ fn read_length(data: &[u8], at: usize) -> Result<(usize, usize), ParamsError> {
 }
 
 /// Decode a complete name-value pair stream.
-pub fn decode(data: &[u8]) -> Result<crate::request::MetaVariables, ParamsError> {
+pub fn decode(data: &[u8]) -> Result<crate::core::request::MetaVariables, ParamsError> {
     let mut pairs = Vec::new();
     let mut at = 0;
     while at < data.len() {

@@ -5,6 +5,8 @@
 //! corrupt the response; and `HTTP_PROXY` is removed from the process
 //! environment (httpoxy, CVE-2016-5385).
 
+pub mod config;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -14,13 +16,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use pyo3::prelude::*;
 
-use crate::appspec::{self, AppSpec};
-use crate::config::Settings;
-use crate::environ::{self, Environ};
-use crate::input::Input;
-use crate::request::BodyReader;
-use crate::response::{Head, ResponseWriter, Sink};
-use crate::{app, log_error, log_info, python, site, wire};
+use crate::cgi::config::Settings;
+use crate::core::environ::{self, Environ};
+use crate::core::request::BodyReader;
+use crate::core::response::{Head, ResponseWriter, Sink};
+use crate::core::wire;
+use crate::python::appspec::{self, AppSpec};
+use crate::python::input::Input;
+use crate::python::{app, interpreter, site};
+use crate::{log_error, log_info};
 
 /// Exit statuses of `wsgi-cgi`; each says what happened to the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +236,7 @@ pub fn run(settings: &Settings) -> Exit {
             writer,
             &phases,
         );
-        python::run_exit_hooks(py);
+        interpreter::run_exit_hooks(py);
         exit
     });
     phases.mark("done");
@@ -254,11 +258,11 @@ fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
             .map_err(|e| format!("cannot chdir to {}: {e}", dir.display()))?;
     }
     let program_name = match &settings.venv {
-        Some(venv) => python::venv_program_name(venv).map_err(|e| e.to_string())?,
-        None => python::BUILD_PYTHON.into(),
+        Some(venv) => interpreter::venv_program_name(venv).map_err(|e| e.to_string())?,
+        None => interpreter::BUILD_PYTHON.into(),
     };
     // (It also refuses an unreachable interpreter and a wrong libpython.)
-    python::initialize(&program_name, true).map_err(|e| e.to_string())?;
+    interpreter::initialize(&program_name, true).map_err(|e| e.to_string())?;
     Ok(spec)
 }
 
@@ -289,7 +293,7 @@ fn serve(
         path.push(cwd);
     }
     let loaded = site::install(py, settings.venv.as_deref())
-        .and_then(|()| python::prepend_sys_path(py, &path))
+        .and_then(|()| interpreter::prepend_sys_path(py, &path))
         .and_then(|()| without_gc(py, || app::load(py, spec)));
     phases.mark("app imported");
     let application = match loaded {

@@ -85,19 +85,19 @@ fn summary(pid: u32, repeats: u64) -> String {
 /// Log an error line: `log_error!("app {} failed", spec)`.
 #[macro_export]
 macro_rules! log_error {
-    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::core::log::write($crate::core::log::Level::Error, format_args!($($arg)*)) };
 }
 
 /// Log a warning line.
 #[macro_export]
 macro_rules! log_warn {
-    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::core::log::write($crate::core::log::Level::Warn, format_args!($($arg)*)) };
 }
 
 /// Log an informational line.
 #[macro_export]
 macro_rules! log_info {
-    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::core::log::write($crate::core::log::Level::Info, format_args!($($arg)*)) };
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::request::BodyReader;
+use crate::core::request::BodyReader;
 
 /// `wsgi.input`: the request body, never read past `CONTENT_LENGTH`.
 #[pyclass(module = "wsgi_gateway", name = "Input", frozen)]

@@ -4,7 +4,7 @@
 
 use fastcgi_client::{Client, Params, Request};
 
-use crate::listener::Bind;
+use crate::fcgi::worker::listener::Bind;
 
 /// One request to send.
 #[derive(Clone, Debug)]

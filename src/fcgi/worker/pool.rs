@@ -15,21 +15,22 @@ use std::time::Instant;
 use bytes::Bytes;
 use pyo3::prelude::*;
 
-use crate::accesslog::AccessLog;
-use crate::app::{self, StrCache};
 use crate::cgi::Exit;
-use crate::environ::{self, Flavor};
+use crate::core::environ::{self, Flavor};
+use crate::core::request::BodyReader;
+use crate::core::response::{Head, ResponseWriter, Sink};
+use crate::core::wire;
 use crate::fcgi::inline;
 use crate::fcgi::job::{Body, Dispatch, Exchange, Job};
 use crate::fcgi::kept::{Kept, Ran, Watch};
-use crate::fcgi::record::Role;
-use crate::input::Input;
-use crate::parking::{Listening, Parked, Waiter, Woken};
-use crate::request::BodyReader;
-use crate::response::{Head, ResponseWriter, Sink};
-pub use crate::watchdog::Timeouts;
-use crate::watchdog::{Running, Slots, describe, watchdog};
-use crate::{log_error, wire};
+use crate::fcgi::proto::record::Role;
+use crate::fcgi::worker::accesslog::AccessLog;
+use crate::fcgi::worker::parking::{Listening, Parked, Waiter, Woken};
+pub use crate::fcgi::worker::watchdog::Timeouts;
+use crate::fcgi::worker::watchdog::{Running, Slots, describe, watchdog};
+use crate::log_error;
+use crate::python::app::{self, StrCache};
+use crate::python::input::Input;
 
 /// Options of the pool.
 #[derive(Clone, Copy, Debug)]
@@ -163,7 +164,7 @@ impl Dispatch for Pool {
 impl Pool {
     /// Start the threads; `app` is the loaded application callable. With
     /// `listening`, idle threads also accept connections and serve them
-    /// themselves (see [`crate::parking`]).
+    /// themselves (see [`crate::fcgi::worker::parking`]).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         app: Py<PyAny>,
@@ -452,7 +453,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     }
     let (status, sent) = respond(py, app, role, &meta, body, sink, thread, &exchange);
     if let Some(log) = &thread.access_log {
-        log.log(&crate::accesslog::Entry {
+        log.log(&crate::fcgi::worker::accesslog::Entry {
             meta: &meta,
             status: sent.0,
             bytes: sent.1,
@@ -486,13 +487,13 @@ fn respond(
     py: Python<'_>,
     app: &Bound<'_, PyAny>,
     role: Role,
-    meta: &crate::request::MetaVariables,
+    meta: &crate::core::request::MetaVariables,
     body: Body,
     sink: FcgiSink,
     thread: &mut ThreadState,
     exchange: &Arc<Exchange>,
 ) -> (Exit, (u16, u64)) {
-    let error_page = |code: u16| (code, crate::response::error_head(code).1.len() as u64);
+    let error_page = |code: u16| (code, crate::core::response::error_head(code).1.len() as u64);
     let mut environ = match environ::build(meta) {
         Ok(environ) => environ,
         Err(err) => {

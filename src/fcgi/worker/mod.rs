@@ -4,6 +4,13 @@
 //! registered its SIGINT handler, so an app importing `signal` cannot take
 //! Ctrl-C away (research/deps.md §1.7).
 
+pub mod accesslog;
+pub mod listener;
+pub mod parking;
+pub mod pool;
+pub mod server;
+pub mod watchdog;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +18,16 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::accesslog::AccessLog;
+use self::listener::{Bind, Listener, UnixSocketOptions};
 use crate::fcgi::job::{Limits, PageHook};
-use crate::listener::{self, Bind, Listener, UnixSocketOptions};
-use crate::pool::{Pool, PoolOptions, RequestLimit};
+use crate::fcgi::worker::accesslog::AccessLog;
+use crate::fcgi::worker::pool::{Pool, PoolOptions, RequestLimit};
 use crate::process::Ready;
 use crate::process::master::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
-use crate::server;
-use crate::{app, log_error, log_info, log_warn, python};
+use crate::python::{app, interpreter};
+use crate::{log_error, log_info, log_warn};
 
 /// Everything a worker needs.
 #[derive(Clone, Debug)]
@@ -55,7 +62,7 @@ pub struct WorkerOptions {
     /// Random extra requests per worker, so workers do not recycle together.
     pub max_requests_jitter: u64,
     /// `--request-timeout`, `--slow-request-log`.
-    pub timeouts: crate::pool::Timeouts,
+    pub timeouts: crate::fcgi::worker::pool::Timeouts,
     /// `--status-path`.
     pub status_path: Option<String>,
     /// `--ping-path`.
@@ -141,7 +148,7 @@ pub fn run(
     };
     // USR2: the Python stacks of every thread to the log, even while one
     // holds the GIL in C code (the watchdog and the master ask for them).
-    if let Err(e) = Python::attach(python::dump_stacks_on_signal) {
+    if let Err(e) = Python::attach(interpreter::dump_stacks_on_signal) {
         log_warn!("USR2 will not dump the Python stacks: faulthandler: {e}");
     }
     let ready = ready.map(Arc::new);
@@ -180,7 +187,7 @@ pub fn run(
     let finished = runtime.block_on(server::serve(handoffs, listening, pool, stop))?;
     // (The socket files go when the binary's `SocketFiles` guard does.)
     if finished {
-        Python::attach(python::run_exit_hooks);
+        Python::attach(interpreter::run_exit_hooks);
     } else {
         exit_hooks_within(EXIT_HOOKS_WAIT);
     }
@@ -195,7 +202,7 @@ const EXIT_HOOKS_WAIT: Duration = Duration::from_millis(250);
 /// Run the exit hooks (atexit) if the GIL frees up within `wait`;
 /// otherwise the process exits without them, saying so.
 fn exit_hooks_within(wait: Duration) {
-    if python::attach_within("wsgi-exit-hooks", wait, python::run_exit_hooks).is_none() {
+    if interpreter::attach_within("wsgi-exit-hooks", wait, interpreter::run_exit_hooks).is_none() {
         log_warn!(
             "exiting without the exit hooks (atexit): an app thread still holds the GIL \
              after the graceful timeout (stuck in C code?)"
@@ -245,7 +252,7 @@ fn accept_on(
     listeners: &[Listener],
     options: &WorkerOptions,
     handoff: tokio::sync::mpsc::UnboundedSender<crate::fcgi::inline::Accepted>,
-) -> Result<crate::parking::Listening, WorkerError> {
+) -> Result<crate::fcgi::worker::parking::Listening, WorkerError> {
     for listener in listeners {
         let _ = match listener {
             Listener::Tcp(l) => l.set_nonblocking(true),
@@ -257,7 +264,7 @@ fn accept_on(
     // Other processes accept on these sockets too: our workers, or those
     // of the spawner that handed us the socket (spawn-fcgi -F, mod_fcgid).
     let peers = options.workers > 1 || options.binds.is_empty();
-    Ok(crate::parking::Listening::new(
+    Ok(crate::fcgi::worker::parking::Listening::new(
         &sockets,
         listener::web_server_addrs(),
         limits,
@@ -528,7 +535,8 @@ impl ForkHooks for PreloadFork {
 /// import the app, as a worker would, then stop.
 pub fn check_import(options: &WorkerOptions) -> Result<(), WorkerError> {
     if let Some(path) = &options.access_log {
-        crate::accesslog::check(path, &options.access_log_format).map_err(WorkerError::Setup)?;
+        crate::fcgi::worker::accesslog::check(path, &options.access_log_format)
+            .map_err(WorkerError::Setup)?;
     }
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     load(options).map(drop)
@@ -572,24 +580,25 @@ impl Drop for SocketFiles<'_> {
 fn load(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
     let base = std::env::current_dir()?;
     // (Without --bind, a web server or spawner started us, the socket on fd 0.)
-    let spec = crate::appspec::choose(options.app.as_deref(), &base, options.binds.is_empty())
-        .map_err(WorkerError::Setup)?;
+    let spec =
+        crate::python::appspec::choose(options.app.as_deref(), &base, options.binds.is_empty())
+            .map_err(WorkerError::Setup)?;
     if let Some(dir) = &options.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| WorkerError::Setup(format!("cannot chdir to {}: {e}", dir.display())))?;
     }
     let program_name = match &options.venv {
         Some(venv) => {
-            python::venv_program_name(venv).map_err(|e| WorkerError::Setup(e.to_string()))?
+            interpreter::venv_program_name(venv).map_err(|e| WorkerError::Setup(e.to_string()))?
         }
-        None => python::BUILD_PYTHON.into(),
+        None => interpreter::BUILD_PYTHON.into(),
     };
-    python::initialize(&program_name, false).map_err(|e| WorkerError::Setup(e.to_string()))?;
+    interpreter::initialize(&program_name, false).map_err(|e| WorkerError::Setup(e.to_string()))?;
     Python::attach(|py| {
         let mut path = options.pythonpath.clone();
         path.push(std::env::current_dir()?);
         let loaded =
-            python::prepend_sys_path(py, &path).and_then(|()| app::load(py, spec.as_ref()));
+            interpreter::prepend_sys_path(py, &path).and_then(|()| app::load(py, spec.as_ref()));
         match loaded {
             Ok(app) => Ok(app.unbind()),
             Err(err) => {

@@ -1,8 +1,8 @@
 //! The CGI response header block (RFC 3875 §6): a `Status:` line, the
 //! application's headers, a blank line. Pure bytes; the values were already
-//! validated by [`crate::response`], so nothing here can inject a header.
+//! validated by [`crate::core::response`], so nothing here can inject a header.
 
-use crate::response::Head;
+use crate::core::response::Head;
 
 /// Append the CGI header block for `head` to `out`.
 pub fn cgi_head(head: &Head, out: &mut Vec<u8>) {
@@ -44,7 +44,7 @@ fn push_latin1(text: &str, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response::make_head;
+    use crate::core::response::make_head;
 
     #[test]
     fn header_block_bytes() {

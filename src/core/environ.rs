@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::request::RequestError;
+use crate::core::request::RequestError;
 
 /// The `wsgi.*` flags that depend on the front end (CGI vs FastCGI).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

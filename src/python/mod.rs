@@ -1,0 +1,12 @@
+//! The Python layer, the only place with pyo3 that both binaries share:
+//! the interpreter (PEP 587 start-up, `sys.path`, the exit:
+//! [`interpreter`]), the lean `site` of one-shot CGI processes ([`site`]),
+//! what `--app` names ([`appspec`]), and the application side of PEP 3333
+//! ([`app`]: loading, the environ `dict`, `start_response`, iterating the
+//! result; [`input`]: `wsgi.input` and `wsgi.file_wrapper`).
+
+pub mod app;
+pub mod appspec;
+pub mod input;
+pub mod interpreter;
+pub mod site;
