@@ -14,7 +14,7 @@ use wsgi_gateway::fcgi::job::Limits;
 use wsgi_gateway::fcgi::worker::listener::{Bind, Listener, UnixSocketOptions};
 use wsgi_gateway::fcgi::worker::pool::Timeouts;
 use wsgi_gateway::fcgi::worker::{self, WorkerError, WorkerOptions};
-use wsgi_gateway::process::Ready;
+use wsgi_gateway::process::ToMaster;
 use wsgi_gateway::process::master::{self, MasterOptions, exit};
 
 const AFTER_HELP: &str =
@@ -276,7 +276,7 @@ fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             max_conns: args.max_conns,
             max_reqs: args.max_reqs.map_or(DEFAULT_MAX_REQS, |n| n as usize),
             advertised_reqs: args.max_reqs.map_or(args.threads.max(1), |n| n as usize),
-            pages: None,
+            page_hook: None,
             body_buffer_size: args.body_buffer_size,
             body_temp_dir: args.body_temp_dir,
             stream_request_body: args.stream_request_body,
@@ -572,7 +572,7 @@ fn with_environment(args: Vec<std::ffi::OsString>, cli_start: usize) -> Vec<std:
 fn worker_main(
     options: &WorkerOptions,
     listeners: Vec<Listener>,
-    ready: Option<Ready>,
+    ready: Option<ToMaster>,
     preloaded: Option<&pyo3::Py<pyo3::PyAny>>,
 ) -> i32 {
     match worker::run(options.clone(), listeners, ready, preloaded) {

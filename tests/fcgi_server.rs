@@ -485,7 +485,9 @@ fn serves_a_systemd_socket_from_listen_fds() {
         // returns and so open in the child. The OwnedFd naming descriptor 3
         // is only the target of dup2 and is forgotten, never closed.
         let mut three = unsafe { OwnedFd::from_raw_fd(3) };
-        let duplicated = nix::unistd::dup2(unsafe { BorrowedFd::borrow_raw(fd) }, &mut three);
+        // SAFETY: `fd` is open here (see above) for the call's duration.
+        let listener = unsafe { BorrowedFd::borrow_raw(fd) };
+        let duplicated = nix::unistd::dup2(listener, &mut three);
         std::mem::forget(three);
         duplicated?;
         // SAFETY: descriptor 3 was just made a copy of the listener.

@@ -199,12 +199,13 @@ pub fn apache_query_word(word: &[u8]) -> Vec<u8> {
     let mut decoded = Vec::with_capacity(word.len());
     let mut i = 0;
     while i < word.len() {
-        if word[i] == b'%' && i + 2 < word.len() {
-            if let (Some(h), Some(l)) = (hex(word[i + 1]), hex(word[i + 2])) {
-                decoded.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
+        if word[i] == b'%'
+            && i + 2 < word.len()
+            && let (Some(h), Some(l)) = (hex(word[i + 1]), hex(word[i + 2]))
+        {
+            decoded.push(h * 16 + l);
+            i += 3;
+            continue;
         }
         decoded.push(word[i]);
         i += 1;
@@ -258,11 +259,9 @@ pub fn strip_query_words(
     }
     if let Some(script) = cgi.script_filename.filter(|s| !s.is_empty()) {
         let own = args.first().is_some_and(|exe| same_file(exe, script));
-        if !own {
-            if let Some(i) = args.iter().skip(1).position(|a| same_file(a, script)) {
-                args.truncate(i + 2);
-                return Ok(args);
-            }
+        if !own && let Some(i) = args.iter().skip(1).position(|a| same_file(a, script)) {
+            args.truncate(i + 2);
+            return Ok(args);
         }
     }
     let words: Vec<Vec<u8>> = query.split(|&b| b == b'+').map(apache_query_word).collect();

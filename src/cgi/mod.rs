@@ -377,10 +377,10 @@ mod body {
             let declared = std::str::from_utf8(length)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            if let (Some(declared), Some(max)) = (declared, max) {
-                if declared > max {
-                    return Err(too_large(format!("the request body ({declared} bytes)")));
-                }
+            if let (Some(declared), Some(max)) = (declared, max)
+                && declared > max
+            {
+                return Err(too_large(format!("the request body ({declared} bytes)")));
             }
             return Ok(None);
         }

@@ -44,7 +44,7 @@ pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
     };
     let pid = std::process::id();
     let line = format!("wsgi-gateway[{pid}] {label}: {message}\n");
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = crate::core::lock(&LAST);
     let out = last.next(pid, line, std::time::Instant::now());
     if !out.is_empty() {
         let _ = std::io::stderr().lock().write_all(out.as_bytes());

@@ -11,3 +11,10 @@ pub mod log;
 pub mod request;
 pub mod response;
 pub mod wire;
+
+/// Lock `mutex`, poisoned or not: a poisoned lock only means a panic on
+/// another thread (the release build aborts on panic anyway), and every
+/// state kept behind these locks stays valid between statements.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

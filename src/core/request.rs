@@ -1,21 +1,13 @@
 //! The protocol-neutral request: meta-variables as the server sent them (raw
 //! bytes, RFC 3875 §4.1) and a body reader that never reads past
 //! `CONTENT_LENGTH` and treats a body that ends early as the end (PEP 3333
-//! "wsgi.input_terminated"). CGI fills it from the process environment and
-//! stdin; FastCGI will fill it from PARAMS and STDIN records.
+//! "wsgi.input_terminated"). CGI takes them from the process environment
+//! and stdin; FastCGI from PARAMS and STDIN records.
 
 use std::io::{self, Read};
 
 /// Raw meta-variables: `(name, value)` byte pairs in the server's order.
 pub type MetaVariables = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// One request, before any Python is involved.
-pub struct Request {
-    /// CGI meta-variables and `HTTP_*` headers, exactly as received.
-    pub meta: MetaVariables,
-    /// The request body (stdin under CGI).
-    pub body: Box<dyn Read + Send>,
-}
 
 /// A body reader with an optional length limit and a small read buffer, the
 /// engine behind `wsgi.input` (`read`, `readline`).

@@ -312,13 +312,14 @@ impl ResponseWriter {
             let head = self.head_to_send().cloned();
             self.sink.send(head.as_ref(), Bytes::new(), true)?;
         }
-        if let Some(declared) = self.head.as_ref().and_then(|h| h.content_length) {
-            if !self.discard_body && self.body_bytes < declared {
-                log_error!(
-                    "application sent {} bytes, less than its Content-Length of {declared}",
-                    self.body_bytes
-                );
-            }
+        if let Some(declared) = self.head.as_ref().and_then(|h| h.content_length)
+            && !self.discard_body
+            && self.body_bytes < declared
+        {
+            log_error!(
+                "application sent {} bytes, less than its Content-Length of {declared}",
+                self.body_bytes
+            );
         }
         Ok(())
     }

@@ -59,6 +59,6 @@ impl IdleList {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Evict>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::core::lock(&self.entries)
     }
 }

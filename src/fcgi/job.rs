@@ -61,7 +61,7 @@ pub struct Limits {
     /// else the worker's app threads (more run no sooner: they queue).
     pub advertised_reqs: usize,
     /// Status and ping pages.
-    pub pages: Option<PageHook>,
+    pub page_hook: Option<PageHook>,
     /// Request bodies up to this size are held in memory before the app
     /// starts; larger ones go to an unlinked temporary file.
     pub body_buffer_size: usize,
@@ -86,7 +86,7 @@ impl Default for Limits {
             max_conns: 1024,
             max_reqs: 1024,
             advertised_reqs: 1024,
-            pages: None,
+            page_hook: None,
             body_buffer_size: 1024 * 1024,
             body_temp_dir: None,
             stream_request_body: false,
@@ -195,14 +195,11 @@ impl Link {
 
     /// The requests that ended since the last call.
     pub(super) fn take_finished(&self) -> Vec<u16> {
-        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *crate::core::lock(&self.finished))
     }
 
     fn finished(&self, id: u16, wake: bool) {
-        self.finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(id);
+        crate::core::lock(&self.finished).push(id);
         if wake {
             self.wake.notify_one();
         }

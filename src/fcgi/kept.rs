@@ -146,7 +146,7 @@ impl Kept {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+        crate::core::lock(&self.conns)
     }
 
     /// `conn` holds a whole request with FCGI_KEEP_CONN, about to run with

@@ -58,6 +58,8 @@ impl AsyncRead for Socket {
             // length; exactly the `n` bytes it reports are then initialized.
             let unfilled = unsafe { buf.unfilled_mut() };
             let result = guard.try_io(|fd| {
+                // SAFETY: `unfilled` is valid for writes of its length (see
+                // above); the descriptor is open for the guard's life.
                 let n = unsafe {
                     nix::libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
                 };

@@ -241,7 +241,7 @@ impl Writer {
     pub fn hold(&self) -> Held<'_> {
         Held {
             writer: self,
-            _guard: self.lock.lock().unwrap_or_else(|e| e.into_inner()),
+            _guard: crate::core::lock(&self.lock),
         }
     }
 
@@ -286,7 +286,7 @@ impl Writer {
     /// sends something while a write waits for room; `None`: somebody
     /// reads it again.
     pub fn when_peer_speaks(&self, hook: Option<Box<dyn FnOnce() + Send>>) {
-        *self.unread.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+        *crate::core::lock(&self.unread) = hook;
     }
 
     /// Wait (up to 100 ms) for room in the socket — or, while nobody reads
@@ -294,7 +294,7 @@ impl Writer {
     /// that stopped reading): then the hook runs.
     fn wait_writable(&self) -> io::Result<()> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let hooked = || self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        let hooked = || crate::core::lock(&self.unread);
         let mut flags = PollFlags::POLLOUT;
         if hooked().is_some() {
             flags |= PollFlags::POLLIN;

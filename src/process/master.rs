@@ -5,7 +5,8 @@
 //! while workers come and go.
 //!
 //! One loop, no threads: signals arrive on a `signalfd`, each worker's
-//! message pipe ("ready", "recycle me") is polled, children are reaped and
+//! message pipe ([`super::Message`]: ready, recycle me, a request timed
+//! out) is polled, children are reaped and
 //! limits checked every turn.
 //!
 //! | signal | intent |
@@ -40,7 +41,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use super::recycle::{Recycle, jitter, resident_bytes};
 use super::signals::{Intent, SIGNALS, intent};
-use super::{Ready, notify};
+use super::{Message, ToMaster, notify};
 use crate::{log_error, log_info, log_warn};
 
 /// How the master runs.
@@ -79,7 +80,7 @@ pub mod exit {
 }
 
 /// What a worker process runs after the fork; returns its exit status.
-pub type WorkerMain<'a> = &'a dyn Fn(Ready) -> i32;
+pub type WorkerMain<'a> = &'a dyn Fn(ToMaster) -> i32;
 
 /// `--preload`: the master holds an interpreter with the app imported, so
 /// every fork is bracketed (CPython's `PyOS_BeforeFork`/`AfterFork_*`), and
@@ -282,8 +283,8 @@ impl Master<'_> {
             return;
         }
         for &byte in &bytes[..n] {
-            match byte {
-                b'R' if worker.state == State::Booting => {
+            match Message::from_byte(byte) {
+                Some(Message::Ready) if worker.state == State::Booting => {
                     worker.state = State::Ready;
                     log_info!(
                         "master: worker {} ready ({:.1} s to boot)",
@@ -291,8 +292,10 @@ impl Master<'_> {
                         worker.started.elapsed().as_secs_f64()
                     );
                 }
-                b'X' | b'T' if worker.recycle.is_none() && worker.state != State::Stopping => {
-                    let cause = if byte == b'X' {
+                Some(message @ (Message::Recycle | Message::TimedOut))
+                    if worker.recycle.is_none() && worker.state != State::Stopping =>
+                {
+                    let cause = if message == Message::Recycle {
                         Recycle::MaxRequests
                     } else {
                         Recycle::RequestTimeout
@@ -709,12 +712,12 @@ impl Master<'_> {
                 }
                 // The worker handles its own signals.
                 let _ = SigSet::empty().thread_set_mask();
-                if let Some(board) = super::scoreboard::board() {
-                    if let Some(index) = board.claim(std::process::id()) {
-                        super::scoreboard::adopt(index);
-                    }
+                if let Some(board) = super::scoreboard::board()
+                    && let Some(index) = board.claim(std::process::id())
+                {
+                    super::scoreboard::adopt(index);
                 }
-                let code = (self.worker_main)(Ready(write));
+                let code = (self.worker_main)(ToMaster(write));
                 std::process::exit(code);
             }
             ForkResult::Parent { child } => {

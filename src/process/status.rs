@@ -75,10 +75,11 @@ fn workers(board: &Board) -> Vec<Worker> {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+    // (The page size from sysconf: 16 and 64 KiB pages exist.)
+    i32::try_from(pid)
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+        .and_then(|pid| super::recycle::resident_bytes(nix::unistd::Pid::from_raw(pid)))
+        .unwrap_or(0)
 }
 
 fn json_string(text: &str) -> String {

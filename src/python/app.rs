@@ -183,10 +183,11 @@ impl StrCache {
         }
         let hash = short_hash(bytes);
         let slot = &mut self.slots[(hash as usize) % Self::SLOTS];
-        if let Some((h, cached, string)) = slot {
-            if *h == hash && same(cached, bytes) {
-                return Ok(string.bind(py).clone());
-            }
+        if let Some((h, cached, string)) = slot
+            && *h == hash
+            && same(cached, bytes)
+        {
+            return Ok(string.bind(py).clone());
         }
         let string = latin1_str(py, bytes)?;
         *slot = Some((hash, bytes.into(), string.clone().unbind()));
@@ -314,8 +315,7 @@ pub struct StartResponse {
 
 impl StartResponse {
     fn lock(&self) -> std::sync::MutexGuard<'_, ResponseWriter> {
-        // A poisoned lock only means a panic elsewhere; the state is still usable.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        crate::core::lock(&self.writer)
     }
 
     fn write_bytes(&self, py: Python<'_>, data: &Bound<'_, PyBytes>, last: bool) -> PyResult<()> {
@@ -548,10 +548,10 @@ fn fail_before_headers(sr: &StartResponse) -> Outcome {
 }
 
 fn stream(py: Python<'_>, sr: &StartResponse, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
-    if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
-        if send_file(py, sr, wrapper.get())? {
-            return Ok(());
-        }
+    if let Ok(wrapper) = iterable.cast::<FileWrapper>()
+        && send_file(py, sr, wrapper.get())?
+    {
+        return Ok(());
     }
     // A list or tuple says when its last item comes: that one may leave
     // together with the end of the response.

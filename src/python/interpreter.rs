@@ -125,15 +125,15 @@ pub fn venv_program_name(venv: &Path) -> Result<PathBuf, PythonError> {
     let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg"))
         .map_err(|_| PythonError::NotAVenv(venv.to_path_buf()))?;
     let linked = linked_version();
-    if let Some(venv_version) = pyvenv_version(&cfg) {
-        if venv_version != linked {
-            return Err(PythonError::VersionMismatch {
-                venv: venv.to_path_buf(),
-                venv_version,
-                linked,
-                build: BUILD_PYTHON,
-            });
-        }
+    if let Some(venv_version) = pyvenv_version(&cfg)
+        && venv_version != linked
+    {
+        return Err(PythonError::VersionMismatch {
+            venv: venv.to_path_buf(),
+            venv_version,
+            linked,
+            build: BUILD_PYTHON,
+        });
     }
     Ok(venv.join("bin").join("python"))
 }
@@ -248,10 +248,10 @@ pub fn attach_within<T: Send + 'static>(
 /// and flush Python's standard streams. Finalization itself is skipped
 /// (it costs milliseconds per CGI request and some extensions crash in it).
 pub fn run_exit_hooks(py: Python<'_>) {
-    if let Ok(atexit) = py.import("atexit") {
-        if let Err(err) = atexit.call_method0("_run_exitfuncs") {
-            err.display(py);
-        }
+    if let Ok(atexit) = py.import("atexit")
+        && let Err(err) = atexit.call_method0("_run_exitfuncs")
+    {
+        err.display(py);
     }
     if let Ok(sys) = py.import("sys") {
         for stream in ["stdout", "stderr"] {

@@ -406,7 +406,7 @@ pub(in crate::fcgi) fn own_answer(
             .find(|(k, _)| k == key)
             .map_or(&[][..], |(_, v)| v.as_slice())
     };
-    if let Some(pages) = &limits.pages {
+    if let Some(pages) = &limits.page_hook {
         // The whole path only (SCRIPT_NAME + PATH_INFO): under a mount such
         // as nginx's `location /app/`, /app/status is the app's, and the
         // page is reached only where the operator routes its exact path.

@@ -32,10 +32,10 @@ impl Decoder for RecordDecoder {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Record>, CodecError> {
         if src.len() < HEADER_LEN {
-            if let Some(&version) = src.first() {
-                if version != VERSION_1 {
-                    return Err(CodecError::BadVersion(version));
-                }
+            if let Some(&version) = src.first()
+                && version != VERSION_1
+            {
+                return Err(CodecError::BadVersion(version));
             }
             src.reserve(HEADER_LEN);
             return Ok(None);

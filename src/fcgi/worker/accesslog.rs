@@ -154,7 +154,7 @@ impl AccessLog {
 
     /// USR1: reopen the file (after a rotation moved it away).
     pub fn reopen(&self) -> Result<(), String> {
-        let mut target = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        let mut target = crate::core::lock(&self.target);
         if let Target::File(path, file) = &mut *target {
             *file = open_append(&path.to_string_lossy())?;
         }
@@ -165,7 +165,7 @@ impl AccessLog {
     pub fn log(&self, entry: &Entry<'_>) {
         let mut line = self.format(entry, SystemTime::now());
         line.push('\n');
-        let mut target = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        let mut target = crate::core::lock(&self.target);
         let _ = match &mut *target {
             Target::File(_, file) => file.write_all(line.as_bytes()),
             Target::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),

@@ -22,10 +22,10 @@ use self::listener::{Bind, Listener, UnixSocketOptions};
 use crate::fcgi::job::{Limits, PageHook};
 use crate::fcgi::worker::accesslog::AccessLog;
 use crate::fcgi::worker::pool::{Pool, PoolOptions, RequestLimit};
-use crate::process::Ready;
 use crate::process::master::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
+use crate::process::{Message, ToMaster};
 use crate::python::{app, interpreter};
 use crate::{log_error, log_info, log_warn};
 
@@ -117,7 +117,7 @@ pub fn listeners(options: &WorkerOptions) -> Result<Vec<Listener>, WorkerError> 
 pub fn run(
     mut options: WorkerOptions,
     listeners: Vec<Listener>,
-    ready: Option<Ready>,
+    ready: Option<ToMaster>,
     preloaded: Option<&Py<PyAny>>,
 ) -> Result<(), WorkerError> {
     // Opened before the privileges go (log directories are usually root's).
@@ -127,7 +127,7 @@ pub fn run(
         )),
         None => None,
     };
-    options.limits.pages = status_pages(&options, &listeners, ready.is_none())?;
+    options.limits.page_hook = status_pages(&options, &listeners, ready.is_none())?;
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -179,7 +179,7 @@ pub fn run(
         listeners.len()
     );
     match &ready {
-        Some(ready) => ready.notify()?,
+        Some(ready) => ready.send(Message::Ready)?,
         // A single process tells systemd itself (Type=notify).
         None => crate::process::notify::notify("READY=1"),
     }
@@ -221,10 +221,8 @@ fn status_pages(
         return Ok(None);
     }
     let board = scoreboard::create()?;
-    if single {
-        if let Some(index) = board.claim(std::process::id()) {
-            scoreboard::adopt(index);
-        }
+    if single && let Some(index) = board.claim(std::process::id()) {
+        scoreboard::adopt(index);
     }
     let pages = Pages {
         status: options.status_path.clone(),
@@ -275,19 +273,22 @@ fn accept_on(
 
 /// `--max-requests` (+ jitter) of a worker under a master: then it asks
 /// for its replacement.
-fn request_limit(ready: Option<&Arc<Ready>>, options: &WorkerOptions) -> Option<Arc<RequestLimit>> {
+fn request_limit(
+    ready: Option<&Arc<ToMaster>>,
+    options: &WorkerOptions,
+) -> Option<Arc<RequestLimit>> {
     let (ready, max) = (ready?.clone(), options.max_requests?);
     let limit = max.max(1) + crate::process::recycle::jitter(options.max_requests_jitter);
     Some(Arc::new(RequestLimit::new(
         limit,
         Box::new(move || {
-            let _ = ready.recycle();
+            let _ = ready.send(Message::Recycle);
         }),
     )))
 }
 
 /// What the watchdog does after a request overran `--request-timeout`.
-fn on_request_timeout(ready: Option<&Arc<Ready>>) -> Box<dyn Fn() + Send> {
+fn on_request_timeout(ready: Option<&Arc<ToMaster>>) -> Box<dyn Fn() + Send> {
     match ready {
         Some(ready) => {
             let ready = ready.clone();
@@ -295,7 +296,7 @@ fn on_request_timeout(ready: Option<&Arc<Ready>>) -> Box<dyn Fn() + Send> {
                 log_info!(
                     "a request overran --request-timeout: asking the master for a replacement"
                 );
-                let _ = ready.timed_out();
+                let _ = ready.send(Message::TimedOut);
             })
         }
         None => Box::new(|| {
@@ -472,10 +473,10 @@ impl ForkHooks for PreloadFork {
                 .and_then(|sys| sys.getattr("modules"))
                 .and_then(|m| m.get_item("random"))
                 .and_then(|random| random.call_method0("seed"));
-            if let Err(err) = reseed {
-                if !err.is_instance_of::<pyo3::exceptions::PyKeyError>(py) {
-                    err.display(py);
-                }
+            if let Err(err) = reseed
+                && !err.is_instance_of::<pyo3::exceptions::PyKeyError>(py)
+            {
+                err.display(py);
             }
         });
         if let Some(state) = self.gil.take() {

@@ -189,19 +189,13 @@ impl Parked {
 
     /// Give the thread its next job and wake it.
     pub fn give(&self, job: Job) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(job);
+        crate::core::lock(&self.jobs).push_back(job);
         let _ = self.wake.write(1);
     }
 
     /// The next job given to this thread, if any.
     pub fn take(&self) -> Option<Job> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+        crate::core::lock(&self.jobs).pop_front()
     }
 }
 

@@ -4,6 +4,7 @@
 //! interpreter and releases the GIL whenever it waits: for a job, for body
 //! bytes (`wsgi.input`), for room in the connection's output queue.
 
+use crate::core::lock;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io;
@@ -138,11 +139,6 @@ impl Shared {
         state.idle.retain(|p| !Arc::ptr_eq(p, me));
         self.pass_watch(&mut state, me);
     }
-}
-
-/// A poisoned lock only means a panic elsewhere; the data is still valid.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Dispatch for Pool {
@@ -586,11 +582,12 @@ struct FcgiSink {
 impl Sink for FcgiSink {
     fn send(&mut self, head: Option<&Head>, body: Bytes, last: bool) -> io::Result<()> {
         let head = Bytes::from(wire::head_block(head));
-        if last && !self.exchange.aborted() {
-            if let Ok(mut held) = self.held.lock() {
-                *held = Some((head, body));
-                return Ok(());
-            }
+        if last
+            && !self.exchange.aborted()
+            && let Ok(mut held) = self.held.lock()
+        {
+            *held = Some((head, body));
+            return Ok(());
         }
         self.exchange.send(&head, body)
     }

@@ -5,6 +5,7 @@
 //! answers an overrun with 504 (written by the watchdog itself) and
 //! asks for the worker to be replaced.
 
+use crate::core::lock;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,11 +13,6 @@ use std::time::{Duration, Instant};
 use crate::fcgi::job::Exchange;
 use crate::{log_error, log_warn};
 use pyo3::prelude::*;
-
-/// A poisoned lock only means a panic elsewhere; the data is still valid.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `--request-timeout` and `--slow-request-log`.
 #[derive(Clone, Copy, Debug, Default)]
