@@ -21,9 +21,10 @@ use crate::core::environ::{self, Environ};
 use crate::core::request::BodyReader;
 use crate::core::response::{Head, ResponseWriter, Sink};
 use crate::core::wire;
-use crate::python::appspec::{self, AppSpec};
+use crate::python::appspec::AppSpec;
 use crate::python::input::Input;
-use crate::python::{app, interpreter, site};
+use crate::python::startup::Startup;
+use crate::python::{app, interpreter};
 use crate::{log_error, log_info};
 
 /// Exit statuses of `wsgi-cgi`; each says what happened to the request.
@@ -243,7 +244,18 @@ pub fn run(settings: &Settings) -> Exit {
     exit
 }
 
-/// Validate settings, change directory, start the interpreter.
+/// What the settings say about the app and its interpreter.
+fn startup(settings: &Settings) -> Startup<'_> {
+    Startup {
+        app: settings.app.as_deref(),
+        venv: settings.venv.as_deref(),
+        chdir: settings.chdir.as_deref(),
+        pythonpath: &settings.pythonpath,
+        one_shot: true,
+    }
+}
+
+/// Change directory, start the interpreter.
 fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
     let base = match &settings.base_dir {
         Some(dir) => dir.clone(),
@@ -252,32 +264,7 @@ fn prepare(settings: &Settings) -> Result<Option<AppSpec>, String> {
     };
     // (A web server sets GATEWAY_INTERFACE; a terminal does not.)
     let by_server = std::env::var_os("GATEWAY_INTERFACE").is_some();
-    let spec = appspec::choose(settings.app.as_deref(), &base, by_server)?;
-    if let Some(dir) = &settings.chdir {
-        std::env::set_current_dir(dir)
-            .map_err(|e| format!("cannot chdir to {}: {e}", dir.display()))?;
-    }
-    let program_name = match &settings.venv {
-        Some(venv) => interpreter::venv_program_name(venv).map_err(|e| e.to_string())?,
-        None => interpreter::BUILD_PYTHON.into(),
-    };
-    // (It also refuses an unreachable interpreter and a wrong libpython.)
-    interpreter::initialize(&program_name, true).map_err(|e| e.to_string())?;
-    Ok(spec)
-}
-
-/// Run `f` with the cyclic garbage collector paused: importing a framework
-/// triggers dozens of collections that find nothing worth freeing in a
-/// process that lives for one request (Flask: ~10 ms of ~100 ms).
-fn without_gc<'py, T>(py: Python<'py>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
-    let gc = py.import("gc")?;
-    let was_enabled = gc.call_method0("isenabled")?.is_truthy()?;
-    gc.call_method0("disable")?;
-    let result = f();
-    if was_enabled {
-        gc.call_method0("enable")?;
-    }
-    result
+    startup(settings).interpreter(&base, by_server)
 }
 
 fn serve(
@@ -288,23 +275,11 @@ fn serve(
     mut writer: ResponseWriter,
     phases: &Phases,
 ) -> Exit {
-    let mut path = settings.pythonpath.clone();
-    if let Ok(cwd) = std::env::current_dir() {
-        path.push(cwd);
-    }
-    let loaded = site::install(py, settings.venv.as_deref())
-        .and_then(|()| interpreter::prepend_sys_path(py, &path))
-        .and_then(|()| without_gc(py, || app::load(py, spec)));
+    let loaded = startup(settings).import(py, spec);
     phases.mark("app imported");
-    let application = match loaded {
-        Ok(application) => application,
-        Err(err) => {
-            let name = settings.app.as_deref().unwrap_or("<demo>");
-            log_error!("failed to load the application {name}; traceback follows");
-            err.display(py);
-            let _ = writer.fail(500);
-            return Exit::AppLoad;
-        }
+    let Some(application) = loaded else {
+        let _ = writer.fail(500);
+        return Exit::AppLoad;
     };
     let limit = match environ.content_length {
         Some(length) => Some(length),

@@ -10,3 +10,4 @@ pub mod appspec;
 pub mod input;
 pub mod interpreter;
 pub mod site;
+pub mod startup;

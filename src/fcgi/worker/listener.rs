@@ -79,6 +79,15 @@ pub enum Listener {
 }
 
 impl Listener {
+    /// Its descriptor, and whether it is a unix socket.
+    pub fn raw(&self) -> (std::os::fd::RawFd, bool) {
+        use std::os::fd::AsRawFd;
+        match self {
+            Listener::Tcp(l) => (l.as_raw_fd(), false),
+            Listener::Unix(l) => (l.as_raw_fd(), true),
+        }
+    }
+
     /// Another descriptor for the same listening socket (each worker
     /// process of a master takes one).
     pub fn try_clone(&self) -> io::Result<Listener> {

@@ -26,7 +26,8 @@ use crate::process::master::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
 use crate::process::{Message, ToMaster};
-use crate::python::{app, interpreter};
+use crate::python::interpreter;
+use crate::python::startup::Startup;
 use crate::{log_error, log_info, log_warn};
 
 /// Everything a worker needs.
@@ -228,7 +229,7 @@ fn status_pages(
         status: options.status_path.clone(),
         ping: options.ping_path.clone(),
         pool: options.app.clone().unwrap_or_else(|| "demo".into()),
-        listeners: listeners.iter().map(|l| raw_socket(l).0).collect(),
+        listeners: listeners.iter().map(|l| l.raw().0).collect(),
     };
     Ok(Some(PageHook(Arc::new(move |path, query| {
         pages.answer(path, query)
@@ -236,14 +237,6 @@ fn status_pages(
 }
 
 /// A listening socket's descriptor, and whether it is a unix socket.
-fn raw_socket(listener: &Listener) -> (std::os::fd::RawFd, bool) {
-    use std::os::fd::AsRawFd;
-    match listener {
-        Listener::Tcp(l) => (l.as_raw_fd(), false),
-        Listener::Unix(l) => (l.as_raw_fd(), true),
-    }
-}
-
 /// The listening sockets as the app threads accept on them (non-blocking:
 /// they wait in epoll and accept4 without blocking).
 fn accept_on(
@@ -257,7 +250,7 @@ fn accept_on(
             Listener::Unix(l) => l.set_nonblocking(true),
         };
     }
-    let sockets: Vec<_> = listeners.iter().map(raw_socket).collect();
+    let sockets: Vec<_> = listeners.iter().map(Listener::raw).collect();
     let limits = Arc::new(options.limits.clone());
     // Other processes accept on these sockets too: our workers, or those
     // of the spawner that handed us the socket (spawn-fcgi -F, mod_fcgid).
@@ -427,15 +420,8 @@ pub struct PreloadFork {
 impl PreloadFork {
     /// Hooks for a master whose listening sockets are `listeners`.
     pub fn new(listeners: &[Listener]) -> PreloadFork {
-        use std::os::fd::AsRawFd;
         PreloadFork {
-            listeners: listeners
-                .iter()
-                .map(|l| match l {
-                    Listener::Tcp(l) => l.as_raw_fd(),
-                    Listener::Unix(l) => l.as_raw_fd(),
-                })
-                .collect(),
+            listeners: listeners.iter().map(|l| l.raw().0).collect(),
             gil: std::cell::Cell::new(None),
         }
     }
@@ -579,37 +565,21 @@ impl Drop for SocketFiles<'_> {
 }
 
 fn load(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
-    let base = std::env::current_dir()?;
-    // (Without --bind, a web server or spawner started us, the socket on fd 0.)
-    let spec =
-        crate::python::appspec::choose(options.app.as_deref(), &base, options.binds.is_empty())
-            .map_err(WorkerError::Setup)?;
-    if let Some(dir) = &options.chdir {
-        std::env::set_current_dir(dir)
-            .map_err(|e| WorkerError::Setup(format!("cannot chdir to {}: {e}", dir.display())))?;
-    }
-    let program_name = match &options.venv {
-        Some(venv) => {
-            interpreter::venv_program_name(venv).map_err(|e| WorkerError::Setup(e.to_string()))?
-        }
-        None => interpreter::BUILD_PYTHON.into(),
+    let startup = Startup {
+        app: options.app.as_deref(),
+        venv: options.venv.as_deref(),
+        chdir: options.chdir.as_deref(),
+        pythonpath: &options.pythonpath,
+        one_shot: false,
     };
-    interpreter::initialize(&program_name, false).map_err(|e| WorkerError::Setup(e.to_string()))?;
+    // (Without --bind, a web server or spawner started us, the socket on fd 0.)
+    let spec = startup
+        .interpreter(&std::env::current_dir()?, options.binds.is_empty())
+        .map_err(WorkerError::Setup)?;
     Python::attach(|py| {
-        let mut path = options.pythonpath.clone();
-        path.push(std::env::current_dir()?);
-        let loaded =
-            interpreter::prepend_sys_path(py, &path).and_then(|()| app::load(py, spec.as_ref()));
-        match loaded {
-            Ok(app) => Ok(app.unbind()),
-            Err(err) => {
-                log_error!(
-                    "failed to load the application {}; traceback follows",
-                    options.app.as_deref().unwrap_or("<demo>")
-                );
-                err.display(py);
-                Err(WorkerError::AppLoad)
-            }
-        }
+        let app = startup
+            .import(py, spec.as_ref())
+            .ok_or(WorkerError::AppLoad)?;
+        Ok(app.unbind())
     })
 }
