@@ -27,39 +27,7 @@ use crate::python::startup::Startup;
 use crate::python::{app, interpreter};
 use crate::{log_error, log_info};
 
-/// Exit statuses of `wsgi-cgi`; each says what happened to the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    /// The response was sent completely (whatever its HTTP status).
-    Served = 0,
-    /// Invalid command line (clap's usage error).
-    Usage = 2,
-    /// Configuration, virtualenv or interpreter start-up failed; 500 sent.
-    Config = 3,
-    /// The application failed to import; 500 sent.
-    AppLoad = 4,
-    /// The application failed before sending headers; 500 sent.
-    AppError = 5,
-    /// The application failed after headers were sent; response truncated.
-    Truncated = 6,
-    /// The web server or client closed the output early.
-    ClientGone = 7,
-    /// The request was malformed (invalid CONTENT_LENGTH; 400 sent) or its
-    /// body is over `--max-body-size` (413 sent).
-    BadRequest = 8,
-}
-
-impl From<app::Outcome> for Exit {
-    fn from(outcome: app::Outcome) -> Exit {
-        match outcome {
-            app::Outcome::Complete => Exit::Served,
-            app::Outcome::AppFailed => Exit::AppError,
-            app::Outcome::Truncated => Exit::Truncated,
-            app::Outcome::ClientGone => Exit::ClientGone,
-        }
-    }
-}
+pub use crate::core::exit::Exit;
 
 /// The exit status table for `--help` and the README.
 pub const EXIT_TABLE: &str = "Exit status:

@@ -3,10 +3,11 @@
 //! meta-variables and a body reader), the PEP 3333 environ computed from it
 //! ([`environ`]), the response rules ([`response`]: status and header
 //! validation, the lazy header rule, `Content-Length`) and the CGI header
-//! block they become on the wire ([`wire`]); and the gateway's own log
-//! lines ([`log`]).
+//! block they become on the wire ([`wire`]); the gateway's own log lines
+//! ([`log`]); and both binaries' exit statuses ([`exit`]).
 
 pub mod environ;
+pub mod exit;
 pub mod log;
 pub mod request;
 pub mod response;

@@ -2,7 +2,12 @@
 //! the fastcgi-client crate, for health probes (systemd, Docker, Kubernetes)
 //! and for operators — what `cgi-fcgi -bind -connect` is used for today.
 
+use std::io::Write;
+
+use anyhow::Context;
 use fastcgi_client::{Client, Params, Request};
+
+use crate::fcgi::cli::RequestArgs;
 
 use crate::fcgi::worker::listener::Bind;
 
@@ -124,6 +129,52 @@ pub async fn send(probe: &Probe) -> Result<ProbeResponse, ProbeError> {
         stdout,
         stderr: response.stderr.unwrap_or_default(),
     })
+}
+
+/// `wsgi-fcgi request`: send it, print the response; the exit status is 0
+/// for a 2xx status, 1 for another, 2 when the request failed.
+pub fn request(args: RequestArgs) -> anyhow::Result<i32> {
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("header {h:?} is not \"Name: value\""))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let body = match (&args.data, &args.data_file) {
+        (Some(data), _) => data.clone().into_bytes(),
+        (None, Some(file)) => {
+            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let probe = Probe {
+        address: Bind::parse(&args.address)?,
+        path: args.path,
+        method: args.method,
+        headers,
+        body,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(send(&probe)) {
+        Ok(response) => {
+            std::io::stdout().write_all(&response.stdout)?;
+            std::io::stderr().write_all(&response.stderr)?;
+            Ok(if (200..300).contains(&response.status) {
+                0
+            } else {
+                1
+            })
+        }
+        Err(err) => {
+            eprintln!("wsgi-fcgi request: {err}");
+            Ok(2)
+        }
+    }
 }
 
 #[cfg(test)]

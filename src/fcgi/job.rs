@@ -363,7 +363,7 @@ impl Exchange {
                 &wire::head_block(Some(&head)),
                 Bytes::from_static(body),
             );
-            frames.end_response(self.id, crate::cgi::Exit::AppError as u32);
+            frames.end_response(self.id, crate::core::exit::Exit::AppError as u32);
             let _ = held.write(frames, &|| self.link.gone.load(Ordering::Acquire));
         })
     }

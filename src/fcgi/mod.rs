@@ -10,6 +10,7 @@
 //! ([`worker`]: its app threads, I/O thread, listening sockets, watchdog and
 //! access log), and `wsgi-fcgi request`, a FastCGI client ([`client`]).
 
+pub mod cli;
 pub mod client;
 pub mod connection;
 pub mod idle;
@@ -19,5 +20,6 @@ pub mod kept;
 pub mod proto;
 pub mod socket;
 pub mod spool;
+pub mod start;
 pub mod worker;
 pub mod writer;

@@ -29,6 +29,7 @@
 //! old workers go on serving. A worker that dies later is replaced, with an
 //! exponential back-off if it keeps dying young.
 
+use crate::core::exit::Exit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -68,16 +69,6 @@ pub struct MasterOptions {
 /// How long a worker gets to write its Python stacks (faulthandler, on
 /// SIGUSR2) before the SIGKILL.
 const DUMP_TIME: Duration = Duration::from_secs(1);
-
-/// Exit statuses shared by workers and the master.
-pub mod exit {
-    /// Stopped normally.
-    pub const OK: i32 = 0;
-    /// Could not start (options, sockets, interpreter).
-    pub const SETUP: i32 = 1;
-    /// The application failed to import.
-    pub const APP_LOAD: i32 = 4;
-}
 
 /// What a worker process runs after the fork; returns its exit status.
 pub type WorkerMain<'a> = &'a dyn Fn(ToMaster) -> i32;
@@ -201,7 +192,7 @@ pub fn run<'a>(
             })
             .collect(),
         stop: None,
-        exit_code: exit::OK,
+        exit_code: Exit::Success.code(),
         backoff: Duration::ZERO,
         next_spawn: Instant::now(),
         next_sample: Instant::now(),
@@ -415,7 +406,9 @@ impl Master<'_> {
                 log_info!("master: worker {pid} exited ({how})");
                 continue;
             }
-            if worker.state == State::Booting && (code == exit::APP_LOAD || code == exit::SETUP) {
+            if worker.state == State::Booting
+                && (code == Exit::AppLoad.code() || code == Exit::Setup.code())
+            {
                 self.boot_failed(&worker, code, &how);
                 continue;
             }
@@ -448,7 +441,7 @@ impl Master<'_> {
             .filter(|w| w.state == State::Ready)
             .map(|w| w.generation)
             .max();
-        let what = if code == exit::APP_LOAD {
+        let what = if code == Exit::AppLoad.code() {
             "the application failed to import"
         } else {
             "it could not start"
@@ -708,7 +701,7 @@ impl Master<'_> {
                 // Workers do not outlive their master (even a SIGKILLed one).
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
                 if nix::unistd::getppid() != master {
-                    std::process::exit(exit::OK);
+                    std::process::exit(Exit::Success.code());
                 }
                 // The worker handles its own signals.
                 let _ = SigSet::empty().thread_set_mask();

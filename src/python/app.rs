@@ -444,6 +444,18 @@ pub enum Outcome {
     ClientGone,
 }
 
+/// The exit status (CGI) or `appStatus` (FastCGI) of an outcome.
+impl From<Outcome> for crate::core::exit::Exit {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Complete => Self::Success,
+            Outcome::AppFailed => Self::AppError,
+            Outcome::Truncated => Self::Truncated,
+            Outcome::ClientGone => Self::ClientGone,
+        }
+    }
+}
+
 /// Call the app with `environ`, send its response through `writer`.
 pub fn serve(
     py: Python<'_>,

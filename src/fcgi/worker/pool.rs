@@ -16,8 +16,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use pyo3::prelude::*;
 
-use crate::cgi::Exit;
 use crate::core::environ::{self, Flavor};
+use crate::core::exit::Exit;
 use crate::core::request::BodyReader;
 use crate::core::response::{Head, ResponseWriter, Sink};
 use crate::core::wire;

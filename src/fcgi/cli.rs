@@ -1,0 +1,435 @@
+//! The settings of `wsgi-fcgi`: one flag table (clap), which `--config
+//! FILE` (TOML, the flags' names as keys) and `WSGI_<FLAG>` variables feed
+//! too — the command line wins over the environment, which wins over the
+//! file — turned into the options of a worker and its master ([`Plan`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::fcgi::job::Limits;
+use crate::fcgi::worker::WorkerOptions;
+use crate::fcgi::worker::listener::{Bind, UnixSocketOptions};
+use crate::fcgi::worker::pool::Timeouts;
+
+/// The end of `--help`.
+pub const AFTER_HELP: &str =
+    "Environment: every flag may be given as WSGI_<FLAG> (WSGI_APP, WSGI_WORKERS,
+WSGI_MAX_REQUESTS, ...; WSGI_BIND ','-separated, WSGI_PYTHONPATH ':'-separated,
+switches on for 1/true/yes/on); the command line wins over the environment,
+which wins over --config. An empty variable counts as unset.
+
+Listening: --bind unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable). Without
+--bind, a listening socket inherited on fd 0 (spawn-fcgi, mod_fcgid, lighttpd
+bin-path) or from systemd (LISTEN_FDS) is used. FCGI_WEB_SERVER_ADDRS (comma-
+separated IPs) restricts TCP peers.
+
+Signals (the process, or with --workers the master):
+  TERM        graceful stop: no new connections, requests in flight finish
+              within --graceful-timeout
+  INT, QUIT   stop at once
+  HUP         (--workers) reload: new workers import the app afresh and start
+              accepting; the old ones then finish their requests and exit.
+              The listening sockets stay open throughout. If the new code
+              does not import, the old workers go on serving. With
+              --preload the master re-executes itself (same pid) first.
+  TTIN, TTOU  (--workers) one worker process more / fewer
+  USR1        reopen the access log (the master passes it to its workers)
+
+Exit status: 0 stopped normally; 1 could not start (bad option, socket,
+interpreter); 4 the application failed to import (with --workers: in the
+first worker, which stops the master instead of a respawn loop).
+`wsgi-fcgi request`: 0 when the response status is 2xx, 1 otherwise, 2 when
+the request failed.";
+
+/// Serve a Python WSGI application to web servers over FastCGI.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
+pub struct Cli {
+    /// `wsgi-fcgi request …`, or none: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The serve flags.
+    #[command(flatten)]
+    pub serve: Serve,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Send one request to a FastCGI responder and print the response.
+    Request(RequestArgs),
+}
+
+/// The flags of `wsgi-fcgi` (serving): the one table of its settings,
+/// also read from `--config` and `WSGI_*`.
+#[derive(Args)]
+pub struct Serve {
+    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi (`demo`: the built-in demo app, the default when no web server started us)
+    #[arg(long, value_name = "SPEC")]
+    app: Option<String>,
+    /// Listen on unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable)
+    #[arg(long, value_name = "ADDRESS")]
+    bind: Vec<String>,
+    /// Python threads running the app
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    threads: usize,
+    /// A virtualenv; its Python version must match the linked libpython
+    #[arg(long, value_name = "DIR")]
+    venv: Option<PathBuf>,
+    /// Change to DIR before loading the app (it is put on sys.path)
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<PathBuf>,
+    /// Put DIR in front of sys.path (repeatable)
+    #[arg(long, value_name = "DIR")]
+    pythonpath: Vec<PathBuf>,
+    /// Mode of a unix socket (octal); never world-writable by default
+    #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Owner (user name) of a unix socket
+    #[arg(long, value_name = "USER")]
+    socket_owner: Option<String>,
+    /// Group of a unix socket
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Listen backlog
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    backlog: i32,
+    /// Connections open at once (advertised as FCGI_MAX_CONNS); at the limit the oldest idle one is closed for a new one
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_conns: usize,
+    /// Requests in flight on one connection (multiplexing), default 64; advertised as FCGI_MAX_REQS when given, else the worker's app threads are (a multiplexing client such as HAProxy then opens more connections, which spread over the workers, instead of queueing requests on one)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_reqs: Option<u32>,
+    /// Largest PARAMS (request headers and CGI variables) in bytes; more closes the connection
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    max_params_size: usize,
+    /// Largest request body in bytes; a larger CONTENT_LENGTH gets 413 before the app runs [default: no limit]
+    #[arg(long, value_name = "BYTES")]
+    max_body_size: Option<u64>,
+    /// Request bodies up to this size are received in memory before the app runs; larger ones go to a temporary file
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    body_buffer_size: usize,
+    /// Directory for those temporary files (unlinked at once) [default: $TMPDIR, else /tmp]
+    #[arg(long, value_name = "DIR")]
+    body_temp_dir: Option<PathBuf>,
+    /// Start the app before its request body has arrived and let it read the body as it comes (a slow client then holds an app thread)
+    #[arg(long)]
+    stream_request_body: bool,
+    /// Seconds a connection may take to send a complete request header (BEGIN_REQUEST and PARAMS), or may let a body stall, before it is closed
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    header_timeout: f64,
+    /// Serve kept-alive connections (nginx keepalive pools) on the I/O thread: two wake-ups per request instead of one (by default the app threads serve them)
+    #[arg(long)]
+    kept_on_io_thread: bool,
+    /// Also send wsgi.errors output to the web server as FCGI_STDERR (like fcgiwrap -f)
+    #[arg(long)]
+    forward_stderr: bool,
+    /// Seconds TERM waits for requests in flight
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    graceful_timeout: f64,
+    /// Run a master with N pre-forked worker processes (signals: see below) [default: one process, no master]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    workers: Option<u32>,
+    /// (--workers) Import the app once in the master and fork the workers from it (copy-on-write sharing); HUP then re-executes the master so the new code is imported
+    #[arg(long, requires = "workers")]
+    preload: bool,
+    /// (--workers) Replace a worker after it served N requests (its replacement starts first)
+    #[arg(long, value_name = "N", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: Option<u64>,
+    /// (--workers) Up to N more requests per worker, at random, so workers do not recycle together
+    #[arg(long, value_name = "N", requires = "max_requests", default_value_t = 0)]
+    max_requests_jitter: u64,
+    /// (--workers) Replace a worker after S seconds (plus up to 10% at random)
+    #[arg(long, value_name = "S", requires = "workers")]
+    max_lifetime: Option<f64>,
+    /// A request running longer than S seconds: its Python stack is logged, it gets a 504 if its response has not begun, and (with --workers) the worker is replaced once its other requests are done; the master kills a worker that does not act by S + --graceful-timeout
+    #[arg(long, value_name = "S")]
+    request_timeout: Option<f64>,
+    /// Log the Python stack of requests running longer than S seconds (like PHP-FPM's slowlog)
+    #[arg(long, value_name = "S")]
+    slow_request_log: Option<f64>,
+    /// Answer PATH with the pool's status (PHP-FPM's fields; ?json, ?openmetrics, ?full), without the app
+    #[arg(long, value_name = "PATH")]
+    status_path: Option<String>,
+    /// Answer PATH with "pong", without the app (a health check)
+    #[arg(long, value_name = "PATH")]
+    ping_path: Option<String>,
+    /// Read settings from a TOML file whose keys are these flags' names (e.g. `workers = 4`); flags given here win
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration and import the app in a child process (as --user), report the import time, and exit: 0 when all is well (like php-fpm -t)
+    #[arg(long)]
+    check: bool,
+    /// Write an access log line per request to FILE ('-': stderr); USR1 reopens it
+    #[arg(long, value_name = "FILE")]
+    access_log: Option<String>,
+    /// Apache LogFormat atoms: %h %l %u %t %r %m %U %q %H %s %b %B %D %T %P %{Header}i %{VAR}e %%
+    #[arg(long, value_name = "FMT", default_value = crate::fcgi::worker::accesslog::DEFAULT_FORMAT)]
+    access_log_format: String,
+    /// Run the app as this user once the sockets are bound (with --workers: the workers; the master stays as started)
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Run the app as this group [default: the --user's primary group]
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// (--workers) Replace a worker whose resident memory exceeds MiB (minus up to 5% at random; sampled every second)
+    #[arg(long, value_name = "MiB", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
+    max_rss: Option<u64>,
+}
+
+/// The arguments of `wsgi-fcgi request`.
+#[derive(Args)]
+pub struct RequestArgs {
+    /// The responder: unix:PATH, HOST:PORT or [IPv6]:PORT
+    pub address: String,
+    /// The path, with an optional ?query
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Request method
+    #[arg(short = 'X', long, default_value = "GET")]
+    pub method: String,
+    /// A header, "Name: value" (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// Request body
+    #[arg(short = 'd', long, value_name = "DATA", conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Request body from a file
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
+}
+
+/// `--max-reqs` when not given.
+const DEFAULT_MAX_REQS: usize = 64;
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("not an octal mode: {e}"))
+}
+
+/// What the serve flags ask for.
+pub struct Plan {
+    /// What each worker (or the only process) runs with.
+    pub options: WorkerOptions,
+    /// `--max-lifetime`.
+    pub max_lifetime: Option<Duration>,
+    /// `--max-rss`, in bytes.
+    pub max_rss: Option<u64>,
+    /// `--check`.
+    pub check: bool,
+    /// `--preload`.
+    pub preload: bool,
+}
+
+impl Serve {
+    /// The flags, checked and turned into options.
+    pub fn plan(self) -> anyhow::Result<Plan> {
+        let args = self;
+        let binds = args
+            .bind
+            .iter()
+            .map(|b| Bind::parse(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = WorkerOptions {
+            app: args.app,
+            binds,
+            unix: UnixSocketOptions {
+                mode: args.socket_mode,
+                owner: args.socket_owner,
+                group: args.socket_group,
+            },
+            backlog: args.backlog,
+            threads: args.threads.max(1),
+            venv: args.venv,
+            chdir: args.chdir,
+            pythonpath: args.pythonpath,
+            limits: Limits {
+                max_params: args.max_params_size,
+                max_body: args.max_body_size,
+                max_conns: args.max_conns,
+                max_reqs: args.max_reqs.map_or(DEFAULT_MAX_REQS, |n| n as usize),
+                advertised_reqs: args.max_reqs.map_or(args.threads.max(1), |n| n as usize),
+                page_hook: None,
+                body_buffer_size: args.body_buffer_size,
+                body_temp_dir: args.body_temp_dir,
+                stream_request_body: args.stream_request_body,
+                header_timeout: Duration::from_secs_f64(args.header_timeout.max(0.001)),
+                kept_inline: !args.kept_on_io_thread,
+            },
+            forward_stderr: args.forward_stderr,
+            graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
+            workers: args.workers.map_or(0, |n| n as usize),
+            max_requests: args.max_requests,
+            max_requests_jitter: args.max_requests_jitter,
+            timeouts: Timeouts {
+                request: args
+                    .request_timeout
+                    .map(|s| Duration::from_secs_f64(s.max(0.001))),
+                slow: args
+                    .slow_request_log
+                    .map(|s| Duration::from_secs_f64(s.max(0.001))),
+            },
+            status_path: args.status_path,
+            ping_path: args.ping_path,
+            access_log: args.access_log,
+            access_log_format: args.access_log_format,
+            user: args.user,
+            group: args.group,
+        };
+        Ok(Plan {
+            options,
+            max_lifetime: args
+                .max_lifetime
+                .map(|s| Duration::from_secs_f64(s.max(0.001))),
+            max_rss: args.max_rss.map(|mib| mib << 20),
+            check: args.check,
+            preload: args.preload,
+        })
+    }
+}
+
+/// Parse `args` (argv): the config file's flags, then the environment's,
+/// then the command line's own.
+pub fn parse(args: Vec<std::ffi::OsString>) -> anyhow::Result<Cli> {
+    let (args, cli_start) = with_config_file(args)?;
+    let args = with_environment(args, cli_start);
+    Ok(Cli::parse_from(args))
+}
+
+/// `--config FILE`: the file's settings become flags placed before the
+/// command line's own (which therefore win: the last occurrence counts).
+/// Its keys are the long flag names — the flag table above is the one
+/// source of settings — with TOML values: `workers = 4`, `bind =
+/// ["unix:/run/app.sock"]`, `forward-stderr = true`. An unknown key is an
+/// unknown flag, and an error.
+/// Returns the arguments and where the command line's own begin.
+fn with_config_file(
+    args: Vec<std::ffi::OsString>,
+) -> anyhow::Result<(Vec<std::ffi::OsString>, usize)> {
+    let position = args.iter().position(|a| a == "--config");
+    let (file, drop_at) = match position {
+        Some(i) => (args.get(i + 1).cloned(), Some((i, 2))),
+        None => match args
+            .iter()
+            .position(|a| a.to_string_lossy().starts_with("--config="))
+        {
+            Some(i) => {
+                let text = args[i].to_string_lossy().into_owned();
+                (Some(text["--config=".len()..].into()), Some((i, 1)))
+            }
+            None => (None, None),
+        },
+    };
+    let (Some(file), Some((at, count))) = (file, drop_at) else {
+        return Ok((args, 1));
+    };
+    if args.get(1).is_some_and(|a| a == "request") {
+        return Ok((args, 1));
+    }
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("--config {}", file.to_string_lossy()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("--config {}", file.to_string_lossy()))?;
+    let mut flags = Vec::new();
+    for (key, value) in &table {
+        if key == "config" {
+            anyhow::bail!(
+                "--config {}: `config` cannot be set in a config file",
+                file.to_string_lossy()
+            );
+        }
+        let values = match value {
+            toml::Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        for value in values {
+            match value {
+                toml::Value::Boolean(true) => flags.push(format!("--{key}")),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(text) => flags.push(format!("--{key}={text}")),
+                toml::Value::Integer(n) => flags.push(format!("--{key}={n}")),
+                toml::Value::Float(x) => flags.push(format!("--{key}={x}")),
+                other => anyhow::bail!(
+                    "--config {}: `{key}`: a {} is not a string, number, boolean or list of them",
+                    file.to_string_lossy(),
+                    other.type_str()
+                ),
+            }
+        }
+    }
+    let mut out: Vec<std::ffi::OsString> = vec![args[0].clone()];
+    out.extend(flags.into_iter().map(Into::into));
+    let cli_start = out.len();
+    out.extend(
+        args.into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 0 && !(at..at + count).contains(i))
+            .map(|(_, a)| a),
+    );
+    Ok((out, cli_start))
+}
+
+/// Every setting may also come from `WSGI_<FLAG>` (upper case, `-` → `_`:
+/// `WSGI_MAX_REQUESTS=1000`): such variables become flags placed after the
+/// config file's and before the command line's, so the command line wins
+/// over the environment, which wins over the file. An empty variable counts
+/// as unset (web servers pass "" for "not configured"); `WSGI_BIND` and
+/// `WSGI_PYTHONPATH` take several values (`,` and `:` separated); a switch
+/// is on for `1`, `true`, `yes` or `on`.
+fn with_environment(args: Vec<std::ffi::OsString>, cli_start: usize) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    if args.get(1).is_some_and(|a| a == "request") {
+        return args;
+    }
+    let command = Cli::command();
+    let mut flags: Vec<std::ffi::OsString> = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "config" | "check" | "help" | "version") {
+            continue;
+        }
+        let name = format!("WSGI_{}", long.to_ascii_uppercase().replace('-', "_"));
+        let Some(value) = std::env::var_os(&name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let value = value.to_string_lossy().into_owned();
+        if !arg.get_action().takes_values() {
+            if matches!(
+                value.to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            ) {
+                flags.push(format!("--{long}").into());
+            }
+            continue;
+        }
+        let separator = match long {
+            "pythonpath" => Some(':'),
+            "bind" => Some(','),
+            _ => None,
+        };
+        let values: Vec<&str> = match separator {
+            Some(sep) => value.split(sep).filter(|v| !v.is_empty()).collect(),
+            None => vec![value.as_str()],
+        };
+        for value in values {
+            flags.push(format!("--{long}={value}").into());
+        }
+    }
+    if flags.is_empty() {
+        return args;
+    }
+    // After argv[0] and any config-file flags, before the command line's own.
+    let split = cli_start.clamp(1, args.len().max(1));
+    let mut out: Vec<std::ffi::OsString> = args[..split].to_vec();
+    out.extend(flags);
+    out.extend(args[split..].iter().cloned());
+    out
+}

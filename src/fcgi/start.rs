@@ -1,0 +1,177 @@
+//! What `wsgi-fcgi` does with its [`Plan`]: `--check`; one process; or a
+//! master (`crate::process::master`) with `--workers` worker processes,
+//! forked from an imported app with `--preload`.
+
+use crate::core::exit::Exit;
+use crate::fcgi::cli::Plan;
+use crate::fcgi::worker::listener::{Bind, Listener};
+use crate::fcgi::worker::{self, WorkerError, WorkerOptions};
+use crate::process::ToMaster;
+use crate::process::master::{self, MasterOptions};
+
+/// Serve as `plan` says; returns the exit status.
+pub fn serve(plan: Plan) -> anyhow::Result<i32> {
+    if plan.check {
+        return run_check(&plan.options);
+    }
+    // A --preload master re-executed by HUP: the workers to adopt.
+    let adopted: Vec<i32> = std::env::var(worker::REEXEC_ENV)
+        .ok()
+        .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
+    let mut plan = plan;
+    master_to_remove_the_socket_file(&mut plan.options);
+    let options = &plan.options;
+    let listeners = worker::listeners(options)?;
+    // From here on, whatever happens, the socket files go with this process.
+    let _socket_files = worker::SocketFiles(options);
+    // SAFETY: single-threaded still (no runtime, no Python yet).
+    unsafe { std::env::remove_var(worker::REEXEC_ENV) };
+    worker::warn_if_root(options);
+    if options.workers == 0 {
+        return Ok(worker_main(options, listeners, None, None));
+    }
+    run_master(&plan, listeners, &adopted)
+}
+
+/// A process that dropped its privileges (`--user`, started as root)
+/// cannot remove a socket file from a root-owned directory at the end: a
+/// master (which stays root, and tells systemd READY=1 itself) with one
+/// worker can.
+fn master_to_remove_the_socket_file(options: &mut WorkerOptions) {
+    if options.workers == 0
+        && options.user.is_some()
+        && nix::unistd::geteuid().is_root()
+        && options.binds.iter().any(|b| matches!(b, Bind::Unix(_)))
+    {
+        crate::log_info!(
+            "--user with a unix socket file: running a master with one worker, which keeps \
+             the privileges to remove the socket file when it stops"
+        );
+        options.workers = 1;
+    }
+}
+
+/// `--workers`: the master, forking workers that serve on copies of
+/// `listeners` (from the app imported here, with `--preload`); `adopted`:
+/// the workers of the master this one re-executed.
+fn run_master(plan: &Plan, listeners: Vec<Listener>, adopted: &[i32]) -> anyhow::Result<i32> {
+    let options = &plan.options;
+    if options.status_path.is_some()
+        || options.ping_path.is_some()
+        || options.timeouts.request.is_some()
+    {
+        // Shared by every worker forked from here on (the master reads
+        // there what each app thread runs, for --request-timeout).
+        crate::process::scoreboard::create()?;
+    }
+    let master_options = MasterOptions {
+        workers: options.workers,
+        graceful_timeout: options.graceful_timeout,
+        max_lifetime: plan.max_lifetime,
+        max_rss: plan.max_rss,
+        request_timeout: options.timeouts.request,
+    };
+    let preloaded = match plan.preload.then(|| worker::preload(options)) {
+        None => None,
+        Some(Ok(app)) => Some(app),
+        Some(Err(WorkerError::AppLoad)) if !adopted.is_empty() => {
+            // The workers will try too, fail, and the reload is cancelled:
+            // the adopted (old) workers go on serving.
+            eprintln!("wsgi-fcgi: the new code does not import (traceback above)");
+            None
+        }
+        Some(Err(WorkerError::AppLoad)) => {
+            eprintln!("wsgi-fcgi: the application failed to load (traceback above)");
+            return Ok(Exit::AppLoad.code());
+        }
+        Some(Err(err)) => return Err(err.into()),
+    };
+    let hooks = preloaded
+        .as_ref()
+        .map(|_| worker::PreloadFork::new(&listeners));
+    let hooks = hooks.as_ref().map(|h| h as &dyn master::ForkHooks);
+    let code = master::run(
+        master_options,
+        &|ready| match listeners.iter().map(|l| l.try_clone()).collect() {
+            Ok(copies) => worker_main(options, copies, Some(ready), preloaded.as_ref()),
+            Err(err) => {
+                eprintln!("wsgi-fcgi: worker: {err}");
+                Exit::Setup.code()
+            }
+        },
+        hooks,
+        adopted,
+    )?;
+    Ok(code)
+}
+
+/// `--check`: the options parsed (clap did that); unix socket directories
+/// exist; then a child process imports the app as a worker would.
+fn run_check(options: &WorkerOptions) -> anyhow::Result<i32> {
+    for bind in &options.binds {
+        if let Bind::Unix(path) = bind {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                eprintln!(
+                    "wsgi-fcgi --check: no directory for the socket {}",
+                    path.display()
+                );
+                return Ok(Exit::Setup.code());
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    // SAFETY: still single-threaded (no runtime, no Python yet).
+    let child = match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            let code = match worker::check_import(options) {
+                Ok(()) => Exit::Success.code(),
+                Err(WorkerError::AppLoad) => Exit::AppLoad.code(),
+                Err(err) => {
+                    eprintln!("wsgi-fcgi --check: {err}");
+                    Exit::Setup.code()
+                }
+            };
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    let status = nix::sys::wait::waitpid(child, None)?;
+    let app = options.app.as_deref().unwrap_or("the demo app");
+    let code = match status {
+        nix::sys::wait::WaitStatus::Exited(_, code) => code,
+        _ => Exit::Setup.code(),
+    };
+    match code {
+        c if c == Exit::Success.code() => println!(
+            "wsgi-fcgi --check: configuration OK; {app} imported in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+        c if c == Exit::AppLoad.code() => {
+            eprintln!("wsgi-fcgi --check: {app} does not import (traceback above)")
+        }
+        _ => eprintln!("wsgi-fcgi --check: the configuration is not usable (see above)"),
+    }
+    Ok(code)
+}
+
+/// One worker process (or the only process); returns the exit status.
+fn worker_main(
+    options: &WorkerOptions,
+    listeners: Vec<Listener>,
+    ready: Option<ToMaster>,
+    preloaded: Option<&pyo3::Py<pyo3::PyAny>>,
+) -> i32 {
+    match worker::run(options.clone(), listeners, ready, preloaded) {
+        Ok(()) => Exit::Success.code(),
+        Err(WorkerError::AppLoad) => {
+            eprintln!("wsgi-fcgi: the application failed to load (traceback above)");
+            Exit::AppLoad.code()
+        }
+        Err(err) => {
+            eprintln!("wsgi-fcgi: {err}");
+            Exit::Setup.code()
+        }
+    }
+}
