@@ -441,7 +441,8 @@ fn nginx_spread_over_workers() -> Option<()> {
         cmd
     });
     let web = nginx(&responder.address(), MOUNT)?;
-    // Both workers up (each answers the status page; wait for two rows).
+    // Both workers up and accepting (two rows, neither "Starting": a
+    // worker still importing its app when the pool opens gets none of it).
     let status = || {
         let out = Command::new(wsgi_fcgi())
             .args(["request", &responder.address(), "/status?json&full"])
@@ -455,7 +456,16 @@ fn nginx_spread_over_workers() -> Option<()> {
         Json::parse(&body).unwrap_or_else(|e| panic!("{e}: {text}"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while status().get("total processes").num() != Some(2.0) {
+    let accepting = |status: Json| {
+        let starting = match status.get("processes") {
+            Json::Arr(rows) => rows
+                .iter()
+                .any(|r| r.get("state").str() == Some("Starting")),
+            _ => true,
+        };
+        status.get("total processes").num() == Some(2.0) && !starting
+    };
+    while !accepting(status()) {
         assert!(
             std::time::Instant::now() < deadline,
             "{}",

@@ -98,6 +98,9 @@ pub struct Slot {
     /// right now, not stepped aside (see `parking::Waiter::handed_off`): a
     /// paused thread of another worker leaves waiting connections to them.
     pub waiting: AtomicU32,
+    /// Non-zero once an app thread of it waits on the listening sockets
+    /// (its app is imported): before, the status page says "Starting".
+    pub accepting: AtomicU8,
     uri: Text<URI>,
     /// Its app threads (the first [`THREAD_SLOTS`]).
     pub threads: [ThreadRow; THREAD_SLOTS],
@@ -187,6 +190,7 @@ impl Board {
         slot.request_start.store(0, Ordering::Relaxed);
         slot.last_duration.store(0, Ordering::Relaxed);
         slot.waiting.store(0, Ordering::Relaxed);
+        slot.accepting.store(0, Ordering::Relaxed);
         slot.uri.clear();
         for thread in &slot.threads {
             thread.started.store(0, Ordering::Relaxed);

@@ -48,6 +48,7 @@ impl Pages {
 struct Worker {
     pid: u32,
     running: u32,
+    accepting: bool,
     started: u64,
     requests: u64,
     request_start: u64,
@@ -64,6 +65,7 @@ fn workers(board: &Board) -> Vec<Worker> {
             (pid != 0).then(|| Worker {
                 pid,
                 running: s.running.load(Ordering::Relaxed),
+                accepting: s.accepting.load(Ordering::Relaxed) != 0,
                 started: s.started.load(Ordering::Relaxed),
                 requests: s.requests.load(Ordering::Relaxed),
                 request_start: s.request_start.load(Ordering::Relaxed),
@@ -157,7 +159,13 @@ pub fn render(
             ("pid", w.pid.to_string()),
             (
                 "state",
-                if w.running > 0 { "Running" } else { "Idle" }.into(),
+                match (w.running > 0, w.accepting) {
+                    (true, _) => "Running",
+                    (false, true) => "Idle",
+                    // (PHP-FPM's name for a worker not serving yet.)
+                    (false, false) => "Starting",
+                }
+                .into(),
             ),
             ("start time", (w.started / 1_000_000).to_string()),
             (

@@ -243,6 +243,9 @@ impl Waiter {
             board: crate::process::scoreboard::board().zip(crate::process::scoreboard::my_index()),
         };
         waiter.register()?;
+        if let (true, Some((board, me))) = (waiter.accepting, waiter.board) {
+            board.slots[me].accepting.store(1, Ordering::Relaxed);
+        }
         Ok(waiter)
     }
 
