@@ -740,3 +740,44 @@ fn a_dechunked_body_with_its_length_hides_the_chunked_header() {
     assert_eq!(env["CONTENT_LENGTH"], "5", "{env}");
     assert!(env.get("HTTP_TRANSFER_ENCODING").is_none(), "{env}");
 }
+
+/// A body that came chunked from the client (Apache mod_proxy_fcgi passes
+/// it on as it arrives, with `Transfer-Encoding: chunked` and no
+/// CONTENT_LENGTH, unless the whole body had already arrived): received
+/// whole, the app gets its measured CONTENT_LENGTH and no
+/// HTTP_TRANSFER_ENCODING, so it does not de-chunk de-chunked bytes (bottle:
+/// 400). Whether the request arrives at once (served by the accepting
+/// thread) or in pieces (by the I/O thread), and not with
+/// --stream-request-body, whose length is not known when the app starts.
+#[test]
+fn a_chunked_body_received_whole_gets_its_measured_length() {
+    let environ = |r: &Responder, in_pieces: bool| -> serde_json::Value {
+        let req = Req::get("/environ")
+            .method("POST")
+            .param("CONTENT_TYPE", "text/plain")
+            .param("HTTP_TRANSFER_ENCODING", "chunked")
+            .stdin(b"hello");
+        let wire = req.wire(1);
+        let mut c = r.connect();
+        if in_pieces {
+            let head = req.head_wire(1).len();
+            c.send(&wire[..head]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            c.send(&wire[head..]).unwrap();
+        } else {
+            c.send(&wire).unwrap();
+        }
+        let out = c.response(1);
+        serde_json::from_slice(out.body()).unwrap_or_else(|e| panic!("{e}: {}", r.log()))
+    };
+    let r = Responder::fixtures(&[]);
+    for in_pieces in [false, true] {
+        let env = environ(&r, in_pieces);
+        assert_eq!(env["CONTENT_LENGTH"], "5", "in pieces: {in_pieces}: {env}");
+        assert!(env.get("HTTP_TRANSFER_ENCODING").is_none(), "{env}");
+    }
+    let streamed = Responder::fixtures(&["--stream-request-body"]);
+    let env = environ(&streamed, true);
+    assert!(env.get("CONTENT_LENGTH").is_none(), "{env}");
+    assert_eq!(env["HTTP_TRANSFER_ENCODING"], "chunked");
+}

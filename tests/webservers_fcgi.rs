@@ -864,8 +864,7 @@ fn pypiserver(behind_apache: bool) -> Option<()> {
         s.write_all(&chunked).unwrap();
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        text.lines().next().unwrap_or_default().to_string()
+        String::from_utf8_lossy(&raw).into_owned()
     };
     assert!(
         status_line.starts_with("HTTP/1.1 200"),

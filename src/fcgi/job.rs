@@ -113,6 +113,36 @@ pub enum Body {
 }
 
 impl Body {
+    /// Its length, when it was received whole before the app runs.
+    pub fn received_len(&self) -> Option<u64> {
+        match self {
+            Body::Memory(chunks) => Some(chunks.iter().map(|c| c.len() as u64).sum()),
+            Body::File(file) => file.metadata().ok().map(|m| m.len()),
+            Body::Stream { .. } => None,
+        }
+    }
+
+    /// A body received whole without a `CONTENT_LENGTH` among `meta`
+    /// (Apache mod_proxy_fcgi passes a chunked request body on as it
+    /// arrives, with its `Transfer-Encoding` header, unless the whole body
+    /// was already there): the app gets its measured `CONTENT_LENGTH`, as
+    /// behind nginx, and with it no `HTTP_TRANSFER_ENCODING`
+    /// ([`crate::core::environ::build`] drops it), so that it does not
+    /// de-chunk the already de-chunked bytes (bottle, pypiserver: 400
+    /// "Error while parsing chunked transfer body").
+    pub fn measure(&self, meta: &mut MetaVariables) {
+        let given = meta
+            .iter()
+            .any(|(k, v)| k == b"CONTENT_LENGTH" && !v.trim_ascii().is_empty());
+        if given {
+            return;
+        }
+        if let Some(len) = self.received_len().filter(|&n| n > 0 || chunked(meta)) {
+            meta.retain(|(k, _)| k != b"CONTENT_LENGTH");
+            meta.push((b"CONTENT_LENGTH".to_vec(), len.to_string().into_bytes()));
+        }
+    }
+
     /// A body read as it arrives on `rx`.
     pub fn stream(rx: mpsc::Receiver<Bytes>) -> Body {
         Body::Stream {
@@ -150,6 +180,15 @@ impl Read for Body {
         current.advance(n);
         Ok(n)
     }
+}
+
+/// Whether the request says its body came chunked.
+fn chunked(meta: &MetaVariables) -> bool {
+    meta.iter().any(|(k, v)| {
+        k == b"HTTP_TRANSFER_ENCODING"
+            && v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    })
 }
 
 /// A request ready to run, handed to the [`Dispatch`].

@@ -45,6 +45,7 @@ impl Pages {
     }
 }
 
+/// One worker's row, as read from the board.
 struct Worker {
     pid: u32,
     running: u32,
@@ -54,6 +55,8 @@ struct Worker {
     request_start: u64,
     last_duration: u64,
     line: String,
+    /// Resident memory (bytes).
+    rss: u64,
 }
 
 fn workers(board: &Board) -> Vec<Worker> {
@@ -71,6 +74,7 @@ fn workers(board: &Board) -> Vec<Worker> {
                 request_start: s.request_start.load(Ordering::Relaxed),
                 last_duration: s.last_duration.load(Ordering::Relaxed),
                 line: s.line(),
+                rss: rss_bytes(pid),
             })
         })
         .collect()
@@ -98,79 +102,97 @@ fn json_string(text: &str) -> String {
     out
 }
 
-/// The status page in the format the query asks for.
-pub fn render(
-    board: &Board,
-    pool: &str,
-    query: &str,
+/// What the page shows, read from the board once (µs since the epoch for
+/// times), so that each format is a plain function of it.
+struct Snapshot {
+    pool: String,
+    now: u64,
+    start: u64,
+    accepted: u64,
+    /// Connections waiting, and the backlog's size.
     listen: (u64, u64),
-) -> (&'static str, String) {
-    let words: Vec<&str> = query.split('&').collect();
-    let full = words.contains(&"full");
-    let now = now_us();
-    let list = workers(board);
-    let active = list.iter().filter(|w| w.running > 0).count() as u64;
-    let total = list.len() as u64;
-    let start = board.start_time.load(Ordering::Relaxed);
-    let since = now.saturating_sub(start) / 1_000_000;
-    let max_active = board.max_active.load(Ordering::Relaxed).max(active);
-    let max_listen = board.max_listen_queue.load(Ordering::Relaxed).max(listen.0);
-    // PHP-FPM's pool fields, in its order.
-    let pool_fields: Vec<(&str, String)> = vec![
-        ("pool", pool.to_string()),
-        ("process manager", "static".into()),
-        ("start time", (start / 1_000_000).to_string()),
-        ("start since", since.to_string()),
-        (
-            "accepted conn",
-            board.accepted.load(Ordering::Relaxed).to_string(),
-        ),
-        ("listen queue", listen.0.to_string()),
-        ("max listen queue", max_listen.to_string()),
-        ("listen queue len", listen.1.to_string()),
-        ("idle processes", (total - active).to_string()),
-        ("active processes", active.to_string()),
-        ("total processes", total.to_string()),
-        ("max active processes", max_active.to_string()),
-        ("max children reached", "0".into()),
-        (
-            "slow requests",
-            board.slow_requests.load(Ordering::Relaxed).to_string(),
-        ),
-        // Ours, beyond PHP-FPM's.
-        (
-            "request timeouts",
-            board.timeouts.load(Ordering::Relaxed).to_string(),
-        ),
-    ];
-    let recycles: Vec<(&str, u64)> = Recycle::ALL
-        .iter()
-        .zip(&board.recycles)
-        .map(|(cause, n)| (cause.name(), n.load(Ordering::Relaxed)))
-        .collect();
-    let worker_fields = |w: &Worker| -> Vec<(&'static str, String)> {
+    max_listen: u64,
+    active: u64,
+    total: u64,
+    max_active: u64,
+    slow: u64,
+    timeouts: u64,
+    recycles: Vec<(&'static str, u64)>,
+    workers: Vec<Worker>,
+}
+
+impl Snapshot {
+    fn of(board: &Board, pool: &str, listen: (u64, u64)) -> Snapshot {
+        let workers = workers(board);
+        let active = workers.iter().filter(|w| w.running > 0).count() as u64;
+        Snapshot {
+            pool: pool.to_string(),
+            now: now_us(),
+            start: board.start_time.load(Ordering::Relaxed),
+            accepted: board.accepted.load(Ordering::Relaxed),
+            listen,
+            max_listen: board.max_listen_queue.load(Ordering::Relaxed).max(listen.0),
+            active,
+            total: workers.len() as u64,
+            max_active: board.max_active.load(Ordering::Relaxed).max(active),
+            slow: board.slow_requests.load(Ordering::Relaxed),
+            timeouts: board.timeouts.load(Ordering::Relaxed),
+            recycles: Recycle::ALL
+                .iter()
+                .zip(&board.recycles)
+                .map(|(cause, n)| (cause.name(), n.load(Ordering::Relaxed)))
+                .collect(),
+            workers,
+        }
+    }
+
+    fn since(&self) -> u64 {
+        self.now.saturating_sub(self.start) / 1_000_000
+    }
+
+    /// PHP-FPM's pool fields, in its order, then ours.
+    fn pool_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("pool", self.pool.clone()),
+            ("process manager", "static".into()),
+            ("start time", (self.start / 1_000_000).to_string()),
+            ("start since", self.since().to_string()),
+            ("accepted conn", self.accepted.to_string()),
+            ("listen queue", self.listen.0.to_string()),
+            ("max listen queue", self.max_listen.to_string()),
+            ("listen queue len", self.listen.1.to_string()),
+            ("idle processes", (self.total - self.active).to_string()),
+            ("active processes", self.active.to_string()),
+            ("total processes", self.total.to_string()),
+            ("max active processes", self.max_active.to_string()),
+            ("max children reached", "0".into()),
+            ("slow requests", self.slow.to_string()),
+            // Ours, beyond PHP-FPM's.
+            ("request timeouts", self.timeouts.to_string()),
+        ]
+    }
+
+    /// PHP-FPM's per-process fields (`?full`).
+    fn worker_fields(&self, w: &Worker) -> Vec<(&'static str, String)> {
         let (method, uri) = w.line.split_once(' ').unwrap_or(("-", "-"));
         let duration = if w.running > 0 {
-            now.saturating_sub(w.request_start)
+            self.now.saturating_sub(w.request_start)
         } else {
             w.last_duration
         };
+        let state = match (w.running > 0, w.accepting) {
+            (true, _) => "Running",
+            (false, true) => "Idle",
+            // (PHP-FPM's name for a worker not serving yet.)
+            (false, false) => "Starting",
+        };
         vec![
             ("pid", w.pid.to_string()),
-            (
-                "state",
-                match (w.running > 0, w.accepting) {
-                    (true, _) => "Running",
-                    (false, true) => "Idle",
-                    // (PHP-FPM's name for a worker not serving yet.)
-                    (false, false) => "Starting",
-                }
-                .into(),
-            ),
+            ("state", state.into()),
             ("start time", (w.started / 1_000_000).to_string()),
             (
                 "start since",
-                (now.saturating_sub(w.started) / 1_000_000).to_string(),
+                (self.now.saturating_sub(w.started) / 1_000_000).to_string(),
             ),
             ("requests", w.requests.to_string()),
             ("request duration", duration.to_string()),
@@ -180,10 +202,59 @@ pub fn render(
             ("user", "-".into()),
             ("script", "-".into()),
             ("last request cpu", "0.00".into()),
-            ("last request memory", rss_bytes(w.pid).to_string()),
+            ("last request memory", w.rss.to_string()),
             ("requests in flight", w.running.to_string()),
         ]
+    }
+}
+
+/// The status page in the format the query asks for.
+pub fn render(
+    board: &Board,
+    pool: &str,
+    query: &str,
+    listen: (u64, u64),
+) -> (&'static str, String) {
+    let words: Vec<&str> = query.split('&').collect();
+    let full = words.contains(&"full");
+    let snapshot = Snapshot::of(board, pool, listen);
+    if words.contains(&"json") {
+        ("application/json", json(&snapshot, full))
+    } else if words.contains(&"openmetrics") {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            openmetrics(&snapshot, full),
+        )
+    } else {
+        ("text/plain", text(&snapshot, full))
+    }
+}
+
+/// `key:   value` lines, values aligned as PHP-FPM aligns them.
+fn text(s: &Snapshot, full: bool) -> String {
+    let line = |k: &str, v: &str| {
+        format!(
+            "{k}:{}{v}\n",
+            " ".repeat(21usize.saturating_sub(k.len()).max(1))
+        )
     };
+    let lines =
+        |fields: &[(&str, String)]| fields.iter().map(|(k, v)| line(k, v)).collect::<String>();
+    let mut body = lines(&s.pool_fields());
+    for (cause, n) in &s.recycles {
+        body.push_str(&line(&format!("recycled {cause}"), &n.to_string()));
+    }
+    if full {
+        for w in &s.workers {
+            body.push_str("\n************************\n");
+            body.push_str(&lines(&s.worker_fields(w)));
+        }
+    }
+    body
+}
+
+/// `?json`: PHP-FPM's object, numbers as numbers.
+fn json(s: &Snapshot, full: bool) -> String {
     let numeric = |key: &str| {
         !matches!(
             key,
@@ -196,183 +267,223 @@ pub fn render(
                 | "script"
         )
     };
-    if words.contains(&"json") {
-        let object = |fields: &[(&str, String)]| {
-            let items: Vec<String> = fields
-                .iter()
-                .map(|(k, v)| {
-                    let value = if numeric(k) {
-                        v.clone()
-                    } else {
-                        json_string(v)
-                    };
-                    format!("{}:{value}", json_string(k))
-                })
-                .collect();
-            items.join(",")
-        };
-        let mut body = format!("{{{}", object(&pool_fields));
-        let causes: Vec<String> = recycles
+    let object = |fields: &[(&str, String)]| {
+        let items: Vec<String> = fields
             .iter()
-            .map(|(c, n)| format!("{}:{n}", json_string(c)))
+            .map(|(k, v)| {
+                let value = if numeric(k) {
+                    v.clone()
+                } else {
+                    json_string(v)
+                };
+                format!("{}:{value}", json_string(k))
+            })
             .collect();
-        body.push_str(&format!(",\"recycles\":{{{}}}", causes.join(",")));
-        if full {
-            let rows: Vec<String> = list
-                .iter()
-                .map(|w| format!("{{{}}}", object(&worker_fields(w))))
-                .collect();
-            body.push_str(&format!(",\"processes\":[{}]", rows.join(",")));
-        }
-        body.push('}');
-        return ("application/json", body);
+        items.join(",")
+    };
+    let mut body = format!("{{{}", object(&s.pool_fields()));
+    let causes: Vec<String> = s
+        .recycles
+        .iter()
+        .map(|(c, n)| format!("{}:{n}", json_string(c)))
+        .collect();
+    body.push_str(&format!(",\"recycles\":{{{}}}", causes.join(",")));
+    if full {
+        let rows: Vec<String> = s
+            .workers
+            .iter()
+            .map(|w| format!("{{{}}}", object(&s.worker_fields(w))))
+            .collect();
+        body.push_str(&format!(",\"processes\":[{}]", rows.join(",")));
     }
-    if words.contains(&"openmetrics") {
-        let mut body = String::new();
-        // (OpenMetrics: a counter's sample is named `<family>_total`.)
-        let metric = |body: &mut String, name: &str, kind: &str, help: &str, value: String| {
-            let sample = if kind == "counter" { "_total" } else { "" };
-            body.push_str(&format!(
-                "# HELP phpfpm_{name} {help}\n# TYPE phpfpm_{name} {kind}\nphpfpm_{name}{sample} {value}\n"
-            ));
-        };
-        metric(
-            &mut body,
-            "up",
-            "gauge",
-            "Whether the pool is up.",
-            "1".into(),
-        );
-        metric(
-            &mut body,
+    body.push('}');
+    body
+}
+
+/// `?openmetrics`: the `phpfpm_*` families of the PHP-FPM exporters.
+fn openmetrics(s: &Snapshot, full: bool) -> String {
+    // (name, type, help, value). A counter's sample is `<family>_total`.
+    let metrics: [(&str, &str, &str, u64); 12] = [
+        ("up", "gauge", "Whether the pool is up.", 1),
+        (
             "start_since",
             "gauge",
             "Seconds since the pool started.",
-            since.to_string(),
-        );
-        metric(
-            &mut body,
+            s.since(),
+        ),
+        (
             "accepted_connections",
             "counter",
             "Requests accepted (PHP-FPM's accepted conn).",
-            board.accepted.load(Ordering::Relaxed).to_string(),
-        );
-        metric(
-            &mut body,
+            s.accepted,
+        ),
+        (
             "listen_queue",
             "gauge",
             "Connections waiting to be accepted.",
-            listen.0.to_string(),
-        );
-        metric(
-            &mut body,
+            s.listen.0,
+        ),
+        (
             "max_listen_queue",
             "gauge",
             "Longest listen queue seen.",
-            max_listen.to_string(),
-        );
-        metric(
-            &mut body,
+            s.max_listen,
+        ),
+        (
             "listen_queue_length",
             "gauge",
             "Size of the listen queue (backlog).",
-            listen.1.to_string(),
-        );
-        metric(
-            &mut body,
+            s.listen.1,
+        ),
+        (
             "idle_processes",
             "gauge",
             "Idle worker processes.",
-            (total - active).to_string(),
-        );
-        metric(
-            &mut body,
+            s.total - s.active,
+        ),
+        (
             "active_processes",
             "gauge",
             "Worker processes serving requests.",
-            active.to_string(),
-        );
-        metric(
-            &mut body,
-            "total_processes",
-            "gauge",
-            "Worker processes.",
-            total.to_string(),
-        );
-        metric(
-            &mut body,
+            s.active,
+        ),
+        ("total_processes", "gauge", "Worker processes.", s.total),
+        (
             "max_active_processes",
             "gauge",
             "Most worker processes active at once.",
-            max_active.to_string(),
-        );
-        metric(
-            &mut body,
+            s.max_active,
+        ),
+        (
             "slow_requests",
             "counter",
             "Requests slower than --slow-request-log.",
-            board.slow_requests.load(Ordering::Relaxed).to_string(),
-        );
-        metric(
-            &mut body,
+            s.slow,
+        ),
+        (
             "request_timeouts",
             "counter",
             "Requests that overran --request-timeout.",
-            board.timeouts.load(Ordering::Relaxed).to_string(),
-        );
-        body.push_str(
-            "# HELP phpfpm_recycles Workers recycled, by cause.\n# TYPE phpfpm_recycles counter\n",
-        );
-        for (cause, n) in &recycles {
-            body.push_str(&format!("phpfpm_recycles_total{{cause=\"{cause}\"}} {n}\n"));
-        }
-        if full {
-            body.push_str("# HELP phpfpm_process_requests Requests served by a worker.\n# TYPE phpfpm_process_requests counter\n");
-            for w in &list {
-                body.push_str(&format!(
-                    "phpfpm_process_requests_total{{pid=\"{}\"}} {}\n",
-                    w.pid, w.requests
-                ));
-            }
-            body.push_str("# HELP phpfpm_process_memory Resident memory of a worker (bytes).\n# TYPE phpfpm_process_memory gauge\n");
-            for w in &list {
-                body.push_str(&format!(
-                    "phpfpm_process_memory{{pid=\"{}\"}} {}\n",
-                    w.pid,
-                    rss_bytes(w.pid)
-                ));
-            }
-        }
-        body.push_str("# EOF\n");
-        return (
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body,
-        );
-    }
-    let text = |fields: &[(&str, String)]| {
-        fields
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}:{}{v}\n",
-                    " ".repeat(21usize.saturating_sub(k.len()).max(1))
-                )
-            })
-            .collect::<String>()
-    };
-    let mut body = text(&pool_fields);
-    for (cause, n) in &recycles {
-        let key = format!("recycled {cause}");
+            s.timeouts,
+        ),
+    ];
+    let mut body = String::new();
+    for (name, kind, help, value) in metrics {
+        let sample = if kind == "counter" { "_total" } else { "" };
         body.push_str(&format!(
-            "{key}:{}{n}\n",
-            " ".repeat(21usize.saturating_sub(key.len()).max(1))
+            "# HELP phpfpm_{name} {help}\n# TYPE phpfpm_{name} {kind}\nphpfpm_{name}{sample} {value}\n"
         ));
     }
+    body.push_str(
+        "# HELP phpfpm_recycles Workers recycled, by cause.\n# TYPE phpfpm_recycles counter\n",
+    );
+    for (cause, n) in &s.recycles {
+        body.push_str(&format!("phpfpm_recycles_total{{cause=\"{cause}\"}} {n}\n"));
+    }
     if full {
-        for w in &list {
-            body.push_str("\n************************\n");
-            body.push_str(&text(&worker_fields(w)));
+        body.push_str("# HELP phpfpm_process_requests Requests served by a worker.\n# TYPE phpfpm_process_requests counter\n");
+        for w in &s.workers {
+            body.push_str(&format!(
+                "phpfpm_process_requests_total{{pid=\"{}\"}} {}\n",
+                w.pid, w.requests
+            ));
+        }
+        body.push_str("# HELP phpfpm_process_memory Resident memory of a worker (bytes).\n# TYPE phpfpm_process_memory gauge\n");
+        for w in &s.workers {
+            body.push_str(&format!(
+                "phpfpm_process_memory{{pid=\"{}\"}} {}\n",
+                w.pid, w.rss
+            ));
         }
     }
-    ("text/plain", body)
+    body.push_str("# EOF\n");
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let worker = |pid, running, accepting, requests| Worker {
+            pid,
+            running,
+            accepting,
+            started: 1_000_000_000,
+            requests,
+            request_start: 2_000_000,
+            last_duration: 1500,
+            line: "GET /x?y=1".into(),
+            rss: 4 << 20,
+        };
+        Snapshot {
+            pool: "www".into(),
+            now: 5_000_000,
+            start: 1_000_000,
+            accepted: 7,
+            listen: (2, 1024),
+            max_listen: 3,
+            active: 1,
+            total: 3,
+            max_active: 2,
+            slow: 1,
+            timeouts: 0,
+            recycles: vec![("max requests", 4), ("max rss", 0)],
+            workers: vec![
+                worker(11, 1, true, 5),
+                worker(12, 0, true, 2),
+                worker(13, 0, false, 0),
+            ],
+        }
+    }
+
+    #[test]
+    fn text_aligns_php_fpm_fields_and_lists_workers_with_full() {
+        let s = snapshot();
+        let body = text(&s, true);
+        assert!(body.starts_with("pool:                 www\nprocess manager:      static\n"));
+        assert!(body.contains("\naccepted conn:        7\n"), "{body}");
+        assert!(body.contains("\nrecycled max requests: 4\n"), "{body}");
+        assert_eq!(body.matches("\n************************\n").count(), 3);
+        assert!(body.contains("state:                Running\n"));
+        assert!(body.contains("state:                Starting\n"));
+        assert!(body.contains("request uri:          /x?y=1\n"));
+        assert!(!text(&s, false).contains("pid:"));
+    }
+
+    #[test]
+    fn json_is_php_fpm_s_object_with_numbers_as_numbers() {
+        let s = snapshot();
+        let value: serde_json::Value = serde_json::from_str(&json(&s, true)).unwrap();
+        assert_eq!(value["pool"], "www");
+        assert_eq!(value["accepted conn"], 7);
+        assert_eq!(value["start since"], 4);
+        assert_eq!(value["idle processes"], 2);
+        assert_eq!(value["recycles"]["max requests"], 4);
+        let rows = value["processes"].as_array().unwrap();
+        let states: Vec<&str> = rows.iter().map(|r| r["state"].as_str().unwrap()).collect();
+        assert_eq!(states, ["Running", "Idle", "Starting"]);
+        assert_eq!(rows[0]["request duration"], 3_000_000);
+        assert_eq!(rows[1]["request duration"], 1500);
+        assert_eq!(rows[0]["request method"], "GET");
+        assert_eq!(rows[0]["last request memory"], 4 << 20);
+        let brief: serde_json::Value = serde_json::from_str(&json(&s, false)).unwrap();
+        assert!(brief.get("processes").is_none());
+    }
+
+    #[test]
+    fn openmetrics_counters_end_in_total_and_the_page_in_eof() {
+        let s = snapshot();
+        let body = openmetrics(&s, true);
+        assert!(body.contains(
+            "# TYPE phpfpm_accepted_connections counter\nphpfpm_accepted_connections_total 7\n"
+        ));
+        assert!(body.contains("# TYPE phpfpm_listen_queue gauge\nphpfpm_listen_queue 2\n"));
+        assert!(body.contains("phpfpm_recycles_total{cause=\"max requests\"} 4\n"));
+        assert!(body.contains("phpfpm_process_requests_total{pid=\"11\"} 5\n"));
+        assert!(body.contains("phpfpm_process_memory{pid=\"13\"} 4194304\n"));
+        assert!(body.ends_with("# EOF\n"));
+        assert_eq!(body.matches("# EOF").count(), 1);
+        assert!(!openmetrics(&s, false).contains("pid="));
+    }
 }

@@ -410,10 +410,11 @@ impl ThreadState {
 fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut ThreadState) {
     let Job {
         role,
-        meta,
+        mut meta,
         body,
         exchange,
     } = job;
+    body.measure(&mut meta);
     let slot = crate::process::scoreboard::my_slot();
     // "METHOD URI", for the watchdog and the status page (made once).
     let line = (thread.slot.is_some() || slot.is_some()).then(|| describe(&meta));
