@@ -32,6 +32,9 @@
 //! (`fcgi/worker/server` → `fcgi/connection`), which hands each request to
 //! an app thread as a job (`fcgi/job`). With `--workers`, the master
 //! (`process/master`) holds the listening sockets and forks the workers.
+//!
+//! Modules are `pub(crate)` unless the binaries, the integration tests or
+//! the fuzz targets (`tests/fuzz`) use them, so that dead code shows.
 
 pub mod cgi;
 pub mod core;

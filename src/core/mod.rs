@@ -7,11 +7,11 @@
 //! ([`log`]); and both binaries' exit statuses ([`exit`]).
 
 pub mod environ;
-pub mod exit;
-pub mod log;
-pub mod request;
-pub mod response;
-pub mod wire;
+pub(crate) mod exit;
+pub(crate) mod log;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod wire;
 
 /// Lock `mutex`, poisoned or not: a poisoned lock only means a panic on
 /// another thread (the release build aborts on panic anyway), and every

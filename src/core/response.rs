@@ -25,6 +25,8 @@ pub struct Head {
 }
 
 /// Why a status or header was refused.
+// (Each names what was bad: `BadStatus`, `BadHeaderName`, ...)
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResponseError {
     /// The status is not `NNN reason` with a three-digit code.
@@ -194,11 +196,6 @@ impl ResponseWriter {
     /// True once the head is on the wire.
     pub fn headers_sent(&self) -> bool {
         self.sent
-    }
-
-    /// The current head, if set.
-    pub fn head(&self) -> Option<&Head> {
-        self.head.as_ref()
     }
 
     /// Body bytes sent so far.

@@ -153,7 +153,7 @@ impl Frames {
 
     /// All framed bytes, copied (tests).
     #[cfg(test)]
-    pub fn to_vec(&mut self) -> Vec<u8> {
+    pub fn sealed_bytes(&mut self) -> Vec<u8> {
         self.seal();
         self.segments
             .iter()
@@ -434,7 +434,7 @@ mod tests {
     use tokio_util::codec::Decoder;
 
     fn records(frames: &mut Frames) -> Vec<(u8, u16, Vec<u8>)> {
-        let mut wire = BytesMut::from(&frames.to_vec()[..]);
+        let mut wire = BytesMut::from(&frames.sealed_bytes()[..]);
         let mut out = Vec::new();
         while let Some(r) = RecordDecoder.decode(&mut wire).unwrap() {
             out.push((r.kind, r.request_id, r.content.to_vec()));

@@ -9,13 +9,13 @@
 //! Python or a runtime; what a worker runs after the fork is handed in as a
 //! function by the binary.
 
-pub mod listenq;
-pub mod master;
-pub mod notify;
-pub mod recycle;
-pub mod scoreboard;
-pub mod signals;
-pub mod status;
+pub(crate) mod listenq;
+pub(crate) mod master;
+pub(crate) mod notify;
+pub(crate) mod recycle;
+pub(crate) mod scoreboard;
+pub(crate) mod signals;
+pub(crate) mod status;
 
 use std::io;
 use std::os::fd::OwnedFd;

@@ -5,9 +5,9 @@
 //! ([`app`]: loading, the environ `dict`, `start_response`, iterating the
 //! result; [`input`]: `wsgi.input` and `wsgi.file_wrapper`).
 
-pub mod app;
+pub(crate) mod app;
 pub mod appspec;
-pub mod input;
+pub(crate) mod input;
 pub mod interpreter;
-pub mod site;
-pub mod startup;
+pub(crate) mod site;
+pub(crate) mod startup;

@@ -4,12 +4,12 @@
 //! registered its SIGINT handler, so an app importing `signal` cannot take
 //! Ctrl-C away (research/deps.md §1.7).
 
-pub mod accesslog;
-pub mod listener;
-pub mod parking;
-pub mod pool;
-pub mod server;
-pub mod watchdog;
+pub(crate) mod accesslog;
+pub(crate) mod listener;
+pub(crate) mod parking;
+pub(crate) mod pool;
+pub(crate) mod server;
+pub(crate) mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
