@@ -257,24 +257,16 @@ fn serve(
     let source = body.unwrap_or_else(|| Box::new(io::stdin()));
     let input = Input::new(BodyReader::new(source, limit));
     let errors = py.import("sys").and_then(|sys| sys.getattr("stderr"));
-    let dict = match errors.and_then(|errors| {
-        app::environ_dict(
-            py,
-            environ,
-            environ::CGI,
-            input,
-            errors,
-            &mut app::StrCache::none(),
-        )
-    }) {
-        Ok(dict) => dict,
-        Err(err) => {
-            err.display(py);
-            let _ = writer.fail(500);
-            return Exit::AppError;
-        }
-    };
-    let (outcome, writer) = app::serve(py, &application, dict, writer);
+    let (outcome, writer) = app::run(
+        py,
+        &application,
+        environ,
+        environ::CGI,
+        input,
+        errors,
+        &mut app::StrCache::none(),
+        writer,
+    );
     // Close the response before atexit handlers run: the server can finish.
     drop(writer);
     Exit::from(outcome)

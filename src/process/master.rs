@@ -484,18 +484,8 @@ impl Master<'_> {
     /// Do what is due: finish a stop, complete a reload, keep the count.
     fn advance(&mut self) -> std::io::Result<Option<i32>> {
         let now = Instant::now();
-        if let Some(stop) = &mut self.stop {
-            if self.workers.is_empty() {
-                return Ok(Some(self.exit_code));
-            }
-            if now >= stop.deadline && !stop.killed {
-                stop.killed = true;
-                for worker in &self.workers {
-                    log_warn!("master: worker {} still running: SIGKILL", worker.pid);
-                    let _ = kill(worker.pid, Signal::SIGKILL);
-                }
-            }
-            return Ok(None);
+        if self.stop.is_some() {
+            return Ok(self.stopping(now));
         }
         self.check_limits(now);
         self.kill_overdue();
@@ -512,66 +502,89 @@ impl Master<'_> {
             .iter()
             .filter(|w| current(w, self.generation) && w.state == State::Ready)
             .count();
-        // Reload: the old generation stops once the new one is all ready.
         if ready >= self.target {
-            if self.announce_ready {
-                self.announce_ready = false;
-                notify::notify(&format!(
-                    "READY=1\nMAINPID={}\nSTATUS=serving with {ready} worker(s), generation {}",
-                    std::process::id(),
-                    self.generation
-                ));
-            }
-            let mut retired = 0;
-            for worker in &mut self.workers {
-                if worker.generation < self.generation && worker.state != State::Stopping {
-                    worker.stop(Signal::SIGTERM);
-                    retired += 1;
-                }
-            }
-            if retired > 0 {
-                log_info!(
-                    "master: generation {} ready; {retired} old worker(s) finishing their requests",
-                    self.generation
-                );
-            }
-            // Recycling: the replacements are ready, the old ones may go.
-            for worker in &mut self.workers {
-                if let (Some(cause), State::Ready | State::Booting) = (worker.recycle, worker.state)
-                {
-                    worker.stop(Signal::SIGTERM);
-                    log_info!(
-                        "master: worker {} recycled ({}): finishing its requests",
-                        worker.pid,
-                        cause.name()
-                    );
-                    if let Some(board) = super::scoreboard::board() {
-                        board.recycles[cause as usize]
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            }
+            self.all_ready(ready);
         }
         if live < self.target && now >= self.next_spawn {
             for _ in live..self.target {
                 self.spawn()?;
             }
         } else if live > self.target {
-            // TTOU: the newest extra worker finishes and leaves.
-            if let Some(worker) = self
-                .workers
-                .iter_mut()
-                .filter(|w| {
-                    w.generation == self.generation
-                        && w.state != State::Stopping
-                        && w.recycle.is_none()
-                })
-                .max_by_key(|w| w.started)
-            {
-                worker.stop(Signal::SIGTERM);
-            }
+            self.retire_newest();
         }
         Ok(None)
+    }
+
+    /// Stopping: the exit status once every worker is gone; past the
+    /// deadline, SIGKILL for those still there.
+    fn stopping(&mut self, now: Instant) -> Option<i32> {
+        let stop = self.stop.as_mut()?;
+        if self.workers.is_empty() {
+            return Some(self.exit_code);
+        }
+        if now >= stop.deadline && !stop.killed {
+            stop.killed = true;
+            for worker in &self.workers {
+                log_warn!("master: worker {} still running: SIGKILL", worker.pid);
+                let _ = kill(worker.pid, Signal::SIGKILL);
+            }
+        }
+        None
+    }
+
+    /// The current generation has its `ready` workers: tell systemd (once),
+    /// and let go of what they replace — the old generation (a reload) and
+    /// the workers being recycled.
+    fn all_ready(&mut self, ready: usize) {
+        if self.announce_ready {
+            self.announce_ready = false;
+            notify::notify(&format!(
+                "READY=1\nMAINPID={}\nSTATUS=serving with {ready} worker(s), generation {}",
+                std::process::id(),
+                self.generation
+            ));
+        }
+        let mut retired = 0;
+        for worker in &mut self.workers {
+            if worker.generation < self.generation && worker.state != State::Stopping {
+                worker.stop(Signal::SIGTERM);
+                retired += 1;
+            }
+        }
+        if retired > 0 {
+            log_info!(
+                "master: generation {} ready; {retired} old worker(s) finishing their requests",
+                self.generation
+            );
+        }
+        for worker in &mut self.workers {
+            if let (Some(cause), State::Ready | State::Booting) = (worker.recycle, worker.state) {
+                worker.stop(Signal::SIGTERM);
+                log_info!(
+                    "master: worker {} recycled ({}): finishing its requests",
+                    worker.pid,
+                    cause.name()
+                );
+                if let Some(board) = super::scoreboard::board() {
+                    board.recycles[cause as usize]
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// TTOU: the newest extra worker finishes and leaves.
+    fn retire_newest(&mut self) {
+        if let Some(worker) = self
+            .workers
+            .iter_mut()
+            .filter(|w| {
+                w.generation == self.generation && w.state != State::Stopping && w.recycle.is_none()
+            })
+            .max_by_key(|w| w.started)
+        {
+            worker.stop(Signal::SIGTERM);
+        }
     }
 
     /// A worker told to stop that is still there after the graceful

@@ -456,6 +456,31 @@ impl From<Outcome> for crate::core::exit::Exit {
     }
 }
 
+/// One request, for both front ends: the environ `dict` (a failure to
+/// build it — no `sys.stderr`, say — is the app's: logged, 500), then
+/// [`serve`].
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    environ: &Environ<'_>,
+    flavor: Flavor,
+    input: Input,
+    errors: PyResult<Bound<'_, PyAny>>,
+    strings: &mut StrCache,
+    mut writer: ResponseWriter,
+) -> (Outcome, ResponseWriter) {
+    match errors.and_then(|errors| environ_dict(py, environ, flavor, input, errors, strings)) {
+        Ok(dict) => serve(py, app, dict, writer),
+        Err(err) => {
+            err.display(py);
+            // (Writing may wait for the socket: not with the GIL.)
+            let _ = py.detach(|| writer.fail(500));
+            (Outcome::AppFailed, writer)
+        }
+    }
+}
+
 /// Call the app with `environ`, send its response through `writer`.
 pub fn serve(
     py: Python<'_>,

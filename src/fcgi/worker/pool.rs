@@ -518,32 +518,20 @@ fn respond(
         },
     );
     let writer = ResponseWriter::new(Box::new(sink), environ.is_head);
-    let dict = errors.and_then(|errors| {
-        app::environ_dict(
-            py,
-            &environ,
-            thread.flavor,
-            input,
-            errors.into_any(),
-            &mut thread.strings,
-        )
-    });
-    match dict {
-        Err(err) => {
-            err.display(py);
-            let _ = py.detach(|| {
-                let mut w = writer;
-                w.fail(500)
-            });
-            (Exit::AppError, error_page(500))
-        }
-        Ok(dict) => {
-            let (outcome, writer) = app::serve(py, app, dict, writer);
-            let sent = (writer.status_code(), writer.body_bytes());
-            drop(writer);
-            (Exit::from(outcome), sent)
-        }
-    }
+    let (outcome, writer) = app::run(
+        py,
+        app,
+        &environ,
+        thread.flavor,
+        input,
+        errors.map(Bound::into_any),
+        &mut thread.strings,
+        writer,
+    );
+    (
+        Exit::from(outcome),
+        (writer.status_code(), writer.body_bytes()),
+    )
 }
 
 /// The last output and END_REQUEST, in one write. Tried without letting go
