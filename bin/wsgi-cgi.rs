@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use wsgi_gateway::cgi::config::{self, Layer};
 use wsgi_gateway::cgi::{self, EXIT_TABLE};
+use wsgi_gateway::python::startup::AppArgs;
 
 const SCRIPT_HELP: &str =
     "Script mode: a file starting with `#!/path/to/wsgi-cgi` whose body is TOML
@@ -31,18 +32,8 @@ fn after_help() -> String {
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi (`demo`: the built-in demo app, the default when no web server started us)
-    #[arg(long, value_name = "SPEC")]
-    app: Option<String>,
-    /// A virtualenv; its Python version must match the linked libpython
-    #[arg(long, value_name = "DIR")]
-    venv: Option<PathBuf>,
-    /// Change to DIR before loading the app (it is put on sys.path)
-    #[arg(long, value_name = "DIR")]
-    chdir: Option<PathBuf>,
-    /// Put DIR in front of sys.path (repeatable)
-    #[arg(long, value_name = "DIR")]
-    pythonpath: Vec<PathBuf>,
+    #[command(flatten)]
+    app: AppArgs,
     /// A request body over BYTES (declared, or chunked as it arrives) gets 413
     #[arg(long, value_name = "BYTES")]
     max_body_size: Option<u64>,
@@ -92,10 +83,10 @@ fn main() -> ExitCode {
         Err(err) => return ExitCode::from(cgi::refuse(&err.to_string()) as u8),
     };
     let command_line = Layer {
-        app: cli.app,
-        venv: cli.venv,
-        chdir: cli.chdir,
-        pythonpath: (!cli.pythonpath.is_empty()).then_some(cli.pythonpath),
+        app: cli.app.app,
+        venv: cli.app.venv,
+        chdir: cli.app.chdir,
+        pythonpath: (!cli.app.pythonpath.is_empty()).then_some(cli.app.pythonpath),
         max_body_size: cli.max_body_size,
     };
     let settings = config::merge(

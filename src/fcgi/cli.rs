@@ -13,6 +13,7 @@ use crate::fcgi::job::Limits;
 use crate::fcgi::worker::WorkerOptions;
 use crate::fcgi::worker::listener::{Bind, UnixSocketOptions};
 use crate::fcgi::worker::pool::Timeouts;
+use crate::python::startup::AppArgs;
 
 /// The end of `--help`.
 pub const AFTER_HELP: &str =
@@ -72,24 +73,15 @@ pub enum Command {
 /// also read from `--config` and `WSGI_*`.
 #[derive(Args)]
 pub struct Serve {
-    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi (`demo`: the built-in demo app, the default when no web server started us)
-    #[arg(long, value_name = "SPEC")]
-    app: Option<String>,
+    /// `--app`, `--venv`, `--chdir`, `--pythonpath`: as for `wsgi-cgi`.
+    #[command(flatten)]
+    pub app: AppArgs,
     /// Listen on unix:PATH, HOST:PORT or [IPv6]:PORT (repeatable)
     #[arg(long, value_name = "ADDRESS")]
     bind: Vec<String>,
     /// Python threads running the app
     #[arg(long, value_name = "N", default_value_t = 4)]
     threads: usize,
-    /// A virtualenv; its Python version must match the linked libpython
-    #[arg(long, value_name = "DIR")]
-    venv: Option<PathBuf>,
-    /// Change to DIR before loading the app (it is put on sys.path)
-    #[arg(long, value_name = "DIR")]
-    chdir: Option<PathBuf>,
-    /// Put DIR in front of sys.path (repeatable)
-    #[arg(long, value_name = "DIR")]
-    pythonpath: Vec<PathBuf>,
     /// Mode of a unix socket (octal); never world-writable by default
     #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
     socket_mode: u32,
@@ -239,7 +231,7 @@ impl Serve {
             .map(|b| Bind::parse(b))
             .collect::<Result<Vec<_>, _>>()?;
         let options = WorkerOptions {
-            app: args.app,
+            app: args.app.app,
             binds,
             unix: UnixSocketOptions {
                 mode: args.socket_mode,
@@ -248,9 +240,9 @@ impl Serve {
             },
             backlog: args.backlog,
             threads: args.threads.max(1),
-            venv: args.venv,
-            chdir: args.chdir,
-            pythonpath: args.pythonpath,
+            venv: args.app.venv,
+            chdir: args.app.chdir,
+            pythonpath: args.app.pythonpath,
             limits: Limits {
                 max_params: args.max_params_size,
                 max_body: args.max_body_size,

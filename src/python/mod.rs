@@ -10,4 +10,4 @@ pub mod appspec;
 pub(crate) mod input;
 pub mod interpreter;
 pub(crate) mod site;
-pub(crate) mod startup;
+pub mod startup;

@@ -7,11 +7,30 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::Args;
 use pyo3::prelude::*;
 
 use super::appspec::{self, AppSpec};
 use super::{app, interpreter, site};
 use crate::log_error;
+
+/// The options both binaries share, defined once (flattened into each
+/// one's flag table).
+#[derive(Args, Clone, Debug, Default)]
+pub struct AppArgs {
+    /// The app: module:callable, module:factory(), or path/to/app.py|app.wsgi (`demo`: the built-in demo app, the default when no web server started us)
+    #[arg(long, value_name = "SPEC")]
+    pub app: Option<String>,
+    /// A virtualenv; its Python version must match the linked libpython
+    #[arg(long, value_name = "DIR")]
+    pub venv: Option<PathBuf>,
+    /// Change to DIR before loading the app (it is put on sys.path)
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+    /// Put DIR in front of sys.path (repeatable)
+    #[arg(long, value_name = "DIR")]
+    pub pythonpath: Vec<PathBuf>,
+}
 
 /// What both binaries' options say about the app and its interpreter.
 pub struct Startup<'a> {
