@@ -5,11 +5,14 @@ afresh (a reload) serves a new one; "broken" in the file makes the import
 fail. Responses are "VERSION PID"; /slow?s=SECONDS sleeps first; /hang
 never returns (in `hang_forever`, for the request timeout tests); /stuck
 never returns either, holding the GIL in C code (`stuck_in_c`: libc's
-sleep through ctypes.PyDLL, which keeps the GIL)."""
+sleep through ctypes.PyDLL, which keeps the GIL). With ?started=FILE,
+"started" is written to FILE as the request begins (tests wait for it
+instead of sleeping)."""
 
 import ctypes
 import os
 import time
+from urllib.parse import parse_qs
 
 with open(os.environ["RELOADABLE_VERSION"]) as f:
     VERSION = f.read().strip()
@@ -30,13 +33,16 @@ def stuck_in_c():
 
 
 def application(environ, start_response):
+    query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    if "started" in query:
+        with open(query["started"], "w") as f:
+            f.write("started")
     if environ.get("PATH_INFO") == "/hang":
         hang_forever()
     if environ.get("PATH_INFO") == "/stuck":
         stuck_in_c()
     if environ.get("PATH_INFO") == "/slow":
-        query = environ.get("QUERY_STRING", "")
-        time.sleep(float(query.split("=", 1)[1]) if query.startswith("s=") else 1.0)
+        time.sleep(float(query.get("s", "1.0")))
     body = f"{VERSION} {os.getpid()}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

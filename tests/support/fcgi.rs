@@ -53,6 +53,15 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a single write to a responder may block.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Print why a test is skipped, or panic under `WSGI_TEST_STRICT=1` (as
+/// `.ci/run` sets it: a missing prerequisite there is a failure).
+pub fn skip(why: &str) {
+    if std::env::var_os("WSGI_TEST_STRICT").is_some_and(|v| v == "1") {
+        panic!("prerequisite missing (WSGI_TEST_STRICT=1): {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
 /// The `wsgi-fcgi` binary cargo built for this test run.
 pub fn wsgi_fcgi() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_wsgi-fcgi"))
