@@ -572,6 +572,28 @@ fn hop_by_hop_headers_are_dropped() {
     let out = Cgi::get("/hop").app(gateway()).run();
     assert_eq!(out.status, 200);
     assert_eq!(out.header("Connection"), None);
+    // And the log says so (PEP 3333 forbids them: the app has a bug).
+    assert!(
+        out.stderr
+            .contains("warning: dropped hop-by-hop header \"Connection\""),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A bad command line is exit status 2 (clap's usage error), with the
+/// usage on stderr and nothing on stdout.
+#[test]
+fn an_unknown_flag_is_exit_status_2() {
+    let out = std::process::Command::new(support::wsgi_cgi())
+        .arg("--no-such-flag")
+        .env_remove("GATEWAY_INTERFACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

@@ -1497,3 +1497,150 @@ fn running_the_app_as_root_is_warned_about() {
         );
     }
 }
+
+/// INT and QUIT stop a master at once: a request in flight for 30 s is
+/// not waited for (TERM would wait for it), and the master exits 0.
+#[test]
+fn int_and_quit_stop_the_master_without_waiting_for_requests() {
+    for signal in ["INT", "QUIT"] {
+        let mut r = master(2, "v1", &["--graceful-timeout", "30"]);
+        let marker = r.path("started");
+        let query = format!("s=30&started={}", marker.display());
+        let mut c = r.connect();
+        c.send_request(1, &Req::get("/slow").param("QUERY_STRING", &query))
+            .unwrap();
+        assert!(wait_file(&marker, "started", Duration::from_secs(20)));
+        let workers = workers_of(r.pid);
+        r.signal(signal);
+        let status = r
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("{signal} did not stop the master: {}", r.log()));
+        assert!(status.success(), "{signal}: {status}: {}", r.log());
+        assert!(c.response(1).closed, "{signal}: the 30 s request completed");
+        assert!(
+            wait_until(Duration::from_secs(5), || !workers
+                .iter()
+                .any(|&w| alive(w))),
+            "{signal}: workers {workers:?} left behind"
+        );
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A master killed with SIGKILL (no chance to stop its workers) leaves no
+/// worker behind: each gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`)
+/// and exits.
+#[test]
+fn workers_exit_when_their_master_is_killed() {
+    let mut r = master(2, "v1", &["--graceful-timeout", "2"]);
+    let workers = workers_of(r.pid);
+    assert_eq!(workers.len(), 2);
+    kill(r.pid, "KILL");
+    assert!(r.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(
+        wait_until(Duration::from_secs(10), || !workers
+            .iter()
+            .any(|&w| alive(w))),
+        "workers {workers:?} outlived their master: {}",
+        r.log()
+    );
+}
+
+/// The status page answers while every app thread of every worker is
+/// stuck in a request (it is answered without them), shows those requests
+/// in `?full` (state, method, URI, duration), and counts the overruns of
+/// `--request-timeout` once they time out.
+#[test]
+fn the_status_page_answers_while_every_app_thread_is_stuck() {
+    let r = master(
+        1,
+        "v1",
+        &[
+            "--status-path",
+            "/status",
+            "--request-timeout",
+            "2",
+            "--graceful-timeout",
+            "1",
+        ],
+    );
+    // Both app threads (`master` runs two) in /hang.
+    let mut stuck = Vec::new();
+    for i in 0..2 {
+        let marker = r.path(&format!("started-{i}"));
+        let mut c = r.connect();
+        c.send_request(
+            1,
+            &Req::get("/hang").param("QUERY_STRING", &format!("started={}", marker.display())),
+        )
+        .unwrap();
+        assert!(wait_file(&marker, "started", Duration::from_secs(20)));
+        stuck.push(c);
+    }
+    let status = || -> serde_json::Value {
+        let out = r
+            .connect()
+            .request(1, &Req::get("/status").param("QUERY_STRING", "json&full"));
+        assert_eq!(out.status(), 200, "{}", r.log());
+        serde_json::from_str(&out.text()).unwrap()
+    };
+    let page = status();
+    assert_eq!(page["active processes"], 1, "{page}");
+    let row = &page["processes"][0];
+    assert_eq!(row["state"], "Running", "{page}");
+    assert_eq!(row["requests in flight"], 2, "{page}");
+    assert_eq!(row["request method"], "GET", "{page}");
+    assert!(
+        row["request uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("/hang")),
+        "{page}"
+    );
+    assert!(
+        row["request duration"].as_u64().is_some_and(|d| d > 0),
+        "{page}"
+    );
+    // Past --request-timeout: both overruns are counted, and the page
+    // still answers (from the worker, or its replacement).
+    assert!(
+        wait_until(Duration::from_secs(20), || status()["request timeouts"]
+            .as_u64()
+            .is_some_and(|n| n >= 2)),
+        "{}",
+        r.log()
+    );
+}
+
+/// `--socket-owner` and `--socket-group` set the unix socket file's owner
+/// and group (root only: the tests run as root in CI).
+#[test]
+fn socket_owner_and_group_are_applied_to_the_socket_file() {
+    if !nix_is_root() {
+        skip("--socket-owner/--socket-group: the tests do not run as root");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let r = master(
+        1,
+        "v1",
+        &["--socket-owner", "nobody", "--socket-group", "nogroup"],
+    );
+    let meta = std::fs::metadata(r.path("fcgi.sock")).unwrap();
+    let nogroup = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"nogroup")).then(|| f[2].parse::<u32>().unwrap())
+        })
+        .expect("no nogroup group");
+    assert_eq!((meta.uid(), meta.gid()), (65534, nogroup));
+    assert!(served(&r, "/").is_ok());
+}
