@@ -816,3 +816,138 @@ fn venv_site_packages_and_pth_files_work() {
     assert_eq!(out.status, 200, "{}", out.stderr);
     assert_eq!(out.text(), venv.to_str().unwrap());
 }
+
+/// The lean `site` does what CPython's does that apps rely on: in a
+/// virtualenv, `.pth` path lines and `import` lines (in sorted order),
+/// `sitecustomize`, and the base installation's site-packages only with
+/// `include-system-site-packages = true`.
+#[test]
+fn the_lean_site_runs_pth_imports_sitecustomize_and_honours_system_site_packages() {
+    let base_site = std::process::Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'], end='')",
+        ])
+        .output()
+        .unwrap();
+    let base_site = String::from_utf8(base_site.stdout).unwrap();
+    for system in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join("venv");
+        let mut make = std::process::Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON);
+        make.args(["-m", "venv", "--without-pip"]);
+        if system {
+            make.arg("--system-site-packages");
+        }
+        assert!(make.arg(&venv).status().unwrap().success());
+        let site = std::fs::read_dir(venv.join("lib"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("site-packages");
+        let extra = dir.path().join("extra");
+        std::fs::create_dir(&extra).unwrap();
+        std::fs::write(site.join("pth_marker.py"), "").unwrap();
+        // A path line and an import line; the import runs after the path is in.
+        std::fs::write(site.join("a.pth"), format!("{}\n", extra.display())).unwrap();
+        std::fs::write(site.join("b.pth"), "import pth_marker\n").unwrap();
+        std::fs::write(site.join("sitecustomize.py"), "").unwrap();
+        let out = Cgi::get("/sys")
+            .arg("--venv")
+            .arg(&venv)
+            .app(gateway())
+            .run();
+        assert_eq!(out.status, 200, "{}", out.stderr);
+        let sys = json(&out);
+        assert_eq!(sys["prefix"], venv.to_str().unwrap());
+        let modules: Vec<&str> = sys["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m.as_str())
+            .collect();
+        assert!(modules.contains(&"pth_marker"), "{sys}");
+        assert!(modules.contains(&"sitecustomize"), "{sys}");
+        // (The gateway imports no wsgiref: its own start-up stays lean.)
+        assert!(!modules.contains(&"wsgiref"), "{sys}");
+        let path: Vec<&str> = sys["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        assert!(path.contains(&extra.to_str().unwrap()), "{sys}");
+        assert!(path.contains(&site.to_str().unwrap()), "{sys}");
+        assert_eq!(
+            path.contains(&base_site.as_str()),
+            system,
+            "system site-packages {system}: {sys}"
+        );
+    }
+}
+
+/// `atexit` handlers run, and after the response is complete: the client
+/// has read the whole response (EOF on the CGI's stdout) while the handler
+/// still waits for the test's go-ahead.
+#[test]
+fn atexit_handlers_run_after_the_response_is_complete() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (go, ran) = (dir.path().join("go"), dir.path().join("ran"));
+    let app = dir.path().join("exiting.py");
+    std::fs::write(
+        &app,
+        format!(
+            "import atexit, os, time\n\
+             def wait():\n\
+             \x20   deadline = time.monotonic() + 30\n\
+             \x20   while not os.path.exists({go:?}) and time.monotonic() < deadline:\n\
+             \x20       time.sleep(0.01)\n\
+             \x20   with open({ran:?}, 'w') as f:\n\
+             \x20       f.write('after' if os.path.exists({go:?}) else 'timed out')\n\
+             atexit.register(wait)\n\
+             def application(environ, start_response):\n\
+             \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
+             \x20   return [b'done']\n",
+            go = go.display().to_string(),
+            ran = ran.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(support::wsgi_cgi())
+        .arg("--app")
+        .arg(&app)
+        .env_clear()
+        .envs([
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", ""),
+            ("PATH_INFO", "/"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut response = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut response)
+        .unwrap();
+    assert!(response.ends_with("\r\n\r\ndone"), "{response:?}");
+    assert!(
+        !ran.exists(),
+        "the atexit handler ran before the response was complete"
+    );
+    std::fs::write(&go, "").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "after");
+}

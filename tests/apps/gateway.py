@@ -231,7 +231,7 @@ def sys_route(environ, start_response):
         "prefix": sys.prefix,
         "exec_prefix": sys.exec_prefix,
         "base_prefix": sys.base_prefix,
-        "modules": sorted(m for m in ("sitecustomize", "usercustomize", "pth_marker") if m in sys.modules),
+        "modules": sorted(m for m in ("sitecustomize", "usercustomize", "pth_marker", "wsgiref") if m in sys.modules),
     })
 
 
