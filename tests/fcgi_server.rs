@@ -181,9 +181,8 @@ fn read_all_of_a_50_mib_upload_stays_under_150_mb() {
     eprintln!("50 MiB read(): peak RSS {peak} MB");
     assert!(
         peak < 150,
-        "BUG (wsgi.input.read() holds the body three times): peak RSS {peak} MB for a 50 MiB \
-         body read with read(); BodyReader::read(None) copies its whole buffer (to_vec) and \
-         Input::read copies that again into a bytes object"
+        "peak RSS {peak} MB for a 50 MiB body read with read(): the body is held more than \
+         once (wsgi.input.read() must build its bytes object from the buffer, not from copies)"
     );
 }
 
@@ -283,23 +282,11 @@ fn wsgi_multithread_follows_threads() {
     }
 }
 
-/// `wsgi-fcgi request`, retried only on the spurious "Broken pipe" failure
-/// that [`request_probe_never_fails_against_a_healthy_responder`] pins down.
-fn probe_retrying(args: &[&str]) -> (i32, Vec<u8>, String) {
-    for _ in 0..10 {
-        let out = probe(args);
-        if !(out.0 == 2 && out.2.contains("Broken pipe")) {
-            return out;
-        }
-    }
-    panic!("wsgi-fcgi request {args:?} kept failing with Broken pipe");
-}
-
 #[test]
 fn request_subcommand_exit_statuses() {
     let r = Responder::fixtures(&[]);
     let addr = r.addr.arg();
-    let (code, stdout, stderr) = probe_retrying(&[&addr, "/environ?x=1", "-H", "X-Custom: yes"]);
+    let (code, stdout, stderr) = probe(&[&addr, "/environ?x=1", "-H", "X-Custom: yes"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with(b"Status: 200 OK\r\n"));
     let text = String::from_utf8_lossy(&stdout);
@@ -307,15 +294,15 @@ fn request_subcommand_exit_statuses() {
         text.contains("\"HTTP_X_CUSTOM\": \"yes\"") && text.contains("\"QUERY_STRING\": \"x=1\""),
         "{text}"
     );
-    let (code, stdout, _) = probe_retrying(&[&addr, "/echo", "-X", "POST", "-d", "posted body"]);
+    let (code, stdout, _) = probe(&[&addr, "/echo", "-X", "POST", "-d", "posted body"]);
     assert_eq!(code, 0);
     assert!(
         stdout.ends_with(b"\r\n\r\nposted body"),
         "{}",
         String::from_utf8_lossy(&stdout)
     );
-    assert_eq!(probe_retrying(&[&addr, "/no-such-route"]).0, 1);
-    assert_eq!(probe_retrying(&[&addr, "/raise"]).0, 1);
+    assert_eq!(probe(&[&addr, "/no-such-route"]).0, 1);
+    assert_eq!(probe(&[&addr, "/raise"]).0, 1);
     let missing = r.path("nobody.sock");
     let (code, _, stderr) = probe(&[&format!("unix:{}", missing.display()), "/"]);
     assert_eq!(code, 2, "{stderr}");
@@ -336,10 +323,9 @@ fn request_probe_never_fails_against_a_healthy_responder() {
     }
     assert!(
         failures.is_empty(),
-        "BUG (probe races the early close): {} of 200 `wsgi-fcgi request` runs against a healthy \
-         responder failed, e.g. {:?}: with FCGI_KEEP_CONN clear the responder closes the \
-         connection right after END_REQUEST, while the client is still writing its empty STDIN \
-         record; log:\n{}",
+        "{} of 200 `wsgi-fcgi request` runs against a healthy responder failed, e.g. {:?} \
+         (with FCGI_KEEP_CONN clear the responder closes right after END_REQUEST: the probe \
+         must have written its whole request by then); log:\n{}",
         failures.len(),
         failures.first(),
         r.log()

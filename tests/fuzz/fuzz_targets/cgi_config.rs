@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         env,
     );
     if let Some(app) = &settings.app {
-        let _ = wsgi_gateway::python::appspec::AppSpec::parse(app, std::path::Path::new("/srv/site"));
+        let _ =
+            wsgi_gateway::python::appspec::AppSpec::parse(app, std::path::Path::new("/srv/site"));
     }
 });

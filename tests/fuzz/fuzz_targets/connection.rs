@@ -80,7 +80,10 @@ fuzz_target!(|data: &[u8]| {
     IGNORE_SIGPIPE.call_once(|| {
         // SAFETY: setting a signal's disposition to "ignore" installs no handler.
         let _ = unsafe {
-            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
         };
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
