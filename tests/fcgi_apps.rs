@@ -7,6 +7,8 @@
 
 mod support;
 
+#[path = "support/digest.rs"]
+mod digest;
 #[path = "support/fcgi.rs"]
 mod fcgi;
 
@@ -433,24 +435,6 @@ fn multipart(boundary: &str, fields: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> 
     body
 }
 
-fn sha256_hex(venv: &std::path::Path, data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(venv.join("bin/python"))
-        .args([
-            "-c",
-            "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// Flask or Django under SCRIPT_NAME=/app; `s` ends Django's routes.
 fn exercise(spec: &str, s: &str) {
     let Some(venv) = support::venv() else { return };
@@ -518,7 +502,7 @@ fn exercise(spec: &str, s: &str) {
         (Some(2_000_000), Some("blob.bin"))
     );
     assert_eq!(v["note"], "hi");
-    assert_eq!(v["sha256"], sha256_hex(&venv, &file).as_str());
+    assert_eq!(v["sha256"], digest::sha256_hex(&file).as_str());
 
     let out = get(&r, req(&format!("/boom{s}")));
     assert_eq!(out.status(), 500);

@@ -5,6 +5,8 @@
 //! unix socket mode, FCGI_WEB_SERVER_ADDRS and start-up failures. Driven by
 //! the raw client in tests/support/fcgi.rs.
 
+#[path = "support/digest.rs"]
+mod digest;
 #[path = "support/fcgi.rs"]
 mod fcgi;
 
@@ -85,25 +87,13 @@ fn upload_piece(index: usize, base: &[u8]) -> Vec<u8> {
     piece
 }
 
-/// sha256 of `count` pieces made by `piece`, by the build interpreter's
-/// hashlib, streamed through a pipe (never all in memory).
-fn sha256_of_pieces(count: usize, piece: impl Fn(usize) -> Vec<u8> + Send + 'static) -> String {
-    let mut child = Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON)
-        .args([
-            "-c",
-            "import hashlib,sys\nh=hashlib.sha256()\nwhile b:=sys.stdin.buffer.read(1<<20): h.update(b)\nprint(h.hexdigest())",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        (0..count).try_for_each(|i| std::io::Write::write_all(&mut stdin, &piece(i)))
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+/// sha256 of `count` pieces made by `piece` (never all in memory).
+fn sha256_of_pieces(count: usize, piece: impl Fn(usize) -> Vec<u8>) -> String {
+    let mut hasher = digest::Sha256::new();
+    for i in 0..count {
+        hasher.update(&piece(i));
+    }
+    hasher.hex()
 }
 
 /// The bar: a 1 GiB upload passes with the worker's memory flat.

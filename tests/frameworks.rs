@@ -3,6 +3,8 @@
 //! JSON, form POST, multipart upload, redirects under a `SCRIPT_NAME` prefix,
 //! and a view that raises.
 
+#[path = "support/digest.rs"]
+mod digest;
 mod support;
 
 use support::{Cgi, CgiOutput, app};
@@ -55,25 +57,6 @@ fn multipart(boundary: &str, fields: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> 
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     body
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    // The venv's Python computes the reference digest: no hashing crate needed.
-    let out = std::process::Command::new(support::venv().unwrap().join("bin/python"))
-        .args([
-            "-c",
-            "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(data)?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn exercise(fw: &Framework) {
@@ -130,7 +113,7 @@ fn exercise(fw: &Framework) {
     assert_eq!(v["size"], file.len());
     assert_eq!(v["filename"], "blob.bin");
     assert_eq!(v["note"], "hi");
-    assert_eq!(v["sha256"], sha256_hex(&file).as_str());
+    assert_eq!(v["sha256"], digest::sha256_hex(&file).as_str());
 
     let out = request(fw, &venv, &format!("/boom{s}")).run();
     assert_eq!(out.status, 500);

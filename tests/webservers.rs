@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use http::{Json, Response, Server};
+use http::{Response, Server};
 
 /// Where every server mounts the app (the snippets' default prefix) …
 const MOUNT: &str = "/app";
@@ -265,9 +265,9 @@ fn check_flask(s: &Server, _: Kind, p: &str) {
 
     // SCRIPT_NAME from the server is Flask's script_root: URLs stay under the prefix.
     let j = get_ok(s, &format!("{p}/json?x=1")).json();
-    assert_eq!(j.get("script_root").str(), Some(p), "{j:?}");
-    assert_eq!(j.get("path").str(), Some("/json"));
-    assert_eq!(j.get("args").get("x").str(), Some("1"));
+    assert_eq!(j["script_root"].as_str(), Some(p), "{j:?}");
+    assert_eq!(j["path"].as_str(), Some("/json"));
+    assert_eq!(j["args"]["x"].as_str(), Some("1"));
 
     let r = s.get(&format!("{p}/go"));
     assert!(matches!(r.status, 301 | 302 | 303 | 307 | 308), "{r:?}");
@@ -278,7 +278,7 @@ fn check_flask(s: &Server, _: Kind, p: &str) {
         location == target || location == absolute,
         "redirected to {location}"
     );
-    assert_eq!(get_ok(s, &target).json().get("script_root").str(), Some(p));
+    assert_eq!(get_ok(s, &target).json()["script_root"].as_str(), Some(p));
 
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
     let r = s.request(
@@ -290,7 +290,7 @@ fn check_flask(s: &Server, _: Kind, p: &str) {
     expect(s, &r, 200);
     let j = r.json();
     assert_eq!(
-        (j.get("name").str(), j.get("city").str()),
+        (j["name"].as_str(), j["city"].as_str()),
         (Some("Zoé"), Some("Paris"))
     );
 
@@ -305,16 +305,13 @@ fn check_flask(s: &Server, _: Kind, p: &str) {
     );
     expect(s, &r, 200);
     let j = r.json();
-    assert_eq!(j.get("filename").str(), Some("random.bin"));
-    assert_eq!(j.get("size").num(), Some((1 << 20) as f64));
-    assert_eq!(
-        j.get("sha256").str(),
-        Some(http::sha256_hex(&data).as_str())
-    );
-    assert_eq!(j.get("note").str(), Some("one MiB"));
+    assert_eq!(j["filename"].as_str(), Some("random.bin"));
+    assert_eq!(j["size"].as_f64(), Some((1 << 20) as f64));
+    assert_eq!(j["sha256"].as_str(), Some(http::sha256_hex(&data).as_str()));
+    assert_eq!(j["note"].as_str(), Some("one MiB"));
 
     let j = get_ok(s, &format!("{p}/path/caf%C3%A9")).json();
-    assert_eq!(j.get("name").str(), Some("café"));
+    assert_eq!(j["name"].as_str(), Some("café"));
 
     let mark = s.log_mark();
     let r = s.get(&format!("{p}/boom"));
@@ -352,13 +349,17 @@ fn check_gateway(s: &Server, kind: Kind, p: &str) {
     expect(s, &r, 200);
     let env = r.json();
     // httpoxy: whatever the server passes, the app's process never sees it.
-    assert!(env.has("os.environ.HTTP_PROXY"), "{env:?}");
-    assert_eq!(env.get("os.environ.HTTP_PROXY"), &Json::Null, "{env:?}");
+    assert!(env.get("os.environ.HTTP_PROXY").is_some(), "{env:?}");
+    assert_eq!(
+        env["os.environ.HTTP_PROXY"],
+        serde_json::Value::Null,
+        "{env:?}"
+    );
     match kind {
         // re-created by SetEnvIf in the test configuration
-        Kind::Apache => assert_eq!(env.get("HTTP_PROXY").str(), Some("http://evil")),
+        Kind::Apache => assert_eq!(env["HTTP_PROXY"].as_str(), Some("http://evil")),
         // lighttpd drops the Proxy header itself
-        Kind::Lighttpd => assert!(!env.has("HTTP_PROXY"), "{env:?}"),
+        Kind::Lighttpd => assert!(env.get("HTTP_PROXY").is_none(), "{env:?}"),
     }
     let port = s.port.to_string();
     for (key, value) in [
@@ -369,9 +370,9 @@ fn check_gateway(s: &Server, kind: Kind, p: &str) {
         ("wsgi.url_scheme", "http"),
         ("SERVER_PORT", &port),
     ] {
-        assert_eq!(env.get(key).str(), Some(value), "{key} in {env:?}");
+        assert_eq!(env[key].as_str(), Some(value), "{key} in {env:?}");
     }
-    assert_eq!(env.get("wsgi.run_once"), &Json::Bool(true));
+    assert_eq!(env["wsgi.run_once"], serde_json::Value::Bool(true));
 
     // A request body through the server, read back exactly.
     let data = http::random_bytes(100_000, 7);
@@ -408,7 +409,7 @@ fn check_query_words(s: &Server, _: Kind, p: &str) {
     for query in ["--venv+/nonexistent", "x", "--app+hello.py+extra", &many] {
         let r = s.get(&format!("{p}/environ?{query}"));
         let json = r.status == 200 && r.header("Content-Type") == Some("application/json");
-        if !json || r.json().get("QUERY_STRING").str() != Some(query) {
+        if !json || r.json()["QUERY_STRING"].as_str() != Some(query) {
             let first_line = r.text().lines().next().unwrap_or_default().to_string();
             wrong.push(format!(
                 "{p}/environ?{query:.30} -> {} {first_line:?}",

@@ -36,7 +36,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use http::{Json, Listen, Ready, Responder, Server, Site};
+use http::{Listen, Ready, Responder, Server, Site};
 
 const MOUNT: &str = "/app";
 
@@ -301,14 +301,14 @@ fn check_flask(s: &Site) {
     s.check_redirect("", &format!("{p}/"));
     // SCRIPT_NAME from the server is Flask's script_root: URLs stay under the prefix.
     let j = s.get_ok("/json?x=1").json();
-    assert_eq!(j.get("script_root").str(), Some(p), "{j:?}");
-    let (path, x) = (j.get("path").str(), j.get("args").get("x").str());
+    assert_eq!(j["script_root"].as_str(), Some(p), "{j:?}");
+    let (path, x) = (j["path"].as_str(), j["args"]["x"].as_str());
     assert_eq!((path, x), (Some("/json"), Some("1")), "{j:?}");
     s.check_redirect("/go", &format!("{p}/json"));
     s.check_form("/form");
     s.check_upload("/upload");
-    let name = s.get_ok("/path/caf%C3%A9").json().get("name").clone();
-    assert_eq!(name.str(), Some("café"));
+    let name = s.get_ok("/path/caf%C3%A9").json()["name"].clone();
+    assert_eq!(name.as_str(), Some("café"));
     s.check_500("/boom", &["Traceback", "SECRET-FLASK-DETAIL"]);
 }
 
@@ -323,15 +323,19 @@ fn check_environ(s: &Site) {
         ("wsgi.url_scheme", "http"),
     ] {
         let name = &s.web.name;
-        assert_eq!(
-            env.get(key).str(),
-            Some(value),
-            "{key} from {name}: {env:?}"
-        );
+        assert_eq!(env[key].as_str(), Some(value), "{key} from {name}: {env:?}");
     }
     // A resident, threaded responder.
-    assert_eq!(env.get("wsgi.run_once"), &Json::Bool(false), "{env:?}");
-    assert_eq!(env.get("wsgi.multithread"), &Json::Bool(true), "{env:?}");
+    assert_eq!(
+        env["wsgi.run_once"],
+        serde_json::Value::Bool(false),
+        "{env:?}"
+    );
+    assert_eq!(
+        env["wsgi.multithread"],
+        serde_json::Value::Bool(true),
+        "{env:?}"
+    );
 
     let data = http::random_bytes(100_000, 7);
     let r = s.post("/echo", "application/octet-stream", &data);
@@ -453,17 +457,17 @@ fn nginx_spread_over_workers() -> Option<()> {
             .split_once("\r\n\r\n")
             .map_or("", |(_, b)| b)
             .to_string();
-        Json::parse(&body).unwrap_or_else(|e| panic!("{e}: {text}"))
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {text}"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let accepting = |status: Json| {
-        let starting = match status.get("processes") {
-            Json::Arr(rows) => rows
-                .iter()
-                .any(|r| r.get("state").str() == Some("Starting")),
+    let accepting = |status: serde_json::Value| {
+        let starting = match &status["processes"] {
+            serde_json::Value::Array(rows) => {
+                rows.iter().any(|r| r["state"].as_str() == Some("Starting"))
+            }
             _ => true,
         };
-        status.get("total processes").num() == Some(2.0) && !starting
+        status["total processes"].as_f64() == Some(2.0) && !starting
     };
     while !accepting(status()) {
         assert!(
@@ -475,11 +479,10 @@ fn nginx_spread_over_workers() -> Option<()> {
     }
     let load = wrk(&format!("http://127.0.0.1:{}{MOUNT}/json", web.port), 16, 3)?;
     assert_eq!(load.non_2xx, 0, "{load:?}");
-    let counts: Vec<f64> = match status().get("processes") {
-        Json::Arr(rows) => rows
-            .iter()
-            .filter_map(|r| r.get("requests").num())
-            .collect(),
+    let counts: Vec<f64> = match &status()["processes"] {
+        serde_json::Value::Array(rows) => {
+            rows.iter().filter_map(|r| r["requests"].as_f64()).collect()
+        }
         other => panic!("no processes in the status page: {other:?}"),
     };
     let total: f64 = counts.iter().sum();
@@ -637,10 +640,10 @@ fn run_nginx_django() -> Option<()> {
     let s = site(&web, &responder.proc);
     assert_eq!(s.get_ok("/").text(), "Hello from Django\n");
     let j = s.get_ok("/json/?q=1").json();
-    assert_eq!(j.get("script_name").str(), Some(MOUNT), "{j:?}");
-    assert_eq!(j.get("path").str(), Some("/app/json/"), "{j:?}");
-    assert_eq!(j.get("path_info").str(), Some("/json/"), "{j:?}");
-    assert_eq!(j.get("q").get("q").str(), Some("1"), "{j:?}");
+    assert_eq!(j["script_name"].as_str(), Some(MOUNT), "{j:?}");
+    assert_eq!(j["path"].as_str(), Some("/app/json/"), "{j:?}");
+    assert_eq!(j["path_info"].as_str(), Some("/json/"), "{j:?}");
+    assert_eq!(j["q"]["q"].as_str(), Some("1"), "{j:?}");
     s.check_redirect("/go/", "/app/json/");
     s.check_form("/form/");
     s.check_upload("/upload/");

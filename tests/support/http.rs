@@ -19,8 +19,12 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "digest.rs"]
+mod digest;
+pub use digest::{Sha256, sha256_hex};
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -71,8 +75,8 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// The body as JSON; panics (showing the body) if it is not.
-    pub fn json(&self) -> Json {
-        Json::parse(&self.text()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 }
 
@@ -428,199 +432,6 @@ impl Server {
     }
 }
 
-/// A JSON value, enough to check the apps' replies.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// Parse a complete JSON text.
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser {
-            s: text.as_bytes(),
-            i: 0,
-        };
-        let value = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing data at {}", p.i));
-        }
-        Ok(value)
-    }
-    /// The member `key` of an object (`Null` if absent or not an object).
-    pub fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(members) => members
-                .iter()
-                .find(|(k, _)| k == key)
-                .map_or(&Json::Null, |(_, v)| v),
-            _ => &Json::Null,
-        }
-    }
-    /// True if this is an object with a member `key` (even `null`).
-    pub fn has(&self, key: &str) -> bool {
-        matches!(self, Json::Obj(members) if members.iter().any(|(k, _)| k == key))
-    }
-    pub fn str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-    pub fn num(&self) -> Option<f64> {
-        match self {
-            Json::Num(n) => Some(*n),
-            _ => None,
-        }
-    }
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn ws(&mut self) {
-        while self.s.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
-            self.i += 1;
-        }
-    }
-    fn eat(&mut self, c: u8) -> Result<(), String> {
-        self.ws();
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("expected {:?} at {}", c as char, self.i))
-        }
-    }
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(value)
-        } else {
-            Err(format!("bad literal at {}", self.i))
-        }
-    }
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.s.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut members = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(members));
-                }
-                loop {
-                    self.ws();
-                    let key = self.string()?;
-                    self.eat(b':')?;
-                    members.push((key, self.value()?));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(members));
-                        }
-                        _ => return Err(format!("bad object at {}", self.i)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return Err(format!("bad array at {}", self.i)),
-                    }
-                }
-            }
-            Some(b'"') => self.string().map(Json::Str),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(_) => {
-                let start = self.i;
-                while self
-                    .s
-                    .get(self.i)
-                    .is_some_and(|c| b"+-.eE0123456789".contains(c))
-                {
-                    self.i += 1;
-                }
-                let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                text.parse()
-                    .map(Json::Num)
-                    .map_err(|_| format!("bad number at {start}"))
-            }
-            None => Err("unexpected end".into()),
-        }
-    }
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?;
-        self.i += 4;
-        u32::from_str_radix(std::str::from_utf8(digits).map_err(|e| e.to_string())?, 16)
-            .map_err(|e| e.to_string())
-    }
-    fn string(&mut self) -> Result<String, String> {
-        self.eat(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            let c = *self.s.get(self.i).ok_or("unterminated string")?;
-            self.i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let e = *self.s.get(self.i).ok_or("bad escape")?;
-                    self.i += 1;
-                    let ch = match e {
-                        b'n' => '\n',
-                        b't' => '\t',
-                        b'r' => '\r',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'u' => {
-                            let mut code = self.hex4()?;
-                            if (0xD800..0xDC00).contains(&code)
-                                && self.s[self.i..].starts_with(b"\\u")
-                            {
-                                self.i += 2;
-                                code = 0x10000 + ((code - 0xD800) << 10) + (self.hex4()? - 0xDC00);
-                            }
-                            char::from_u32(code).ok_or("bad \\u escape")?
-                        }
-                        other => other as char,
-                    };
-                    out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
-                }
-                _ => out.push(c),
-            }
-        }
-    }
-}
-
 /// `len` reproducible pseudo-random bytes (xorshift64*).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
@@ -633,25 +444,6 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// SHA-256 of `data` in hex, by coreutils' `sha256sum`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run sha256sum");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().expect("sha256sum output");
-    writer.join().unwrap().expect("feed sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// A multipart/form-data body: `(content type, body)` for text `fields`
@@ -677,54 +469,6 @@ pub fn multipart(fields: &[(&str, &str)], file: (&str, &str, &[u8])) -> (String,
     body.extend_from_slice(data);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-/// SHA-256 of a stream of bytes, by coreutils' `sha256sum` reading a pipe:
-/// nothing is kept in memory.
-pub struct Sha256 {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-impl Sha256 {
-    pub fn new() -> Sha256 {
-        let mut child = Command::new("sha256sum")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run sha256sum");
-        let stdin = child.stdin.take();
-        Sha256 { child, stdin }
-    }
-    pub fn update(&mut self, data: &[u8]) {
-        self.stdin
-            .as_mut()
-            .unwrap()
-            .write_all(data)
-            .expect("feed sha256sum");
-    }
-    /// The digest in hex.
-    pub fn hex(mut self) -> String {
-        drop(self.stdin.take());
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .expect("sha256sum output");
-        self.child.wait().expect("wait for sha256sum");
-        out.split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-impl Default for Sha256 {
-    fn default() -> Self {
-        Sha256::new()
-    }
 }
 
 /// A response read as it arrived, its body hashed rather than kept.
@@ -958,11 +702,11 @@ impl Site<'_> {
     pub fn check_mounted_at_root(&self) {
         assert_eq!(self.get_ok("/").text(), "Hello from Flask\n");
         let j = self.get_ok("/json?x=1").json();
-        assert_eq!(j.get("script_root").str(), Some(""), "{j:?}");
-        assert_eq!(j.get("path").str(), Some("/json"), "{j:?}");
+        assert_eq!(j["script_root"].as_str(), Some(""), "{j:?}");
+        assert_eq!(j["path"].as_str(), Some("/json"), "{j:?}");
         let env = self.get_ok("/environ").json();
-        assert_eq!(env.get("SCRIPT_NAME").str(), Some(""), "{env:?}");
-        assert_eq!(env.get("PATH_INFO").str(), Some("/environ"), "{env:?}");
+        assert_eq!(env["SCRIPT_NAME"].as_str(), Some(""), "{env:?}");
+        assert_eq!(env["PATH_INFO"].as_str(), Some("/environ"), "{env:?}");
         let data = random_bytes(100_000, 11);
         let r = self.post("/echo", "application/octet-stream", &data);
         self.expect(&r, 200);
@@ -1041,7 +785,7 @@ impl Site<'_> {
         self.expect(&r, 200);
         let j = r.json();
         assert_eq!(
-            (j.get("name").str(), j.get("city").str()),
+            (j["name"].as_str(), j["city"].as_str()),
             (Some("Zoé"), Some("Paris"))
         );
     }
@@ -1054,10 +798,10 @@ impl Site<'_> {
         let r = self.post(path, &content_type, &body);
         self.expect(&r, 200);
         let j = r.json();
-        assert_eq!(j.get("size").num(), Some((1 << 20) as f64), "{j:?}");
-        assert_eq!(j.get("sha256").str(), Some(sha256_hex(&data).as_str()));
+        assert_eq!(j["size"].as_f64(), Some((1 << 20) as f64), "{j:?}");
+        assert_eq!(j["sha256"].as_str(), Some(sha256_hex(&data).as_str()));
         assert_eq!(
-            (j.get("filename").str(), j.get("note").str()),
+            (j["filename"].as_str(), j["note"].as_str()),
             (Some("r.bin"), Some("one MiB"))
         );
     }
@@ -1209,9 +953,9 @@ impl Site<'_> {
             std::io::copy(&mut file, out).expect("send the upload");
         });
         assert_eq!(r.status, 200, "{name}: upload: {r:?}");
-        let j = Json::parse(&r.text()).unwrap();
-        assert_eq!(j.get("size").num(), Some(BIG as f64), "{name}: {j:?}");
-        assert_eq!(j.get("sha256").str(), Some(sha.as_str()), "{name}: upload");
+        let j: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!(j["size"].as_f64(), Some(BIG as f64), "{name}: {j:?}");
+        assert_eq!(j["sha256"].as_str(), Some(sha.as_str()), "{name}: upload");
         for (what, query, want) in [
             ("file", format!("/file?path={}", path.display()), sha),
             ("generator", format!("/bytes?size={BIG}"), pattern_sha),
