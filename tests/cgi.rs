@@ -2,7 +2,7 @@
 //! PEP 3333 / RFC 3875 rule the gateway promises, checked on the bytes it
 //! prints. Fixture apps live in tests/apps.
 
-mod support;
+use crate::support;
 
 use support::{Cgi, app};
 

@@ -5,12 +5,10 @@
 //! Content-Length; the same routes under wsgiref's validator; and Flask and
 //! Django from the test virtualenv (tests/setup-venv.sh).
 
-mod support;
+use crate::support;
 
-#[path = "support/digest.rs"]
-mod digest;
-#[path = "support/fcgi.rs"]
-mod fcgi;
+use crate::support::digest;
+use crate::support::fcgi;
 
 use fcgi::*;
 
@@ -417,24 +415,6 @@ fn validator_raises_nothing() {
 
 // ---------------------------------------------------------------- frameworks
 
-fn multipart(boundary: &str, fields: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (name, value, filename) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        let disposition = match filename {
-            Some(f) => format!(
-                "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            ),
-            None => format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n"),
-        };
-        body.extend_from_slice(disposition.as_bytes());
-        body.extend_from_slice(value);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    body
-}
-
 /// Flask or Django under SCRIPT_NAME=/app; `s` ends Django's routes.
 fn exercise(spec: &str, s: &str) {
     let Some(venv) = support::venv() else { return };
@@ -491,7 +471,7 @@ fn exercise(spec: &str, s: &str) {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let boundary = "----wsgi-gateway-fcgi-boundary";
-    let body = multipart(
+    let body = support::multipart(
         boundary,
         &[("note", b"hi", None), ("file", &file, Some("blob.bin"))],
     );

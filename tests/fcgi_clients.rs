@@ -16,8 +16,7 @@
 //!   thread with its running request), requests take turns over many kept
 //!   connections, and a stop closes the parked ones.
 
-#[path = "support/fcgi.rs"]
-mod fcgi;
+use crate::support::fcgi;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -6,8 +6,7 @@
 //! large transfers) is in tests/fcgi_server.rs, the apps in tests/fcgi_apps.rs.
 //! Fixture routes: tests/apps/fcgi_fixtures.py (plus gateway.py's).
 
-#[path = "support/fcgi.rs"]
-mod fcgi;
+use crate::support::fcgi;
 
 use std::time::{Duration, Instant};
 

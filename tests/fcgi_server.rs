@@ -5,10 +5,8 @@
 //! unix socket mode, FCGI_WEB_SERVER_ADDRS and start-up failures. Driven by
 //! the raw client in tests/support/fcgi.rs.
 
-#[path = "support/digest.rs"]
-mod digest;
-#[path = "support/fcgi.rs"]
-mod fcgi;
+use crate::support::digest;
+use crate::support::fcgi;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -297,7 +295,7 @@ fn request_subcommand_exit_statuses() {
     let (code, _, stderr) = probe(&[&format!("unix:{}", missing.display()), "/"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("cannot connect"), "{stderr}");
-    assert_eq!(probe(&[&free_port().to_string(), "/"]).0, 2);
+    assert_eq!(probe(&[&free_addr().to_string(), "/"]).0, 2);
 }
 
 #[test]
@@ -569,7 +567,7 @@ fn forward_stderr_sends_wsgi_errors_as_fcgi_stderr() {
 fn repeated_binds_serve_together_and_graceful_timeout_bounds_the_wait() {
     let dir = tempfile::tempdir().unwrap();
     let unix = dir.path().join("a.sock");
-    let tcp = free_port();
+    let tcp = free_addr();
     let v6 = match std::net::TcpListener::bind("[::1]:0") {
         Ok(l) => Some(l.local_addr().unwrap()),
         Err(e) => {

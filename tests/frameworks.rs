@@ -3,9 +3,8 @@
 //! JSON, form POST, multipart upload, redirects under a `SCRIPT_NAME` prefix,
 //! and a view that raises.
 
-#[path = "support/digest.rs"]
-mod digest;
-mod support;
+use crate::support;
+use crate::support::digest;
 
 use support::{Cgi, CgiOutput, app};
 
@@ -40,23 +39,6 @@ fn request(fw: &Framework, venv: &std::path::Path, path: &str) -> Cgi {
         .arg("--chdir")
         .arg(app(""))
         .app(fw.spec)
-}
-
-fn multipart(boundary: &str, fields: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (name, value, filename) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        match filename {
-            Some(f) => body.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
-            ),
-            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
-        }
-        body.extend_from_slice(value);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    body
 }
 
 fn exercise(fw: &Framework) {
@@ -100,7 +82,7 @@ fn exercise(fw: &Framework) {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let boundary = "----wsgi-gateway-test-boundary";
-    let body = multipart(
+    let body = support::multipart(
         boundary,
         &[("note", b"hi", None), ("file", &file, Some("blob.bin"))],
     );

@@ -9,8 +9,7 @@
 //! flat. (Each input on its own, with the exact answers, is in
 //! tests/fcgi_protocol.rs and tests/fcgi_clients.rs.)
 
-#[path = "support/fcgi.rs"]
-mod fcgi;
+use crate::support::fcgi;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

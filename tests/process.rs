@@ -6,8 +6,7 @@
 //! responses say which version (read at import) and which process served.
 //! (The reload under load through nginx is in tests/webservers_fcgi.rs.)
 
-#[path = "support/fcgi.rs"]
-mod fcgi;
+use crate::support::fcgi;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -10,9 +10,8 @@
 //! A missing server, or (Apache running as root) a `www-data` user that
 //! cannot reach the binary or libpython, is reported with `support::skip`.
 
-#[path = "support/http.rs"]
-mod http;
-mod support;
+use crate::support;
+use crate::support::http;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

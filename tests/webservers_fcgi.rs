@@ -28,10 +28,8 @@
 //! the server does that (nginx, mod_proxy_fcgi).
 //! A missing server or module is reported with `support::skip`.
 
-#[macro_use]
-#[path = "support/http.rs"]
-mod http;
-mod support;
+use crate::support;
+use crate::support::http;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,5 @@
 //! SHA-256 for the tests, once (the sha2 crate): of bytes, or of a stream
 //! fed piece by piece (nothing kept in memory).
-#![allow(dead_code)] // (each test binary uses part of it)
 
 use sha2::Digest;
 

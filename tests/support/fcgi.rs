@@ -13,7 +13,6 @@
 //! temporary directory (or on a free loopback TCP port), sends its stderr to
 //! a log file the test can read, waits until it serves, and on drop stops it
 //! (TERM, then KILL).
-#![allow(dead_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
@@ -32,7 +31,6 @@ pub const PARAMS: u8 = 4;
 pub const STDIN: u8 = 5;
 pub const STDOUT: u8 = 6;
 pub const STDERR: u8 = 7;
-pub const DATA: u8 = 8;
 pub const GET_VALUES: u8 = 9;
 pub const GET_VALUES_RESULT: u8 = 10;
 pub const UNKNOWN_TYPE: u8 = 11;
@@ -45,7 +43,6 @@ pub const KEEP_CONN: u8 = 1;
 
 pub const REQUEST_COMPLETE: u8 = 0;
 pub const CANT_MPX_CONN: u8 = 1;
-pub const OVERLOADED: u8 = 2;
 pub const UNKNOWN_ROLE: u8 = 3;
 
 /// How long a test waits for anything from the server.
@@ -332,25 +329,10 @@ impl Response {
     }
     /// The CGI response in STDOUT: (status, headers, body).
     pub fn cgi(&self) -> (u16, Vec<(String, String)>, &[u8]) {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        match httparse::parse_headers(&self.stdout, &mut headers) {
-            Ok(httparse::Status::Complete((end, parsed))) => {
-                let headers: Vec<(String, String)> = parsed
-                    .iter()
-                    .map(|h| {
-                        let value = h.value.iter().map(|&b| char::from(b)).collect();
-                        (h.name.to_string(), value)
-                    })
-                    .collect();
-                let status = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("Status"))
-                    .and_then(|(_, v)| v.get(..3)?.parse().ok())
-                    .unwrap_or(200);
-                (status, headers, &self.stdout[end..])
-            }
-            other => panic!(
-                "STDOUT is not a CGI response ({other:?}): {:?} (end: {:?}, closed: {}, other records: {:?})",
+        match super::parse_cgi(&self.stdout) {
+            Some((status, headers, end)) => (status, headers, &self.stdout[end..]),
+            None => panic!(
+                "STDOUT is not a CGI response: {:?} (end: {:?}, closed: {}, other records: {:?})",
                 String::from_utf8_lossy(&self.stdout[..self.stdout.len().min(500)]),
                 self.end,
                 self.closed,
@@ -448,14 +430,6 @@ impl Conn {
     }
     pub fn begin(&mut self, id: u16, role: u16, flags: u8) -> io::Result<()> {
         self.send_record(BEGIN_REQUEST, id, &begin_body(role, flags))
-    }
-    /// The PARAMS stream for `pairs` in records of at most `chunk` bytes.
-    pub fn params(&mut self, id: u16, encoded: &[u8], chunk: usize) -> io::Result<()> {
-        self.send(&stream(PARAMS, id, encoded, chunk))
-    }
-    /// The STDIN stream in records of at most `chunk` bytes, then its end.
-    pub fn stdin(&mut self, id: u16, data: &[u8], chunk: usize) -> io::Result<()> {
-        self.send(&stream(STDIN, id, data, chunk))
     }
     pub fn abort(&mut self, id: u16) -> io::Result<()> {
         self.send_record(ABORT_REQUEST, id, b"")
@@ -696,9 +670,10 @@ pub struct Responder {
 }
 
 /// A free loopback TCP port (bound and released: good enough for tests).
-pub fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap()
+/// A loopback address with a port free a moment ago (see
+/// [`super::free_port`]).
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], super::free_port()))
 }
 
 impl Responder {
@@ -721,14 +696,28 @@ impl Responder {
         Responder::spawn(cmd, addr, dir)
     }
 
-    /// The same on a free loopback TCP port.
+    /// The same on a free loopback TCP port (another, if something took
+    /// that one before the responder could bind it).
     pub fn start_tcp<A: AsRef<OsStr>>(args: &[A], env: &[(&str, &str)]) -> Responder {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addr = Addr::Tcp(free_port());
-        let mut cmd = Command::new(wsgi_fcgi());
-        cmd.args(args).arg("--bind").arg(addr.arg());
-        cmd.envs(env.iter().copied());
-        Responder::spawn(cmd, addr, dir)
+        for _ in 0..4 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let addr = Addr::Tcp(free_addr());
+            let mut cmd = Command::new(wsgi_fcgi());
+            cmd.args(args).arg("--bind").arg(addr.arg());
+            cmd.envs(env.iter().copied());
+            let log = dir.path().join("stderr.log");
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Responder::spawn(cmd, addr, dir)
+            }));
+            match started {
+                Ok(responder) => return responder,
+                Err(_)
+                    if std::fs::read_to_string(&log)
+                        .is_ok_and(|l| l.contains("Address already in use")) => {}
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        panic!("no free loopback port in 4 tries");
     }
 
     /// Spawn a prepared command (stdin is left as the caller set it, null

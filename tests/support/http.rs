@@ -11,26 +11,19 @@
 //! [`Responder`] guard for a FastCGI responder the test runs, and [`Site`]:
 //! checks of the fixture apps behind a server (forms, uploads, redirects,
 //! clean 500s, streamed responses, 100 MiB transfers).
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "digest.rs"]
-mod digest;
-pub use digest::{Sha256, sha256_hex};
+pub use super::digest::{Sha256, sha256_hex};
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
+pub use super::free_port;
 
 /// `name` on `PATH` or in the usual sbin directories (web servers live there).
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -450,25 +443,16 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// plus one file field `(name, filename, data)`.
 pub fn multipart(fields: &[(&str, &str)], file: (&str, &str, &[u8])) -> (String, Vec<u8>) {
     let boundary = "wsgi-gateway-test-boundary-7d93a2";
-    let mut body = Vec::new();
-    for (name, value) in fields {
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
     let (name, filename, data) = file;
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(data);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
+    let mut all: Vec<(&str, &[u8], Option<&str>)> = fields
+        .iter()
+        .map(|(n, v)| (*n, v.as_bytes(), None))
+        .collect();
+    all.push((name, data, Some(filename)));
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        super::multipart(boundary, &all),
+    )
 }
 
 /// A response read as it arrived, its body hashed rather than kept.

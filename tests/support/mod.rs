@@ -1,12 +1,43 @@
 //! Test support shared by the integration tests: run the real `wsgi-cgi`
 //! binary with a CGI environment and stdin, parse what it printed, find the
 //! test virtualenv, and skip (printing why) when something is missing.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+pub mod digest;
+pub mod fcgi;
+#[macro_use]
+pub mod http;
+
+/// A loopback TCP port that was free a moment ago (the caller retries if
+/// something takes it first).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A multipart/form-data body with `boundary`: `(name, value, filename)`
+/// for each field (a filename makes it a file field).
+pub fn multipart(boundary: &str, fields: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value, filename) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let disposition = match filename {
+            Some(f) => format!(
+                "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ),
+            None => format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n"),
+        };
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -57,7 +88,6 @@ pub fn venv() -> Option<PathBuf> {
 pub struct CgiOutput {
     pub exit: i32,
     pub status: u16,
-    pub status_line: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub raw: Vec<u8>,
@@ -76,37 +106,27 @@ impl CgiOutput {
     }
 }
 
-/// Parse a CGI response (`Status:` + headers + blank line + body).
-pub fn parse_cgi(raw: &[u8]) -> (u16, String, Vec<(String, String)>, Vec<u8>) {
+/// Header `(name, value)` pairs, in order.
+pub type Headers = Vec<(String, String)>;
+
+/// Parse a CGI response: headers (latin-1 decoded, `Status` included),
+/// blank line, body. The status is RFC 3875's, from the library's one
+/// reading (`Status:`; 302 for a bare `Location:`; otherwise 200). `None`
+/// when the header block is not complete and well formed.
+pub fn parse_cgi(raw: &[u8]) -> Option<(u16, Headers, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
-    match httparse::parse_headers(raw, &mut headers) {
-        Ok(httparse::Status::Complete((end, parsed))) => {
-            let headers: Vec<(String, String)> = parsed
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            let status_line = headers
-                .iter()
-                .find(|(k, _)| k == "Status")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            let status = status_line
-                .get(..3)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let rest: Vec<_> = headers.into_iter().filter(|(k, _)| k != "Status").collect();
-            (status, status_line, rest, raw[end..].to_vec())
-        }
-        other => panic!(
-            "not a CGI response ({other:?}): {:?}",
-            String::from_utf8_lossy(raw)
-        ),
-    }
+    let Ok(httparse::Status::Complete((end, parsed))) = httparse::parse_headers(raw, &mut headers)
+    else {
+        return None;
+    };
+    let headers = parsed
+        .iter()
+        .map(|h| {
+            let value = h.value.iter().map(|&b| char::from(b)).collect();
+            (h.name.to_string(), value)
+        })
+        .collect();
+    Some((wsgi_gateway::fcgi::client::cgi_status(raw), headers, end))
 }
 
 /// A CGI request to run against the binary.
@@ -114,7 +134,6 @@ pub struct Cgi {
     args: Vec<String>,
     env: BTreeMap<String, Vec<u8>>,
     stdin: Vec<u8>,
-    cwd: Option<PathBuf>,
 }
 
 impl Cgi {
@@ -139,7 +158,6 @@ impl Cgi {
             args: vec![],
             env,
             stdin: vec![],
-            cwd: None,
         }
     }
 
@@ -164,10 +182,6 @@ impl Cgi {
     }
     pub fn app(self, spec: impl AsRef<Path>) -> Cgi {
         self.arg("--app").arg(spec.as_ref())
-    }
-    pub fn cwd(mut self, dir: impl AsRef<Path>) -> Cgi {
-        self.cwd = Some(dir.as_ref().to_path_buf());
-        self
     }
     /// Attach a body and its CONTENT_LENGTH.
     pub fn body(mut self, content_type: &str, body: &[u8]) -> Cgi {
@@ -197,9 +211,6 @@ impl Cgi {
         for (k, v) in &self.env {
             cmd.env(k, std::ffi::OsStr::from_bytes(v));
         }
-        if let Some(cwd) = &self.cwd {
-            cmd.current_dir(cwd);
-        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -212,15 +223,21 @@ impl Cgi {
         let out = child.wait_with_output().expect("wait for wsgi-cgi");
         let _ = writer.join();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let (status, status_line, headers, body) = if out.stdout.is_empty() {
-            (0, String::new(), vec![], vec![])
+        let (status, headers, body) = if out.stdout.is_empty() {
+            (0, vec![], vec![])
         } else {
-            parse_cgi(&out.stdout)
+            let (status, headers, end) = parse_cgi(&out.stdout).unwrap_or_else(|| {
+                panic!(
+                    "not a CGI response: {:?}\nstderr: {stderr}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            });
+            let headers = headers.into_iter().filter(|(k, _)| k != "Status").collect();
+            (status, headers, out.stdout[end..].to_vec())
         };
         CgiOutput {
             exit: out.status.code().unwrap_or(-1),
             status,
-            status_line,
             headers,
             body,
             raw: out.stdout,
