@@ -781,25 +781,16 @@ fn vanished_client_closes_the_iterable_and_exits_7() {
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "closed");
 }
 
-/// A virtualenv is really used: `sys.prefix` is the venv and its `.pth`
-/// files run (editable installs rely on them).
-#[test]
-fn venv_site_packages_and_pth_files_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let venv = dir.path().join("venv");
-    let made = std::process::Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON)
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let src = dir.path().join("editable_src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(
-        src.join("editable_app.py"),
-        "import sys\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [sys.prefix.encode()]\n",
-    )
-    .unwrap();
+/// A fresh virtualenv `DIR/venv` of the build's interpreter (with the
+/// system site-packages if asked): its path and its site-packages.
+fn make_venv(dir: &std::path::Path, system: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+    let venv = dir.join("venv");
+    let mut make = std::process::Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON);
+    make.args(["-m", "venv", "--without-pip"]);
+    if system {
+        make.arg("--system-site-packages");
+    }
+    assert!(make.arg(&venv).status().unwrap().success());
     let site = std::fs::read_dir(venv.join("lib"))
         .unwrap()
         .next()
@@ -807,6 +798,22 @@ fn venv_site_packages_and_pth_files_work() {
         .unwrap()
         .path()
         .join("site-packages");
+    (venv, site)
+}
+
+/// A virtualenv is really used: `sys.prefix` is the venv and its `.pth`
+/// files run (editable installs rely on them).
+#[test]
+fn venv_site_packages_and_pth_files_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (venv, site) = make_venv(dir.path(), false);
+    let src = dir.path().join("editable_src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(
+        src.join("editable_app.py"),
+        "import sys\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [sys.prefix.encode()]\n",
+    )
+    .unwrap();
     std::fs::write(site.join("editable.pth"), format!("{}\n", src.display())).unwrap();
     let out = Cgi::get("/")
         .arg("--venv")
@@ -833,20 +840,7 @@ fn the_lean_site_runs_pth_imports_sitecustomize_and_honours_system_site_packages
     let base_site = String::from_utf8(base_site.stdout).unwrap();
     for system in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let venv = dir.path().join("venv");
-        let mut make = std::process::Command::new(wsgi_gateway::python::interpreter::BUILD_PYTHON);
-        make.args(["-m", "venv", "--without-pip"]);
-        if system {
-            make.arg("--system-site-packages");
-        }
-        assert!(make.arg(&venv).status().unwrap().success());
-        let site = std::fs::read_dir(venv.join("lib"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path()
-            .join("site-packages");
+        let (venv, site) = make_venv(dir.path(), system);
         let extra = dir.path().join("extra");
         std::fs::create_dir(&extra).unwrap();
         std::fs::write(site.join("pth_marker.py"), "").unwrap();

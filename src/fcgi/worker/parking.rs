@@ -604,17 +604,19 @@ fn peer_allowed(fd: &OwnedFd, allowed: Option<&[IpAddr]>) -> bool {
 mod tests {
     use super::*;
 
-    /// Every worker paused (each kept a new connection a moment ago, as
-    /// under nginx's keepalive_requests churn): a connection waiting on the
-    /// socket is taken by a paused thread before its pause ends, not left
-    /// in the backlog for the whole pause.
-    #[test]
-    fn a_paused_thread_takes_a_connection_nobody_else_takes() {
+    /// A unix listening socket in a fresh directory (`s.sock`), as an app
+    /// thread with peers (other workers) sees it; the channel's receiver
+    /// keeps hand-offs possible.
+    fn listening() -> (
+        tempfile::TempDir,
+        std::os::unix::net::UnixListener,
+        tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+        Arc<Listening>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s.sock")).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let (handoff, _handoffs) = tokio::sync::mpsc::unbounded_channel();
+        let (handoff, handoffs) = tokio::sync::mpsc::unbounded_channel();
         let listening = Arc::new(
             Listening::new(
                 &[(listener.as_raw_fd(), true)],
@@ -625,6 +627,17 @@ mod tests {
             )
             .unwrap(),
         );
+        (dir, listener, handoffs, listening)
+    }
+
+    /// Every worker paused (each kept a new connection a moment ago, as
+    /// under nginx's keepalive_requests churn): a connection waiting on the
+    /// socket is taken by a paused thread before its pause ends, not left
+    /// in the backlog for the whole pause.
+    #[test]
+    fn a_paused_thread_takes_a_connection_nobody_else_takes() {
+        let (dir, _listener, _handoffs, listening) = listening();
+        let path = dir.path().join("s.sock");
         // Five slots held: the longest pause (5 × PAUSE).
         let _held = listening.slots.clone().try_acquire_many_owned(5).unwrap();
         let mut waiter = Waiter::new(Arc::new(Parked::new().unwrap()), Some(listening)).unwrap();
@@ -647,21 +660,8 @@ mod tests {
     /// pool opened in one burst still spreads over the workers.
     #[test]
     fn a_paused_thread_leaves_a_connection_to_a_waiting_peer() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, _listener, _handoffs, listening) = listening();
         let path = dir.path().join("s.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let (handoff, _handoffs) = tokio::sync::mpsc::unbounded_channel();
-        let listening = Arc::new(
-            Listening::new(
-                &[(listener.as_raw_fd(), true)],
-                None,
-                Arc::new(Limits::default()),
-                handoff,
-                true,
-            )
-            .unwrap(),
-        );
         let board = crate::process::scoreboard::create().unwrap();
         let (me_pid, peer_pid) = (u32::MAX - 7, u32::MAX - 8);
         let me = board.claim(me_pid).unwrap();
