@@ -383,11 +383,16 @@ fn check_kept_open(s: &Site, responder: &Responder) {
     for _ in 0..12 {
         s.get_ok("/json");
     }
+    // Kept open (none would be without reuse) and reused: fewer than the
+    // requests of this site so far (12 here and those of the checks
+    // before). Apache's pool is per worker thread, and its event MPM hands
+    // sequential requests to whichever idle thread: usually 1-4 threads,
+    // 5 seen once in CI, so the bound is the request count, not a guess.
     let open = responder.connections();
     assert!(
-        (1..=4).contains(&open),
+        (1..12).contains(&open),
         "{}: {open} connections open to wsgi-fcgi after 12 requests \
-         (expected 1 to 4: kept open and reused)",
+         (expected at least one kept open and reused, fewer than the requests)",
         s.web.name
     );
 }
