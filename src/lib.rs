@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! core/     request, environ, response, wire, log   both binaries; no pyo3, no tokio
-//! python/   interpreter, site, appspec, app, input  both binaries; pyo3
+//! python/   interpreter, site, startup, load,       both binaries; pyo3
+//!           environ, app, input
 //! cgi/      the CGI front end and its settings       wsgi-cgi only
 //! fcgi/     proto/ (sans I/O), the request path,     wsgi-fcgi only; tokio on
 //!           worker/ (app threads, I/O thread)        the I/O thread only
@@ -17,14 +18,16 @@
 //!
 //! ```text
 //! bin/wsgi-cgi.rs → cgi/config → cgi → core/request → core/environ
-//!   → python/app (environ dict, start_response) → core/response → core/wire → stdout
+//!   → python/environ (the dict) → python/app (start_response) → core/response
+//!   → core/wire → stdout
 //! ```
 //!
 //! One FastCGI request on a fresh connection (nginx's plain `fastcgi_pass`):
 //!
 //! ```text
 //! fcgi/worker/parking (accept) → fcgi/inline (records → job) → fcgi/worker/pool
-//!   → core/environ → python/app → core/response → fcgi/writer (STDOUT, END_REQUEST)
+//!   → core/environ → python/environ → python/app → core/response
+//!   → fcgi/writer (STDOUT, END_REQUEST)
 //! ```
 //!
 //! Kept-alive connections are parked between requests (`fcgi/kept`);

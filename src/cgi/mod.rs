@@ -22,6 +22,7 @@ use crate::core::request::BodyReader;
 use crate::core::response::{Head, ResponseWriter, Sink};
 use crate::core::wire;
 use crate::python::appspec::AppSpec;
+use crate::python::environ::StrCache;
 use crate::python::input::Input;
 use crate::python::startup::Startup;
 use crate::python::{app, interpreter};
@@ -264,7 +265,7 @@ fn serve(
         environ::CGI,
         input,
         errors,
-        &mut app::StrCache::none(),
+        &mut StrCache::none(),
         writer,
     );
     // Close the response before atexit handlers run: the server can finish.

@@ -11,7 +11,7 @@ use clap::Args;
 use pyo3::prelude::*;
 
 use super::appspec::{self, AppSpec};
-use super::{app, interpreter, site};
+use super::{interpreter, load, site};
 use crate::log_error;
 
 /// The options both binaries share, defined once (flattened into each
@@ -82,8 +82,8 @@ impl Startup<'_> {
             false => Ok(()),
         };
         let load = || match self.one_shot {
-            true => without_gc(py, || app::load(py, spec)),
-            false => app::load(py, spec),
+            true => without_gc(py, || load::load(py, spec)),
+            false => load::load(py, spec),
         };
         let loaded = site()
             .and_then(|()| interpreter::prepend_sys_path(py, &path))

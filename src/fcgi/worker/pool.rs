@@ -30,7 +30,8 @@ use crate::fcgi::worker::parking::{Listening, Parked, Waiter, Woken};
 pub use crate::fcgi::worker::watchdog::Timeouts;
 use crate::fcgi::worker::watchdog::{Running, Slots, describe, watchdog};
 use crate::log_error;
-use crate::python::app::{self, StrCache};
+use crate::python::app;
+use crate::python::environ::StrCache;
 use crate::python::input::Input;
 
 /// Options of the pool.

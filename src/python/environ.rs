@@ -1,0 +1,195 @@
+//! The environ `dict` from the plain [`Environ`]: native strings (latin-1,
+//! PEP 3333) reused from request to request through a small cache, the
+//! `wsgi.*` keys, the dict made at its size.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use crate::core::environ::{Environ, Flavor};
+use crate::python::input::{FileWrapper, Input};
+
+/// Python `str` objects for environ keys and values, reused from request
+/// to request: a web server sends the same names (and many of the same
+/// values: `GATEWAY_INTERFACE`, `SERVER_PROTOCOL`, `REQUEST_METHOD`…) every
+/// time, and a reused `str` costs no allocation, no decoding and — since
+/// it caches its hash — no hashing when it goes into the `dict`. A small
+/// direct-mapped table: a new string simply replaces what was in its slot.
+/// `str` is immutable, so sharing one between requests is invisible to apps.
+pub struct StrCache {
+    slots: Vec<Option<Cached>>,
+}
+
+/// A cache entry: hash, bytes, the `str`.
+type Cached = (u64, Box<[u8]>, Py<PyString>);
+
+impl StrCache {
+    const SLOTS: usize = 512;
+    /// Longer strings are not kept (query strings, cookies: rarely repeated).
+    const MAX_LEN: usize = 64;
+
+    /// A cache for a thread that serves many requests.
+    pub fn new() -> StrCache {
+        StrCache {
+            slots: (0..Self::SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    /// No caching (one request per process: CGI).
+    pub fn none() -> StrCache {
+        StrCache { slots: Vec::new() }
+    }
+
+    /// The latin-1 decoding of `bytes` as a `str`.
+    pub fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+        if self.slots.is_empty() || bytes.len() > Self::MAX_LEN {
+            return latin1_str(py, bytes);
+        }
+        let hash = short_hash(bytes);
+        let slot = &mut self.slots[(hash as usize) % Self::SLOTS];
+        if let Some((h, cached, string)) = slot
+            && *h == hash
+            && same(cached, bytes)
+        {
+            return Ok(string.bind(py).clone());
+        }
+        let string = latin1_str(py, bytes)?;
+        *slot = Some((hash, bytes.into(), string.clone().unbind()));
+        Ok(string)
+    }
+}
+
+impl Default for StrCache {
+    fn default() -> Self {
+        StrCache::new()
+    }
+}
+
+/// A hash of a short string, eight bytes at a time (a byte at a time, as
+/// FNV does, cost more than the lookup saved). Only for spreading the
+/// cache's slots: a hit is confirmed by comparing the bytes.
+#[inline]
+fn short_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        h = (h ^ w).wrapping_mul(K);
+        h ^= h >> 29;
+    }
+    let mut last = [0u8; 8];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    h ^ (h >> 32)
+}
+
+/// `a == b` for the short strings of [`StrCache`], compared inline eight
+/// bytes at a time (a call to `memcmp` per lookup cost more than the
+/// comparison).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+    for (p, q) in (&mut x).zip(&mut y) {
+        if word(p) != word(q) {
+            return false;
+        }
+    }
+    x.remainder().iter().zip(y.remainder()).all(|(p, q)| p == q)
+}
+
+/// Bytes decoded as latin-1 into a `str` (PEP 3333 native strings).
+fn latin1_str<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(bytes.len())
+        .map_err(|_| PyValueError::new_err("environ value too long"))?;
+    // SAFETY: `bytes` is valid for `len` bytes; latin-1 decoding cannot fail
+    // on content; the result is a new reference (or NULL with an exception).
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), len, std::ptr::null()),
+        )
+        .map(|s| s.cast_into_unchecked())
+    }
+}
+
+/// Build the environ `dict` from the plain [`Environ`].
+pub fn environ_dict<'py>(
+    py: Python<'py>,
+    environ: &Environ<'_>,
+    flavor: Flavor,
+    input: Input,
+    errors: Bound<'py, PyAny>,
+    strings: &mut StrCache,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = dict_of_size(py, environ.vars.len() + 9)?;
+    for (key, value) in &environ.vars {
+        dict.set_item(strings.get(py, key)?, strings.get(py, value)?)?;
+    }
+    dict.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
+    dict.set_item(
+        intern!(py, "wsgi.url_scheme"),
+        strings.get(py, environ.url_scheme.as_bytes())?,
+    )?;
+    dict.set_item(intern!(py, "wsgi.input"), Bound::new(py, input)?)?;
+    dict.set_item(intern!(py, "wsgi.errors"), errors)?;
+    dict.set_item(intern!(py, "wsgi.multithread"), flavor.multithread)?;
+    dict.set_item(intern!(py, "wsgi.multiprocess"), flavor.multiprocess)?;
+    dict.set_item(intern!(py, "wsgi.run_once"), flavor.run_once)?;
+    dict.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    dict.set_item(
+        intern!(py, "wsgi.file_wrapper"),
+        py.get_type::<FileWrapper>(),
+    )?;
+    Ok(dict)
+}
+
+/// An empty dict with room for `len` items.
+fn dict_of_size(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyDict>> {
+    #[cfg(wsgi_presized_dict)]
+    {
+        unsafe extern "C" {
+            fn _PyDict_NewPresized(minused: pyo3::ffi::Py_ssize_t) -> *mut pyo3::ffi::PyObject;
+        }
+        let len = pyo3::ffi::Py_ssize_t::try_from(len).unwrap_or(0);
+        // SAFETY: called with the GIL held; returns a new reference to a
+        // dict, or NULL with an exception set.
+        unsafe {
+            Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(len))
+                .map(|d| d.cast_into_unchecked())
+        }
+    }
+    #[cfg(not(wsgi_presized_dict))]
+    {
+        let _ = len;
+        Ok(PyDict::new(py))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{same, short_hash};
+
+    #[test]
+    fn the_cache_compare_is_equality_at_every_length_and_position() {
+        for len in 0..=64usize {
+            let a: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            assert!(same(&a, &a.clone()), "{len}");
+            assert!(!same(&a, &a[..len.saturating_sub(1)]) || len == 0, "{len}");
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 1;
+                assert!(!same(&a, &b), "{len} {at}");
+                // (Not a guarantee, but a hash that misses a byte shows.)
+                assert_ne!(short_hash(&a), short_hash(&b), "{len} {at}");
+            }
+        }
+        // A trailing zero byte is not the end of the string.
+        assert_ne!(short_hash(b"ab"), short_hash(b"ab\0"));
+    }
+}
