@@ -278,6 +278,8 @@ fn serve(
 mod body {
     use std::io::{self, Read, Seek, Write};
 
+    use crate::core::request::{is_chunked, meta_value, set_measured_length};
+
     /// Bodies up to this size stay in memory; larger ones go to an
     /// unlinked temporary file in `$TMPDIR`.
     const IN_MEMORY: usize = 1024 * 1024;
@@ -286,13 +288,6 @@ mod body {
     pub struct Refusal {
         pub status: u16,
         pub message: String,
-    }
-
-    fn get<'a>(meta: &'a [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'a [u8]> {
-        meta.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
     }
 
     /// `Some(body)`: a chunked body, read whole (its CONTENT_LENGTH added
@@ -308,7 +303,7 @@ mod body {
                 max.unwrap_or(0)
             ),
         };
-        if let Some(length) = get(meta, b"CONTENT_LENGTH").filter(|v| !v.is_empty()) {
+        if let Some(length) = meta_value(meta, b"CONTENT_LENGTH").filter(|v| !v.is_empty()) {
             // (An invalid one is the environ's to refuse, with 400.)
             let declared = std::str::from_utf8(length)
                 .ok()
@@ -320,11 +315,7 @@ mod body {
             }
             return Ok(None);
         }
-        let chunked = get(meta, b"HTTP_TRANSFER_ENCODING").is_some_and(|te| {
-            te.split(|&b| b == b',')
-                .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        });
-        if !chunked {
+        if !is_chunked(meta) {
             return Ok(None);
         }
         let (body, len) = read_all(&mut io::stdin().lock(), max).map_err(|e| match e {
@@ -334,7 +325,7 @@ mod body {
                 message: format!("cannot read the chunked request body: {e}"),
             },
         })?;
-        meta.push((b"CONTENT_LENGTH".to_vec(), len.to_string().into_bytes()));
+        set_measured_length(meta, len);
         Ok(Some(body))
     }
 

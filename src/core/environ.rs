@@ -168,12 +168,7 @@ pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ<'_>, RequestError> {
     }
 
     // (The last value of each: one scan each, from the end.)
-    let value = |key: &[u8]| {
-        meta.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
-    };
+    let value = |key: &[u8]| crate::core::request::meta_value(meta, key);
     let https = value(b"HTTPS").is_some_and(|v| {
         v.eq_ignore_ascii_case(b"on") || v == b"1" || v.eq_ignore_ascii_case(b"yes")
     });

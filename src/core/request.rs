@@ -9,6 +9,32 @@ use std::io::{self, Read};
 /// Raw meta-variables: `(name, value)` byte pairs in the server's order.
 pub type MetaVariables = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The last value of `name` among `meta`.
+pub fn meta_value<'a>(meta: &'a [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'a [u8]> {
+    meta.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Whether the request says its body came chunked (`HTTP_TRANSFER_ENCODING`).
+pub fn is_chunked(meta: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    meta_value(meta, b"HTTP_TRANSFER_ENCODING").is_some_and(|te| {
+        te.split(|&b| b == b',')
+            .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    })
+}
+
+/// A body the gateway received whole without a `CONTENT_LENGTH` (a
+/// chunked one: Apache mod_cgi, or mod_proxy_fcgi passing it on as it
+/// arrives) is given its measured length, as nginx gives one before
+/// FastCGI — and [`crate::core::environ::build`] then drops
+/// `HTTP_TRANSFER_ENCODING`, so that the app does not de-chunk it again.
+pub fn set_measured_length(meta: &mut MetaVariables, len: u64) {
+    meta.retain(|(k, _)| k != b"CONTENT_LENGTH");
+    meta.push((b"CONTENT_LENGTH".to_vec(), len.to_string().into_bytes()));
+}
+
 /// A body reader with an optional length limit and a small read buffer, the
 /// engine behind `wsgi.input` (`read`, `readline`).
 pub struct BodyReader {

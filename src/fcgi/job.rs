@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::proto::record::Role;
 use super::writer::{Frames, Held, WriteError, Writer};
-use crate::core::request::MetaVariables;
+use crate::core::request::{MetaVariables, is_chunked, meta_value, set_measured_length};
 use crate::core::response::error_head;
 use crate::core::wire;
 
@@ -123,23 +123,15 @@ impl Body {
     }
 
     /// A body received whole without a `CONTENT_LENGTH` among `meta`
-    /// (Apache mod_proxy_fcgi passes a chunked request body on as it
-    /// arrives, with its `Transfer-Encoding` header, unless the whole body
-    /// was already there): the app gets its measured `CONTENT_LENGTH`, as
-    /// behind nginx, and with it no `HTTP_TRANSFER_ENCODING`
-    /// ([`crate::core::environ::build`] drops it), so that it does not
-    /// de-chunk the already de-chunked bytes (bottle, pypiserver: 400
-    /// "Error while parsing chunked transfer body").
+    /// gets its measured one ([`set_measured_length`]: behind Apache
+    /// mod_proxy_fcgi a chunked body arrives without one, and bottle or
+    /// pypiserver would de-chunk it again: 400).
     pub fn measure(&self, meta: &mut MetaVariables) {
-        let given = meta
-            .iter()
-            .any(|(k, v)| k == b"CONTENT_LENGTH" && !v.trim_ascii().is_empty());
-        if given {
+        if meta_value(meta, b"CONTENT_LENGTH").is_some_and(|v| !v.trim_ascii().is_empty()) {
             return;
         }
-        if let Some(len) = self.received_len().filter(|&n| n > 0 || chunked(meta)) {
-            meta.retain(|(k, _)| k != b"CONTENT_LENGTH");
-            meta.push((b"CONTENT_LENGTH".to_vec(), len.to_string().into_bytes()));
+        if let Some(len) = self.received_len().filter(|&n| n > 0 || is_chunked(meta)) {
+            set_measured_length(meta, len);
         }
     }
 
@@ -180,15 +172,6 @@ impl Read for Body {
         current.advance(n);
         Ok(n)
     }
-}
-
-/// Whether the request says its body came chunked.
-fn chunked(meta: &MetaVariables) -> bool {
-    meta.iter().any(|(k, v)| {
-        k == b"HTTP_TRANSFER_ENCODING"
-            && v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-    })
 }
 
 /// A request ready to run, handed to the [`Dispatch`].

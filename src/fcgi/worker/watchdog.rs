@@ -158,10 +158,7 @@ fn python_stack(py: Python<'_>, thread: u64) -> String {
 /// "METHOD URI" of a request, for log lines.
 pub(crate) fn describe(meta: &[(Vec<u8>, Vec<u8>)]) -> String {
     let get = |key: &[u8]| {
-        meta.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        crate::core::request::meta_value(meta, key).map(|v| String::from_utf8_lossy(v).into_owned())
     };
     let uri = get(b"REQUEST_URI").unwrap_or_else(|| {
         let path = get(b"SCRIPT_NAME").unwrap_or_default() + &get(b"PATH_INFO").unwrap_or_default();
