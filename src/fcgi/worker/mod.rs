@@ -5,6 +5,7 @@
 //! Ctrl-C away (research/deps.md §1.7).
 
 pub(crate) mod accesslog;
+pub(crate) mod linger;
 pub(crate) mod listener;
 pub(crate) mod parking;
 pub(crate) mod pool;

@@ -33,6 +33,7 @@ use crate::fcgi::idle::IdleList;
 use crate::fcgi::inline::Accepted;
 use crate::fcgi::job::{Job, Limits};
 use crate::fcgi::kept::Kept;
+use crate::fcgi::worker::linger::Lingering;
 use crate::log_error;
 
 /// The listening sockets the app threads accept on, and what goes with them.
@@ -141,10 +142,6 @@ pub enum Woken {
 const MAILBOX: u64 = u64::MAX;
 const STOP: u64 = u64::MAX - 1;
 const KEPT: u64 = u64::MAX - 2;
-/// How long a closed connection is read for its peer's last bytes.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-/// Lingering connections per thread, at most (the oldest is dropped).
-const MAX_LINGERING: usize = 256;
 /// How long a thread that handed a connection over leaves the next ones to
 /// its peers, and how often an idle thread with peers looks for waiting ones.
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
@@ -156,8 +153,6 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(5);
 /// whole pause. Not while another worker has a thread waiting for
 /// connections (the scoreboard's `waiting`): that one was woken for it.
 const PAUSED_TICK: std::time::Duration = std::time::Duration::from_millis(2);
-/// Lingering connections gathered before they are looked at.
-const LINGER_BATCH: usize = 16;
 
 impl Parked {
     /// An empty mailbox.
@@ -210,13 +205,9 @@ pub struct Waiter {
     paused_until: Option<std::time::Instant>,
     /// When this thread last looked for waiting connections while paused.
     looked: std::time::Instant,
-    /// Connections closed on our side, waiting for the peer's close, and
-    /// their own epoll: looked at whenever the thread wakes anyway, so a
-    /// peer's close never wakes it on its own.
-    lingering: Vec<(OwnedFd, std::time::Instant)>,
-    linger_epoll: Epoll,
-    /// Reap when this many linger.
-    reap_at: usize,
+    /// Connections closed on our side, waiting for the peer's close:
+    /// looked at whenever the thread wakes anyway.
+    lingering: Lingering,
     /// The scoreboard and this worker's slot in it (workers under a
     /// master): where a paused thread sees whether another worker has a
     /// thread waiting for connections.
@@ -235,11 +226,9 @@ impl Waiter {
             me,
             listening,
             accepting,
-            lingering: Vec::new(),
+            lingering: Lingering::new()?,
             paused_until: None,
             looked: std::time::Instant::now(),
-            linger_epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            reap_at: LINGER_BATCH,
             board: crate::process::scoreboard::board().zip(crate::process::scoreboard::my_index()),
         };
         waiter.register()?;
@@ -342,8 +331,8 @@ impl Waiter {
             .map(|t| t.saturating_duration_since(now).min(PAUSED_TICK));
         let linger = self
             .lingering
-            .first()
-            .map(|(_, until)| until.saturating_duration_since(now));
+            .next_expiry()
+            .map(|until| until.saturating_duration_since(now));
         match [tick, pause, linger].into_iter().flatten().min() {
             None => EpollTimeout::NONE,
             Some(left) => {
@@ -407,7 +396,7 @@ impl Waiter {
                     _ => {}
                 }
             }
-            self.reap_lingering();
+            self.lingering.reap();
             if let Some(job) = self.me.take() {
                 if let Some(conn) = accepted {
                     // Both at once: the job now, the connection to the I/O
@@ -439,64 +428,10 @@ impl Waiter {
         Some(conn)
     }
 
-    /// A half-closed connection whose peer has not closed yet: read (and
-    /// drop) what it still sends until it closes, for at most [`LINGER`],
-    /// so that its last writes meet an open socket instead of a reset.
-    /// Done between jobs, from this thread's own epoll: no hand-off.
+    /// A half-closed connection whose peer has not closed yet: read from
+    /// this thread's own epoll between jobs ([`Lingering`]): no hand-off.
     pub fn linger(&mut self, socket: OwnedFd) {
-        if self.lingering.len() >= MAX_LINGERING {
-            self.lingering.remove(0); // (closing it leaves the epoll too)
-        }
-        let token = socket.as_raw_fd() as u64;
-        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-        if self
-            .linger_epoll
-            .add(&socket, EpollEvent::new(interest, token))
-            .is_ok()
-        {
-            self.lingering
-                .push((socket, std::time::Instant::now() + LINGER));
-        }
-    }
-
-    /// Close the lingering connections whose peer closed, or whose time is
-    /// up — in batches, once enough have gathered (a syscall saved per wake).
-    fn reap_lingering(&mut self) {
-        let due = self
-            .lingering
-            .first()
-            .is_some_and(|(_, until)| *until <= std::time::Instant::now());
-        if self.lingering.len() < self.reap_at && !due {
-            return;
-        }
-        let mut events = [EpollEvent::empty(); 32];
-        let ready = self
-            .linger_epoll
-            .wait(&mut events, EpollTimeout::ZERO)
-            .unwrap_or(0);
-        let mut sink = [0u8; 4096];
-        for event in &events[..ready] {
-            let fd = event.data() as std::os::fd::RawFd;
-            let Some(at) = self.lingering.iter().position(|(s, _)| s.as_raw_fd() == fd) else {
-                continue;
-            };
-            let closed = loop {
-                match nix::unistd::read(&self.lingering[at].0, &mut sink) {
-                    Ok(0) => break true,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(nix::errno::Errno::EAGAIN) => break false,
-                    Err(_) => break true,
-                }
-            };
-            if closed {
-                // Closing the last descriptor also leaves the epoll. (The
-                // list stays in time order.)
-                self.lingering.remove(at);
-            }
-        }
-        let now = std::time::Instant::now();
-        self.lingering.retain(|(_, until)| *until > now);
-        self.reap_at = self.lingering.len() + LINGER_BATCH;
+        self.lingering.add(socket);
     }
 
     /// Accept a connection if one is waiting, paused or not (never waits).
