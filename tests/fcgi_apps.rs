@@ -2,12 +2,9 @@
 //! through the real `wsgi-fcgi` responder with our raw FastCGI client
 //! (tests/support/fcgi.rs): environ, wsgi.input, lazy headers, exc_info,
 //! close(), file_wrapper, print(), bad status and headers, HEAD,
-//! Content-Length; the same routes under wsgiref's validator; and Flask and
-//! Django from the test virtualenv (tests/setup-venv.sh).
+//! Content-Length; and the same routes under wsgiref's validator. Flask and
+//! Django through both binaries are in tests/frameworks.rs.
 
-use crate::support;
-
-use crate::support::digest;
 use crate::support::fcgi;
 
 use fcgi::*;
@@ -411,95 +408,4 @@ fn validator_raises_nothing() {
     // The validator is live: a route that breaks PEP 3333 trips it.
     assert_eq!(get(&r, Req::get("/non-bytes")).status(), 500);
     assert!(r.wait_log("AssertionError", TIMEOUT), "{}", r.log());
-}
-
-// ---------------------------------------------------------------- frameworks
-
-/// Flask or Django under SCRIPT_NAME=/app; `s` ends Django's routes.
-fn exercise(spec: &str, s: &str) {
-    let Some(venv) = support::venv() else { return };
-    let args = [
-        "--app".into(),
-        spec.into(),
-        "--venv".into(),
-        venv.clone(),
-        "--chdir".into(),
-        app(""),
-    ];
-    let r = Responder::start(&args, &[]);
-    let req = |path: &str| {
-        Req::get(path)
-            .param("SCRIPT_NAME", "/app")
-            .param("HTTP_HOST", "example.test")
-            .param("REQUEST_URI", &format!("/app{path}"))
-    };
-    let out = get(&r, req("/"));
-    assert_eq!(out.status(), 200, "{}", r.log());
-    assert!(out.text().starts_with("Hello from"), "{}", out.text());
-
-    let v = get(&r, req(&format!("/json{s}?x=1&y=caf%C3%A9"))).json();
-    assert_eq!(v["ok"], true);
-    assert_eq!(
-        v.get("script_root").or(v.get("script_name")).unwrap(),
-        "/app"
-    );
-    assert_eq!(v.get("args").or(v.get("q")).unwrap()["y"], "caf\u{e9}");
-
-    let out = get(&r, req(&format!("/go{s}")));
-    assert_eq!(out.status(), 302, "{}", r.log());
-    let location = out.header("Location").unwrap();
-    assert!(location.ends_with(&format!("/app/json{s}")), "{location}");
-
-    let form = b"name=Ada+Lovelace&city=Z%C3%BCrich";
-    let post = |path: &str, ct: &str, body: &[u8]| {
-        let mut req = req(path).method("POST").body(ct, body);
-        req.stdin_chunk = 8000;
-        get(&r, req)
-    };
-    let v = post(
-        &format!("/form{s}"),
-        "application/x-www-form-urlencoded",
-        form,
-    )
-    .json();
-    assert_eq!(
-        (v["name"].as_str(), v["city"].as_str()),
-        (Some("Ada Lovelace"), Some("Z\u{fc}rich"))
-    );
-
-    let file: Vec<u8> = (0..2_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let boundary = "----wsgi-gateway-fcgi-boundary";
-    let body = support::multipart(
-        boundary,
-        &[("note", b"hi", None), ("file", &file, Some("blob.bin"))],
-    );
-    let ct = format!("multipart/form-data; boundary={boundary}");
-    let v = post(&format!("/upload{s}"), &ct, &body).json();
-    assert_eq!(
-        (v["size"].as_u64(), v["filename"].as_str()),
-        (Some(2_000_000), Some("blob.bin"))
-    );
-    assert_eq!(v["note"], "hi");
-    assert_eq!(v["sha256"], digest::sha256_hex(&file).as_str());
-
-    let out = get(&r, req(&format!("/boom{s}")));
-    assert_eq!(out.status(), 500);
-    assert!(!out.text().contains("SECRET"), "{}", out.text());
-    assert!(
-        r.wait_log("SECRET-", TIMEOUT),
-        "traceback missing from the log:\n{}",
-        r.log()
-    );
-}
-
-#[test]
-fn flask_app() {
-    exercise("flask_app:application", "");
-}
-
-#[test]
-fn django_app() {
-    exercise("djangoapp.wsgi", "/");
 }

@@ -25,7 +25,8 @@ use crate::support::http;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use http::{Listen, Responder, Response, Server, Site};
+use http::{Logged, Response, Server, Site};
+use support::fcgi::{Listen, Responder};
 
 fn wsgi_fcgi() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_wsgi-fcgi"))
@@ -34,7 +35,7 @@ fn wsgi_fcgi() -> PathBuf {
 /// `wsgi-fcgi --app SPEC --venv VENV --bind BIND [EXTRA]`, a responder the
 /// test starts on `listen`.
 fn responder(spec: &str, venv: &Path, listen: Listen, extra: &[&str]) -> Responder {
-    Responder::start(listen, |bind| {
+    Responder::launch(listen, |bind| {
         let mut cmd = Command::new(wsgi_fcgi());
         cmd.args(["--app", spec, "--venv"])
             .arg(venv)
@@ -100,7 +101,7 @@ Include "{}"
 /// authorizer"), so an AUTHORIZER request must run once its PARAMS end.
 fn ask(web: &Server, authorizer: &Responder, headers: &[(&str, &str)]) -> Response {
     let r = web.request("GET", "/private/secret.txt", headers, b"");
-    let log = authorizer.proc.log();
+    let log = authorizer.log();
     if r.status == 500 && log.contains("stalled") {
         panic!(
             "gateway bug: wsgi-fcgi waits for the request body (FCGI_STDIN) of an \
@@ -122,7 +123,7 @@ fn apache_authorizer() -> Option<()> {
     // mod_authnz_fcgi speaks TCP only.
     let spec = format!("{}:authorize", support::app("fcgi_fixtures.py").display());
     let authorizer = responder(&spec, &venv, Listen::Tcp, &[]);
-    let backend = format!("fcgi://127.0.0.1:{}/", authorizer.proc.port);
+    let backend = format!("fcgi://127.0.0.1:{}/", authorizer.port());
     let args = |_: &Path| vec!["-DFOREGROUND".into(), "-f".into()];
     let logs = ["error.log", "access.log"];
     let web = Server::start_conf("apache2", &exe, &logs, args, |dir, port| {
@@ -207,7 +208,7 @@ fn h2o_site() -> Option<()> {
     });
     let s = Site {
         web: &web,
-        log: &app.proc,
+        log: &app,
         prefix: "",
     };
 

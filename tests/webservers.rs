@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use http::{Response, Server};
+use http::{Logged, Response, Server};
 
 /// Where every server mounts the app (the snippets' default prefix) …
 const MOUNT: &str = "/app";

@@ -33,8 +33,10 @@ use crate::support::http;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use http::{Listen, Ready, Responder, Server, Site};
+use http::{Logged, Ready, Server, Site};
+use support::fcgi::{Listen, Responder};
 
 const MOUNT: &str = "/app";
 
@@ -79,7 +81,7 @@ fn socket_group() -> Option<&'static str> {
 
 /// wsgi-fcgi serving `app`, started by the test.
 fn responder(app: &App, listen: Listen) -> Responder {
-    Responder::start(listen, |bind| {
+    Responder::launch(listen, |bind| {
         let mut cmd = Command::new(wsgi_fcgi());
         cmd.args(app.args()).args(["--bind", bind]);
         if let Some(group) = socket_group() {
@@ -352,18 +354,12 @@ fn check_environ(s: &Site) {
 /// broken (no last chunk), never a whole one that caches would keep, and
 /// the web server logs why.
 fn check_cut_short(s: &Site) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", s.web.port)).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
     let head = format!(
         "GET {}/exc-after HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         s.prefix
     );
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
+    let raw = http::exchange(s.web.port, head.as_bytes(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{}: no response: {e}", s.web.name));
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200"), "{}: {text}", s.web.name);
     assert!(text.contains("partial "), "{}: {text}", s.web.name);
@@ -397,7 +393,7 @@ fn check_kept_open(s: &Site, responder: &Responder) {
     );
 }
 
-fn site<'a>(web: &'a Server, log: &'a Server) -> Site<'a> {
+fn site<'a>(web: &'a Server, log: &'a dyn Logged) -> Site<'a> {
     let prefix = MOUNT;
     Site { web, log, prefix }
 }
@@ -437,7 +433,7 @@ cases! {
 /// pool is opened in one burst at the start, and every connection stays.
 fn nginx_spread_over_workers() -> Option<()> {
     let app = App::file("fcgi_site.py")?;
-    let responder = Responder::start(Listen::Unix, |bind| {
+    let responder = Responder::launch(Listen::Unix, |bind| {
         let mut cmd = Command::new(wsgi_fcgi());
         cmd.args(app.args())
             .args(["--workers", "2", "--threads", "1", "--bind", bind])
@@ -462,7 +458,7 @@ fn nginx_spread_over_workers() -> Option<()> {
             .to_string();
         serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {text}"))
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let accepting = |status: serde_json::Value| {
         let starting = match &status["processes"] {
             serde_json::Value::Array(rows) => {
@@ -473,12 +469,8 @@ fn nginx_spread_over_workers() -> Option<()> {
         status["total processes"].as_f64() == Some(2.0) && !starting
     };
     while !accepting(status()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            responder.proc.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(std::time::Instant::now() < deadline, "{}", responder.log());
+        std::thread::sleep(Duration::from_millis(50));
     }
     let load = wrk(&format!("http://127.0.0.1:{}{MOUNT}/json", web.port), 16, 3)?;
     assert_eq!(load.non_2xx, 0, "{load:?}");
@@ -590,7 +582,7 @@ fn run_haproxy(enable: &[&str]) -> Option<()> {
     let web = haproxy(&responder, enable)?;
     let s = Site {
         web: &web,
-        log: &responder.proc,
+        log: &responder,
         prefix: "",
     };
     s.check_mounted_at_root();
@@ -607,7 +599,7 @@ fn run_haproxy(enable: &[&str]) -> Option<()> {
         clean,
         "HAProxy {enable:?}: {load:?}\nhaproxy: {}\nwsgi-fcgi: {}",
         web.log(),
-        responder.proc.log()
+        responder.log()
     );
     assert!(load.requests > 100, "{load:?}");
     Some(())
@@ -618,7 +610,7 @@ fn nginx_site(listen: Listen, big: bool) -> Option<()> {
     let app = App::file("fcgi_site.py")?;
     let responder = responder(&app, listen);
     let web = nginx(&responder.address(), MOUNT)?;
-    let s = site(&web, &responder.proc);
+    let s = site(&web, &responder);
     check_environ(&s);
     check_flask(&s);
     s.check_stream();
@@ -640,7 +632,7 @@ fn run_nginx_django() -> Option<()> {
     };
     let responder = responder(&app, Listen::Unix);
     let web = nginx(&responder.address(), MOUNT)?;
-    let s = site(&web, &responder.proc);
+    let s = site(&web, &responder);
     assert_eq!(s.get_ok("/").text(), "Hello from Django\n");
     let j = s.get_ok("/json/?q=1").json();
     assert_eq!(j["script_name"].as_str(), Some(MOUNT), "{j:?}");
@@ -659,10 +651,10 @@ fn apache_proxy(listen: Listen) -> Option<()> {
     let responder = responder(&app, listen);
     let backend = match listen {
         Listen::Unix => format!("unix:{}|fcgi://localhost", responder.socket().display()),
-        Listen::Tcp => format!("fcgi://127.0.0.1:{}", responder.proc.port),
+        Listen::Tcp => format!("fcgi://127.0.0.1:{}", responder.port()),
     };
     let web = apache(Apache::Proxy(backend))?;
-    let s = site(&web, &responder.proc);
+    let s = site(&web, &responder);
     check_environ(&s);
     check_flask(&s);
     s.check_stream();
@@ -692,7 +684,7 @@ fn run_lighttpd_socket() -> Option<()> {
     let app = App::file("fcgi_site.py")?;
     let responder = responder(&app, Listen::Unix);
     let web = lighttpd(Some(&responder), &app)?;
-    let s = site(&web, &responder.proc);
+    let s = site(&web, &responder);
     check_environ(&s);
     check_flask(&s);
     s.check_stream();
@@ -854,29 +846,19 @@ fn pypiserver(behind_apache: bool) -> Option<()> {
         ],
         ("content", "demo_pkg-1.0-py3-none-any.whl", &content),
     );
-    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
-    chunked.extend_from_slice(&body);
-    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-    let status_line = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", web.port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-            .unwrap();
-        let head = format!(
-            "POST {prefix}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&chunked).unwrap();
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        String::from_utf8_lossy(&raw).into_owned()
-    };
+    let type_header = [("Content-Type", content_type.as_str())];
+    let upload = http::post_chunked(
+        web.port,
+        &format!("{prefix}/"),
+        &type_header,
+        &body,
+        body.len(),
+    );
     assert!(
-        status_line.starts_with("HTTP/1.1 200"),
-        "upload: {status_line}\n{}\n{}",
+        upload.status == 200,
+        "upload: {upload:?}\n{}\n{}",
         web.log(),
-        responder.proc.log()
+        responder.log()
     );
     assert!(packages.join("demo_pkg-1.0-py3-none-any.whl").is_file());
     let index = format!("http://127.0.0.1:{}{prefix}/simple/", web.port);
@@ -940,13 +922,7 @@ fn trac(behind_apache: bool) -> Option<()> {
         (nginx(&responder.address(), "/trac")?, "/trac")
     };
     let form = web.get(&format!("{prefix}/newticket"));
-    assert_eq!(
-        form.status,
-        200,
-        "{}\n{}",
-        form.text(),
-        responder.proc.log()
-    );
+    assert_eq!(form.status, 200, "{}\n{}", form.text(), responder.log());
     let cookie = form
         .headers
         .iter()
@@ -974,7 +950,7 @@ fn trac(behind_apache: bool) -> Option<()> {
         303,
         "{}\n{}",
         created.text(),
-        responder.proc.log()
+        responder.log()
     );
     let location = created.header("Location").unwrap_or_default().to_string();
     assert!(
@@ -1010,7 +986,7 @@ fn nginx_master_under_load(
     std::fs::write(&version_file, "v0").unwrap();
     app.env
         .push(("RELOADABLE_VERSION", version_file.display().to_string()));
-    let responder = Responder::start(Listen::Unix, |bind| {
+    let responder = Responder::launch(Listen::Unix, |bind| {
         let mut cmd = Command::new(wsgi_fcgi());
         cmd.args(app.args())
             .args(["--workers", "2", "--threads", "2", "--bind", bind])
@@ -1025,14 +1001,8 @@ fn nginx_master_under_load(
     let port = web.port;
     // One request on its own connection to nginx: the version served.
     let fetch = move || -> Result<String, String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        s.write_all(b"GET /app/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        let wire = b"GET /app/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let raw = http::exchange(port, wire, Duration::from_secs(20)).map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
         if !head.starts_with("HTTP/1.1 200") {
@@ -1040,7 +1010,7 @@ fn nginx_master_under_load(
         }
         Ok(body.split(' ').next().unwrap_or_default().to_string())
     };
-    assert_eq!(fetch(), Ok("v0".to_string()), "{}", responder.proc.log());
+    assert_eq!(fetch(), Ok("v0".to_string()), "{}", responder.log());
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let served = std::sync::Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
@@ -1060,8 +1030,8 @@ fn nginx_master_under_load(
             })
         })
         .collect();
-    let log = || responder.proc.log();
-    during(responder.proc.pid(), &version_file, &log);
+    let log = || responder.log();
+    during(responder.pid, &version_file, &log);
     stop.store(true, Ordering::Relaxed);
     let failures: Vec<String> = clients
         .into_iter()
@@ -1075,7 +1045,7 @@ fn nginx_master_under_load(
         served + failures.len(),
         failures.first(),
         web.log(),
-        responder.proc.log()
+        responder.log()
     );
     // Keep both servers up for the caller's last checks.
     let keep = (web, responder, versions);
@@ -1087,14 +1057,14 @@ fn nginx_master_under_load(
 }
 
 fn wait_for_log(log: &dyn Fn() -> String, needle: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !log().contains(needle) {
         assert!(
             std::time::Instant::now() < deadline,
             "no {needle:?} within 30 s: {}",
             log()
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -1110,7 +1080,7 @@ fn nginx_reloads_under_load() -> Option<()> {
             assert!(hup.is_ok_and(|s| s.success()));
             wait_for_log(log, &format!("master: generation {round} ready"));
             // Some load on the new generation before the next reload.
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(300));
         }
     })?;
     eprintln!("10 HUP reloads through nginx: {served} requests served, none failed");
@@ -1125,10 +1095,10 @@ fn nginx_reloads_under_load() -> Option<()> {
 /// and again, and not one request fails.
 fn nginx_max_requests_under_load() -> Option<()> {
     let (served, _) = nginx_master_under_load(&["--max-requests", "50"], |_, _, log| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while log().matches("recycled (max-requests)").count() < 10 {
             assert!(std::time::Instant::now() < deadline, "{}", log());
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
     })?;
     eprintln!("--max-requests 50 through nginx: {served} requests served, none failed");
@@ -1147,16 +1117,16 @@ fn nginx_preload_reloads_under_load() -> Option<()> {
                 .status();
             assert!(hup.is_ok_and(|s| s.success()));
             // Each re-executed master starts its own generation 1.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while log().matches("master: generation 1 ready").count() < round {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "reload {round}: {}",
                     log()
                 );
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(300));
         }
     })?;
     eprintln!("5 --preload HUP reloads through nginx: {served} requests served, none failed");

@@ -9,15 +9,21 @@
 //! from a silent one, and collects one request's response (STDOUT, STDERR,
 //! END_REQUEST's appStatus and protocolStatus).
 //!
-//! [`Responder`] starts target/debug/wsgi-fcgi on a unix socket in its own
-//! temporary directory (or on a free loopback TCP port), sends its stderr to
-//! a log file the test can read, waits until it serves, and on drop stops it
-//! (TERM, then KILL).
+//! [`Responder`] starts the wsgi-fcgi the tests were built with, in its own
+//! process group, on a unix socket in its own temporary directory (mode
+//! 0755, so that a web server running as www-data reaches the socket) or on
+//! a free loopback TCP port; sends its stderr to a log file the test can
+//! read, waits until it serves, and on drop stops it (TERM, then KILL to
+//! the group) and, if the test failed, prints the log. The FastCGI tests
+//! talk to it with [`Conn`]; the web-server tests give [`Responder::address`]
+//! to nginx, Apache or lighttpd.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
@@ -669,7 +675,26 @@ pub struct Responder {
     exit: Option<ExitStatus>,
 }
 
-/// A free loopback TCP port (bound and released: good enough for tests).
+/// Where a [`Responder`] listens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Listen {
+    /// The unix socket `DIR/fcgi.sock`.
+    Unix,
+    /// 127.0.0.1 on a free port.
+    Tcp,
+}
+
+/// A new directory for a responder's socket, log and marker files, mode
+/// 0755 (a web server's www-data workers must reach the socket).
+pub fn responder_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("wsgi-gateway-responder-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// A loopback address with a port free a moment ago (see
 /// [`super::free_port`]).
 pub fn free_addr() -> SocketAddr {
@@ -688,23 +713,35 @@ impl Responder {
 
     /// `wsgi-fcgi ARGS --bind unix:DIR/fcgi.sock` with extra environment.
     pub fn start<A: AsRef<OsStr>>(args: &[A], env: &[(&str, &str)]) -> Responder {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addr = Addr::Unix(dir.path().join("fcgi.sock"));
-        let mut cmd = Command::new(wsgi_fcgi());
-        cmd.args(args).arg("--bind").arg(addr.arg());
-        cmd.envs(env.iter().copied());
-        Responder::spawn(cmd, addr, dir)
+        Responder::launch(Listen::Unix, |bind| {
+            let mut cmd = Command::new(wsgi_fcgi());
+            cmd.args(args).arg("--bind").arg(bind);
+            cmd.envs(env.iter().copied());
+            cmd
+        })
     }
 
-    /// The same on a free loopback TCP port (another, if something took
-    /// that one before the responder could bind it).
+    /// The same on a free loopback TCP port.
     pub fn start_tcp<A: AsRef<OsStr>>(args: &[A], env: &[(&str, &str)]) -> Responder {
-        for _ in 0..4 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let addr = Addr::Tcp(free_addr());
+        Responder::launch(Listen::Tcp, |bind| {
             let mut cmd = Command::new(wsgi_fcgi());
-            cmd.args(args).arg("--bind").arg(addr.arg());
+            cmd.args(args).arg("--bind").arg(bind);
             cmd.envs(env.iter().copied());
+            cmd
+        })
+    }
+
+    /// Spawn `command(bind)`, `bind` being `unix:DIR/fcgi.sock` or
+    /// `127.0.0.1:PORT` (another port, if something took that one before
+    /// the responder could bind it), and wait until it serves there.
+    pub fn launch(listen: Listen, command: impl Fn(&str) -> Command) -> Responder {
+        for _ in 0..4 {
+            let dir = responder_dir();
+            let addr = match listen {
+                Listen::Unix => Addr::Unix(dir.path().join("fcgi.sock")),
+                Listen::Tcp => Addr::Tcp(free_addr()),
+            };
+            let cmd = command(&addr.arg());
             let log = dir.path().join("stderr.log");
             let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Responder::spawn(cmd, addr, dir)
@@ -712,21 +749,22 @@ impl Responder {
             match started {
                 Ok(responder) => return responder,
                 Err(_)
-                    if std::fs::read_to_string(&log)
-                        .is_ok_and(|l| l.contains("Address already in use")) => {}
+                    if listen == Listen::Tcp
+                        && std::fs::read_to_string(&log)
+                            .is_ok_and(|l| l.contains("Address already in use")) => {}
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
         panic!("no free loopback port in 4 tries");
     }
 
-    /// Spawn a prepared command (stdin is left as the caller set it, null
-    /// by default), its stderr going to `dir`/stderr.log, and wait until it
-    /// serves on `addr`.
+    /// Spawn a prepared command in its own process group (stdin is left as
+    /// the caller set it, null by default), its stderr going to
+    /// `dir`/stderr.log, and wait until it serves on `addr`.
     pub fn spawn(mut cmd: Command, addr: Addr, dir: tempfile::TempDir) -> Responder {
         let log_path = dir.path().join("stderr.log");
         let log = std::fs::File::create(&log_path).expect("create the log file");
-        cmd.stdout(Stdio::null()).stderr(log);
+        cmd.stdout(Stdio::null()).stderr(log).process_group(0);
         let child = cmd.spawn().expect("spawn wsgi-fcgi");
         let mut responder = Responder {
             pid: child.id(),
@@ -783,6 +821,35 @@ impl Responder {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.log().contains(needle)
+    }
+
+    /// The unix socket it listens on (with [`Listen::Unix`]).
+    pub fn socket(&self) -> PathBuf {
+        match &self.addr {
+            Addr::Unix(path) => path.clone(),
+            Addr::Tcp(a) => panic!("listening on {a}, not a unix socket"),
+        }
+    }
+
+    /// The TCP port it listens on (with [`Listen::Tcp`]).
+    pub fn port(&self) -> u16 {
+        match &self.addr {
+            Addr::Tcp(a) => a.port(),
+            Addr::Unix(path) => panic!("listening on {}, not TCP", path.display()),
+        }
+    }
+
+    /// The address as `--bind` and nginx's `server` write it.
+    pub fn address(&self) -> String {
+        self.addr.arg()
+    }
+
+    /// Connections established to it now.
+    pub fn connections(&self) -> usize {
+        match &self.addr {
+            Addr::Unix(path) => super::http::established_unix(path),
+            Addr::Tcp(a) => super::http::established_tcp(a.port()),
+        }
     }
 
     /// A path in the responder's temporary directory.
@@ -842,16 +909,27 @@ impl Responder {
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if self.wait_exit(Duration::ZERO).is_some() {
-            return;
+        if std::thread::panicking() {
+            eprintln!(
+                "--- responder log ({}) ---\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
         }
-        let _ = Command::new("kill")
-            .args(["-s", "TERM", &self.pid.to_string()])
+        if self.wait_exit(Duration::ZERO).is_none() {
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &self.pid.to_string()])
+                .status();
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        // Whatever is left of its group (workers of a master killed hard).
+        let _ = Command::new("sh")
+            .args(["-c", "kill -s KILL -- \"-$0\" 2>/dev/null"])
+            .arg(self.pid.to_string())
             .status();
-        if self.wait_exit(Duration::from_secs(3)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

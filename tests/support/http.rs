@@ -4,11 +4,9 @@
 //! length-delimited bodies; [`request_streamed`] reads a body as it arrives
 //! and hashes it instead of keeping it), a [`Server`] guard that starts a
 //! server in its own process group, waits until its port (or unix socket)
-//! answers and kills the whole group when dropped, a small JSON reader for
-//! the apps' replies, request-body builders (pseudo-random bytes,
+//! answers and kills the whole group when dropped, request-body builders (pseudo-random bytes,
 //! multipart/form-data), a streaming SHA-256, whether `www-data` can reach
-//! a path, the connections established on a listening socket, a
-//! [`Responder`] guard for a FastCGI responder the test runs, and [`Site`]:
+//! a path, the connections established on a listening socket, and [`Site`]:
 //! checks of the fixture apps behind a server (forms, uploads, redirects,
 //! clean 500s, streamed responses, 100 MiB transfers).
 
@@ -73,32 +71,43 @@ impl Response {
     }
 }
 
-/// Send one request to 127.0.0.1:`port` and read the whole response.
-/// Connect to the loopback `port` and start a request head (request line,
-/// Host, `Connection: close`, the given headers; no blank line yet).
-fn open_request(
-    port: u16,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-) -> (TcpStream, String) {
+/// A connection to the loopback `port`, reads and writes timing out after
+/// `timeout`.
+fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// A request head (request line, Host, `Connection: close`, the given
+/// headers; no blank line yet).
+fn head(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> String {
     let mut head =
         format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    (stream, head)
+    head
 }
 
+/// Send `wire`, a whole request as the test wrote it, to 127.0.0.1:`port`
+/// and read until the server closes: the raw response, for checks a parser
+/// would hide (a chunked body cut short). A read that fails (a reset, the
+/// timeout) after some bytes arrived ends the response there: the bytes are
+/// what the caller checks.
+pub fn exchange(port: u16, wire: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let mut stream = connect(port, timeout)?;
+    stream.write_all(wire)?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Err(e) if raw.is_empty() => Err(e),
+        _ => Ok(raw),
+    }
+}
+
+/// Send one request to 127.0.0.1:`port` and read the whole response.
 /// `target` goes on the request line as is (percent-encode it yourself).
 pub fn request(
     port: u16,
@@ -107,19 +116,14 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let (mut stream, mut head) = open_request(port, method, target, headers);
+    let mut wire = head(port, method, target, headers);
     if !body.is_empty() || method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        wire.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
-    head.push_str("\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .expect("send request head");
-    stream.write_all(body).expect("send request body");
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("read response to {method} {target}: {e}"));
+    wire.push_str("\r\n");
+    let wire = [wire.as_bytes(), body].concat();
+    let raw = exchange(port, &wire, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{method} {target} to port {port}: {e}"));
     parse_response(&raw, method == "HEAD")
 }
 
@@ -132,20 +136,17 @@ pub fn post_chunked(
     body: &[u8],
     chunk: usize,
 ) -> Response {
-    let (mut stream, mut head) = open_request(port, "POST", target, headers);
-    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
-    let mut wire = head.into_bytes();
+    let mut wire = head(port, "POST", target, headers);
+    wire.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    let mut wire = wire.into_bytes();
     for piece in body.chunks(chunk.max(1)) {
         wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
         wire.extend_from_slice(piece);
         wire.extend_from_slice(b"\r\n");
     }
     wire.extend_from_slice(b"0\r\n\r\n");
-    stream.write_all(&wire).expect("send the chunked request");
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("read response to POST {target}: {e}"));
+    let raw = exchange(port, &wire, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("chunked POST {target} to port {port}: {e}"));
     parse_response(&raw, false)
 }
 
@@ -155,71 +156,137 @@ pub fn get(port: u16, target: &str) -> Response {
 }
 
 fn parse_response(raw: &[u8], head_only: bool) -> Response {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let end = match parsed.parse(raw) {
-        Ok(httparse::Status::Complete(end)) => end,
-        other => panic!(
-            "not an HTTP response ({other:?}): {:?}",
-            String::from_utf8_lossy(raw)
-        ),
-    };
-    let headers: Vec<(String, String)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let mut response = Response {
-        status: parsed.code.unwrap_or(0),
+    let mut reader = raw;
+    let (status, headers) = read_head(&mut reader, "");
+    let framing = framing(status, &headers, head_only);
+    let mut body = Vec::new();
+    read_body(&mut reader, framing, &mut |piece| {
+        body.extend_from_slice(piece)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(raw)));
+    Response {
+        status,
         headers,
-        body: Vec::new(),
-    };
-    let rest = &raw[end..];
-    response.body = if head_only {
-        Vec::new()
-    } else if response
-        .header("Transfer-Encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(rest)
-    } else if let Some(len) = response
-        .header("Content-Length")
-        .and_then(|v| v.trim().parse().ok())
-    {
-        assert!(
-            rest.len() >= len,
-            "short body: {} of {len} bytes",
-            rest.len()
-        );
-        rest[..len].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    response
+        body,
+    }
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
+/// A response head, read line by line up to its blank line: the status
+/// and the headers. `what` names the request in the panic message.
+fn read_head(reader: &mut impl BufRead, what: &str) -> (u16, Vec<(String, String)>) {
+    let mut raw = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_text = size_text.split(';').next().unwrap().trim();
-        let size = usize::from_str_radix(size_text, 16).expect("chunk size");
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return body;
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .unwrap_or_else(|e| panic!("read the response head of {what}: {e}"));
+        if n == 0 || raw.ends_with(b"\r\n\r\n") || raw == b"\r\n" {
+            break;
         }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
     }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    if !matches!(parsed.parse(&raw), Ok(httparse::Status::Complete(_))) {
+        let raw = String::from_utf8_lossy(&raw);
+        panic!("not an HTTP response to {what}: {raw:?}");
+    }
+    let headers = parsed.headers.iter().map(|h| {
+        let value = String::from_utf8_lossy(h.value).into_owned();
+        (h.name.to_string(), value)
+    });
+    (parsed.code.unwrap_or(0), headers.collect())
+}
+
+/// How a response body is delimited (RFC 9112 section 6.3).
+enum Framing {
+    /// No body: a response to HEAD, a 204 or a 304.
+    Empty,
+    Chunked,
+    Length(u64),
+    /// Up to the end of the connection.
+    Close,
+}
+
+fn framing(status: u16, headers: &[(String, String)], head: bool) -> Framing {
+    let header = |name: &str| {
+        let found = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
+        found.map(|(_, v)| v.trim())
+    };
+    if head || matches!(status, 204 | 304) {
+        Framing::Empty
+    } else if header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        Framing::Chunked
+    } else if let Some(length) = header("Content-Length").and_then(|v| v.parse().ok()) {
+        Framing::Length(length)
+    } else {
+        Framing::Close
+    }
+}
+
+/// Read a body framed as `framing`, handing each piece to `sink` as it
+/// arrives (no trailers expected after a chunked one); returns its size.
+/// A body cut short is an error saying where.
+fn read_body(
+    reader: &mut impl BufRead,
+    framing: Framing,
+    sink: &mut dyn FnMut(&[u8]),
+) -> std::io::Result<u64> {
+    use std::io::{Error, ErrorKind};
+    let short = |what: String| Error::new(ErrorKind::UnexpectedEof, what);
+    // Up to `limit` bytes of what the reader holds, or 0 at the end.
+    let mut piece = |reader: &mut dyn BufRead, limit: u64| -> std::io::Result<u64> {
+        let buf = reader.fill_buf()?;
+        let n = buf.len().min(usize::try_from(limit).unwrap_or(usize::MAX));
+        if n > 0 {
+            sink(&buf[..n]);
+        }
+        reader.consume(n);
+        Ok(n as u64)
+    };
+    let mut size = 0;
+    match framing {
+        Framing::Empty => {}
+        Framing::Chunked => loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let text = line.split(';').next().unwrap_or_default().trim();
+            let Ok(mut left) = u64::from_str_radix(text, 16) else {
+                return Err(short(format!(
+                    "bad chunk size line {line:?} after {size} bytes"
+                )));
+            };
+            if left == 0 {
+                break;
+            }
+            while left > 0 {
+                let n = piece(reader, left)?;
+                if n == 0 {
+                    return Err(short(format!(
+                        "connection closed inside a chunk after {size} bytes"
+                    )));
+                }
+                (left, size) = (left - n, size + n);
+            }
+            let mut crlf = [0; 2];
+            reader.read_exact(&mut crlf)?;
+        },
+        Framing::Length(length) => {
+            while size < length {
+                let n = piece(reader, length - size)?;
+                if n == 0 {
+                    return Err(short(format!("short body: {size} of {length} bytes")));
+                }
+                size += n;
+            }
+        }
+        Framing::Close => loop {
+            let n = piece(reader, u64::MAX)?;
+            if n == 0 {
+                break;
+            }
+            size += n;
+        },
+    }
+    Ok(size)
 }
 
 /// What tells [`Server::start_ready`] that a server is up.
@@ -344,10 +411,6 @@ impl Server {
     }
 
     /// GET `target` from this server.
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
     pub fn get(&self, target: &str) -> Response {
         get(self.port, target)
     }
@@ -363,9 +426,25 @@ impl Server {
         all
     }
 
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("sh")
+            .args(["-c", "kill -s \"$0\" -- \"-$1\" 2>/dev/null", signal])
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
+
+/// Something whose log files a test reads: a web server (CGI stderr goes to
+/// its error log) or a FastCGI responder.
+pub trait Logged {
+    /// The name failure messages use.
+    fn name(&self) -> &str;
+    /// Its log files.
+    fn log_files(&self) -> &[PathBuf];
+
     /// The current length of each log file, to look only at what comes after.
-    pub fn log_mark(&self) -> Vec<u64> {
-        self.logs
+    fn log_mark(&self) -> Vec<u64> {
+        self.log_files()
             .iter()
             .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
             .collect()
@@ -373,11 +452,11 @@ impl Server {
 
     /// Wait (up to 10 s: servers write CGI stderr asynchronously) until the
     /// logs written since `mark` contain every one of `needles`; returns them.
-    pub fn log_since(&self, mark: &[u64], needles: &[&str]) -> String {
+    fn log_since(&self, mark: &[u64], needles: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut new = String::new();
-            for (path, &from) in self.logs.iter().zip(mark) {
+            for (path, &from) in self.log_files().iter().zip(mark) {
                 let bytes = std::fs::read(path).unwrap_or_default();
                 let from = usize::try_from(from).unwrap().min(bytes.len());
                 new.push_str(&String::from_utf8_lossy(&bytes[from..]));
@@ -388,12 +467,23 @@ impl Server {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
 
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("sh")
-            .args(["-c", "kill -s \"$0\" -- \"-$1\" 2>/dev/null", signal])
-            .arg(self.child.id().to_string())
-            .status();
+impl Logged for Server {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn log_files(&self) -> &[PathBuf] {
+        &self.logs
+    }
+}
+
+impl Logged for super::fcgi::Responder {
+    fn name(&self) -> &str {
+        "wsgi-fcgi"
+    }
+    fn log_files(&self) -> &[PathBuf] {
+        std::slice::from_ref(&self.log_path)
     }
 }
 
@@ -459,6 +549,8 @@ pub fn multipart(fields: &[(&str, &str)], file: (&str, &str, &[u8])) -> (String,
 #[derive(Debug)]
 pub struct Streamed {
     pub status: u16,
+    /// Shown in failure messages (`{:?}`), which dead-code analysis ignores.
+    #[allow(dead_code)]
     pub headers: Vec<(String, String)>,
     /// Body bytes received.
     pub size: u64,
@@ -471,12 +563,6 @@ pub struct Streamed {
 }
 
 impl Streamed {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.head).into_owned()
     }
@@ -494,7 +580,9 @@ pub fn request_streamed(
     body_len: u64,
     write_body: impl FnOnce(&mut dyn Write),
 ) -> Streamed {
-    let (mut stream, mut head) = open_request(port, method, target, headers);
+    let mut stream = connect(port, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    let mut head = head(port, method, target, headers);
     if body_len > 0 || method == "POST" {
         head.push_str(&format!("Content-Length: {body_len}\r\n"));
     }
@@ -506,99 +594,26 @@ pub fn request_streamed(
     let start = Instant::now();
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
 
-    // The response head, line by line.
-    let mut raw_head = Vec::new();
-    loop {
-        let n = reader
-            .read_until(b'\n', &mut raw_head)
-            .unwrap_or_else(|e| panic!("read the response head of {method} {target}: {e}"));
-        if n == 0 || raw_head.ends_with(b"\r\n\r\n") || raw_head == b"\r\n" {
-            break;
-        }
-    }
-    let mut parsed_headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut parsed_headers);
-    if !matches!(parsed.parse(&raw_head), Ok(httparse::Status::Complete(_))) {
-        panic!(
-            "not an HTTP response to {method} {target}: {:?}",
-            String::from_utf8_lossy(&raw_head)
-        );
-    }
+    let what = format!("{method} {target}");
+    let (status, headers) = read_head(&mut reader, &what);
+    let framing = framing(status, &headers, method == "HEAD");
     let mut response = Streamed {
-        status: parsed.code.unwrap_or(0),
-        headers: parsed
-            .headers
-            .iter()
-            .map(|h| {
-                let value = String::from_utf8_lossy(h.value).into_owned();
-                (h.name.to_string(), value)
-            })
-            .collect(),
+        status,
+        headers,
         size: 0,
         sha256: String::new(),
         head: Vec::new(),
         arrivals: Vec::new(),
     };
-
-    let chunked = response
-        .header("Transfer-Encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    let length = response
-        .header("Content-Length")
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let no_body = method == "HEAD" || matches!(response.status, 204 | 304);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0; 256 * 1024];
-    let mut take = |reader: &mut BufReader<TcpStream>, limit: Option<u64>| -> u64 {
-        let want = limit.map_or(buf.len(), |l| buf.len().min(l as usize));
-        let n = reader
-            .read(&mut buf[..want])
-            .unwrap_or_else(|e| panic!("read the body of {method} {target}: {e}"));
-        if n > 0 {
-            response.arrivals.push(start.elapsed());
-            hasher.update(&buf[..n]);
-            let keep = n.min((64 * 1024usize).saturating_sub(response.head.len()));
-            response.head.extend_from_slice(&buf[..keep]);
-        }
-        n as u64
-    };
-    let mut size = 0;
-    if no_body {
-    } else if chunked {
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("chunk size line");
-            let text = line.split(';').next().unwrap().trim();
-            let mut left = u64::from_str_radix(text, 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-            if left == 0 {
-                break; // (no trailers expected)
-            }
-            while left > 0 {
-                let n = take(&mut reader, Some(left));
-                assert!(n > 0, "connection closed inside a chunk");
-                left -= n;
-                size += n;
-            }
-            let mut crlf = [0; 2];
-            reader.read_exact(&mut crlf).expect("chunk CRLF");
-        }
-    } else if let Some(length) = length {
-        while size < length {
-            let n = take(&mut reader, Some(length - size));
-            assert!(n > 0, "short body: {size} of {length} bytes");
-            size += n;
-        }
-    } else {
-        loop {
-            let n = take(&mut reader, None);
-            if n == 0 {
-                break;
-            }
-            size += n;
-        }
-    }
-    response.size = size;
+    let (head, arrivals) = (&mut response.head, &mut response.arrivals);
+    let size = read_body(&mut reader, framing, &mut |piece| {
+        arrivals.push(start.elapsed());
+        hasher.update(piece);
+        let keep = piece.len().min((64 * 1024usize).saturating_sub(head.len()));
+        head.extend_from_slice(&piece[..keep]);
+    });
+    response.size = size.unwrap_or_else(|e| panic!("read the body of {what}: {e}"));
     response.sha256 = hasher.hex();
     response
 }
@@ -674,7 +689,7 @@ pub fn established_tcp(port: u16) -> usize {
 /// responder the test started): the checks common to the web-server tests.
 pub struct Site<'a> {
     pub web: &'a Server,
-    pub log: &'a Server,
+    pub log: &'a dyn Logged,
     pub prefix: &'a str,
 }
 
@@ -742,7 +757,7 @@ impl Site<'_> {
             "leaked: {body}"
         );
         let log = self.log.log_since(&mark, needles);
-        let name = &self.log.name;
+        let name = self.log.name();
         assert!(
             needles.iter().all(|n| log.contains(n)),
             "{needles:?} not in {name}'s log: {log}"
@@ -827,54 +842,6 @@ impl Server {
             cmd.args(args(dir)).arg(&file);
             cmd
         })
-    }
-}
-
-/// Where a FastCGI responder listens.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Listen {
-    /// The unix socket `dir/app.sock`.
-    Unix,
-    /// 127.0.0.1 on a free port.
-    Tcp,
-}
-
-/// A FastCGI responder the test started (a [`Server`]: own directory,
-/// process group, stderr in `server.out`).
-pub struct Responder {
-    pub proc: Server,
-    pub listen: Listen,
-}
-
-impl Responder {
-    /// Start `command(bind)`, `bind` being `unix:PATH` or `127.0.0.1:PORT`.
-    pub fn start(listen: Listen, command: impl Fn(&str) -> Command) -> Responder {
-        let ready = match listen {
-            Listen::Unix => Ready::Unix("app.sock"),
-            Listen::Tcp => Ready::Port,
-        };
-        let proc = Server::start_ready("responder", &[], ready, |dir, port| match listen {
-            Listen::Unix => command(&format!("unix:{}", dir.join("app.sock").display())),
-            Listen::Tcp => command(&format!("127.0.0.1:{port}")),
-        });
-        Responder { proc, listen }
-    }
-    pub fn socket(&self) -> PathBuf {
-        self.proc.dir.join("app.sock")
-    }
-    /// The address as `--bind` and nginx's `server` write it.
-    pub fn address(&self) -> String {
-        match self.listen {
-            Listen::Unix => format!("unix:{}", self.socket().display()),
-            Listen::Tcp => format!("127.0.0.1:{}", self.proc.port),
-        }
-    }
-    /// Connections established to it now.
-    pub fn connections(&self) -> usize {
-        match self.listen {
-            Listen::Unix => established_unix(&self.socket()),
-            Listen::Tcp => established_tcp(self.proc.port),
-        }
     }
 }
 
