@@ -37,6 +37,18 @@ struct Cli {
     /// A request body over BYTES (declared, or chunked as it arrives) gets 413
     #[arg(long, value_name = "BYTES")]
     max_body_size: Option<u64>,
+    /// Relay to a resident wsgi-fcgi of this app (started on demand); Python starts here only if that cannot serve
+    #[arg(long)]
+    warm: bool,
+    /// Warm mode's private directory [default: ~/.wsgi-gateway]
+    #[arg(long, value_name = "DIR")]
+    warm_dir: Option<PathBuf>,
+    /// App threads of the resident responder [default: 4]
+    #[arg(long, value_name = "N")]
+    warm_threads: Option<u32>,
+    /// Seconds without a request before the resident responder exits [default: 300]
+    #[arg(long, value_name = "S")]
+    warm_idle: Option<u64>,
     /// A script file (TOML after a #! line) with the settings
     #[arg(value_name = "SCRIPT")]
     script: Option<PathBuf>,
@@ -88,6 +100,10 @@ fn main() -> ExitCode {
         chdir: cli.app.chdir,
         pythonpath: (!cli.app.pythonpath.is_empty()).then_some(cli.app.pythonpath),
         max_body_size: cli.max_body_size,
+        warm: cli.warm.then_some(true),
+        warm_dir: cli.warm_dir,
+        warm_threads: cli.warm_threads,
+        warm_idle: cli.warm_idle,
     };
     let settings = config::merge(
         command_line,

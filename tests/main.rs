@@ -19,5 +19,6 @@ mod frameworks;
 mod frontends_fcgi;
 mod hostile;
 mod process;
+mod warm;
 mod webservers;
 mod webservers_fcgi;

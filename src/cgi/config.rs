@@ -58,7 +58,44 @@ pub const SETTINGS: &[Setting] = &[
         env: "WSGI_MAX_BODY_SIZE",
         doc: "bytes: a request body over this (its CONTENT_LENGTH, or a chunked body as it arrives) is answered 413; default: no limit",
     },
+    Setting {
+        key: "warm",
+        flag: "--warm",
+        env: "WSGI_WARM",
+        doc: "warm mode (true/1): relay the request to a resident wsgi-fcgi of this app, started on the first request and stopped after warm-idle seconds without one; Python is not started in this process unless the relay cannot serve",
+    },
+    Setting {
+        key: "warm-dir",
+        flag: "--warm-dir",
+        env: "WSGI_WARM_DIR",
+        doc: "warm mode's private directory (sockets, lock, logs), mode 0700, owned by the user; default: ~/.wsgi-gateway, the home taken from the password database",
+    },
+    Setting {
+        key: "warm-threads",
+        flag: "--warm-threads",
+        env: "WSGI_WARM_THREADS",
+        doc: "app threads of the resident responder (its --threads); default 4",
+    },
+    Setting {
+        key: "warm-idle",
+        flag: "--warm-idle",
+        env: "WSGI_WARM_IDLE",
+        doc: "seconds without a request after which the resident responder exits (its --idle-exit); default 300",
+    },
 ];
+
+/// Warm mode's settings (see [`SETTINGS`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WarmSettings {
+    /// `warm`: relay to a resident responder.
+    pub enabled: bool,
+    /// `warm-dir`.
+    pub dir: Option<PathBuf>,
+    /// `warm-threads`.
+    pub threads: Option<u32>,
+    /// `warm-idle`, seconds.
+    pub idle: Option<u64>,
+}
 
 /// The validated settings a run uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,6 +112,8 @@ pub struct Settings {
     pub max_body_size: Option<u64>,
     /// Directory that relative file app specs are resolved against.
     pub base_dir: Option<PathBuf>,
+    /// Warm mode.
+    pub warm: WarmSettings,
 }
 
 /// Values from one source; `None` leaves the setting to the next source.
@@ -92,6 +131,17 @@ pub struct Layer {
     /// See [`SETTINGS`].
     #[serde(rename = "max-body-size")]
     pub max_body_size: Option<u64>,
+    /// See [`SETTINGS`].
+    pub warm: Option<bool>,
+    /// See [`SETTINGS`].
+    #[serde(rename = "warm-dir")]
+    pub warm_dir: Option<PathBuf>,
+    /// See [`SETTINGS`].
+    #[serde(rename = "warm-threads")]
+    pub warm_threads: Option<u32>,
+    /// See [`SETTINGS`].
+    #[serde(rename = "warm-idle")]
+    pub warm_idle: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -119,6 +169,7 @@ impl Layer {
     /// The environment layer, read through `get`.
     pub fn from_env(get: impl Fn(&str) -> Option<OsString>) -> Layer {
         let path = |name: &str| get(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let number = |name: &str| -> Option<u64> { get(name)?.to_str()?.trim().parse().ok() };
         Layer {
             app: get("WSGI_APP")
                 .filter(|v| !v.is_empty())
@@ -131,7 +182,15 @@ impl Layer {
                     .collect()
             }),
             // (Not a number: ignored, as an unset variable.)
-            max_body_size: get("WSGI_MAX_BODY_SIZE").and_then(|v| v.to_str()?.trim().parse().ok()),
+            max_body_size: number("WSGI_MAX_BODY_SIZE"),
+            warm: get("WSGI_WARM").and_then(|v| match v.to_str()?.trim() {
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                _ => None,
+            }),
+            warm_dir: path("WSGI_WARM_DIR"),
+            warm_threads: number("WSGI_WARM_THREADS").and_then(|n| u32::try_from(n).ok()),
+            warm_idle: number("WSGI_WARM_IDLE"),
         }
     }
 
@@ -150,6 +209,7 @@ impl Layer {
         let rebase = |p: PathBuf| if p.is_relative() { dir.join(p) } else { p };
         layer.venv = layer.venv.map(rebase);
         layer.chdir = layer.chdir.map(rebase);
+        layer.warm_dir = layer.warm_dir.map(rebase);
         layer.pythonpath = layer
             .pythonpath
             .map(|paths| paths.into_iter().map(rebase).collect());
@@ -163,6 +223,10 @@ impl Layer {
             chdir: self.chdir.or(other.chdir),
             pythonpath: self.pythonpath.or(other.pythonpath),
             max_body_size: self.max_body_size.or(other.max_body_size),
+            warm: self.warm.or(other.warm),
+            warm_dir: self.warm_dir.or(other.warm_dir),
+            warm_threads: self.warm_threads.or(other.warm_threads),
+            warm_idle: self.warm_idle.or(other.warm_idle),
         }
     }
 }
@@ -188,6 +252,12 @@ pub fn merge(cli: Layer, script: Option<(Layer, PathBuf)>, env: Layer) -> Settin
         pythonpath: merged.pythonpath.unwrap_or_default(),
         max_body_size: merged.max_body_size,
         base_dir,
+        warm: WarmSettings {
+            enabled: merged.warm.unwrap_or(false),
+            dir: merged.warm_dir,
+            threads: merged.warm_threads,
+            idle: merged.warm_idle,
+        },
     }
 }
 

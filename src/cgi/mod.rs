@@ -6,6 +6,7 @@
 //! environment (httpoxy, CVE-2016-5385).
 
 pub mod config;
+pub mod warm;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -26,7 +27,7 @@ use crate::python::environ::StrCache;
 use crate::python::input::Input;
 use crate::python::startup::Startup;
 use crate::python::{app, interpreter};
-use crate::{log_error, log_info};
+use crate::{log_error, log_info, log_warn};
 
 pub use crate::core::exit::Exit;
 
@@ -186,6 +187,17 @@ pub fn run(settings: &Settings) -> Exit {
             return Exit::BadRequest;
         }
     };
+    let (mut sink, mut body) = (sink, body);
+    if settings.warm.enabled {
+        let length = environ.content_length.unwrap_or(0);
+        match warm::serve(settings, &meta, body.take(), length, &mut sink.out) {
+            warm::Relayed::Done(exit) => return exit,
+            warm::Relayed::Cold { why, body: rest } => {
+                log_warn!("warm mode: serving this request cold: {why}");
+                body = rest;
+            }
+        }
+    }
     let mut writer = ResponseWriter::new(Box::new(sink), environ.is_head);
     let prepared = prepare(settings);
     phases.mark("interpreter ready");

@@ -172,6 +172,12 @@ pub struct Serve {
     /// Run the app as this group [default: the --user's primary group]
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
+    /// Stop (as TERM does) after S seconds without a request, removing the socket: a responder started on demand, as `wsgi-cgi --warm` does [default: never]
+    #[arg(long, value_name = "S", conflicts_with = "workers")]
+    idle_exit: Option<f64>,
+    /// Accept unix-socket connections only from processes running as this process's user (SO_PEERCRED); others are closed at once and logged
+    #[arg(long)]
+    same_uid_only: bool,
     /// (--workers) Replace a worker whose resident memory exceeds MiB (minus up to 5% at random; sampled every second)
     #[arg(long, value_name = "MiB", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
     max_rss: Option<u64>,
@@ -275,6 +281,10 @@ impl Serve {
             access_log_format: args.access_log_format,
             user: args.user,
             group: args.group,
+            idle_exit: args
+                .idle_exit
+                .map(|s| Duration::from_secs_f64(s.max(0.001))),
+            same_uid_only: args.same_uid_only,
         };
         Ok(Plan {
             options,

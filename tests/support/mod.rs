@@ -134,6 +134,7 @@ pub struct Cgi {
     args: Vec<String>,
     env: BTreeMap<String, Vec<u8>>,
     stdin: Vec<u8>,
+    user: Option<(u32, u32)>,
 }
 
 impl Cgi {
@@ -158,6 +159,7 @@ impl Cgi {
             args: vec![],
             env,
             stdin: vec![],
+            user: None,
         }
     }
 
@@ -198,6 +200,12 @@ impl Cgi {
         self
     }
 
+    /// Run as this uid and gid (the test runs as root).
+    pub fn user(mut self, uid: u32, gid: u32) -> Cgi {
+        self.user = Some((uid, gid));
+        self
+    }
+
     /// Run the real binary.
     pub fn run(self) -> CgiOutput {
         self.run_program(&wsgi_cgi())
@@ -208,6 +216,10 @@ impl Cgi {
         use std::os::unix::ffi::OsStrExt;
         let mut cmd = Command::new(program);
         cmd.env_clear().args(&self.args);
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         for (k, v) in &self.env {
             cmd.env(k, std::ffi::OsStr::from_bytes(v));
         }

@@ -88,6 +88,16 @@ impl Role {
             other => Role::Unknown(other),
         }
     }
+
+    /// The wire value.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            Role::Responder => 1,
+            Role::Authorizer => 2,
+            Role::Filter => 3,
+            Role::Unknown(other) => other,
+        }
+    }
 }
 
 /// `protocolStatus` of END_REQUEST (§5.5).
@@ -191,6 +201,14 @@ pub fn encode_end_request(
     out.put_u32(app_status);
     out.put_u8(status as u8);
     out.put_bytes(0, 3);
+}
+
+/// Append BEGIN_REQUEST (a client's first record of a request).
+pub fn encode_begin_request(out: &mut BytesMut, request_id: u16, role: Role, keep_conn: bool) {
+    put_header(out, RecordType::BeginRequest as u8, request_id, 8, 0);
+    out.put_u16(role.to_u16());
+    out.put_u8(if keep_conn { KEEP_CONN } else { 0 });
+    out.put_bytes(0, 5);
 }
 
 /// Append UNKNOWN_TYPE for an unknown management record type.

@@ -150,6 +150,30 @@ pub fn bind(bind: &Bind, unix: &UnixSocketOptions, backlog: i32) -> Result<Liste
     }
 }
 
+/// The socket files this process bound: path, device, inode.
+static BOUND: std::sync::Mutex<Vec<(std::path::PathBuf, u64, u64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Remove the socket file at `path` unless it is no longer the one this
+/// process bound: another process (a new responder `wsgi-cgi --warm`
+/// started, a new master) may have replaced it meanwhile. A path this
+/// process did not bind itself (sockets inherited by a re-executed master)
+/// is removed as it is.
+pub fn remove_socket_file(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let bound = crate::core::lock(&BOUND)
+        .iter()
+        .find(|(p, _, _)| p == path)
+        .map(|&(_, dev, ino)| (dev, ino));
+    if let Some(identity) = bound {
+        let meta = std::fs::symlink_metadata(path)?;
+        if (meta.dev(), meta.ino()) != identity {
+            return Ok(());
+        }
+    }
+    std::fs::remove_file(path)
+}
+
 fn bind_unix(
     path: &Path,
     options: &UnixSocketOptions,
@@ -173,6 +197,10 @@ fn bind_unix(
     let bound = socket.bind(&socket2::SockAddr::unix(path).map_err(io_err(&name))?);
     nix::sys::stat::umask(old);
     bound.map_err(io_err(&name))?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        crate::core::lock(&BOUND).push((path.to_path_buf(), meta.dev(), meta.ino()));
+    }
     socket.listen(backlog).map_err(io_err(&name))?;
     if options.owner.is_some() || options.group.is_some() {
         let uid = match &options.owner {

@@ -22,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use self::listener::{Bind, Listener, UnixSocketOptions};
 use crate::fcgi::job::{Limits, PageHook};
 use crate::fcgi::worker::accesslog::AccessLog;
-use crate::fcgi::worker::pool::{Pool, PoolOptions, RequestLimit};
+use crate::fcgi::worker::pool::{Pool, PoolOptions, RequestCount};
 use crate::process::master::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
@@ -77,6 +77,10 @@ pub struct WorkerOptions {
     pub user: Option<String>,
     /// Run as this group (default: the user's primary group).
     pub group: Option<String>,
+    /// `--idle-exit`: stop after this long without a request.
+    pub idle_exit: Option<Duration>,
+    /// `--same-uid-only`: unix-socket peers must run as our own user.
+    pub same_uid_only: bool,
 }
 
 /// Why a worker could not start.
@@ -158,6 +162,23 @@ pub fn run(
     // they hand over, the I/O thread serves.
     let (handoff, handoffs) = tokio::sync::mpsc::unbounded_channel();
     let listening = Arc::new(accept_on(&listeners, &options, handoff)?);
+    let count = request_count(ready.as_ref(), &options);
+    let stop = {
+        let (count, idle) = (count.clone(), options.idle_exit);
+        let graceful = options.graceful_timeout;
+        async move {
+            let Some(after) = idle else {
+                return stop.await;
+            };
+            tokio::select! {
+                grace = stop => grace,
+                () = idle_exit(count, after) => {
+                    log_info!("no request for {after:?} (--idle-exit): stopping");
+                    graceful
+                }
+            }
+        }
+    };
     let pool = Pool::start(
         application,
         PoolOptions {
@@ -168,7 +189,7 @@ pub fn run(
             multiprocess: options.binds.is_empty() || options.workers > 1,
             forward_stderr: options.forward_stderr,
         },
-        request_limit(ready.as_ref(), &options),
+        count,
         options.timeouts,
         on_request_timeout(ready.as_ref()),
         access_log,
@@ -258,27 +279,40 @@ fn accept_on(
     let peers = options.workers > 1 || options.binds.is_empty();
     Ok(crate::fcgi::worker::parking::Listening::new(
         &sockets,
-        listener::web_server_addrs(),
+        (
+            listener::web_server_addrs(),
+            options.same_uid_only.then(nix::unistd::geteuid),
+        ),
         limits,
         handoff,
         peers,
     )?)
 }
 
-/// `--max-requests` (+ jitter) of a worker under a master: then it asks
-/// for its replacement.
-fn request_limit(
-    ready: Option<&Arc<ToMaster>>,
-    options: &WorkerOptions,
-) -> Option<Arc<RequestLimit>> {
-    let (ready, max) = (ready?.clone(), options.max_requests?);
-    let limit = max.max(1) + crate::process::recycle::jitter(options.max_requests_jitter);
-    Some(Arc::new(RequestLimit::new(
-        limit,
-        Box::new(move || {
+/// The worker's request count, with `--max-requests` (+ jitter) for a
+/// worker under a master: once reached, it asks for its replacement.
+fn request_count(ready: Option<&Arc<ToMaster>>, options: &WorkerOptions) -> Arc<RequestCount> {
+    let limit = ready.zip(options.max_requests).map(|(ready, max)| {
+        let ready = ready.clone();
+        let limit = max.max(1) + crate::process::recycle::jitter(options.max_requests_jitter);
+        let reached: Box<dyn Fn() + Send + Sync> = Box::new(move || {
             let _ = ready.send(Message::Recycle);
-        }),
-    )))
+        });
+        (limit, reached)
+    });
+    Arc::new(RequestCount::new(limit))
+}
+
+/// `--idle-exit`: resolves once no request has run for `after` (checked
+/// a few times per period, at least once a second).
+async fn idle_exit(count: Arc<RequestCount>, after: Duration) {
+    let tick = (after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        if count.idle_for().is_some_and(|idle| idle >= after) {
+            return;
+        }
+    }
 }
 
 /// What the watchdog does after a request overran `--request-timeout`.
@@ -534,7 +568,7 @@ pub fn check_import(options: &WorkerOptions) -> Result<(), WorkerError> {
 pub fn remove_socket_files(options: &WorkerOptions) {
     for bind in &options.binds {
         if let Bind::Unix(path) = bind {
-            match std::fs::remove_file(path) {
+            match listener::remove_socket_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => log_warn!(

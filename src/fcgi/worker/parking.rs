@@ -43,6 +43,8 @@ pub struct Listening {
     pub sockets: Vec<(OwnedFd, bool)>,
     /// TCP peers allowed (`FCGI_WEB_SERVER_ADDRS`); `None`: all.
     pub allowed_peers: Option<Vec<IpAddr>>,
+    /// `--same-uid-only`: the only user a unix-socket peer may run as.
+    pub allowed_uid: Option<nix::unistd::Uid>,
     /// The connection limits (what an inline request may be).
     pub limits: Arc<Limits>,
     /// Where connections go that the I/O thread must serve.
@@ -70,7 +72,7 @@ impl Listening {
     /// Accept on duplicates of `sockets` (descriptor, unix?).
     pub fn new(
         sockets: &[(std::os::fd::RawFd, bool)],
-        allowed_peers: Option<Vec<IpAddr>>,
+        (allowed_peers, allowed_uid): (Option<Vec<IpAddr>>, Option<nix::unistd::Uid>),
         limits: Arc<Limits>,
         handoff: tokio::sync::mpsc::UnboundedSender<Accepted>,
         peers: bool,
@@ -91,6 +93,7 @@ impl Listening {
         Ok(Listening {
             sockets: dups,
             allowed_peers,
+            allowed_uid,
             kept: Kept::new(idle.clone(), slots.clone(), handoff.clone())?,
             idle,
             slots,
@@ -507,7 +510,33 @@ impl Waiter {
         if !*unix && !peer_allowed(&fd, listening.allowed_peers.as_deref()) {
             return not_taken();
         }
+        if *unix && !same_user(&fd, listening.allowed_uid) {
+            return not_taken();
+        }
         Some(Accepted::new(fd, *unix))
+    }
+}
+
+/// A unix-socket peer runs as `allowed` (SO_PEERCRED), or any user may.
+fn same_user(fd: &OwnedFd, allowed: Option<nix::unistd::Uid>) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    match getsockopt(fd, sockopt::PeerCredentials) {
+        Ok(cred) if cred.uid() == allowed.as_raw() => true,
+        Ok(cred) => {
+            log_error!(
+                "refused a connection from uid {} (pid {}): --same-uid-only admits uid {allowed}",
+                cred.uid(),
+                cred.pid()
+            );
+            false
+        }
+        Err(e) => {
+            log_error!("refused a connection: its peer's credentials: {e}");
+            false
+        }
     }
 }
 
@@ -555,7 +584,7 @@ mod tests {
         let listening = Arc::new(
             Listening::new(
                 &[(listener.as_raw_fd(), true)],
-                None,
+                (None, None),
                 Arc::new(Limits::default()),
                 handoff,
                 true,

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -47,27 +47,47 @@ pub struct PoolOptions {
     pub forward_stderr: bool,
 }
 
-/// `--max-requests`: once `limit` requests are done, `reached` runs (once).
-pub struct RequestLimit {
-    limit: u64,
+/// The requests of this worker, counted as they run: `--max-requests`
+/// (once `limit` are done, `reached` runs, once) and `--idle-exit` (how
+/// long since the last one finished, none running).
+pub struct RequestCount {
+    limit: Option<(u64, Box<dyn Fn() + Send + Sync>)>,
     served: std::sync::atomic::AtomicU64,
-    reached: Box<dyn Fn() + Send + Sync>,
+    running: std::sync::atomic::AtomicUsize,
+    last_done: Mutex<Instant>,
 }
 
-impl RequestLimit {
-    /// A limit of `limit` requests.
-    pub fn new(limit: u64, reached: Box<dyn Fn() + Send + Sync>) -> RequestLimit {
-        RequestLimit {
+impl RequestCount {
+    /// A count; with `limit`, `(n, reached)`.
+    pub fn new(limit: Option<(u64, Box<dyn Fn() + Send + Sync>)>) -> RequestCount {
+        RequestCount {
             limit,
             served: std::sync::atomic::AtomicU64::new(0),
-            reached,
+            running: std::sync::atomic::AtomicUsize::new(0),
+            last_done: Mutex::new(Instant::now()),
         }
     }
 
-    fn count(&self) {
-        if self.served.fetch_add(1, Ordering::Relaxed) + 1 == self.limit {
-            (self.reached)();
+    fn start(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        *lock(&self.last_done) = Instant::now();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some((limit, reached)) = &self.limit
+            && served == *limit
+        {
+            reached();
         }
+    }
+
+    /// How long the worker has been idle: `None` while a request runs;
+    /// else since the last one finished (or since the start).
+    pub fn idle_for(&self) -> Option<Duration> {
+        let since = lock(&self.last_done).elapsed();
+        (self.running.load(Ordering::SeqCst) == 0).then_some(since)
     }
 }
 
@@ -166,7 +186,7 @@ impl Pool {
     pub fn start(
         app: Py<PyAny>,
         options: PoolOptions,
-        limit: Option<Arc<RequestLimit>>,
+        count: Arc<RequestCount>,
         timeouts: Timeouts,
         on_timeout: Box<dyn Fn() + Send>,
         access_log: Option<Arc<AccessLog>>,
@@ -194,7 +214,7 @@ impl Pool {
         for index in 0..threads {
             let shared = shared.clone();
             let app = app.clone();
-            let limit = limit.clone();
+            let count = count.clone();
             let slot = slots.clone().map(|s| (s, index));
             let access_log = access_log.clone();
             let waiter = Waiter::new(Arc::new(Parked::new()?), listening.clone())?;
@@ -202,7 +222,7 @@ impl Pool {
                 .name(format!("wsgi-app-{index}"))
                 .spawn(move || {
                     let thread = ThreadState::new(options, (slot, index), access_log);
-                    app_thread(&app, &shared, thread, waiter, limit.as_deref())
+                    app_thread(&app, &shared, thread, waiter, &count)
                 })?;
         }
         Ok(Pool { shared })
@@ -216,7 +236,7 @@ fn app_thread(
     shared: &Shared,
     mut thread: ThreadState,
     mut waiter: Waiter,
-    limit: Option<&RequestLimit>,
+    count: &RequestCount,
 ) {
     let me = waiter.parked();
     Python::attach(|py| {
@@ -258,11 +278,11 @@ fn app_thread(
                     if shared.kept.is_some() {
                         shared.busy(&me);
                     }
-                    thread.run(py, app, job, limit)
+                    thread.run(py, app, job, count)
                 }
                 Woken::Connection(conn) => {
                     shared.busy(&me);
-                    serve_inline(py, app, conn, &mut thread, &mut waiter, limit);
+                    serve_inline(py, app, conn, &mut thread, &mut waiter, count);
                 }
             }
         }
@@ -279,7 +299,7 @@ fn serve_inline(
     conn: inline::Accepted,
     thread: &mut ThreadState,
     waiter: &mut Waiter,
-    limit: Option<&RequestLimit>,
+    count: &RequestCount,
 ) {
     let Some(listening) = waiter.listening().cloned() else {
         return;
@@ -305,7 +325,7 @@ fn serve_inline(
                     kept.release(&mut conn);
                     false
                 };
-                thread.run(py, app, job, limit);
+                thread.run(py, app, job, count);
                 match (keep, watched) {
                     // Parked for its next request if its answer went out whole.
                     (true, true) => kept.ran(conn, exchange.ended_cleanly()),
@@ -387,18 +407,11 @@ impl ThreadState {
     }
 
     /// Run one job, then count it.
-    fn run(
-        &mut self,
-        py: Python<'_>,
-        app: &Bound<'_, PyAny>,
-        job: Job,
-        limit: Option<&RequestLimit>,
-    ) {
+    fn run(&mut self, py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, count: &RequestCount) {
+        count.start();
         run_job(py, app, job, self);
         self.watch(None);
-        if let Some(limit) = limit {
-            limit.count();
-        }
+        count.done();
     }
 
     fn watch(&self, running: Option<Running>) {
