@@ -7,6 +7,11 @@
 //!   lighttpd `setenv.add-environment`), the binary itself as the CGI program;
 //! - script mode: `/cgi-bin/app.cgi`, a `#!<wsgi-cgi>` file with TOML settings.
 //!
+//! The `*_warm_*` tests serve Flask and Django in warm mode (`warm = true`
+//! in the script, `Define WSGI_CGI_WARM_DIR` for Apache's mount; lighttpd's
+//! mount stays cold): the same checks, the tracebacks in the responders'
+//! logs, and a responder per app left running in the warm directory.
+//!
 //! A missing server, or (Apache running as root) a `www-data` user that
 //! cannot reach the binary or libpython, is reported with `support::skip`.
 
@@ -17,7 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use http::{Logged, Response, Server};
+use http::{Logged, Response, Server, Site};
 
 /// Where every server mounts the app (the snippets' default prefix) …
 const MOUNT: &str = "/app";
@@ -36,7 +41,14 @@ struct Served {
     mount_app: String,
     mount_pythonpath: String,
     script_app: String,
+    /// Script mode's `pythonpath` (empty: none).
+    script_pythonpath: String,
     venv: String,
+    /// Warm mode, in the server's directory `warm` (owned by the user CGI
+    /// programs run as).
+    warm: bool,
+    /// Who CGI programs run as, if not this process's user.
+    cgi_user: Option<u32>,
 }
 
 impl Served {
@@ -44,22 +56,36 @@ impl Served {
     /// mounted by module name on WSGI_PYTHONPATH, the others by file name.
     fn new(name: &str) -> Option<Served> {
         let file = support::app(name).display().to_string();
-        if name != "flask_app.py" {
-            let (mount_app, script_app) = (file.clone(), file);
-            let (mount_pythonpath, venv) = (String::new(), String::new());
-            return Some(Served {
-                mount_app,
-                mount_pythonpath,
-                script_app,
-                venv,
-            });
+        let apps = support::app("").display().to_string();
+        match name {
+            "flask_app.py" => Some(Served {
+                mount_app: "flask_app:app".into(),
+                mount_pythonpath: apps,
+                script_app: file,
+                script_pythonpath: String::new(),
+                venv: support::venv()?.display().to_string(),
+                warm: false,
+                cgi_user: None,
+            }),
+            "djangoapp" => Some(Served {
+                mount_app: "djangoapp.wsgi".into(),
+                mount_pythonpath: apps.clone(),
+                script_app: "djangoapp.wsgi".into(),
+                script_pythonpath: apps,
+                venv: support::venv()?.display().to_string(),
+                warm: false,
+                cgi_user: None,
+            }),
+            _ => Some(Served {
+                mount_app: file.clone(),
+                mount_pythonpath: String::new(),
+                script_app: file,
+                script_pythonpath: String::new(),
+                venv: String::new(),
+                warm: false,
+                cgi_user: None,
+            }),
         }
-        Some(Served {
-            mount_app: "flask_app:app".into(),
-            mount_pythonpath: support::app("").display().to_string(),
-            script_app: file,
-            venv: support::venv()?.display().to_string(),
-        })
     }
 }
 
@@ -68,9 +94,17 @@ impl Served {
 /// the loader silently falls back to the distribution's libpython of the
 /// same soname, if any) and read the app and the virtualenv.
 fn www_data_can_run(served: &Served) -> Result<(), String> {
+    // (A module spec is read from the script's pythonpath.)
+    let app_file = match served.script_app.contains('/') {
+        true => served.script_app.clone().into(),
+        false => Path::new(&served.script_pythonpath)
+            .join(served.script_app.replace('.', "/"))
+            .with_extension("py"),
+    };
     let mut wanted = vec![
         ("-x", support::wsgi_cgi()),
-        ("-r", served.script_app.clone().into()),
+        ("-x", support::wsgi_cgi().with_file_name("wsgi-fcgi")),
+        ("-r", app_file),
     ];
     wanted.extend(http::libpython(&support::wsgi_cgi()).map(|lib| ("-r", lib)));
     if !served.venv.is_empty() {
@@ -78,6 +112,26 @@ fn www_data_can_run(served: &Served) -> Result<(), String> {
     }
     http::www_data_can(&wanted)
         .map_err(|why| format!("Apache runs CGI programs as www-data: {why}"))
+}
+
+/// Warm mode's directory for a server's directory `dir`.
+fn warm_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("warm")
+}
+
+/// The warm-mode responders' logs (one per app and settings).
+struct WarmLogs(std::path::PathBuf);
+
+impl Logged for WarmLogs {
+    fn name(&self) -> &str {
+        "the warm-mode responders"
+    }
+    fn log_files(&self) -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(&self.0).into_iter().flatten().flatten();
+        let logs = entries.map(|e| e.path());
+        logs.filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect()
+    }
 }
 
 /// Write `dir/cgi-bin/app.cgi` (and an empty document root) for `served`.
@@ -92,6 +146,21 @@ fn write_site(dir: &Path, served: &Served) {
     );
     if !served.venv.is_empty() {
         script.push_str(&format!("venv = {:?}\n", served.venv));
+    }
+    if !served.script_pythonpath.is_empty() {
+        script.push_str(&format!("pythonpath = [{:?}]\n", served.script_pythonpath));
+    }
+    if served.warm {
+        let warm = warm_dir(dir);
+        script.push_str(&format!(
+            "warm = true\nwarm-dir = {:?}\n",
+            warm.display().to_string()
+        ));
+        std::fs::create_dir_all(&warm).unwrap();
+        std::fs::set_permissions(&warm, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if let Some(uid) = served.cgi_user {
+            std::os::unix::fs::chown(&warm, Some(uid), Some(uid)).unwrap();
+        }
     }
     std::fs::write(cgi_bin.join("notes.txt"), "SECRET-NOTES\n").unwrap();
     let path = cgi_bin.join("app.cgi");
@@ -121,9 +190,14 @@ fn apache_conf(dir: &Path, port: u16, served: &Served) -> String {
     }
     // Apache cannot Define an empty value: unset settings stay undefined.
     let mut optional = String::new();
+    let warm = match served.warm {
+        true => warm_dir(dir).display().to_string(),
+        false => String::new(),
+    };
     for (name, value) in [
         ("WSGI_CGI_VENV", &served.venv),
         ("WSGI_CGI_PYTHONPATH", &served.mount_pythonpath),
+        ("WSGI_CGI_WARM_DIR", &warm),
     ] {
         if !value.is_empty() {
             optional.push_str(&format!("Define {name} \"{value}\"\n"));
@@ -259,7 +333,7 @@ fn get_ok(s: &Server, target: &str) -> Response {
     r
 }
 
-fn check_flask(s: &Server, _: Kind, p: &str) {
+fn check_flask(s: &Server, logs: &dyn Logged, _: Kind, p: &str) {
     assert_eq!(get_ok(s, &format!("{p}/")).text(), "Hello from Flask\n");
 
     // SCRIPT_NAME from the server is Flask's script_root: URLs stay under the prefix.
@@ -312,7 +386,7 @@ fn check_flask(s: &Server, _: Kind, p: &str) {
     let j = get_ok(s, &format!("{p}/path/caf%C3%A9")).json();
     assert_eq!(j["name"].as_str(), Some("café"));
 
-    let mark = s.log_mark();
+    let mark = logs.log_mark();
     let r = s.get(&format!("{p}/boom"));
     expect(s, &r, 500);
     let body = r.text();
@@ -320,14 +394,14 @@ fn check_flask(s: &Server, _: Kind, p: &str) {
         !body.contains("SECRET") && !body.contains("Traceback"),
         "leaked: {body}"
     );
-    let log = s.log_since(&mark, &["Traceback", "SECRET-FLASK-DETAIL"]);
+    let log = logs.log_since(&mark, &["Traceback", "SECRET-FLASK-DETAIL"]);
     assert!(
         log.contains("Traceback") && log.contains("SECRET-FLASK-DETAIL"),
         "not logged: {log}"
     );
 }
 
-fn check_hello(s: &Server, _: Kind, p: &str) {
+fn check_hello(s: &Server, _: &dyn Logged, _: Kind, p: &str) {
     for target in [format!("{p}/"), p.to_string(), format!("{p}/any/path?a=b")] {
         let r = get_ok(s, &target);
         assert_eq!(r.text(), "Hello, world!\n");
@@ -338,7 +412,7 @@ fn check_hello(s: &Server, _: Kind, p: &str) {
     assert!(r.status >= 400 && !r.text().contains("SECRET"), "{r:?}");
 }
 
-fn check_gateway(s: &Server, kind: Kind, p: &str) {
+fn check_gateway(s: &Server, _: &dyn Logged, kind: Kind, p: &str) {
     let r = s.request(
         "GET",
         &format!("{p}/environ?q=1"),
@@ -402,7 +476,7 @@ fn check_gateway(s: &Server, kind: Kind, p: &str) {
 /// RFC 3875 §4.4: a server MAY turn an `=`-less query string into argv
 /// words (Apache does, lighttpd does not). They must neither act as flags
 /// nor cost the script-mode file its place as the first argument.
-fn check_query_words(s: &Server, _: Kind, p: &str) {
+fn check_query_words(s: &Server, _: &dyn Logged, _: Kind, p: &str) {
     let many = vec!["w"; 1000].join("+"); // more words than Apache passes on
     let mut wrong = Vec::new();
     for query in ["--venv+/nonexistent", "x", "--app+hello.py+extra", &many] {
@@ -424,7 +498,7 @@ fn check_query_words(s: &Server, _: Kind, p: &str) {
     );
 }
 
-fn check_broken_import(s: &Server, _: Kind, p: &str) {
+fn check_broken_import(s: &Server, _: &dyn Logged, _: Kind, p: &str) {
     let mark = s.log_mark();
     let r = s.get(&format!("{p}/"));
     expect(s, &r, 500);
@@ -433,38 +507,89 @@ fn check_broken_import(s: &Server, _: Kind, p: &str) {
     assert!(log.contains("SECRET-IMPORT-DETAIL"), "not logged: {log}");
 }
 
-/// Serve the fixture app `name` with `kind` and run `check` on both prefixes.
-fn serve(kind: Kind, name: &str, check: fn(&Server, Kind, &str)) {
-    let Some(served) = Served::new(name) else {
+/// Django's routes (they end in '/').
+fn check_django(s: &Server, logs: &dyn Logged, _: Kind, p: &str) {
+    let site = Site {
+        web: s,
+        log: logs,
+        prefix: p,
+    };
+    assert_eq!(site.get_ok("/").text(), "Hello from Django\n");
+    let j = site.get_ok("/json/?q=1").json();
+    assert_eq!(j["script_name"].as_str(), Some(p), "{j:?}");
+    assert_eq!(j["path_info"].as_str(), Some("/json/"), "{j:?}");
+    assert_eq!(j["q"]["q"].as_str(), Some("1"), "{j:?}");
+    site.check_redirect("/go/", &format!("{p}/json/"));
+    site.check_form("/form/");
+    site.check_upload("/upload/");
+    site.check_500("/boom/", &["SECRET-DJANGO-DETAIL"]);
+}
+
+/// Serve the fixture app `name` with `kind` and run `check` on both
+/// prefixes; `warm`: in warm mode (where the server's configuration has it).
+fn serve(kind: Kind, name: &str, warm: bool, check: fn(&Server, &dyn Logged, Kind, &str)) {
+    let Some(mut served) = Served::new(name) else {
         return;
     };
+    served.warm = warm;
+    // Apache as root runs CGI programs as www-data; lighttpd (no
+    // server.username) as the user who started it.
+    if kind == Kind::Apache && http::is_root() {
+        served.cgi_user = Some(33);
+    }
     let Some(server) = start(kind, &served) else {
         return;
     };
+    let warm_logs = WarmLogs(warm_dir(&server.dir));
     for prefix in [MOUNT, SCRIPT] {
-        check(&server, kind, prefix);
+        // (lighttpd's mount has no warm setting: it stays cold.)
+        let is_warm = warm && (prefix == SCRIPT || kind == Kind::Apache);
+        let logs: &dyn Logged = if is_warm { &warm_logs } else { &server };
+        check(&server, logs, kind, prefix);
+    }
+    if warm {
+        let sockets = std::fs::read_dir(warm_dir(&server.dir))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+            .count();
+        let expected = if kind == Kind::Apache { 2 } else { 1 };
+        assert_eq!(sockets, expected, "{}: warm-mode responders", server.name);
+        let log = server.log();
+        assert!(!log.contains("serving this request cold"), "{log}");
+        // The responders go with the server's directory.
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-f"])
+            .arg(warm_dir(&server.dir))
+            .status();
     }
 }
 
 /// One test per (server, app, checks): each starts its own server.
 macro_rules! webserver_tests {
-    ($($test:ident: $kind:ident, $app:literal, $check:ident;)*) => {$(
+    ($($test:ident: $kind:ident, $app:literal, $warm:literal, $check:ident;)*) => {$(
         #[test]
         fn $test() {
-            serve(Kind::$kind, $app, $check);
+            serve(Kind::$kind, $app, $warm, $check);
         }
     )*};
 }
 
 webserver_tests! {
-    apache_flask: Apache, "flask_app.py", check_flask;
-    apache_hello: Apache, "hello.py", check_hello;
-    apache_environ_httpoxy_body: Apache, "gateway.py", check_gateway;
-    apache_query_words_are_not_arguments: Apache, "gateway.py", check_query_words;
-    apache_broken_import: Apache, "broken_import.py", check_broken_import;
-    lighttpd_flask: Lighttpd, "flask_app.py", check_flask;
-    lighttpd_hello: Lighttpd, "hello.py", check_hello;
-    lighttpd_environ_httpoxy_body: Lighttpd, "gateway.py", check_gateway;
-    lighttpd_query_words_are_not_arguments: Lighttpd, "gateway.py", check_query_words;
-    lighttpd_broken_import: Lighttpd, "broken_import.py", check_broken_import;
+    apache_flask: Apache, "flask_app.py", false, check_flask;
+    apache_django: Apache, "djangoapp", false, check_django;
+    apache_hello: Apache, "hello.py", false, check_hello;
+    apache_environ_httpoxy_body: Apache, "gateway.py", false, check_gateway;
+    apache_query_words_are_not_arguments: Apache, "gateway.py", false, check_query_words;
+    apache_broken_import: Apache, "broken_import.py", false, check_broken_import;
+    apache_warm_flask: Apache, "flask_app.py", true, check_flask;
+    apache_warm_django: Apache, "djangoapp", true, check_django;
+    apache_warm_query_words_are_not_arguments: Apache, "gateway.py", true, check_query_words;
+    lighttpd_flask: Lighttpd, "flask_app.py", false, check_flask;
+    lighttpd_hello: Lighttpd, "hello.py", false, check_hello;
+    lighttpd_environ_httpoxy_body: Lighttpd, "gateway.py", false, check_gateway;
+    lighttpd_query_words_are_not_arguments: Lighttpd, "gateway.py", false, check_query_words;
+    lighttpd_broken_import: Lighttpd, "broken_import.py", false, check_broken_import;
+    lighttpd_warm_flask: Lighttpd, "flask_app.py", true, check_flask;
+    lighttpd_warm_django: Lighttpd, "djangoapp", true, check_django;
 }

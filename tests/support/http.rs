@@ -439,25 +439,31 @@ impl Server {
 pub trait Logged {
     /// The name failure messages use.
     fn name(&self) -> &str;
-    /// Its log files.
-    fn log_files(&self) -> &[PathBuf];
+    /// Its log files (now: a warm-mode responder's log appears with it).
+    fn log_files(&self) -> Vec<PathBuf>;
 
     /// The current length of each log file, to look only at what comes after.
-    fn log_mark(&self) -> Vec<u64> {
-        self.log_files()
-            .iter()
-            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+    fn log_mark(&self) -> Vec<(PathBuf, u64)> {
+        let files = self.log_files().into_iter();
+        files
+            .map(|p| {
+                let len = std::fs::metadata(&p).map_or(0, |m| m.len());
+                (p, len)
+            })
             .collect()
     }
 
     /// Wait (up to 10 s: servers write CGI stderr asynchronously) until the
     /// logs written since `mark` contain every one of `needles`; returns them.
-    fn log_since(&self, mark: &[u64], needles: &[&str]) -> String {
+    /// (A log file that appeared since `mark` is read whole.)
+    fn log_since(&self, mark: &[(PathBuf, u64)], needles: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut new = String::new();
-            for (path, &from) in self.log_files().iter().zip(mark) {
-                let bytes = std::fs::read(path).unwrap_or_default();
+            for path in self.log_files() {
+                let marked = mark.iter().find(|(p, _)| *p == path);
+                let from = marked.map_or(0, |&(_, len)| len);
+                let bytes = std::fs::read(&path).unwrap_or_default();
                 let from = usize::try_from(from).unwrap().min(bytes.len());
                 new.push_str(&String::from_utf8_lossy(&bytes[from..]));
             }
@@ -473,8 +479,8 @@ impl Logged for Server {
     fn name(&self) -> &str {
         &self.name
     }
-    fn log_files(&self) -> &[PathBuf] {
-        &self.logs
+    fn log_files(&self) -> Vec<PathBuf> {
+        self.logs.clone()
     }
 }
 
@@ -482,8 +488,8 @@ impl Logged for super::fcgi::Responder {
     fn name(&self) -> &str {
         "wsgi-fcgi"
     }
-    fn log_files(&self) -> &[PathBuf] {
-        std::slice::from_ref(&self.log_path)
+    fn log_files(&self) -> Vec<PathBuf> {
+        vec![self.log_path.clone()]
     }
 }
 
