@@ -19,6 +19,7 @@ mod frameworks;
 mod frontends_fcgi;
 mod hostile;
 mod process;
+mod suexec;
 mod warm;
 mod webservers;
 mod webservers_fcgi;
