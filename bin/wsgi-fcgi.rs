@@ -1,6 +1,7 @@
 //! `wsgi-fcgi`: the resident FastCGI responder, and `wsgi-fcgi request`,
 //! its health probe. argv → [`wsgi_gateway::fcgi::cli`] → serve or request
-//! → exit status.
+//! → exit status. (`wsgi-fcgi __cgi ARGV...` is `wsgi-cgi`'s cold path,
+//! which needs libpython: `wsgi-cgi` itself does not link it.)
 
 use std::process::ExitCode;
 
@@ -15,7 +16,18 @@ use wsgi_gateway::fcgi::{client, start};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let result = cli::parse(std::env::args_os().collect()).and_then(|cli| match cli.command {
+    let args: Vec<_> = std::env::args_os().collect();
+    // `wsgi-cgi`'s cold path: one CGI request, Python in this process.
+    if args
+        .get(1)
+        .is_some_and(|a| a == wsgi_gateway::cgi::cli::COLD_COMMAND)
+    {
+        return match wsgi_gateway::cgi::cli::settings(args[2..].to_vec()) {
+            Ok(settings) => ExitCode::from(wsgi_gateway::cgi::run(&settings) as u8),
+            Err(code) => ExitCode::from(code),
+        };
+    }
+    let result = cli::parse(args).and_then(|cli| match cli.command {
         Some(Command::Request(args)) => client::request(args),
         None => start::serve(cli.serve.plan()?),
     });

@@ -7,19 +7,23 @@
 //! core/     request, environ, response, wire, log   both binaries; no pyo3, no tokio
 //! python/   interpreter, site, startup, load,       both binaries; pyo3
 //!           environ, app, input
-//! cgi/      the CGI front end and its settings       wsgi-cgi only
+//! cgi/      the CGI front end: settings (cli,        wsgi-cgi (and its cold
+//!           config), body, warm (the relay), run     path, wsgi-fcgi __cgi)
 //! fcgi/     proto/ (sans I/O), the request path,     wsgi-fcgi only; tokio on
 //!           worker/ (app threads, I/O thread)        the I/O thread only
 //! process/  master, signals, recycle, scoreboard,    wsgi-fcgi --workers; no pyo3,
 //!           status, listenq, notify                  no tokio
 //! ```
 //!
-//! One CGI request, file by file:
+//! One CGI request, file by file (`wsgi-cgi` itself links no libpython):
 //!
 //! ```text
-//! bin/wsgi-cgi.rs → cgi/config → cgi → core/request → core/environ
-//!   → python/environ (the dict) → python/app (start_response) → core/response
-//!   → core/wire → stdout
+//! bin/wsgi-cgi.rs → cgi/cli (argv) → cgi/config (settings)
+//!   warm:  → cgi/body → cgi/warm (relay: fcgi/proto records over a unix
+//!          socket to the app's resident wsgi-fcgi) → stdout
+//!   cold:  exec bin/wsgi-fcgi.rs __cgi → cgi/cli → cgi (run) → core/request
+//!          → core/environ → python/environ (the dict) → python/app
+//!          (start_response) → core/response → core/wire → stdout
 //! ```
 //!
 //! One FastCGI request on a fresh connection (nginx's plain `fastcgi_pass`):

@@ -106,7 +106,9 @@ fn www_data_can_run(served: &Served) -> Result<(), String> {
         ("-x", support::wsgi_cgi().with_file_name("wsgi-fcgi")),
         ("-r", app_file),
     ];
-    wanted.extend(http::libpython(&support::wsgi_cgi()).map(|lib| ("-r", lib)));
+    // (wsgi-cgi links no libpython; its cold path, wsgi-fcgi, does.)
+    let fcgi = support::wsgi_cgi().with_file_name("wsgi-fcgi");
+    wanted.extend(http::libpython(&fcgi).map(|lib| ("-r", lib)));
     if !served.venv.is_empty() {
         wanted.push(("-r", Path::new(&served.venv).join("pyvenv.cfg")));
     }

@@ -1,10 +1,14 @@
-//! The CGI front end (RFC 3875): meta-variables from the process
-//! environment, the body from stdin, the response on stdout. Before anything
+//! The CGI front end (RFC 3875). `wsgi-cgi` (no Python) parses its settings
+//! ([`cli`]) and relays warm-mode requests ([`warm`]); the cold path,
+//! [`run`], serves in-process in `wsgi-fcgi __cgi`: meta-variables from the
+//! process environment, the body from stdin, the response on stdout. Before anything
 //! else, stdout is moved to a private descriptor and fd 1 is pointed at
 //! stderr, so that `print()` or a C extension writing to fd 1 can never
 //! corrupt the response; and `HTTP_PROXY` is removed from the process
 //! environment (httpoxy, CVE-2016-5385).
 
+pub mod body;
+pub mod cli;
 pub mod config;
 pub mod warm;
 
@@ -27,7 +31,7 @@ use crate::python::environ::StrCache;
 use crate::python::input::Input;
 use crate::python::startup::Startup;
 use crate::python::{app, interpreter};
-use crate::{log_error, log_info, log_warn};
+use crate::{log_error, log_info};
 
 pub use crate::core::exit::Exit;
 
@@ -44,21 +48,33 @@ pub const EXIT_TABLE: &str = "Exit status:
      over --max-body-size (413 sent)";
 
 /// The response channel: the original stdout, moved off fd 1.
-struct CgiSink {
+pub struct CgiSink {
     out: File,
 }
 
 impl CgiSink {
     /// Take stdout for the response and point fd 1 at stderr.
     fn take_stdout() -> io::Result<CgiSink> {
+        let sink = CgiSink::share_stdout()?;
+        nix::unistd::dup2_stdout(io::stderr().as_fd())?;
+        Ok(sink)
+    }
+
+    /// A duplicate of stdout (close-on-exec), fd 1 left as it is: the
+    /// launcher's, which may still exec the cold path.
+    pub fn share_stdout() -> io::Result<CgiSink> {
         let stdout = io::stdout();
         let raw = nix::fcntl::fcntl(stdout.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
         // SAFETY: fcntl(F_DUPFD_CLOEXEC) returned a new descriptor we own.
         let out = unsafe { OwnedFd::from_raw_fd(raw) };
-        nix::unistd::dup2_stdout(io::stderr().as_fd())?;
         Ok(CgiSink {
             out: File::from(out),
         })
+    }
+
+    /// The response channel itself.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.out
     }
 }
 
@@ -171,8 +187,11 @@ pub fn run(settings: &Settings) -> Exit {
     // A chunked body (Apache mod_cgi/mod_cgid: no CONTENT_LENGTH, the
     // decoded body on stdin) is read whole first and measured, as nginx does
     // before FastCGI: the app sees a CONTENT_LENGTH.
+    // What a warm-mode relay had read of the body before it fell back to
+    // this cold path (bin/wsgi-cgi.rs), then the rest of stdin.
+    let prefix = take_body_fd(&mut meta);
     let body = match body::receive(&mut meta, settings.max_body_size) {
-        Ok(body) => body,
+        Ok(body) => body.or(prefix),
         Err(refusal) => {
             log_error!("rejecting request: {}", refusal.message);
             let _ = ResponseWriter::new(Box::new(sink), false).fail(refusal.status);
@@ -187,17 +206,6 @@ pub fn run(settings: &Settings) -> Exit {
             return Exit::BadRequest;
         }
     };
-    let (mut sink, mut body) = (sink, body);
-    if settings.warm.enabled {
-        let length = environ.content_length.unwrap_or(0);
-        match warm::serve(settings, &meta, body.take(), length, &mut sink.out) {
-            warm::Relayed::Done(exit) => return exit,
-            warm::Relayed::Cold { why, body: rest } => {
-                log_warn!("warm mode: serving this request cold: {why}");
-                body = rest;
-            }
-        }
-    }
     let mut writer = ResponseWriter::new(Box::new(sink), environ.is_head);
     let prepared = prepare(settings);
     phases.mark("interpreter ready");
@@ -223,6 +231,31 @@ pub fn run(settings: &Settings) -> Exit {
     });
     phases.mark("done");
     exit
+}
+
+/// The environment variable naming a descriptor that holds the start of
+/// the request body (a warm-mode relay's fallback), read before stdin.
+pub const BODY_FD_ENV: &str = "WSGI_CGI_BODY_FD";
+
+/// [`BODY_FD_ENV`]'s descriptor, chained with stdin; the variable is
+/// removed from `meta` and the process environment.
+fn take_body_fd(meta: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Option<Box<dyn io::Read + Send>> {
+    let value = std::env::var(BODY_FD_ENV).ok()?;
+    meta.retain(|(k, _)| k.as_slice() != BODY_FD_ENV.as_bytes());
+    // SAFETY: still single-threaded: no other thread reads the environment.
+    unsafe { std::env::remove_var(BODY_FD_ENV) };
+    let fd: std::os::fd::RawFd = value.parse().ok().filter(|&fd| fd > 2)?;
+    // The descriptor must be open (fcntl F_GETFD), else it is not ours.
+    nix::fcntl::fcntl(
+        // SAFETY: only probed here; owned below once known to be open.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .ok()?;
+    // SAFETY: the launcher passed this descriptor to us for this purpose,
+    // and nothing else in this process uses it.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Some(Box::new(io::Read::chain(file, io::stdin())))
 }
 
 /// What the settings say about the app and its interpreter.
@@ -283,133 +316,4 @@ fn serve(
     // Close the response before atexit handlers run: the server can finish.
     drop(writer);
     Exit::from(outcome)
-}
-
-/// The request body before the app runs: a declared length checked
-/// against `--max-body-size`; a chunked one (no CONTENT_LENGTH) read whole.
-mod body {
-    use std::io::{self, Read, Seek, Write};
-
-    use crate::core::request::{is_chunked, meta_value, set_measured_length};
-
-    /// Bodies up to this size stay in memory; larger ones go to an
-    /// unlinked temporary file in `$TMPDIR`.
-    const IN_MEMORY: usize = 1024 * 1024;
-
-    /// Why a request is refused before the app runs.
-    pub struct Refusal {
-        pub status: u16,
-        pub message: String,
-    }
-
-    /// `Some(body)`: a chunked body, read whole (its CONTENT_LENGTH added
-    /// to `meta`); `None`: the app reads stdin as the CONTENT_LENGTH says.
-    pub fn receive(
-        meta: &mut Vec<(Vec<u8>, Vec<u8>)>,
-        max: Option<u64>,
-    ) -> Result<Option<Box<dyn Read + Send>>, Refusal> {
-        let too_large = |what: String| Refusal {
-            status: 413,
-            message: format!(
-                "{what} is over --max-body-size ({} bytes)",
-                max.unwrap_or(0)
-            ),
-        };
-        if let Some(length) = meta_value(meta, b"CONTENT_LENGTH").filter(|v| !v.is_empty()) {
-            // (An invalid one is the environ's to refuse, with 400.)
-            let declared = std::str::from_utf8(length)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if let (Some(declared), Some(max)) = (declared, max)
-                && declared > max
-            {
-                return Err(too_large(format!("the request body ({declared} bytes)")));
-            }
-            return Ok(None);
-        }
-        if !is_chunked(meta) {
-            return Ok(None);
-        }
-        let (body, len) = read_all(&mut io::stdin().lock(), max).map_err(|e| match e {
-            Stop::TooLarge => too_large("the chunked request body".into()),
-            Stop::Io(e) => Refusal {
-                status: 400,
-                message: format!("cannot read the chunked request body: {e}"),
-            },
-        })?;
-        set_measured_length(meta, len);
-        Ok(Some(body))
-    }
-
-    enum Stop {
-        TooLarge,
-        Io(io::Error),
-    }
-
-    /// Everything `input` holds, in memory or (beyond [`IN_MEMORY`]) in a
-    /// temporary file; more than `max` bytes: [`Stop::TooLarge`].
-    fn read_all(
-        input: &mut dyn Read,
-        max: Option<u64>,
-    ) -> Result<(Box<dyn Read + Send>, u64), Stop> {
-        let mut memory = Vec::new();
-        let mut file: Option<std::fs::File> = None;
-        let mut len = 0u64;
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = match input.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Stop::Io(e)),
-            };
-            len += n as u64;
-            if max.is_some_and(|max| len > max) {
-                return Err(Stop::TooLarge);
-            }
-            match &mut file {
-                Some(file) => file.write_all(&chunk[..n]).map_err(Stop::Io)?,
-                None if memory.len() + n <= IN_MEMORY => memory.extend_from_slice(&chunk[..n]),
-                None => {
-                    let mut spill = crate::fcgi::spool::temp_file(None).map_err(Stop::Io)?;
-                    spill.write_all(&memory).map_err(Stop::Io)?;
-                    spill.write_all(&chunk[..n]).map_err(Stop::Io)?;
-                    memory = Vec::new();
-                    file = Some(spill);
-                }
-            }
-        }
-        Ok(match file {
-            Some(mut file) => {
-                file.rewind().map_err(Stop::Io)?;
-                (Box::new(file), len)
-            }
-            None => (Box::new(io::Cursor::new(memory)), len),
-        })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn bodies_are_read_whole_in_memory_or_spilled_and_bounded() {
-            for size in [0usize, 10, IN_MEMORY + 1] {
-                let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
-                let (mut body, len) = match read_all(&mut data.as_slice(), None) {
-                    Ok(got) => got,
-                    Err(_) => panic!("{size}: refused"),
-                };
-                assert_eq!(len, size as u64);
-                let mut back = Vec::new();
-                body.read_to_end(&mut back).unwrap();
-                assert!(back == data, "{size}: not the same bytes");
-            }
-            assert!(matches!(
-                read_all(&mut [0u8; 11].as_slice(), Some(10)),
-                Err(Stop::TooLarge)
-            ));
-            assert!(read_all(&mut [0u8; 10].as_slice(), Some(10)).is_ok());
-        }
-    }
 }

@@ -21,6 +21,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -34,6 +35,7 @@ use tokio_util::codec::Decoder;
 use crate::cgi::config::Settings;
 use crate::core::exit::Exit;
 use crate::core::request::meta_value;
+use crate::core::response::ResponseWriter;
 use crate::fcgi::proto::codec::RecordDecoder;
 use crate::fcgi::proto::params::encode_pair;
 use crate::fcgi::proto::record::{
@@ -47,15 +49,58 @@ pub enum Relayed {
     /// The responder answered (or its answer broke after it began: then
     /// the exit status says so).
     Done(Exit),
-    /// Serve the request cold, in this process: why (logged by the
-    /// caller), and the request body as the cold path must read it (what
-    /// the relay had read of stdin, then the rest of stdin).
+    /// Serve the request cold: why (logged by the caller), and the start
+    /// of the request body that was read from stdin already (the rest is
+    /// still there), which the cold path must read first.
     Cold {
         /// Why warm mode could not serve.
         why: String,
-        /// The body (`None`: stdin, untouched).
-        body: Option<Box<dyn Read + Send>>,
+        /// The body read so far (`None`: stdin untouched).
+        prefix: Option<Box<dyn Read + Send>>,
+        /// The measured length of a chunked body read whole (it then has
+        /// no CONTENT_LENGTH of its own).
+        measured: Option<u64>,
     },
+}
+
+/// The launcher's warm path (bin/wsgi-cgi.rs): this request, from the
+/// process environment and stdin, through the app's resident responder;
+/// the response on stdout. No Python in this process.
+pub fn handle(settings: &Settings) -> Relayed {
+    let mut meta: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    let mut sink = match crate::cgi::CgiSink::share_stdout() {
+        Ok(sink) => sink,
+        Err(e) => {
+            log_error!("cannot set up stdout for the response: {e}");
+            return Relayed::Done(Exit::ClientGone);
+        }
+    };
+    let refuse = |sink: crate::cgi::CgiSink, status: u16, message: String, exit: Exit| {
+        log_error!("rejecting request: {message}");
+        let _ = ResponseWriter::new(Box::new(sink), false).fail(status);
+        Relayed::Done(exit)
+    };
+    let chunked = crate::core::request::is_chunked(&meta)
+        && meta_value(&meta, b"CONTENT_LENGTH").is_none_or(<[u8]>::is_empty);
+    let body = match crate::cgi::body::receive(&mut meta, settings.max_body_size) {
+        Ok(body) => body,
+        Err(refusal) => return refuse(sink, refusal.status, refusal.message, Exit::BadRequest),
+    };
+    let length = match crate::core::environ::build(&meta) {
+        Ok(environ) => environ.content_length.unwrap_or(0),
+        Err(err) => return refuse(sink, 400, err.to_string(), Exit::BadRequest),
+    };
+    let measured = chunked.then_some(length);
+    match serve(settings, &meta, body, length, sink.file()) {
+        Relayed::Cold { why, prefix, .. } => Relayed::Cold {
+            why,
+            prefix,
+            measured,
+        },
+        done => done,
+    }
 }
 
 /// Default `warm-threads`.
@@ -79,7 +124,11 @@ pub fn serve(
     length: u64,
     out: &mut File,
 ) -> Relayed {
-    let cold = |why: String, body| Relayed::Cold { why, body };
+    let cold = |why: String, prefix| Relayed::Cold {
+        why,
+        prefix,
+        measured: None,
+    };
     let place = match Place::new(settings) {
         Ok(place) => place,
         Err(why) => return cold(why, body),
@@ -88,12 +137,13 @@ pub fn serve(
         Ok(conn) => conn,
         Err(why) => return cold(why, body),
     };
-    let source = body.unwrap_or_else(|| Box::new(io::stdin()));
+    let from_stdin = body.is_none();
+    let mut source = body.unwrap_or_else(|| Box::new(io::stdin()));
     let idempotent = matches!(
         meta_value(meta, b"REQUEST_METHOD"),
         Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
     );
-    match relay(conn, meta, source, length, out) {
+    match relay(conn, meta, &mut *source, length, out) {
         Ok(()) => Relayed::Done(Exit::Success),
         Err(Broke::Output(e)) => {
             log_info!("warm mode: the client went away: {e}");
@@ -103,7 +153,7 @@ pub fn serve(
             log_error!("warm mode: the responder's answer broke off: {why}; response truncated");
             Relayed::Done(Exit::ClientGone)
         }
-        Err(Broke::BeforeResponse { why, body, sent }) => {
+        Err(Broke::BeforeResponse { why, kept, sent }) => {
             if sent && !idempotent {
                 // The app may have run: a second run (cold) could do twice
                 // what a POST does. nginx does not retry those either.
@@ -116,10 +166,13 @@ pub fn serve(
                 );
                 return Relayed::Done(Exit::AppError);
             }
-            cold(
-                format!("the relay failed before the response: {why}"),
-                Some(body),
-            )
+            // What was read, then (a chunked body read whole) the rest of it.
+            let prefix = match from_stdin {
+                true => kept.then(Box::new(io::empty())),
+                false => kept.then(source),
+            };
+            let why = format!("the relay failed before the response: {why}");
+            cold(why, Some(prefix))
         }
     }
 }
@@ -531,12 +584,12 @@ fn log_since(path: &Path, offset: u64) -> String {
 
 /// How a relay ended early.
 enum Broke {
-    /// Before any response byte was written: `body` replays what was read
-    /// of the request body, then the rest; `sent`: the whole request had
-    /// reached the responder.
+    /// Before any response byte was written: `kept` is what was read of
+    /// the request body; `sent`: the whole request had reached the
+    /// responder.
     BeforeResponse {
         why: String,
-        body: Box<dyn Read + Send>,
+        kept: Replay,
         sent: bool,
     },
     /// After the response began.
@@ -588,7 +641,7 @@ impl Replay {
 fn relay(
     mut conn: UnixStream,
     meta: &[(Vec<u8>, Vec<u8>)],
-    mut source: Box<dyn Read + Send>,
+    source: &mut dyn Read,
     length: u64,
     out: &mut File,
 ) -> Result<(), Broke> {
@@ -639,7 +692,7 @@ fn relay(
     if let Err(e) = sending {
         return Err(Broke::BeforeResponse {
             why: format!("sending the request: {e}"),
-            body: replay.then(source),
+            kept: replay,
             sent: false,
         });
     }
@@ -647,11 +700,11 @@ fn relay(
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut began = false;
     let mut decoder = RecordDecoder;
-    let fail = |why: String, began: bool, replay: Replay, source| match began {
+    let fail = |why: String, began: bool, replay: Replay| match began {
         true => Broke::AfterResponse(why),
         false => Broke::BeforeResponse {
             why,
-            body: replay.then(source),
+            kept: replay,
             sent: true,
         },
     };
@@ -672,17 +725,16 @@ fn relay(
                             "the responder closed the connection before END_REQUEST".into(),
                             began,
                             replay,
-                            source,
                         ));
                     }
                     // SAFETY: read() initialized `n` bytes of the spare capacity.
                     Ok(n) => unsafe { input.set_len(input.len() + n) },
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(fail(format!("reading: {e}"), began, replay, source)),
+                    Err(e) => return Err(fail(format!("reading: {e}"), began, replay)),
                 }
                 continue;
             }
-            Err(e) => return Err(fail(e.to_string(), began, replay, source)),
+            Err(e) => return Err(fail(e.to_string(), began, replay)),
         };
         match RecordType::from_u8(record.kind) {
             Some(RecordType::Stdout) if !record.content.is_empty() => {
@@ -694,12 +746,7 @@ fn relay(
             }
             Some(RecordType::EndRequest) => {
                 if !began {
-                    return Err(fail(
-                        "END_REQUEST without a response".into(),
-                        began,
-                        replay,
-                        source,
-                    ));
+                    return Err(fail("END_REQUEST without a response".into(), began, replay));
                 }
                 return Ok(());
             }

@@ -19,7 +19,17 @@
 # flask <= 0.9. `min` is the least noisy estimate of the cost; `user` is mean
 # user CPU time. Raw per-run timings are in target/bench/cgi-<app>.json.
 #
-# Usage: tests/bench/cgi.sh   (env knobs: RUNS=40 WARMUP=5 PYO3_PYTHON)
+# Warm mode (`wsgi-cgi --warm`) runs beside them: a warm request (the
+# responder already running; target <= 0.15x wsgiref's cold hello: the relay
+# must not load or start Python), and the first request of a cold app (no
+# responder: this request starts it; target <= 1.1x our cold path).
+#
+# Then, unless APACHE=0, the same apps through Apache mod_cgid on a loopback
+# port (tests/bench/cgi-apache.sh): one request at a time, wsgi-cgi cold and
+# --warm, wsgiref CGIHandler, and the app behind a resident wsgi-fcgi through
+# mod_proxy_fcgi.
+#
+# Usage: tests/bench/cgi.sh   (env knobs: RUNS=40 WARMUP=5 APACHE=1 PYO3_PYTHON)
 # Command lines are split on spaces (hyperfine -N): the checkout path must not
 # contain spaces.
 set -euo pipefail
@@ -55,6 +65,14 @@ cgi_env=(
 )
 
 ours()    { echo "$BIN --venv $VENV --app tests/apps/$1.py"; }
+WARM_DIR=$out/warm-direct
+warm()    { echo "$BIN --venv $VENV --app tests/apps/$1.py --warm --warm-dir $WARM_DIR --warm-idle 600"; }
+rm -rf "$WARM_DIR"
+stop_warm() { pkill -KILL -f "[w]sgi-fcgi.*$WARM_DIR" 2>/dev/null || true; }
+# (hyperfine's --prepare: the responder gone before each "first request" run.)
+printf '#!/bin/sh\npkill -KILL -f "[w]sgi-fcgi.*%s"\nexit 0\n' "$WARM_DIR" >"$out/kill-warm.sh"
+chmod +x "$out/kill-warm.sh"
+trap stop_warm EXIT
 wsgiref() { echo "$PY tests/bench/wsgiref_cgi.py tests/apps/$1.py"; }
 floor="$PY -c pass"
 
@@ -74,19 +92,29 @@ check() {
 }
 
 apps=(hello flask_app)
-for app in "${apps[@]}"; do check "$(ours "$app")"; check "$(wsgiref "$app")"; done
+for app in "${apps[@]}"; do check "$(ours "$app")"; check "$(wsgiref "$app")"; check "$(warm "$app")"; done
 
 for app in "${apps[@]}"; do
   echo "== $app: $RUNS runs, $WARMUP warm-up ==" >&2
   "${cgi_env[@]}" hyperfine -N --style basic --output pipe \
     --warmup "$WARMUP" --runs "$RUNS" --export-json "$out/cgi-$app.json" \
     -n "wsgi-cgi"          "$(ours "$app")" \
+    -n "wsgi-cgi --warm"   "$(warm "$app")" \
     -n "wsgiref CGIHandler" "$(wsgiref "$app")" \
     -n "python -c pass"    "$floor" >&2
+  # The first request of a cold app: no responder (killed before each run).
+  echo "== $app, first request: $RUNS runs ==" >&2
+  "${cgi_env[@]}" hyperfine -N --style basic --output pipe \
+    --warmup 1 --runs "$RUNS" --export-json "$out/cgi-first-$app.json" \
+    --prepare "$out/kill-warm.sh" \
+    -n "wsgi-cgi"          "$(ours "$app")" \
+    -n "wsgi-cgi --warm, no responder yet" "$(warm "$app")" >&2
 done
+stop_warm
 
 echo
 echo "wsgi-cgi:           $(ours '<app>')"
+echo "wsgi-cgi --warm:    $(warm '<app>')"
 echo "wsgiref CGIHandler: $(wsgiref '<app>')"
 echo "python -c pass:     $floor"
 echo "(RUNS=$RUNS WARMUP=$WARMUP, $(nproc) CPUs, $("$PY" -VV | head -1))"
@@ -108,4 +136,19 @@ for app in apps:
     target = targets[app]
     verdict = "target MET" if ratio <= target else "target NOT met"
     print(f"  ratio wsgi-cgi/wsgiref: {ratio:.3f} (median), {ratio_min:.3f} (min); target <= {target}: {verdict}")
+    warm = rows["wsgi-cgi --warm"]
+    ratio = warm["median"] / ref["median"]
+    line = f"  ratio warm/wsgiref: {ratio:.3f} (median), {warm['min'] / ref['min']:.3f} (min)"
+    if app == "hello":
+        line += f"; target <= 0.15: {'target MET' if ratio <= 0.15 else 'target NOT met'}"
+    print(line)
+    with open(f"{out}/cgi-first-{app}.json") as f:
+        first = {r["command"]: r for r in json.load(f)["results"]}
+    cold, start = first["wsgi-cgi"], first["wsgi-cgi --warm, no responder yet"]
+    ratio = start["median"] / cold["median"]
+    print(f"  first request, warm/cold: {start['median']*1e3:.2f} / {cold['median']*1e3:.2f} ms = {ratio:.3f}; "
+          f"target <= 1.1: {'target MET' if ratio <= 1.1 else 'target NOT met'}")
 EOF
+
+[ "${APACHE:-1}" = 1 ] || exit 0
+exec tests/bench/cgi-apache.sh
