@@ -672,3 +672,52 @@ fn a_live_socket_path_is_refused_and_a_stale_one_replaced() {
         "Hello, world!\n"
     );
 }
+
+/// TERM to a single process whose only app thread is busy: the connections
+/// waiting in its backlog are served before it exits, not reset (warm
+/// mode's restart and idle exit rely on it), and its socket file is gone
+/// as soon as the stop begins.
+#[test]
+fn a_stopping_process_serves_the_connections_in_its_backlog() {
+    let mut r = Responder::fixtures(&["--threads", "1"]);
+    let mut busy = r.connect();
+    let started = r.path("started");
+    let target = format!("/sleep?s=1&started={}", started.display());
+    busy.send_request(1, &Req::get(&target)).unwrap();
+    // Once the sleep runs, nobody accepts the next ones.
+    assert!(wait_file(&started, "started", TIMEOUT), "{}", r.log());
+    let mut waiting: Vec<Conn> = (0..3)
+        .map(|_| {
+            let mut c = r.connect();
+            c.send_request(1, &Req::get("/empty")).unwrap();
+            c
+        })
+        .collect();
+    r.signal("TERM");
+    assert!(
+        wait_until_gone(&r.socket(), TIMEOUT),
+        "the socket file outlived the stop's start"
+    );
+    assert_eq!(busy.response(1).status(), 200, "{}", r.log());
+    for c in &mut waiting {
+        assert_eq!(c.response(1).status(), 204, "{}", r.log());
+    }
+    let status = r.wait_exit(TIMEOUT).expect("exit after TERM");
+    assert!(status.success(), "{status}: {}", r.log());
+    assert!(
+        r.log().contains("3 connection(s) waiting in the backlog"),
+        "{}",
+        r.log()
+    );
+}
+
+fn wait_until_gone(path: &std::path::Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while path.exists() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}

@@ -316,6 +316,62 @@ fn new_code_is_served_on_the_next_request() {
     assert_eq!(warm.sockets().len(), 1);
 }
 
+/// Restarts under load (`restart.txt` touched every 400 ms while four
+/// clients POST): every request is answered, by the responder of its
+/// moment, none cold and none refused — the old responder serves what
+/// reached it before its socket went away.
+#[test]
+fn restarts_under_load_lose_no_post() {
+    let warm = Warm::new(0.0);
+    let (_, first, _) = served(&warm.cgi("/").run());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            let body = format!("client {i}");
+            let cgis: Vec<Cgi> = (0..300)
+                .map(|_| {
+                    warm.cgi("/")
+                        .method("POST")
+                        .body("text/plain", body.as_bytes())
+                })
+                .collect();
+            std::thread::spawn(move || {
+                let mut outs = Vec::new();
+                for cgi in cgis {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    outs.push(cgi.run());
+                }
+                outs
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        std::fs::write(warm.top.path().join("app/restart.txt"), "").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outs: Vec<CgiOutput> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let mut pids: Vec<u32> = outs.iter().map(|o| served(o).1).collect();
+    pids.sort();
+    pids.dedup();
+    eprintln!(
+        "{} POSTs over 5 restarts, answered by {} responders",
+        outs.len(),
+        pids.len()
+    );
+    assert!(pids.len() >= 3 && pids.contains(&first), "{pids:?}");
+    for out in &outs {
+        assert!(!out.stderr.contains("cold"), "{}", out.stderr);
+    }
+}
+
 /// SIGKILL of the responder while four clients send GETs: every request
 /// is answered (at worst cold), and a new responder takes over.
 #[test]

@@ -311,15 +311,20 @@ impl Place {
         })?;
         // Someone else may have started it meanwhile.
         let stale = self.stale();
-        match connect(&self.socket) {
+        let old = match connect(&self.socket) {
             Ok(conn) if !stale => return Ok(conn),
-            Ok(conn) => stop(&conn),
-            Err(_) => {}
-        }
+            Ok(conn) => Some(conn),
+            Err(_) => None,
+        };
+        // The path first, then the old responder: no request reaches it
+        // any more, and it serves those already waiting before it exits.
         match std::fs::remove_file(&self.socket) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("cannot remove {}: {e}", self.socket.display())),
+        }
+        if let Some(conn) = old {
+            stop(&conn);
         }
         self.start(deadline)
     }

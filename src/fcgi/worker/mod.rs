@@ -166,17 +166,26 @@ pub fn run(
     let stop = {
         let (count, idle) = (count.clone(), options.idle_exit);
         let graceful = options.graceful_timeout;
+        // A single process that bound its unix sockets removes their files
+        // as the stop begins: no client connects any more (it would be
+        // reset at the exit), and those already waiting are served (see
+        // `Listening::drain_backlog`).
+        let own_files = (ready.is_none()).then(|| options.clone());
         async move {
-            let Some(after) = idle else {
-                return stop.await;
+            let grace = match idle {
+                None => stop.await,
+                Some(after) => tokio::select! {
+                    grace = stop => grace,
+                    () = idle_exit(count, after) => {
+                        log_info!("no request for {after:?} (--idle-exit): stopping");
+                        graceful
+                    }
+                },
             };
-            tokio::select! {
-                grace = stop => grace,
-                () = idle_exit(count, after) => {
-                    log_info!("no request for {after:?} (--idle-exit): stopping");
-                    graceful
-                }
+            if let Some(options) = own_files {
+                remove_socket_files(&options);
             }
+            grace
         }
     };
     let pool = Pool::start(

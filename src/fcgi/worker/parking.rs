@@ -116,6 +116,38 @@ impl Listening {
         self.kept.stop();
     }
 
+    /// A process that alone accepts on its sockets (no `--workers`, none
+    /// inherited from a spawner) and stops: every connection already in
+    /// their backlogs, taken now to be served (the exit would reset them).
+    /// Others accept on shared sockets: nothing is taken.
+    pub fn drain_backlog(&self) -> Vec<Accepted> {
+        let mut taken = Vec::new();
+        if self.peers {
+            return taken;
+        }
+        let flags =
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+        for (socket, unix) in &self.sockets {
+            loop {
+                let fd = match nix::sys::socket::accept4(socket.as_raw_fd(), flags) {
+                    Ok(fd) => fd,
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                    Err(_) => break,
+                };
+                // SAFETY: accept4 returned a fresh descriptor that we now own.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let allowed = match unix {
+                    true => same_user(&fd, self.allowed_uid),
+                    false => peer_allowed(&fd, self.allowed_peers.as_deref()),
+                };
+                if allowed {
+                    taken.push(Accepted::new(fd, *unix));
+                }
+            }
+        }
+        taken
+    }
+
     /// Requests being served inline.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)

@@ -49,6 +49,17 @@ pub async fn serve(
     };
     log_info!("stopping: no new connections; {grace:?} for requests in flight");
     listening.stop_accepting();
+    // (Taken before the shutdown signal: they are served like any other.)
+    let waiting = listening.drain_backlog();
+    if !waiting.is_empty() {
+        log_info!(
+            "serving the {} connection(s) waiting in the backlog",
+            waiting.len()
+        );
+    }
+    for conn in waiting {
+        io.adopt(conn).await;
+    }
     let _ = shutdown_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     loop {
