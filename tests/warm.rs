@@ -231,6 +231,19 @@ fn warm_answers_as_cold_does() {
     assert_eq!(environ["QUERY_STRING"], "a=1");
     assert_eq!(environ["HTTP_X_TEST"], "yes");
     assert_eq!(environ["wsgi.run_once"], false, "{environ}");
+    // The same interpreter set-up: sys.path, prefixes, what was imported.
+    if let Some(venv) = support::venv() {
+        let sys = |warm: bool| {
+            let mut cgi = Cgi::get("/sys").app(&gateway).arg("--venv").arg(&venv);
+            if warm {
+                cgi = cgi.arg("--warm").arg("--warm-dir").arg(&dir);
+            }
+            let out = cgi.run();
+            let v: serde_json::Value = serde_json::from_slice(&out.body).expect(&out.stderr);
+            v
+        };
+        assert_eq!(sys(true), sys(false), "warm vs cold interpreter");
+    }
     // Tracebacks are the responder's to log (its log in the warm directory).
     assert!(warm.log().contains("SECRET-"), "{}", warm.log());
 }

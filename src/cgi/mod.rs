@@ -265,7 +265,7 @@ fn startup(settings: &Settings) -> Startup<'_> {
         venv: settings.venv.as_deref(),
         chdir: settings.chdir.as_deref(),
         pythonpath: &settings.pythonpath,
-        one_shot: true,
+        lean: true,
     }
 }
 

@@ -279,6 +279,7 @@ impl Place {
                 "600",
                 "--same-uid-only",
                 "--forward-stderr",
+                "--lean-site",
             ])
             .current_dir(&workdir)
             .env_clear()

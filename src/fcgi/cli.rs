@@ -178,6 +178,9 @@ pub struct Serve {
     /// Accept unix-socket connections only from processes running as this process's user (SO_PEERCRED); others are closed at once and logged
     #[arg(long)]
     same_uid_only: bool,
+    /// Start Python as wsgi-cgi does: its lean `site` (venv, site-packages, .pth files and sitecustomize done from Rust; no user site-packages) and no cyclic GC while the app is imported; wsgi-cgi --warm sets it, so that warm and cold requests see the same sys.path
+    #[arg(long)]
+    lean_site: bool,
     /// (--workers) Replace a worker whose resident memory exceeds MiB (minus up to 5% at random; sampled every second)
     #[arg(long, value_name = "MiB", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
     max_rss: Option<u64>,
@@ -285,6 +288,7 @@ impl Serve {
                 .idle_exit
                 .map(|s| Duration::from_secs_f64(s.max(0.001))),
             same_uid_only: args.same_uid_only,
+            lean_site: args.lean_site,
         };
         Ok(Plan {
             options,

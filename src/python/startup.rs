@@ -42,9 +42,11 @@ pub struct Startup<'a> {
     pub chdir: Option<&'a Path>,
     /// `--pythonpath`, in order.
     pub pythonpath: &'a [PathBuf],
-    /// One request per process (CGI): the lean `site` of [`site`] instead
-    /// of CPython's, and no cyclic GC during the import.
-    pub one_shot: bool,
+    /// The lean `site` of [`site`] instead of CPython's, and no cyclic GC
+    /// during the import: `wsgi-cgi`'s one request per process, and
+    /// `wsgi-fcgi --lean-site` (warm mode's responders: the same `sys.path`
+    /// as the cold path, and a faster start).
+    pub lean: bool,
 }
 
 impl Startup<'_> {
@@ -62,7 +64,7 @@ impl Startup<'_> {
             None => interpreter::BUILD_PYTHON.into(),
         };
         // (It also refuses an unreachable interpreter and a wrong libpython.)
-        interpreter::initialize(&program_name, self.one_shot).map_err(|e| e.to_string())?;
+        interpreter::initialize(&program_name, self.lean).map_err(|e| e.to_string())?;
         Ok(spec)
     }
 
@@ -77,11 +79,11 @@ impl Startup<'_> {
         if let Ok(cwd) = std::env::current_dir() {
             path.push(cwd);
         }
-        let site = || match self.one_shot {
+        let site = || match self.lean {
             true => site::install(py, self.venv),
             false => Ok(()),
         };
-        let load = || match self.one_shot {
+        let load = || match self.lean {
             true => without_gc(py, || load::load(py, spec)),
             false => load::load(py, spec),
         };

@@ -81,6 +81,8 @@ pub struct WorkerOptions {
     pub idle_exit: Option<Duration>,
     /// `--same-uid-only`: unix-socket peers must run as our own user.
     pub same_uid_only: bool,
+    /// `--lean-site`: start Python as `wsgi-cgi` does.
+    pub lean_site: bool,
 }
 
 /// Why a worker could not start.
@@ -614,7 +616,7 @@ fn load(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
         venv: options.venv.as_deref(),
         chdir: options.chdir.as_deref(),
         pythonpath: &options.pythonpath,
-        one_shot: false,
+        lean: options.lean_site,
     };
     // (Without --bind, a web server or spawner started us, the socket on fd 0.)
     let spec = startup
