@@ -10,6 +10,8 @@
 #   wsgiref CGIHandler   the standard library's CGI gateway, per request
 #   wsgi-fcgi            the app behind a resident wsgi-fcgi (--threads 1)
 #                        through mod_proxy_fcgi: what warm mode approaches
+#   /bin/sh CGI          a shell script printing a fixed response: the floor
+#                        of any CGI program under mod_cgid (fork, exec, pipes)
 #
 # Targets (issue "shared hosting"): warm Flask <= 0.05x wsgiref's Flask, and
 # within 1.3x of wsgi-fcgi's. Run by tests/bench/cgi.sh (or alone); needs
@@ -64,6 +66,7 @@ for app in "${apps[@]}"; do
     --bind "unix:$run/$app.sock" --socket-mode 666 2>"$run/$app-fcgi.log" &
   pids+=($!)
 done
+printf '#!/bin/sh\nprintf "Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nfloor\\n"\n' >"$run/cgi-bin/floor.cgi"
 chmod 755 "$run"/cgi-bin/*
 
 port=$(( 20000 + RANDOM % 20000 ))
@@ -101,10 +104,11 @@ for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break;
 url_of() { # app kind
   case $2 in
     fcgi) echo "http://127.0.0.1:$port/fcgi-$1/" ;;
+    floor) echo "http://127.0.0.1:$port/cgi-bin/floor.cgi" ;;
     *) echo "http://127.0.0.1:$port/cgi-bin/$1-$2.cgi/" ;;
   esac
 }
-kinds=(cold warm wsgiref fcgi)
+kinds=(cold warm wsgiref fcgi floor)
 for app in "${apps[@]}"; do
   for kind in "${kinds[@]}"; do
     code=$(curl -s -o /dev/null -w '%{http_code}' "$(url_of "$app" "$kind")" || true)
@@ -132,12 +136,13 @@ for app in "${apps[@]}"; do
     done
   done
   awk -v app="$app" -v cold="${best[cold]}" -v warm="${best[warm]}" \
-    -v ref="${best[wsgiref]}" -v fcgi="${best[fcgi]}" 'BEGIN {
+    -v ref="${best[wsgiref]}" -v fcgi="${best[fcgi]}" -v floor="${best[floor]}" 'BEGIN {
     printf "\n%s\n", app
     printf "  %-28s %8.2f ms\n", "wsgi-cgi (cold)", cold
     printf "  %-28s %8.2f ms\n", "wsgi-cgi --warm", warm
     printf "  %-28s %8.2f ms\n", "wsgiref CGIHandler", ref
     printf "  %-28s %8.2f ms\n", "wsgi-fcgi (mod_proxy_fcgi)", fcgi
+    printf "  %-28s %8.2f ms\n", "/bin/sh CGI (the floor)", floor
     r1 = warm / ref; r2 = warm / fcgi
     t1 = t2 = ""
     if (app == "flask_app") {
@@ -146,6 +151,7 @@ for app in "${apps[@]}"; do
     }
     printf "  ratio warm/wsgiref %.3f%s\n", r1, t1
     printf "  ratio warm/wsgi-fcgi %.2f%s\n", r2, t2
+    printf "  warm minus the floor %.2f ms; the floor alone is %.1fx wsgi-fcgi\n", warm - floor, floor / fcgi
   }'
   unset best
 done
