@@ -7,6 +7,7 @@
 //! (The reload under load through nginx is in tests/webservers_fcgi.rs.)
 
 use crate::support::fcgi;
+use crate::support::wait_until;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -105,17 +106,6 @@ fn workers_of(master: u32) -> Vec<u32> {
     }
     pids.sort_unstable();
     pids
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }
 
 fn kill(pid: u32, signal: &str) {

@@ -11,9 +11,9 @@ use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Cgi, CgiOutput, app};
+use support::{Cgi, CgiOutput, app, wait_until};
 
 /// An app of its own (tests/apps/warm_app.py, copied) and a warm
 /// directory; the responders it started are stopped on drop.
@@ -131,15 +131,41 @@ fn alive(pid: u32) -> bool {
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// Clients, one thread each, running their requests in turn until
+/// [`Clients::stop`].
+struct Clients {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<CgiOutput>>>,
+}
+
+impl Clients {
+    fn start(requests: Vec<Vec<Cgi>>) -> Clients {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = requests
+            .into_iter()
+            .map(|cgis| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut outs = Vec::new();
+                    for cgi in cgis {
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        outs.push(cgi.run());
+                    }
+                    outs
+                })
+            })
+            .collect();
+        Clients { stop, threads }
     }
-    done()
+
+    /// Stop them; what each request got.
+    fn stop(self) -> Vec<CgiOutput> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let threads = self.threads.into_iter();
+        threads.flat_map(|t| t.join().unwrap()).collect()
+    }
 }
 
 /// The gateway fixture's routes answer the same bytes warm as cold (the
@@ -337,40 +363,25 @@ fn new_code_is_served_on_the_next_request() {
 fn restarts_under_load_lose_no_post() {
     let warm = Warm::new(0.0);
     let (_, first, _) = served(&warm.cgi("/").run());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|i| {
-            let stop = stop.clone();
-            let body = format!("client {i}");
-            let cgis: Vec<Cgi> = (0..300)
-                .map(|_| {
+    let clients = Clients::start(
+        (0..4)
+            .map(|i| {
+                let body = format!("client {i}");
+                let post = || {
                     warm.cgi("/")
                         .method("POST")
                         .body("text/plain", body.as_bytes())
-                })
-                .collect();
-            std::thread::spawn(move || {
-                let mut outs = Vec::new();
-                for cgi in cgis {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        break;
-                    }
-                    outs.push(cgi.run());
-                }
-                outs
+                };
+                (0..300).map(|_| post()).collect()
             })
-        })
-        .collect();
+            .collect(),
+    );
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(400));
         std::fs::write(warm.top.path().join("app/restart.txt"), "").unwrap();
     }
     std::thread::sleep(Duration::from_millis(400));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let outs: Vec<CgiOutput> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let outs = clients.stop();
     let mut pids: Vec<u32> = outs.iter().map(|o| served(o).1).collect();
     pids.sort();
     pids.dedup();
@@ -391,24 +402,8 @@ fn restarts_under_load_lose_no_post() {
 fn a_killed_responder_costs_no_get() {
     let warm = Warm::new(0.0);
     let (_, first, _) = served(&warm.cgi("/").run());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            let cgi = || warm.cgi("/slow").env("QUERY_STRING", "s=0.05");
-            let cgis: Vec<Cgi> = (0..200).map(|_| cgi()).collect();
-            std::thread::spawn(move || {
-                let mut outs = Vec::new();
-                for cgi in cgis {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        break;
-                    }
-                    outs.push(cgi.run());
-                }
-                outs
-            })
-        })
-        .collect();
+    let get = || warm.cgi("/slow").env("QUERY_STRING", "s=0.05");
+    let clients = Clients::start((0..4).map(|_| (0..200).map(|_| get()).collect()).collect());
     std::thread::sleep(Duration::from_millis(700));
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &first.to_string()])
@@ -416,11 +411,7 @@ fn a_killed_responder_costs_no_get() {
         .unwrap();
     assert!(killed.success());
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let outs: Vec<CgiOutput> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let outs = clients.stop();
     assert!(outs.len() > 20, "{} requests", outs.len());
     for out in &outs {
         assert_eq!(out.status, 200, "{}", out.stderr);

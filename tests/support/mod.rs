@@ -129,6 +129,18 @@ pub fn parse_cgi(raw: &[u8]) -> Option<(u16, Headers, usize)> {
     Some((wsgi_gateway::fcgi::client::cgi_status(raw), headers, end))
 }
 
+/// Poll `done` until it holds or `timeout` passes; its last answer.
+pub fn wait_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}
+
 /// A CGI request to run against the binary.
 pub struct Cgi {
     args: Vec<String>,
