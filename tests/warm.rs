@@ -308,12 +308,17 @@ fn fifty_requests_on_a_cold_app_start_one_responder() {
         })
         .collect();
     let outs: Vec<CgiOutput> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let cold: Vec<&CgiOutput> = outs.iter().filter(|o| o.stderr.contains("cold")).collect();
+    assert!(
+        cold.is_empty(),
+        "{} served cold, e.g.: {}",
+        cold.len(),
+        cold[0].stderr
+    );
     let mut pids: Vec<u32> = outs.iter().map(|o| served(o).1).collect();
     pids.sort();
     pids.dedup();
     assert_eq!(pids.len(), 1, "served by {pids:?}");
-    let cold: Vec<&CgiOutput> = outs.iter().filter(|o| o.stderr.contains("cold")).collect();
-    assert!(cold.is_empty(), "served cold: {}", cold[0].stderr);
     let started = outs
         .iter()
         .filter(|o| o.stderr.contains("started responder"))

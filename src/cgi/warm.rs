@@ -439,10 +439,14 @@ fn default_dir(uid: nix::unistd::Uid) -> Result<PathBuf, String> {
 fn private_dir(dir: &Path, uid: nix::unistd::Uid) -> Result<(), String> {
     let shown = dir.display();
     match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create the warm directory {shown}: {e}")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => Ok(()),
+                // Another request made it meanwhile: check that one.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => private_dir(dir, uid),
+                Err(e) => Err(format!("cannot create the warm directory {shown}: {e}")),
+            }
+        }
         Err(e) => Err(format!("the warm directory {shown}: {e}")),
         Ok(meta) if !meta.is_dir() => Err(format!("the warm directory {shown} is not a directory")),
         Ok(meta) if meta.uid() != uid.as_raw() => Err(format!(
@@ -804,6 +808,24 @@ mod tests {
                 .unwrap_err()
                 .contains("owned by uid")
         );
+    }
+
+    #[test]
+    fn requests_making_the_directory_at_once_all_accept_it() {
+        let uid = nix::unistd::geteuid();
+        for round in 0..20 {
+            let top = tempfile::tempdir().unwrap();
+            let dir = top.path().join(format!("warm-{round}"));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let dir = dir.clone();
+                    std::thread::spawn(move || private_dir(&dir, uid))
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[test]
