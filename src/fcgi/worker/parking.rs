@@ -125,27 +125,48 @@ impl Listening {
         if self.peers {
             return taken;
         }
-        let flags =
-            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
-        for (socket, unix) in &self.sockets {
+        for index in 0..self.sockets.len() {
             loop {
-                let fd = match nix::sys::socket::accept4(socket.as_raw_fd(), flags) {
-                    Ok(fd) => fd,
-                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
-                    Err(_) => break,
-                };
-                // SAFETY: accept4 returned a fresh descriptor that we now own.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                let allowed = match unix {
-                    true => same_user(&fd, self.allowed_uid),
-                    false => peer_allowed(&fd, self.allowed_peers.as_deref()),
-                };
-                if allowed {
-                    taken.push(Accepted::new(fd, *unix));
+                match self.take(index) {
+                    Take::Connection(conn) => taken.push(conn),
+                    Take::Refused | Take::Interrupted => {}
+                    Take::Empty => break,
                 }
             }
         }
         taken
+    }
+
+    /// One connection from socket `index`'s backlog, non-blocking, its
+    /// peer checked (`FCGI_WEB_SERVER_ADDRS`, `--same-uid-only`).
+    fn take(&self, index: usize) -> Take {
+        let Some((socket, unix)) = self.sockets.get(index) else {
+            return Take::Empty;
+        };
+        let flags =
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+        let fd = match nix::sys::socket::accept4(socket.as_raw_fd(), flags) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::EAGAIN) => return Take::Empty,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => {
+                return Take::Interrupted;
+            }
+            Err(e) => {
+                log_error!("accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                return Take::Empty;
+            }
+        };
+        // SAFETY: accept4 returned a fresh descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let allowed = match unix {
+            true => same_user(&fd, self.allowed_uid),
+            false => peer_allowed(&fd, self.allowed_peers.as_deref()),
+        };
+        match allowed {
+            true => Take::Connection(Accepted::new(fd, *unix)),
+            false => Take::Refused,
+        }
     }
 
     /// Requests being served inline.
@@ -511,7 +532,6 @@ impl Waiter {
     /// connection is taken from the backlog and then dropped by the exit.
     fn accept(&self, index: usize) -> Option<Accepted> {
         let listening = self.listening.as_ref()?;
-        let (socket, unix) = listening.sockets.get(index)?;
         listening.inflight.fetch_add(1, Ordering::SeqCst);
         let not_taken = || {
             listening.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -520,33 +540,22 @@ impl Waiter {
         if listening.stopped.load(Ordering::SeqCst) {
             return not_taken();
         }
-        let flags =
-            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
-        let fd = match nix::sys::socket::accept4(socket.as_raw_fd(), flags) {
-            Ok(fd) => fd,
-            Err(
-                nix::errno::Errno::EAGAIN
-                | nix::errno::Errno::EINTR
-                | nix::errno::Errno::ECONNABORTED,
-            ) => {
-                return not_taken();
-            }
-            Err(e) => {
-                log_error!("accept failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                return not_taken();
-            }
-        };
-        // SAFETY: accept4 returned a fresh descriptor that we now own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if !*unix && !peer_allowed(&fd, listening.allowed_peers.as_deref()) {
-            return not_taken();
+        match listening.take(index) {
+            Take::Connection(conn) => Some(conn),
+            Take::Refused | Take::Interrupted | Take::Empty => not_taken(),
         }
-        if *unix && !same_user(&fd, listening.allowed_uid) {
-            return not_taken();
-        }
-        Some(Accepted::new(fd, *unix))
     }
+}
+
+/// What [`Listening::take`] got.
+enum Take {
+    Connection(Accepted),
+    /// A peer not allowed: closed.
+    Refused,
+    /// EINTR, ECONNABORTED: try again.
+    Interrupted,
+    /// Nothing waiting (or an error, logged).
+    Empty,
 }
 
 /// A unix-socket peer runs as `allowed` (SO_PEERCRED), or any user may.
