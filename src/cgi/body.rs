@@ -67,8 +67,7 @@ enum Stop {
 /// Everything `input` holds, in memory or (beyond [`IN_MEMORY`]) in a
 /// temporary file; more than `max` bytes: [`Stop::TooLarge`].
 fn read_all(input: &mut dyn Read, max: Option<u64>) -> Result<(Box<dyn Read + Send>, u64), Stop> {
-    let mut memory = Vec::new();
-    let mut file: Option<std::fs::File> = None;
+    let mut spill = Spill::default();
     let mut len = 0u64;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -82,25 +81,49 @@ fn read_all(input: &mut dyn Read, max: Option<u64>) -> Result<(Box<dyn Read + Se
         if max.is_some_and(|max| len > max) {
             return Err(Stop::TooLarge);
         }
-        match &mut file {
-            Some(file) => file.write_all(&chunk[..n]).map_err(Stop::Io)?,
-            None if memory.len() + n <= IN_MEMORY => memory.extend_from_slice(&chunk[..n]),
-            None => {
-                let mut spill = crate::fcgi::spool::temp_file(None).map_err(Stop::Io)?;
-                spill.write_all(&memory).map_err(Stop::Io)?;
-                spill.write_all(&chunk[..n]).map_err(Stop::Io)?;
-                memory = Vec::new();
-                file = Some(spill);
-            }
+        spill.keep(&chunk[..n]).map_err(Stop::Io)?;
+    }
+    Ok((spill.then(Box::new(io::empty())), len))
+}
+
+/// Body bytes kept as they are read: in memory up to [`IN_MEMORY`], then
+/// in an unlinked temporary file in `$TMPDIR` (a chunked body read whole;
+/// what warm mode's relay read, for a cold retry).
+#[derive(Default)]
+pub struct Spill {
+    memory: Vec<u8>,
+    file: Option<std::fs::File>,
+}
+
+impl Spill {
+    /// Keep `data` after what was kept before.
+    pub fn keep(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some(file) = &mut self.file {
+            return file.write_all(data);
+        }
+        if self.memory.len() + data.len() <= IN_MEMORY {
+            self.memory.extend_from_slice(data);
+            return Ok(());
+        }
+        let mut file = crate::fcgi::spool::temp_file(None)?;
+        file.write_all(&self.memory)?;
+        file.write_all(data)?;
+        self.memory = Vec::new();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// What was kept, then `rest`.
+    pub fn then(self, rest: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+        match self.file {
+            Some(mut file) => match file.rewind() {
+                Ok(()) => Box::new(file.chain(rest)),
+                // (Cannot happen to a regular file; the body is then short.)
+                Err(_) => rest,
+            },
+            None => Box::new(io::Cursor::new(self.memory).chain(rest)),
         }
     }
-    Ok(match file {
-        Some(mut file) => {
-            file.rewind().map_err(Stop::Io)?;
-            (Box::new(file), len)
-        }
-        None => (Box::new(io::Cursor::new(memory)), len),
-    })
 }
 
 #[cfg(test)]
@@ -125,5 +148,19 @@ mod tests {
             Err(Stop::TooLarge)
         ));
         assert!(read_all(&mut [0u8; 10].as_slice(), Some(10)).is_ok());
+    }
+
+    #[test]
+    fn a_spill_gives_back_what_was_kept_then_the_rest() {
+        for size in [10usize, IN_MEMORY + 10] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let mut replay = Spill::default();
+            replay.keep(&data[..size / 2]).unwrap();
+            replay.keep(&data[size / 2..size - 3]).unwrap();
+            let rest: Box<dyn Read + Send> = Box::new(io::Cursor::new(data[size - 3..].to_vec()));
+            let mut back = Vec::new();
+            replay.then(rest).read_to_end(&mut back).unwrap();
+            assert!(back == data, "{size}");
+        }
     }
 }

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
+use crate::cgi::body::Spill;
 use crate::cgi::config::Settings;
 use crate::core::exit::Exit;
 use crate::core::request::meta_value;
@@ -110,9 +111,6 @@ const DEFAULT_IDLE: u64 = 300;
 /// How long a request waits for a responder to start when no start has
 /// been timed yet (later: twice the last start, plus half a second).
 const FIRST_START_WAIT: Duration = Duration::from_secs(20);
-/// Bodies up to this size are kept in memory for a cold retry; larger
-/// ones in an unlinked temporary file.
-const REPLAY_IN_MEMORY: usize = 1024 * 1024;
 
 /// Serve the request through the app's resident responder. `meta` are the
 /// request's meta-variables, `body` a body read already (chunked) or
@@ -599,50 +597,13 @@ enum Broke {
     /// responder.
     BeforeResponse {
         why: String,
-        kept: Replay,
+        kept: Spill,
         sent: bool,
     },
     /// After the response began.
     AfterResponse(String),
     /// Writing the response failed (the client or server went away).
     Output(io::Error),
-}
-
-/// A copy of the request body as the relay reads it, for a cold retry.
-struct Replay {
-    memory: Vec<u8>,
-    file: Option<File>,
-}
-
-impl Replay {
-    fn keep(&mut self, data: &[u8]) -> io::Result<()> {
-        if let Some(file) = &mut self.file {
-            return file.write_all(data);
-        }
-        if self.memory.len() + data.len() <= REPLAY_IN_MEMORY {
-            self.memory.extend_from_slice(data);
-            return Ok(());
-        }
-        let mut file = crate::fcgi::spool::temp_file(None)?;
-        file.write_all(&self.memory)?;
-        file.write_all(data)?;
-        self.memory = Vec::new();
-        self.file = Some(file);
-        Ok(())
-    }
-
-    /// What was kept, then `rest`.
-    fn then(self, rest: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
-        use std::io::Seek;
-        match self.file {
-            Some(mut file) => match file.rewind() {
-                Ok(()) => Box::new(file.chain(rest)),
-                // (Cannot happen to a regular file; the body is then short.)
-                Err(_) => rest,
-            },
-            None => Box::new(io::Cursor::new(self.memory).chain(rest)),
-        }
-    }
 }
 
 /// One request over `conn`: BEGIN_REQUEST and PARAMS, then STDIN as it is
@@ -655,10 +616,7 @@ fn relay(
     length: u64,
     out: &mut File,
 ) -> Result<(), Broke> {
-    let mut replay = Replay {
-        memory: Vec::new(),
-        file: None,
-    };
+    let mut replay = Spill::default();
     let mut wire = BytesMut::with_capacity(16 * 1024);
     encode_begin_request(&mut wire, 1, Role::Responder, false);
     let mut params = BytesMut::new();
@@ -710,7 +668,7 @@ fn relay(
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut began = false;
     let mut decoder = RecordDecoder;
-    let fail = |why: String, began: bool, replay: Replay| match began {
+    let fail = |why: String, began: bool, replay: Spill| match began {
         true => Broke::AfterResponse(why),
         false => Broke::BeforeResponse {
             why,
@@ -825,23 +783,6 @@ mod tests {
             for t in threads {
                 t.join().unwrap().unwrap();
             }
-        }
-    }
-
-    #[test]
-    fn replay_gives_back_what_was_read_then_the_rest() {
-        for size in [10usize, REPLAY_IN_MEMORY + 10] {
-            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            let mut replay = Replay {
-                memory: Vec::new(),
-                file: None,
-            };
-            replay.keep(&data[..size / 2]).unwrap();
-            replay.keep(&data[size / 2..size - 3]).unwrap();
-            let rest: Box<dyn Read + Send> = Box::new(io::Cursor::new(data[size - 3..].to_vec()));
-            let mut back = Vec::new();
-            replay.then(rest).read_to_end(&mut back).unwrap();
-            assert!(back == data, "{size}");
         }
     }
 }
