@@ -455,6 +455,37 @@ fn an_idle_responder_exits_and_removes_its_socket() {
     assert_ne!(again, pid);
 }
 
+/// An app that does not import: the first request tries a responder and
+/// is served cold (the app's 500); the requests after it are served cold
+/// without another try (the back-off); the fixed app is served warm on the
+/// next request.
+#[test]
+fn a_broken_app_is_not_started_again_until_it_changes() {
+    let warm = Warm::new(0.0);
+    let broken = "raise RuntimeError('broken at import')\n";
+    std::fs::write(warm.app(), broken).unwrap();
+    let tries = || warm.log().matches("broken at import").count();
+    let first = warm.cgi("/").run();
+    assert_eq!(first.status, 500, "{}", first.stderr);
+    assert!(first.stderr.contains("did not answer"), "{}", first.stderr);
+    assert!(tries() >= 1, "{}", warm.log());
+    let after_first = tries();
+    for _ in 0..3 {
+        let out = warm.cgi("/").run();
+        assert_eq!(out.status, 500, "{}", out.stderr);
+        assert!(out.stderr.contains("not trying again"), "{}", out.stderr);
+    }
+    assert_eq!(tries(), after_first, "a responder was started again");
+    assert!(warm.sockets().is_empty());
+
+    std::thread::sleep(Duration::from_millis(20)); // (a visible mtime step)
+    warm.write_app("v2", 0.0);
+    let out = warm.cgi("/").run();
+    assert!(!out.stderr.contains("cold"), "{}", out.stderr);
+    assert_eq!(served(&out).0, "v2");
+    assert_eq!(warm.sockets().len(), 1);
+}
+
 /// A warm directory others may enter, one that cannot be created, or one
 /// owned by another user: the request is served cold, with one log line
 /// saying why.

@@ -112,12 +112,12 @@ pub fn serve(
         prefix,
         measured: None,
     };
-    let place = match Place::new(settings) {
+    let mut place = match Place::new(settings) {
         Ok(place) => place,
         Err(why) => return cold(why, body),
     };
-    let conn = match place.responder() {
-        Ok(conn) => conn,
+    let (conn, fresh) = match place.responder() {
+        Ok(found) => found,
         Err(why) => return cold(why, body),
     };
     let from_stdin = body.is_none();
@@ -126,7 +126,11 @@ pub fn serve(
         meta_value(meta, b"REQUEST_METHOD"),
         Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
     );
-    match relay(conn, meta, &mut *source, length, out) {
+    let relayed = relay(conn, meta, &mut *source, length, out);
+    if fresh {
+        place.outcome(!matches!(relayed, Err(Broke::BeforeResponse { .. })));
+    }
+    match relayed {
         Ok(()) => Relayed::Done(Exit::Success),
         Err(Broke::Output(e)) => {
             log_info!("warm mode: the client went away: {e}");
@@ -154,7 +158,13 @@ pub fn serve(
                 true => kept.then(Box::new(io::empty())),
                 false => kept.then(source),
             };
-            let why = format!("the relay failed before the response: {why}");
+            let why = match fresh {
+                true => format!(
+                    "the responder started for this request did not answer it ({why}); see {}",
+                    place.log().display()
+                ),
+                false => format!("the relay failed before the response: {why}"),
+            };
             cold(why, Some(prefix))
         }
     }

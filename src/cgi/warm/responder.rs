@@ -23,6 +23,13 @@ const DEFAULT_IDLE: u64 = 300;
 /// How long a request waits for a responder to start when no start has
 /// been timed yet (later: twice the last start, plus half a second).
 const FIRST_START_WAIT: Duration = Duration::from_secs(20);
+/// After a responder exited before serving (its app does not import, say),
+/// requests are served cold without trying again for this long, doubled
+/// for each failure in a row up to [`MAX_BACKOFF`] — or until the app's
+/// code changes.
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest back-off (mod_fcgid's `FcgidMinProcessLifeTime` scale).
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Where the app's responder lives, and how to start it.
 pub(super) struct Place {
@@ -32,6 +39,9 @@ pub(super) struct Place {
     /// Written just before a start: its mtime is the start; its content
     /// how long the last start took, in milliseconds.
     started: PathBuf,
+    /// Written when a responder exited before serving: its mtime is the
+    /// failure; its content how many starts in a row failed.
+    failed: PathBuf,
     /// Files whose change means new code.
     code: Vec<PathBuf>,
     command: Command,
@@ -135,6 +145,7 @@ impl Place {
             lock: dir.join(format!("{name}.lock")),
             log: dir.join(format!("{name}.log")),
             started: dir.join(format!("{name}.started")),
+            failed: dir.join(format!("{name}.failed")),
             socket,
             code,
             command,
@@ -142,13 +153,15 @@ impl Place {
     }
 
     /// A connection to a current responder: the running one, or one this
-    /// process (or another, under the lock) starts now.
-    pub(super) fn responder(mut self) -> Result<UnixStream, String> {
+    /// process (or another, under the lock) starts now — then `.1` is
+    /// true, and the caller tells [`Place::outcome`] whether it answered.
+    pub(super) fn responder(&mut self) -> Result<(UnixStream, bool), String> {
         if !self.stale()
             && let Ok(conn) = connect(&self.socket)
         {
-            return Ok(conn);
+            return Ok((conn, false));
         }
+        self.backing_off()?;
         let budget = self.start_budget();
         let deadline = Instant::now() + budget;
         let _lock = lock(&self.lock, deadline).map_err(|e| {
@@ -160,7 +173,7 @@ impl Place {
         // Someone else may have started it meanwhile.
         let stale = self.stale();
         let old = match connect(&self.socket) {
-            Ok(conn) if !stale => return Ok(conn),
+            Ok(conn) if !stale => return Ok((conn, false)),
             Ok(conn) => Some(conn),
             Err(_) => None,
         };
@@ -174,7 +187,66 @@ impl Place {
         if let Some(conn) = old {
             stop(&conn);
         }
-        self.start(deadline)
+        // Another request's start may just have failed.
+        self.backing_off()?;
+        match self.start(deadline) {
+            Ok(conn) => Ok((conn, true)),
+            Err(Failed::Exited(why)) => {
+                self.outcome(false);
+                Err(why)
+            }
+            Err(Failed::NotYet(why)) => Err(why),
+        }
+    }
+
+    /// Whether a responder started by this request answered it: a
+    /// responder that cannot answer its first request (its app does not
+    /// import, it crashed) is not started again for a while
+    /// ([`Place::backing_off`]).
+    pub(super) fn outcome(&self, answered: bool) {
+        if answered {
+            let _ = std::fs::remove_file(&self.failed);
+        } else {
+            let count = self.failures().map_or(0, |(n, _)| n) + 1;
+            let _ = std::fs::write(&self.failed, count.to_string());
+        }
+    }
+
+    /// The responder's log file.
+    pub(super) fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// How many starts in a row failed, and when the last one did.
+    fn failures(&self) -> Option<(u32, SystemTime)> {
+        let at = modified(&self.failed)?;
+        let count = std::fs::read_to_string(&self.failed).ok()?;
+        Some((count.trim().parse().unwrap_or(1), at))
+    }
+
+    /// `Err` while a failed start is too recent to try again (and the
+    /// app's code has not changed since).
+    fn backing_off(&self) -> Result<(), String> {
+        let Some((count, at)) = self.failures() else {
+            return Ok(());
+        };
+        if self.code.iter().filter_map(|p| changed(p)).any(|c| c > at) {
+            return Ok(());
+        }
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1 << count.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF);
+        let ago = at.elapsed().unwrap_or_default();
+        match wait.checked_sub(ago) {
+            Some(left) if !left.is_zero() => Err(format!(
+                "the responder failed to start {:.0} s ago ({count} time(s) in a row; see {}); \
+                 not trying again for {:.0} s, or until the app's code changes",
+                ago.as_secs_f64(),
+                self.log.display(),
+                left.as_secs_f64()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the app's code changed after the responder started.
@@ -202,7 +274,7 @@ impl Place {
 
     /// Start the responder (detached: its own session, stdio to the log)
     /// and wait until it accepts, up to `deadline`.
-    fn start(&mut self, deadline: Instant) -> Result<UnixStream, String> {
+    fn start(&mut self, deadline: Instant) -> Result<UnixStream, Failed> {
         let begun = Instant::now();
         rotate(&self.log);
         let log = std::fs::OpenOptions::new()
@@ -210,15 +282,15 @@ impl Place {
             .append(true)
             .mode(0o600)
             .open(&self.log)
-            .map_err(|e| format!("cannot open {}: {e}", self.log.display()))?;
+            .map_err(|e| Failed::NotYet(format!("cannot open {}: {e}", self.log.display())))?;
         let before = log.metadata().map_or(0, |m| m.len());
         let log_err = log
             .try_clone()
-            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+            .map_err(|e| Failed::NotYet(format!("{}: {e}", self.log.display())))?;
         // The start time first: code changed from here on is newer.
         let previous = std::fs::read_to_string(&self.started).unwrap_or_default();
         std::fs::write(&self.started, previous.trim())
-            .map_err(|e| format!("cannot write {}: {e}", self.started.display()))?;
+            .map_err(|e| Failed::NotYet(format!("cannot write {}: {e}", self.started.display())))?;
         self.command
             .stdin(Stdio::null())
             .stdout(log)
@@ -235,7 +307,7 @@ impl Place {
         let mut child = self
             .command
             .spawn()
-            .map_err(|e| format!("cannot start wsgi-fcgi: {e}"))?;
+            .map_err(|e| Failed::NotYet(format!("cannot start wsgi-fcgi: {e}")))?;
         let mut pause = Duration::from_millis(1);
         loop {
             if let Ok(conn) = connect(&self.socket) {
@@ -249,24 +321,32 @@ impl Place {
                 return Ok(conn);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
+                return Err(Failed::Exited(format!(
                     "the responder exited ({status}) before serving; its log ({}) says: {}",
                     self.log.display(),
                     log_since(&self.log, before)
-                ));
+                )));
             }
             if Instant::now() >= deadline {
                 // It keeps starting; the next request will find it.
-                return Err(format!(
+                return Err(Failed::NotYet(format!(
                     "the responder was not ready within {:?} (still starting; see {})",
                     begun.elapsed(),
                     self.log.display()
-                ));
+                )));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
+}
+
+/// Why a start gave no responder.
+enum Failed {
+    /// It exited before serving: back off.
+    Exited(String),
+    /// It could not be started here, or is still starting.
+    NotYet(String),
 }
 
 /// `~/.wsgi-gateway`, the home taken from the password database (under
