@@ -18,6 +18,7 @@ mod fcgi_server;
 mod frameworks;
 mod frontends_fcgi;
 mod hostile;
+mod pm;
 mod process;
 mod suexec;
 mod warm;

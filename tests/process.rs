@@ -71,7 +71,7 @@ fn set_version(r: &Responder, version: &str) {
 }
 
 /// "VERSION PID" from one request on a fresh connection.
-fn served(r: &Responder, path: &str) -> Result<(String, u32), String> {
+pub(crate) fn served(r: &Responder, path: &str) -> Result<(String, u32), String> {
     let mut c = r.addr.connect().map_err(|e| format!("connect: {e}"))?;
     c.send_request(1, &Req::get(path))
         .map_err(|e| format!("send: {e}"))?;
@@ -85,7 +85,7 @@ fn served(r: &Responder, path: &str) -> Result<(String, u32), String> {
 }
 
 /// The worker processes of `master` (its children), from /proc.
-fn workers_of(master: u32) -> Vec<u32> {
+pub(crate) fn workers_of(master: u32) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -108,7 +108,7 @@ fn workers_of(master: u32) -> Vec<u32> {
     pids
 }
 
-fn kill(pid: u32, signal: &str) {
+pub(crate) fn kill(pid: u32, signal: &str) {
     let ok = Command::new("kill")
         .args(["-s", signal, &pid.to_string()])
         .status()
@@ -117,7 +117,7 @@ fn kill(pid: u32, signal: &str) {
 }
 
 /// Requests in a loop on `threads` threads until stopped: (ok, failed, last error).
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
@@ -125,7 +125,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(r: &Responder, threads: usize) -> Load {
+    pub(crate) fn start(r: &Responder, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
@@ -168,7 +168,7 @@ impl Load {
     }
 
     /// Stop; returns (ok, failed, an error seen).
-    fn finish(self) -> (usize, usize, Option<String>) {
+    pub(crate) fn finish(self) -> (usize, usize, Option<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let errors: Vec<String> = self
             .threads

@@ -13,6 +13,7 @@ use crate::fcgi::job::Limits;
 use crate::fcgi::worker::WorkerOptions;
 use crate::fcgi::worker::listener::{Bind, UnixSocketOptions};
 use crate::fcgi::worker::pool::Timeouts;
+use crate::process::master::pm::Pm;
 use crate::python::startup::AppArgs;
 
 /// The end of `--help`.
@@ -36,7 +37,8 @@ Signals (the process, or with --workers the master):
               The listening sockets stay open throughout. If the new code
               does not import, the old workers go on serving. With
               --preload the master re-executes itself (same pid) first.
-  TTIN, TTOU  (--workers) one worker process more / fewer
+  TTIN, TTOU  (--workers) one worker process more / fewer (--pm dynamic,
+              ondemand: --max-workers one more / fewer)
   USR1        reopen the access log (the master passes it to its workers)
 
 Exit status: 0 stopped normally; 1 could not start (bad option, socket,
@@ -72,6 +74,7 @@ pub enum Command {
 /// The flags of `wsgi-fcgi` (serving): the one table of its settings,
 /// also read from `--config` and `WSGI_*`.
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("master").args(["workers", "pm"]).multiple(true))]
 pub struct Serve {
     /// `--app`, `--venv`, `--chdir`, `--pythonpath`: as for `wsgi-cgi`.
     #[command(flatten)]
@@ -130,17 +133,35 @@ pub struct Serve {
     /// Run a master with N pre-forked worker processes (signals: see below) [default: one process, no master]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     workers: Option<u32>,
+    /// Process manager (PHP-FPM's modes): static keeps --workers; dynamic keeps between --min-spare and --max-spare idle workers, up to --max-workers; ondemand starts workers when connections wait and retires them after --idle-timeout
+    #[arg(long, value_name = "MODE", value_enum)]
+    pm: Option<PmMode>,
+    /// (--pm dynamic, ondemand) Most workers at once [default: --workers, else 5]
+    #[arg(long, value_name = "N", requires = "pm", value_parser = clap::value_parser!(u32).range(1..=crate::process::scoreboard::SLOTS as i64))]
+    max_workers: Option<u32>,
+    /// (--pm dynamic) Workers at start [default: min-spare + (max-spare - min-spare) / 2]
+    #[arg(long, value_name = "N", requires = "pm")]
+    start_workers: Option<u32>,
+    /// (--pm dynamic) Fewest idle workers (more are spawned, 1, 2, 4 ... up to 32 a second)
+    #[arg(long, value_name = "N", requires = "pm", default_value_t = 1)]
+    min_spare: u32,
+    /// (--pm dynamic) Most idle workers (one more is retired each second)
+    #[arg(long, value_name = "N", requires = "pm", default_value_t = 3)]
+    max_spare: u32,
+    /// (--pm ondemand) Seconds a worker may serve nothing before it is retired
+    #[arg(long, value_name = "S", requires = "pm", default_value_t = 10.0)]
+    idle_timeout: f64,
     /// (--workers) Import the app once in the master and fork the workers from it (copy-on-write sharing); HUP then re-executes the master so the new code is imported
-    #[arg(long, requires = "workers")]
+    #[arg(long, requires = "master")]
     preload: bool,
     /// (--workers) Replace a worker after it served N requests (its replacement starts first)
-    #[arg(long, value_name = "N", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", requires = "master", value_parser = clap::value_parser!(u64).range(1..))]
     max_requests: Option<u64>,
     /// (--workers) Up to N more requests per worker, at random, so workers do not recycle together
     #[arg(long, value_name = "N", requires = "max_requests", default_value_t = 0)]
     max_requests_jitter: u64,
     /// (--workers) Replace a worker after S seconds (plus up to 10% at random)
-    #[arg(long, value_name = "S", requires = "workers")]
+    #[arg(long, value_name = "S", requires = "master")]
     max_lifetime: Option<f64>,
     /// A request running longer than S seconds: its Python stack is logged, it gets a 504 if its response has not begun, and (with --workers) the worker is replaced once its other requests are done; the master kills a worker that does not act by S + --graceful-timeout
     #[arg(long, value_name = "S")]
@@ -182,8 +203,19 @@ pub struct Serve {
     #[arg(long)]
     lean_site: bool,
     /// (--workers) Replace a worker whose resident memory exceeds MiB (minus up to 5% at random; sampled every second)
-    #[arg(long, value_name = "MiB", requires = "workers", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MiB", requires = "master", value_parser = clap::value_parser!(u64).range(1..))]
     max_rss: Option<u64>,
+}
+
+/// `--pm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PmMode {
+    /// A fixed number of workers.
+    Static,
+    /// Idle workers kept between the spare bounds.
+    Dynamic,
+    /// Workers only while connections come.
+    Ondemand,
 }
 
 /// The arguments of `wsgi-fcgi request`.
@@ -228,12 +260,15 @@ pub struct Plan {
     pub check: bool,
     /// `--preload`.
     pub preload: bool,
+    /// `--pm` and its settings.
+    pub pm: Pm,
 }
 
 impl Serve {
     /// The flags, checked and turned into options.
     pub fn plan(self) -> anyhow::Result<Plan> {
         let args = self;
+        let pm = args.pm_settings()?;
         let binds = args
             .bind
             .iter()
@@ -267,7 +302,10 @@ impl Serve {
             },
             forward_stderr: args.forward_stderr,
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
-            workers: args.workers.map_or(0, |n| n as usize),
+            workers: match &pm {
+                Pm::Static => args.workers.map_or(0, |n| n as usize),
+                Pm::Dynamic { max, .. } | Pm::Ondemand { max, .. } => *max,
+            },
             max_requests: args.max_requests,
             max_requests_jitter: args.max_requests_jitter,
             timeouts: Timeouts {
@@ -298,7 +336,62 @@ impl Serve {
             max_rss: args.max_rss.map(|mib| mib << 20),
             check: args.check,
             preload: args.preload,
+            pm,
         })
+    }
+
+    /// `--pm` and the settings of its mode, checked.
+    fn pm_settings(&self) -> anyhow::Result<Pm> {
+        let mode = self.pm.unwrap_or(PmMode::Static);
+        let max = self.max_workers.or(self.workers).map_or(5, |n| n as usize);
+        let dynamic_only =
+            self.start_workers.is_some() || self.min_spare != 1 || self.max_spare != 3;
+        match mode {
+            PmMode::Static => {
+                if self.max_workers.is_some() || dynamic_only || self.idle_timeout != 10.0 {
+                    anyhow::bail!(
+                        "--max-workers, --start-workers, --min-spare, --max-spare and --idle-timeout                          are for --pm dynamic or ondemand (static runs --workers)"
+                    );
+                }
+                Ok(Pm::Static)
+            }
+            PmMode::Ondemand => {
+                if dynamic_only {
+                    anyhow::bail!(
+                        "--start-workers, --min-spare and --max-spare are for --pm dynamic"
+                    );
+                }
+                Ok(Pm::Ondemand {
+                    max,
+                    idle_timeout: Duration::from_secs_f64(self.idle_timeout.max(0.001)),
+                })
+            }
+            PmMode::Dynamic => {
+                let (min_spare, max_spare) = (self.min_spare as usize, self.max_spare as usize);
+                if min_spare > max_spare {
+                    anyhow::bail!("--min-spare {min_spare} is more than --max-spare {max_spare}");
+                }
+                if self.idle_timeout != 10.0 {
+                    anyhow::bail!(
+                        "--idle-timeout is for --pm ondemand (dynamic retires by --max-spare)"
+                    );
+                }
+                let start = self
+                    .start_workers
+                    .map_or(min_spare + (max_spare - min_spare) / 2, |n| n as usize);
+                if start > max || min_spare > max {
+                    anyhow::bail!(
+                        "--start-workers {start} and --min-spare {min_spare} must not exceed --max-workers {max}"
+                    );
+                }
+                Ok(Pm::Dynamic {
+                    max,
+                    start,
+                    min_spare,
+                    max_spare,
+                })
+            }
+        }
     }
 }
 

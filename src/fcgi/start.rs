@@ -7,6 +7,7 @@ use crate::fcgi::cli::Plan;
 use crate::fcgi::worker::listener::{Bind, Listener};
 use crate::fcgi::worker::{self, WorkerError, WorkerOptions};
 use crate::process::ToMaster;
+use crate::process::master::pm::Pm;
 use crate::process::master::{self, MasterOptions};
 
 /// Serve as `plan` says; returns the exit status.
@@ -60,6 +61,7 @@ fn run_master(plan: &Plan, listeners: Vec<Listener>, adopted: &[i32]) -> anyhow:
     if options.status_path.is_some()
         || options.ping_path.is_some()
         || options.timeouts.request.is_some()
+        || plan.pm != Pm::Static
     {
         // Shared by every worker forked from here on (the master reads
         // there what each app thread runs, for --request-timeout).
@@ -67,6 +69,9 @@ fn run_master(plan: &Plan, listeners: Vec<Listener>, adopted: &[i32]) -> anyhow:
     }
     let master_options = MasterOptions {
         workers: options.workers,
+        pm: plan.pm.clone(),
+        threads: options.threads,
+        listeners: listeners.iter().map(|l| l.raw().0).collect(),
         graceful_timeout: options.graceful_timeout,
         max_lifetime: plan.max_lifetime,
         max_rss: plan.max_rss,

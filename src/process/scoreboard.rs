@@ -124,6 +124,11 @@ pub struct Board {
     pub max_active: AtomicU64,
     /// Longest accept queue seen by the status page.
     pub max_listen_queue: AtomicU64,
+    /// The master's `--pm` ([`super::master::pm::Pm::code`]).
+    pub pm: AtomicU8,
+    /// Times connections waited with `--max-workers` busy (PHP-FPM's
+    /// `max children reached`).
+    pub max_children_reached: AtomicU64,
     /// The workers.
     pub slots: [Slot; SLOTS],
 }

@@ -106,6 +106,8 @@ fn json_string(text: &str) -> String {
 /// times), so that each format is a plain function of it.
 struct Snapshot {
     pool: String,
+    pm: &'static str,
+    max_children: u64,
     now: u64,
     start: u64,
     accepted: u64,
@@ -127,6 +129,8 @@ impl Snapshot {
         let active = workers.iter().filter(|w| w.running > 0).count() as u64;
         Snapshot {
             pool: pool.to_string(),
+            pm: super::master::pm::Pm::name_of(board.pm.load(Ordering::Relaxed)),
+            max_children: board.max_children_reached.load(Ordering::Relaxed),
             now: now_us(),
             start: board.start_time.load(Ordering::Relaxed),
             accepted: board.accepted.load(Ordering::Relaxed),
@@ -154,7 +158,7 @@ impl Snapshot {
     fn pool_fields(&self) -> Vec<(&'static str, String)> {
         vec![
             ("pool", self.pool.clone()),
-            ("process manager", "static".into()),
+            ("process manager", self.pm.into()),
             ("start time", (self.start / 1_000_000).to_string()),
             ("start since", self.since().to_string()),
             ("accepted conn", self.accepted.to_string()),
@@ -165,7 +169,7 @@ impl Snapshot {
             ("active processes", self.active.to_string()),
             ("total processes", self.total.to_string()),
             ("max active processes", self.max_active.to_string()),
-            ("max children reached", "0".into()),
+            ("max children reached", self.max_children.to_string()),
             ("slow requests", self.slow.to_string()),
             // Ours, beyond PHP-FPM's.
             ("request timeouts", self.timeouts.to_string()),
@@ -418,6 +422,8 @@ mod tests {
         };
         Snapshot {
             pool: "www".into(),
+            pm: "static",
+            max_children: 0,
             now: 5_000_000,
             start: 1_000_000,
             accepted: 7,

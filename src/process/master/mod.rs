@@ -23,6 +23,10 @@
 //! first and tells the old worker to stop (TERM: it finishes its requests
 //! and kept-alive connections) only once the replacement is ready.
 //!
+//! How many workers: [`pm`] — `--workers` (static), or what the dynamic
+//! and ondemand managers decide each turn from the scoreboard and the
+//! listening sockets' queues ([`Master::scale`]).
+//!
 //! A worker that fails while booting (its app does not import, or it cannot
 //! start) stops the master with the worker's exit status instead of being
 //! respawned in a loop — or, during a reload, cancels the reload while the
@@ -30,7 +34,7 @@
 //! exponential back-off if it keeps dying young.
 
 use crate::core::exit::Exit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -46,12 +50,23 @@ use super::{Message, ToMaster, notify};
 use crate::{log_error, log_info, log_warn};
 
 mod limits;
+pub mod pm;
+
+use pm::{Decision, Pm, Scaler, Seen, View};
 
 /// How the master runs.
 #[derive(Clone, Debug)]
 pub struct MasterOptions {
-    /// Workers to keep running.
+    /// Workers to keep running (`--pm static`).
     pub workers: usize,
+    /// The process manager (`--pm`).
+    pub pm: Pm,
+    /// App threads per worker (how many connections one worker takes).
+    pub threads: usize,
+    /// The listening sockets (open for as long as the master runs), which
+    /// dynamic and ondemand modes watch, without accepting, for
+    /// connections that no worker is there to take.
+    pub listeners: Vec<RawFd>,
     /// How long a graceful stop waits before SIGKILL (the workers' own
     /// graceful timeout, plus a margin).
     pub graceful_timeout: Duration,
@@ -114,6 +129,10 @@ struct Worker {
     /// This worker's jittered limits.
     lifetime: Option<Duration>,
     rss: Option<u64>,
+    /// Its requests served when last looked at, and when it last served
+    /// one (dynamic and ondemand modes retire idle workers).
+    requests_seen: u64,
+    active_at: Instant,
 }
 
 impl Worker {
@@ -151,6 +170,14 @@ struct Master<'a> {
     /// READY=1 is due (at start and after each reload) once the current
     /// generation is all ready.
     announce_ready: bool,
+    /// `--pm dynamic | ondemand`: what decides `target`.
+    scaler: Option<Scaler>,
+    /// After a reload: the new generation starts with as many workers as
+    /// the old one had, before the scaler may retire any.
+    reload_floor: Option<usize>,
+    /// Watch the listening sockets this turn: no app thread is free to
+    /// take a connection, so one that arrives needs a new worker.
+    watch: bool,
 }
 
 /// Run the master until it is told to stop; returns the exit status.
@@ -168,8 +195,23 @@ pub fn run<'a>(
     }
     mask.thread_block()?;
     let mut signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let scaler = (options.pm != Pm::Static)
+        .then(|| Scaler::new(options.pm.clone(), options.threads, Instant::now()));
+    if let Some(board) = super::scoreboard::board() {
+        board
+            .pm
+            .store(options.pm.code(), std::sync::atomic::Ordering::Relaxed);
+    }
+    let watch = scaler.is_some();
     let mut master = Master {
-        target: options.workers.max(1),
+        target: match options.pm {
+            Pm::Static => options.workers.max(1),
+            ref pm => pm.initial(options.workers),
+        },
+        scaler,
+        reload_floor: (!adopted.is_empty()).then_some(adopted.len()),
+        // (Until the first turn decides: a connection may come first.)
+        watch,
         options,
         worker_main,
         hooks,
@@ -187,6 +229,8 @@ pub fn run<'a>(
                 kill_at: None,
                 lifetime: None,
                 rss: None,
+                requests_seen: 0,
+                active_at: Instant::now(),
             })
             .collect(),
         stop: None,
@@ -196,7 +240,16 @@ pub fn run<'a>(
         next_sample: Instant::now(),
         announce_ready: true,
     };
-    log_info!("master: starting {} worker process(es)", master.target);
+    match &master.options.pm {
+        Pm::Static => log_info!("master: starting {} worker process(es)", master.target),
+        pm => log_info!(
+            "master: pm {} on {} socket(s): starting {} worker process(es), at most {}",
+            pm.name(),
+            master.options.listeners.len(),
+            master.target,
+            master.scaler.as_ref().map_or(0, Scaler::max)
+        ),
+    }
     loop {
         master.wait(&mut signals)?;
         master.reap();
@@ -221,12 +274,25 @@ impl Master<'_> {
                     fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                 }
             }
+            if self.watch {
+                for &fd in &self.options.listeners {
+                    // SAFETY: the listening sockets stay open for as long
+                    // as the master runs (the caller holds them).
+                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+            }
             let timeout = PollTimeout::try_from(self.next_wakeup()).unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            revents.extend(fds.iter().skip(1).map(|f| f.any().unwrap_or(false)));
+            revents.extend(
+                fds.iter()
+                    .skip(1)
+                    .take(open.len())
+                    .map(|f| f.any().unwrap_or(false)),
+            );
         }
         while let Ok(Some(info)) = signals.read_signal() {
             let signal = Signal::try_from(info.ssi_signo as i32).ok();
@@ -248,8 +314,14 @@ impl Master<'_> {
         let mut due = now + Duration::from_secs(1);
         if let Some(stop) = &self.stop {
             due = due.min(stop.deadline);
-        } else if self.next_spawn > now {
-            due = due.min(self.next_spawn);
+        } else {
+            if self.next_spawn > now {
+                due = due.min(self.next_spawn);
+            }
+            if let Some(scaler) = &self.scaler {
+                let workers = self.workers.iter().any(|w| w.state != State::Stopping);
+                due = due.min(scaler.next_due(workers, now));
+            }
         }
         due.saturating_duration_since(now).as_millis() as u32 + 1
     }
@@ -339,6 +411,15 @@ impl Master<'_> {
             Intent::Reload => {
                 notify::reloading();
                 self.announce_ready = true;
+                if self.scaler.is_some() {
+                    let live = self
+                        .workers
+                        .iter()
+                        .filter(|w| w.generation == self.generation && w.state != State::Stopping)
+                        .count();
+                    self.target = live;
+                    self.reload_floor = Some(live);
+                }
                 self.generation += 1;
                 self.backoff = Duration::ZERO;
                 self.next_spawn = Instant::now();
@@ -348,8 +429,18 @@ impl Master<'_> {
                     self.target
                 );
             }
+            Intent::MoreWorkers | Intent::FewerWorkers if self.scaler.is_some() => {
+                if let Some(scaler) = &mut self.scaler {
+                    let max = match intent {
+                        Intent::MoreWorkers => scaler.max() + 1,
+                        _ => scaler.max().saturating_sub(1),
+                    };
+                    scaler.set_max(max.min(super::scoreboard::SLOTS));
+                    log_info!("master: at most {} worker(s)", scaler.max());
+                }
+            }
             Intent::MoreWorkers => {
-                self.target += 1;
+                self.target = (self.target + 1).min(super::scoreboard::SLOTS);
                 log_info!("master: TTIN: {} worker(s)", self.target);
             }
             Intent::FewerWorkers => {
@@ -487,6 +578,7 @@ impl Master<'_> {
         }
         self.check_limits(now);
         self.kill_overdue();
+        self.scale(now);
         let current = |w: &&Worker, g: u64| {
             w.generation == g && w.state != State::Stopping && w.recycle.is_none()
         };
@@ -534,6 +626,7 @@ impl Master<'_> {
     /// and let go of what they replace — the old generation (a reload) and
     /// the workers being recycled.
     fn all_ready(&mut self, ready: usize) {
+        self.reload_floor = None;
         if self.announce_ready {
             self.announce_ready = false;
             notify::notify(&format!(
@@ -569,6 +662,98 @@ impl Master<'_> {
                 }
             }
         }
+    }
+
+    /// `--pm dynamic | ondemand`: look at the workers and the listening
+    /// sockets, let the scaler decide, and set `target` (or retire one).
+    fn scale(&mut self, now: Instant) {
+        let Some(scaler) = self.scaler.as_mut() else {
+            return;
+        };
+        let board = super::scoreboard::board();
+        let threads = self.options.threads.max(1) as u64;
+        let mut view = View::default();
+        for worker in &mut self.workers {
+            if worker.state == State::Stopping {
+                continue;
+            }
+            let slot = board.and_then(|b| b.slot_of(worker.pid.as_raw() as u32));
+            let load = |a: &std::sync::atomic::AtomicU32| {
+                u64::from(a.load(std::sync::atomic::Ordering::Acquire))
+            };
+            // (Ready once imported, accepting a moment later: until then
+            // a connection waiting is its, not one for a new worker.)
+            let accepting =
+                slot.is_some_and(|s| s.accepting.load(std::sync::atomic::Ordering::Acquire) != 0);
+            let (running, requests) = slot.map_or((0, 0), |s| {
+                (
+                    load(&s.running),
+                    s.requests.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            });
+            if worker.state == State::Ready && accepting {
+                view.free_threads += threads.saturating_sub(running);
+            }
+            if worker.generation != self.generation || worker.recycle.is_some() {
+                continue;
+            }
+            if worker.state == State::Booting || !accepting {
+                view.booting += 1;
+                continue;
+            }
+            if running > 0 || requests != worker.requests_seen {
+                worker.requests_seen = requests;
+                worker.active_at = now;
+            }
+            view.ready.push(Seen {
+                pid: worker.pid.as_raw(),
+                idle_for: (running == 0).then(|| now.saturating_duration_since(worker.active_at)),
+            });
+        }
+        if view.free_threads == 0 {
+            view.queued = queued(&self.options.listeners);
+        }
+        let live = view.booting + view.ready.len();
+        let was_at_max = scaler.at_max;
+        let mut decision = scaler.decide(&view, now);
+        if scaler.at_max && !was_at_max {
+            log_warn!(
+                "master: connections wait and all {} worker(s) (--max-workers) are busy; consider raising it",
+                scaler.max()
+            );
+            if let Some(board) = board {
+                board
+                    .max_children_reached
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if self.reload_floor.is_some() && matches!(decision, Decision::Retire(_)) {
+            decision = Decision::Keep;
+        }
+        // (Keep: a recycled worker's replacement and one that died are
+        // started as with --pm static; the scaler trims later.)
+        let floor = self.reload_floor.unwrap_or(0);
+        self.target = match decision {
+            Decision::Keep => self.target.min(scaler.max()),
+            Decision::Spawn(n) => self.target.max(live + n).min(scaler.max()),
+            Decision::Retire(pid) => {
+                if let Some(worker) = self.workers.iter_mut().find(|w| w.pid.as_raw() == pid) {
+                    log_info!(
+                        "master: worker {pid} idle for {:.1} s: retiring it (pm {})",
+                        now.saturating_duration_since(worker.active_at)
+                            .as_secs_f64(),
+                        scaler.pm().name()
+                    );
+                    worker.stop(Signal::SIGTERM);
+                }
+                live - 1
+            }
+        }
+        .max(floor);
+        self.watch = view.free_threads == 0
+            && view.booting == 0
+            && live < scaler.max()
+            && now >= self.next_spawn;
     }
 
     /// TTOU: the newest extra worker finishes and leaves.
@@ -639,9 +824,30 @@ impl Master<'_> {
                         .max_lifetime
                         .map(|l| l + Duration::from_millis(jitter(l.as_millis() as u64 / 10))),
                     rss: self.options.max_rss.map(|r| r - jitter(r / 20)),
+                    requests_seen: 0,
+                    active_at: Instant::now(),
                 });
                 Ok(())
             }
         }
     }
+}
+
+/// Connections waiting in the queues of `listeners` (a readable socket
+/// whose queue cannot be read counts one).
+fn queued(listeners: &[RawFd]) -> u64 {
+    let mut fds: Vec<PollFd> = listeners
+        .iter()
+        // SAFETY: as in `Master::wait`: open for the master's lifetime.
+        .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+        .collect();
+    if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+        return 0;
+    }
+    listeners
+        .iter()
+        .zip(&fds)
+        .filter(|(_, f)| f.any().unwrap_or(false))
+        .map(|(&fd, _)| super::listenq::queue(fd).map_or(1, |(waiting, _)| waiting.max(1)))
+        .sum()
 }
