@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use wsgi_gateway::fcgi::cli::{self, Command};
+use wsgi_gateway::fcgi::cli::{self, Invocation};
 use wsgi_gateway::fcgi::{client, start};
 
 /// mimalloc instead of glibc malloc: buffers allocated on the I/O thread are
@@ -27,9 +27,10 @@ fn main() -> ExitCode {
             Err(code) => ExitCode::from(code),
         };
     }
-    let result = cli::parse(args).and_then(|cli| match cli.command {
-        Some(Command::Request(args)) => client::request(args),
-        None => start::serve(cli.serve.plan()?),
+    let result = cli::invocation(args).and_then(|invocation| match invocation {
+        Invocation::Request(args) => client::request(args),
+        Invocation::Serve(plan) => start::serve(*plan),
+        Invocation::Pools(pools) => start::serve_pools(pools),
     });
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

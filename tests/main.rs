@@ -19,6 +19,7 @@ mod frameworks;
 mod frontends_fcgi;
 mod hostile;
 mod pm;
+mod pools;
 mod process;
 mod suexec;
 mod warm;

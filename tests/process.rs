@@ -1207,12 +1207,16 @@ fn status_page_parses_in_text_json_and_openmetrics_and_ping_answers() {
     assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
     assert!(metrics.ends_with("# EOF\n"));
     assert!(
-        metrics.contains("\nphpfpm_total_processes 2\n"),
+        metrics.contains(&format!(
+            "\nphpfpm_total_processes{{pool=\"{}\"}} 2\n",
+            app("reloadable.py").display()
+        )),
         "{metrics}"
     );
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(name.starts_with("phpfpm_"), "{line}");
+        assert!(name.contains("{pool=\""), "{line}");
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
     // The real parsers: prometheus_client's OpenMetrics one (strict: counters

@@ -58,25 +58,8 @@ fn master_to_remove_the_socket_file(options: &mut WorkerOptions) {
 /// the workers of the master this one re-executed.
 fn run_master(plan: &Plan, listeners: Vec<Listener>, adopted: &[i32]) -> anyhow::Result<i32> {
     let options = &plan.options;
-    if options.status_path.is_some()
-        || options.ping_path.is_some()
-        || options.timeouts.request.is_some()
-        || plan.pm != Pm::Static
-    {
-        // Shared by every worker forked from here on (the master reads
-        // there what each app thread runs, for --request-timeout).
-        crate::process::scoreboard::create()?;
-    }
-    let master_options = MasterOptions {
-        workers: options.workers,
-        pm: plan.pm.clone(),
-        threads: options.threads,
-        listeners: listeners.iter().map(|l| l.raw().0).collect(),
-        graceful_timeout: options.graceful_timeout,
-        max_lifetime: plan.max_lifetime,
-        max_rss: plan.max_rss,
-        request_timeout: options.timeouts.request,
-    };
+    let board = board_for(plan)?;
+    let master_options = master_options(plan, &listeners);
     let preloaded = match plan.preload.then(|| worker::preload(options)) {
         None => None,
         Some(Ok(app)) => Some(app),
@@ -106,9 +89,99 @@ fn run_master(plan: &Plan, listeners: Vec<Listener>, adopted: &[i32]) -> anyhow:
             }
         },
         hooks,
+        board,
         adopted,
     )?;
     Ok(code)
+}
+
+/// What the master needs of `plan`, which serves on `listeners`.
+fn master_options(plan: &Plan, listeners: &[Listener]) -> MasterOptions {
+    let options = &plan.options;
+    MasterOptions {
+        workers: options.workers,
+        pm: plan.pm.clone(),
+        threads: options.threads,
+        listeners: listeners.iter().map(|l| l.raw().0).collect(),
+        graceful_timeout: options.graceful_timeout,
+        max_lifetime: plan.max_lifetime,
+        max_rss: plan.max_rss,
+        request_timeout: options.timeouts.request,
+    }
+}
+
+/// Several pools (`[pool.NAME]` in `--config`) under one master: every
+/// pool's sockets are bound first (as started: root may bind what the
+/// pools' users could not), then the master supervises each pool's
+/// workers. With `--check`, each pool's app is imported in turn.
+pub fn serve_pools(pools: Vec<(String, Plan)>) -> anyhow::Result<i32> {
+    if pools.iter().any(|(_, plan)| plan.check) {
+        for (name, plan) in &pools {
+            println!("pool {name}:");
+            let code = run_check(&plan.options)?;
+            if code != Exit::Success.code() {
+                return Ok(code);
+            }
+        }
+        return Ok(Exit::Success.code());
+    }
+    let mut bound = Vec::new();
+    for (name, plan) in &pools {
+        let listeners =
+            worker::listeners(&plan.options).map_err(|e| anyhow::anyhow!("pool {name}: {e}"))?;
+        bound.push(listeners);
+    }
+    // From here on, whatever happens, the socket files go with this process.
+    let _socket_files: Vec<_> = pools
+        .iter()
+        .map(|(_, plan)| worker::SocketFiles(&plan.options))
+        .collect();
+    for (name, plan) in &pools {
+        if plan.options.user.is_none() && nix::unistd::geteuid().is_root() {
+            crate::log_warn!("pool {name}: the app runs as root (no `user`)");
+        }
+    }
+    let mains: Vec<Box<dyn Fn(ToMaster) -> i32 + '_>> = pools
+        .iter()
+        .zip(&bound)
+        .map(|((_, plan), listeners)| {
+            let options = &plan.options;
+            Box::new(move |ready: ToMaster| {
+                match listeners.iter().map(|l| l.try_clone()).collect() {
+                    Ok(copies) => worker_main(options, copies, Some(ready), None),
+                    Err(err) => {
+                        eprintln!("wsgi-fcgi: worker: {err}");
+                        Exit::Setup.code()
+                    }
+                }
+            }) as Box<dyn Fn(ToMaster) -> i32 + '_>
+        })
+        .collect();
+    let mut specs = Vec::new();
+    for (((name, plan), listeners), main) in pools.iter().zip(&bound).zip(&mains) {
+        specs.push(master::PoolSpec {
+            name: name.clone(),
+            options: master_options(plan, listeners),
+            worker_main: main.as_ref(),
+            board: Some(crate::process::scoreboard::create()?),
+        });
+    }
+    Ok(master::run_pools(specs)?)
+}
+
+/// The pool's scoreboard, shared by every worker forked from here on (the
+/// status page; the master reads there what each app thread runs, for
+/// --request-timeout and the process manager), when something needs it.
+fn board_for(plan: &Plan) -> anyhow::Result<Option<&'static crate::process::scoreboard::Board>> {
+    let options = &plan.options;
+    if options.status_path.is_some()
+        || options.ping_path.is_some()
+        || options.timeouts.request.is_some()
+        || plan.pm != Pm::Static
+    {
+        return Ok(Some(crate::process::scoreboard::create()?));
+    }
+    Ok(None)
 }
 
 /// `--check`: the options parsed (clap did that); unix socket directories

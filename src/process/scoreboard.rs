@@ -6,7 +6,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::recycle::Recycle;
@@ -133,7 +133,8 @@ pub struct Board {
     pub slots: [Slot; SLOTS],
 }
 
-static BOARD: OnceLock<&'static Board> = OnceLock::new();
+/// The board of this process's pool (a worker's, set after the fork).
+static BOARD: AtomicPtr<Board> = AtomicPtr::new(std::ptr::null_mut());
 static MY_SLOT: OnceLock<usize> = OnceLock::new();
 
 /// Microseconds since the epoch.
@@ -143,11 +144,9 @@ pub fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Map the board (shared with every process forked afterwards). Once.
+/// Map a new board (shared with every process forked afterwards): one per
+/// pool. [`install`] makes it the one [`board`] answers.
 pub fn create() -> std::io::Result<&'static Board> {
-    if let Some(board) = BOARD.get() {
-        return Ok(board);
-    }
     use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
     let size = NonZeroUsize::new(std::mem::size_of::<Board>()).expect("non-empty");
     // SAFETY: a fresh anonymous mapping, zero-filled, is a valid `Board`
@@ -163,12 +162,19 @@ pub fn create() -> std::io::Result<&'static Board> {
         &*ptr.as_ptr().cast::<Board>()
     };
     board.start_time.store(now_us(), Ordering::Relaxed);
-    Ok(BOARD.get_or_init(|| board))
+    Ok(board)
+}
+
+/// This process's board from now on (a worker: its pool's).
+pub fn install(board: &'static Board) {
+    BOARD.store(std::ptr::from_ref(board).cast_mut(), Ordering::Release);
 }
 
 /// The board, if this process has one.
 pub fn board() -> Option<&'static Board> {
-    BOARD.get().copied()
+    let ptr = BOARD.load(Ordering::Acquire);
+    // SAFETY: only `install` stores here, from a `&'static Board`.
+    unsafe { ptr.as_ref() }
 }
 
 /// This process's slot index, if it is a worker with one.

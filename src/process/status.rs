@@ -304,6 +304,13 @@ fn json(s: &Snapshot, full: bool) -> String {
     body
 }
 
+/// A label value, escaped as OpenMetrics wants (`\\`, `\"`, `\n`).
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// `?openmetrics`: the `phpfpm_*` families of the PHP-FPM exporters.
 fn openmetrics(s: &Snapshot, full: bool) -> String {
     // (name, type, help, value). A counter's sample is `<family>_total`.
@@ -371,31 +378,35 @@ fn openmetrics(s: &Snapshot, full: bool) -> String {
             s.timeouts,
         ),
     ];
+    // Every sample is labelled with its pool (one master may run many).
+    let pool = format!("pool=\"{}\"", label_value(&s.pool));
     let mut body = String::new();
     for (name, kind, help, value) in metrics {
         let sample = if kind == "counter" { "_total" } else { "" };
         body.push_str(&format!(
-            "# HELP phpfpm_{name} {help}\n# TYPE phpfpm_{name} {kind}\nphpfpm_{name}{sample} {value}\n"
+            "# HELP phpfpm_{name} {help}\n# TYPE phpfpm_{name} {kind}\nphpfpm_{name}{sample}{{{pool}}} {value}\n"
         ));
     }
     body.push_str(
         "# HELP phpfpm_recycles Workers recycled, by cause.\n# TYPE phpfpm_recycles counter\n",
     );
     for (cause, n) in &s.recycles {
-        body.push_str(&format!("phpfpm_recycles_total{{cause=\"{cause}\"}} {n}\n"));
+        body.push_str(&format!(
+            "phpfpm_recycles_total{{{pool},cause=\"{cause}\"}} {n}\n"
+        ));
     }
     if full {
         body.push_str("# HELP phpfpm_process_requests Requests served by a worker.\n# TYPE phpfpm_process_requests counter\n");
         for w in &s.workers {
             body.push_str(&format!(
-                "phpfpm_process_requests_total{{pid=\"{}\"}} {}\n",
+                "phpfpm_process_requests_total{{{pool},pid=\"{}\"}} {}\n",
                 w.pid, w.requests
             ));
         }
         body.push_str("# HELP phpfpm_process_memory Resident memory of a worker (bytes).\n# TYPE phpfpm_process_memory gauge\n");
         for w in &s.workers {
             body.push_str(&format!(
-                "phpfpm_process_memory{{pid=\"{}\"}} {}\n",
+                "phpfpm_process_memory{{{pool},pid=\"{}\"}} {}\n",
                 w.pid, w.rss
             ));
         }
@@ -482,12 +493,17 @@ mod tests {
         let s = snapshot();
         let body = openmetrics(&s, true);
         assert!(body.contains(
-            "# TYPE phpfpm_accepted_connections counter\nphpfpm_accepted_connections_total 7\n"
+            "# TYPE phpfpm_accepted_connections counter\nphpfpm_accepted_connections_total{pool=\"www\"} 7\n"
         ));
-        assert!(body.contains("# TYPE phpfpm_listen_queue gauge\nphpfpm_listen_queue 2\n"));
-        assert!(body.contains("phpfpm_recycles_total{cause=\"max requests\"} 4\n"));
-        assert!(body.contains("phpfpm_process_requests_total{pid=\"11\"} 5\n"));
-        assert!(body.contains("phpfpm_process_memory{pid=\"13\"} 4194304\n"));
+        assert!(
+            body.contains(
+                "# TYPE phpfpm_listen_queue gauge\nphpfpm_listen_queue{pool=\"www\"} 2\n"
+            )
+        );
+        assert!(body.contains("phpfpm_recycles_total{pool=\"www\",cause=\"max requests\"} 4\n"));
+        assert!(body.contains("phpfpm_process_requests_total{pool=\"www\",pid=\"11\"} 5\n"));
+        assert!(body.contains("phpfpm_process_memory{pool=\"www\",pid=\"13\"} 4194304\n"));
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert!(body.ends_with("# EOF\n"));
         assert_eq!(body.matches("# EOF").count(), 1);
         assert!(!openmetrics(&s, false).contains("pid="));

@@ -83,6 +83,9 @@ pub struct WorkerOptions {
     pub same_uid_only: bool,
     /// `--lean-site`: start Python as `wsgi-cgi` does.
     pub lean_site: bool,
+    /// The pool's name (`[pool.NAME]` in `--config`): the status page's
+    /// `pool` (else the app).
+    pub pool: Option<String>,
 }
 
 /// Why a worker could not start.
@@ -261,7 +264,11 @@ fn status_pages(
     let pages = Pages {
         status: options.status_path.clone(),
         ping: options.ping_path.clone(),
-        pool: options.app.clone().unwrap_or_else(|| "demo".into()),
+        pool: options
+            .pool
+            .clone()
+            .or_else(|| options.app.clone())
+            .unwrap_or_else(|| "demo".into()),
         listeners: listeners.iter().map(|l| l.raw().0).collect(),
     };
     Ok(Some(PageHook(Arc::new(move |path, query| {

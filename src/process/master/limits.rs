@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Master, State, Worker};
+use super::pool::{Pool, State, Worker};
 use crate::process::recycle::{Recycle, resident_bytes};
 use crate::{log_error, log_info, log_warn};
 
@@ -18,15 +18,16 @@ use crate::{log_error, log_info, log_warn};
 /// SIGUSR2) before the SIGKILL.
 const DUMP_TIME: Duration = Duration::from_secs(1);
 
-impl Master<'_> {
+impl Pool<'_> {
     /// A worker told to stop that is still there after the graceful
     /// timeout (a request stuck for good) is killed; so is one whose
     /// request overran `--request-timeout` + `--graceful-timeout` without
     /// the worker acting on it. Each first dumps its Python stacks.
     pub(super) fn kill_overdue(&mut self) {
         let now = Instant::now();
-        let board = crate::process::scoreboard::board();
+        let board = self.board;
         let (grace, timeout) = (self.options.graceful_timeout, self.options.request_timeout);
+        let tag = self.tag.as_str();
         for worker in &mut self.workers {
             if let Some(at) = worker.kill_at {
                 if now >= at {
@@ -50,10 +51,10 @@ impl Master<'_> {
             if let (State::Stopping, Some(since)) = (worker.state, worker.stopping_since) {
                 if since.elapsed() > grace + Duration::from_secs(5) {
                     log_warn!(
-                        "master: worker {} did not stop within the graceful timeout{running}",
+                        "{tag}worker {} did not stop within the graceful timeout{running}",
                         worker.pid
                     );
-                    dump_then_kill(worker, now);
+                    dump_then_kill(worker, now, tag);
                 }
                 continue;
             }
@@ -68,7 +69,7 @@ impl Master<'_> {
                 && Duration::from_micros(ran) > timeout + grace
             {
                 log_error!(
-                    "master: worker {} does not act on a request past --request-timeout ({:.1} s) \
+                    "{tag}worker {} does not act on a request past --request-timeout ({:.1} s) \
                      + --graceful-timeout ({:.1} s){running} (a thread holding the GIL in C code, \
                      a stopped or deadlocked worker): replacing it",
                     worker.pid,
@@ -81,7 +82,7 @@ impl Master<'_> {
                         .timeouts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                dump_then_kill(worker, now);
+                dump_then_kill(worker, now, tag);
             }
         }
     }
@@ -92,6 +93,7 @@ impl Master<'_> {
         if sample {
             self.next_sample = now + Duration::from_secs(1);
         }
+        let tag = self.tag.as_str();
         for worker in &mut self.workers {
             if worker.state != State::Ready || worker.recycle.is_some() {
                 continue;
@@ -102,7 +104,7 @@ impl Master<'_> {
             {
                 worker.recycle = Some(Recycle::MaxLifetime);
                 log_info!(
-                    "master: worker {} reached max-lifetime: starting its replacement",
+                    "{tag}worker {} reached max-lifetime: starting its replacement",
                     worker.pid
                 );
             } else if let (true, Some(limit)) = (sample, worker.rss) {
@@ -110,7 +112,7 @@ impl Master<'_> {
                 if rss > limit {
                     worker.recycle = Some(Recycle::MaxRss);
                     log_info!(
-                        "master: worker {} uses {} MiB (max-rss {} MiB): starting its replacement",
+                        "{tag}worker {} uses {} MiB (max-rss {} MiB): starting its replacement",
                         worker.pid,
                         rss >> 20,
                         limit >> 20
@@ -125,10 +127,10 @@ impl Master<'_> {
 /// faulthandler for it, which writes them to the log without the GIL) and
 /// kill it [`DUMP_TIME`] later — at once if it is stopped (SIGSTOP: it
 /// cannot run a handler).
-fn dump_then_kill(worker: &mut Worker, now: Instant) {
+fn dump_then_kill(worker: &mut Worker, now: Instant, tag: &str) {
     if process_stopped(worker.pid) {
         log_warn!(
-            "master: worker {} is stopped (SIGSTOP or a debugger): no Python stacks; SIGKILL",
+            "{tag}worker {} is stopped (SIGSTOP or a debugger): no Python stacks; SIGKILL",
             worker.pid
         );
         let _ = kill(worker.pid, Signal::SIGKILL);
@@ -136,7 +138,7 @@ fn dump_then_kill(worker: &mut Worker, now: Instant) {
         return;
     }
     log_warn!(
-        "master: worker {}: its Python stacks follow (faulthandler), then SIGKILL",
+        "{tag}worker {}: its Python stacks follow (faulthandler), then SIGKILL",
         worker.pid
     );
     let _ = kill(worker.pid, Signal::SIGUSR2);

@@ -1,0 +1,722 @@
+//! One pool of a master: its workers (forked, ready, stopping), the
+//! generation they belong to, how many to keep ([`super::pm`]), and what
+//! each of their messages and exits means. The master
+//! ([`super::Master`]) runs one loop for all its pools: signals, the
+//! stop, reaping.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::pm::{Decision, Pm, Scaler, Seen, View};
+use super::{ForkHooks, MasterOptions, WorkerMain};
+use crate::core::exit::Exit;
+use crate::process::Message;
+use crate::process::ToMaster;
+use crate::process::recycle::{Recycle, jitter};
+use crate::process::scoreboard::Board;
+use crate::process::signals::Intent;
+use crate::{log_error, log_info, log_warn};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    /// Forked; importing the app.
+    Booting,
+    /// Accepting connections.
+    Ready,
+    /// Told to stop (TERM); finishing its requests.
+    Stopping,
+}
+
+pub(super) struct Worker {
+    pub(super) pid: Pid,
+    generation: u64,
+    pub(super) state: State,
+    /// Read end of the worker's message pipe (until it closes).
+    pub(super) pipe: Option<OwnedFd>,
+    pub(super) started: Instant,
+    /// Set once it is to be replaced; it stops when the replacement is ready.
+    pub(super) recycle: Option<Recycle>,
+    /// When it was told to stop (SIGKILL after the graceful timeout).
+    pub(super) stopping_since: Option<Instant>,
+    /// Asked for its Python stacks; SIGKILL at this time.
+    pub(super) kill_at: Option<Instant>,
+    /// This worker's jittered limits.
+    pub(super) lifetime: Option<Duration>,
+    pub(super) rss: Option<u64>,
+    /// Its requests served when last looked at, and when it last served
+    /// one (dynamic and ondemand modes retire idle workers).
+    requests_seen: u64,
+    active_at: Instant,
+}
+
+impl Worker {
+    /// Tell it to stop with `signal` (TERM: finish your requests).
+    pub(super) fn stop(&mut self, signal: Signal) {
+        let _ = kill(self.pid, signal);
+        self.mark_stopping();
+    }
+
+    /// It is stopping from now on (SIGKILL after the graceful timeout).
+    pub(super) fn mark_stopping(&mut self) {
+        self.state = State::Stopping;
+        self.stopping_since = Some(Instant::now());
+    }
+}
+
+/// One pool: an app, its sockets, its workers.
+pub(super) struct Pool<'a> {
+    /// "master: " or "pool NAME: ", before its log lines.
+    pub(super) tag: String,
+    pub(super) options: MasterOptions,
+    worker_main: WorkerMain<'a>,
+    pub(super) hooks: Option<&'a dyn ForkHooks>,
+    /// Its scoreboard (each pool has its own; a worker installs its
+    /// pool's as the process's board).
+    pub(super) board: Option<&'static Board>,
+    target: usize,
+    /// The generation new workers belong to (HUP starts a new one).
+    generation: u64,
+    pub(super) workers: Vec<Worker>,
+    backoff: Duration,
+    next_spawn: Instant,
+    pub(super) next_sample: Instant,
+    /// The current generation is not all ready yet (at start and after
+    /// each reload): READY=1 waits for it.
+    pub(super) announce_ready: bool,
+    /// `--pm dynamic | ondemand`: what decides `target`.
+    scaler: Option<Scaler>,
+    /// After a reload: the new generation starts with as many workers as
+    /// the old one had, before the scaler may retire any.
+    reload_floor: Option<usize>,
+    /// Watch the listening sockets this turn: no app thread is free to
+    /// take a connection, so one that arrives needs a new worker.
+    pub(super) watch: bool,
+    /// The master's only pool: a first worker that cannot boot stops the
+    /// master (exit status 4) instead of being retried.
+    standalone: bool,
+    /// Its app does not import (retried with back-off); cleared once a
+    /// worker is ready.
+    pub(super) failed: bool,
+}
+
+impl<'a> Pool<'a> {
+    /// A pool of `options`; `adopted`: workers of the image this master
+    /// replaced (a `--preload` reload), which serve until the first
+    /// generation of this one is ready.
+    pub(super) fn new(
+        name: Option<&str>,
+        options: MasterOptions,
+        worker_main: WorkerMain<'a>,
+        hooks: Option<&'a dyn ForkHooks>,
+        board: Option<&'static Board>,
+        adopted: &[i32],
+    ) -> Pool<'a> {
+        let scaler = (options.pm != Pm::Static)
+            .then(|| Scaler::new(options.pm.clone(), options.threads, Instant::now()));
+        if let Some(board) = board {
+            board
+                .pm
+                .store(options.pm.code(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let pool = Pool {
+            tag: name.map_or("master: ".into(), |n| format!("pool {n}: ")),
+            target: match options.pm {
+                Pm::Static => options.workers.max(1),
+                ref pm => pm.initial(options.workers),
+            },
+            // (Until the first turn decides: a connection may come first.)
+            watch: scaler.is_some(),
+            scaler,
+            reload_floor: (!adopted.is_empty()).then_some(adopted.len()),
+            options,
+            worker_main,
+            hooks,
+            board,
+            generation: u64::from(!adopted.is_empty()),
+            workers: adopted
+                .iter()
+                .map(|&pid| Worker {
+                    pid: Pid::from_raw(pid),
+                    generation: 0,
+                    state: State::Ready,
+                    pipe: None,
+                    started: Instant::now(),
+                    recycle: None,
+                    stopping_since: None,
+                    kill_at: None,
+                    lifetime: None,
+                    rss: None,
+                    requests_seen: 0,
+                    active_at: Instant::now(),
+                })
+                .collect(),
+            backoff: Duration::ZERO,
+            next_spawn: Instant::now(),
+            next_sample: Instant::now(),
+            announce_ready: true,
+            standalone: name.is_none(),
+            failed: false,
+        };
+        match &pool.options.pm {
+            Pm::Static => log_info!("{}starting {} worker process(es)", pool.tag, pool.target),
+            pm => log_info!(
+                "{}pm {} on {} socket(s): starting {} worker process(es), at most {}",
+                pool.tag,
+                pm.name(),
+                pool.options.listeners.len(),
+                pool.target,
+                pool.scaler.as_ref().map_or(0, Scaler::max)
+            ),
+        }
+        pool
+    }
+
+    /// The descriptors the master polls for this pool: its workers'
+    /// pipes (index into `workers`) and, while [`Pool::watch`], its
+    /// listening sockets (index `None`).
+    pub(super) fn poll_fds(&self) -> Vec<(Option<usize>, BorrowedFd<'_>)> {
+        let mut fds: Vec<(Option<usize>, BorrowedFd<'_>)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| Some((Some(i), w.pipe.as_ref()?.as_fd())))
+            .collect();
+        if self.watch {
+            for &fd in &self.options.listeners {
+                // SAFETY: the listening sockets stay open for as long as
+                // the master runs (the caller holds them).
+                fds.push((None, unsafe { BorrowedFd::borrow_raw(fd) }));
+            }
+        }
+        fds
+    }
+
+    /// The descriptors of this pool a worker of another pool must not
+    /// keep: the workers' pipes and the listening sockets.
+    pub(super) fn own_fds(&self) -> Vec<RawFd> {
+        use std::os::fd::AsRawFd;
+        let pipes = self
+            .workers
+            .iter()
+            .filter_map(|w| Some(w.pipe.as_ref()?.as_raw_fd()));
+        pipes
+            .chain(self.options.listeners.iter().copied())
+            .collect()
+    }
+
+    /// When this pool next needs a turn (at the latest).
+    pub(super) fn next_due(&self, now: Instant) -> Instant {
+        let mut due = now + Duration::from_secs(1);
+        if self.next_spawn > now {
+            due = due.min(self.next_spawn);
+        }
+        if let Some(scaler) = &self.scaler {
+            let workers = self.workers.iter().any(|w| w.state != State::Stopping);
+            due = due.min(scaler.next_due(workers, now));
+        }
+        due
+    }
+
+    /// Workers of the current generation that are ready.
+    pub(super) fn ready_count(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.generation == self.generation && w.state == State::Ready)
+            .count()
+    }
+
+    /// The current generation.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A worker's message: "R" ready, "X" recycle me (max-requests).
+    pub(super) fn on_pipe(&mut self, index: usize) {
+        let tag = &self.tag;
+        let worker = &mut self.workers[index];
+        let Some(fd) = &worker.pipe else {
+            return;
+        };
+        let mut bytes = [0u8; 16];
+        let n = match nix::unistd::read(fd, &mut bytes) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR) => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            // EOF: it exited (or is exiting); reaping tells why.
+            worker.pipe = None;
+            return;
+        }
+        for &byte in &bytes[..n] {
+            match Message::from_byte(byte) {
+                Some(Message::Ready) if worker.state == State::Booting => {
+                    worker.state = State::Ready;
+                    log_info!(
+                        "{}worker {} ready ({:.1} s to boot)",
+                        tag,
+                        worker.pid,
+                        worker.started.elapsed().as_secs_f64()
+                    );
+                }
+                Some(message @ (Message::Recycle | Message::TimedOut))
+                    if worker.recycle.is_none() && worker.state != State::Stopping =>
+                {
+                    let cause = if message == Message::Recycle {
+                        Recycle::MaxRequests
+                    } else {
+                        Recycle::RequestTimeout
+                    };
+                    worker.recycle = Some(cause);
+                    log_info!(
+                        "{}worker {} reached {}: starting its replacement",
+                        tag,
+                        worker.pid,
+                        cause.name()
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An intent of the operator's, as it applies to this pool (the
+    /// master handles the stops and the `--preload` re-execution).
+    pub(super) fn on_intent(&mut self, intent: Intent) {
+        match intent {
+            Intent::Reload => {
+                self.announce_ready = true;
+                if self.scaler.is_some() {
+                    let live = self
+                        .workers
+                        .iter()
+                        .filter(|w| w.generation == self.generation && w.state != State::Stopping)
+                        .count();
+                    self.target = live;
+                    self.reload_floor = Some(live);
+                }
+                self.generation += 1;
+                self.backoff = Duration::ZERO;
+                self.next_spawn = Instant::now();
+                log_info!(
+                    "{}HUP: starting generation {} ({} worker(s)); the old ones stop once it is ready",
+                    self.tag,
+                    self.generation,
+                    self.target
+                );
+            }
+            Intent::MoreWorkers | Intent::FewerWorkers if self.scaler.is_some() => {
+                if let Some(scaler) = &mut self.scaler {
+                    let max = match intent {
+                        Intent::MoreWorkers => scaler.max() + 1,
+                        _ => scaler.max().saturating_sub(1),
+                    };
+                    scaler.set_max(max.min(crate::process::scoreboard::SLOTS));
+                    log_info!("{}at most {} worker(s)", self.tag, scaler.max());
+                }
+            }
+            Intent::MoreWorkers => {
+                self.target = (self.target + 1).min(crate::process::scoreboard::SLOTS);
+                log_info!("{}TTIN: {} worker(s)", self.tag, self.target);
+            }
+            Intent::FewerWorkers => {
+                self.target = self.target.saturating_sub(1).max(1);
+                log_info!("{}TTOU: {} worker(s)", self.tag, self.target);
+            }
+            Intent::ReopenLogs => {
+                for worker in &self.workers {
+                    if worker.state == State::Ready {
+                        let _ = kill(worker.pid, Signal::SIGUSR1);
+                    }
+                }
+            }
+            Intent::GracefulStop | Intent::FastStop | Intent::Reap => {}
+        }
+    }
+
+    /// Tell every worker to stop with `signal`.
+    pub(super) fn stop_all(&mut self, signal: Signal) {
+        for worker in &mut self.workers {
+            worker.stop(signal);
+        }
+    }
+
+    /// Worker `pid` of this pool exited (`code`, `how`): decide what that
+    /// means. `Some(status)`: the master is to stop with it.
+    pub(super) fn exited(&mut self, pid: Pid, code: i32, how: &str, stopping: bool) -> Option<i32> {
+        if let Some(board) = self.board {
+            board.release(pid.as_raw() as u32);
+        }
+        let index = self.workers.iter().position(|w| w.pid == pid)?;
+        let worker = self.workers.swap_remove(index);
+        if stopping || worker.state == State::Stopping {
+            log_info!("{}worker {pid} exited ({how})", self.tag);
+            return None;
+        }
+        if worker.state == State::Booting
+            && (code == Exit::AppLoad.code() || code == Exit::Setup.code())
+        {
+            return self.boot_failed(&worker, code, how);
+        }
+        let young = worker.started.elapsed() < Duration::from_secs(1);
+        self.backoff = if young {
+            (self.backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(10))
+        } else {
+            Duration::ZERO
+        };
+        self.next_spawn = Instant::now() + self.backoff;
+        log_warn!(
+            "{}worker {pid} died ({how}); replacing it{}",
+            self.tag,
+            if young {
+                format!(" in {:.1} s", self.backoff.as_secs_f64())
+            } else {
+                String::new()
+            }
+        );
+        None
+    }
+
+    /// A worker could not boot. During a reload, the reload is cancelled
+    /// (the old generation keeps serving); a replacement in a generation
+    /// that is serving is retried with back-off; with nobody serving, the
+    /// master stops with the worker's status (no respawn storm) — unless
+    /// it runs other pools too: then this pool is retried with back-off
+    /// (and shown as failed) while the others serve.
+    fn boot_failed(&mut self, worker: &Worker, code: i32, how: &str) -> Option<i32> {
+        let serving = self
+            .workers
+            .iter()
+            .filter(|w| w.state == State::Ready)
+            .map(|w| w.generation)
+            .max();
+        let what = if code == Exit::AppLoad.code() {
+            "the application failed to import"
+        } else {
+            "it could not start"
+        };
+        match serving {
+            Some(old) if old < worker.generation => {
+                log_error!(
+                    "{}reload cancelled: new worker {} failed ({how}: {what}); generation {old} goes on serving",
+                    self.tag,
+                    worker.pid
+                );
+                for other in &mut self.workers {
+                    if other.generation > old && other.state != State::Stopping {
+                        other.stop(Signal::SIGTERM);
+                    }
+                }
+                self.generation = old;
+                self.announce_ready = true;
+                None
+            }
+            None if !self.standalone => {
+                self.failed = true;
+                self.backoff =
+                    (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                self.next_spawn = Instant::now() + self.backoff;
+                log_error!(
+                    "{}failed: worker {} ({how}: {what}); the other pools go on serving; retrying in {:.0} s",
+                    self.tag,
+                    worker.pid,
+                    self.backoff.as_secs_f64()
+                );
+                None
+            }
+            Some(_) => {
+                self.backoff =
+                    (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                self.next_spawn = Instant::now() + self.backoff;
+                log_error!(
+                    "{}replacement worker {} failed ({how}: {what}); retrying in {:.0} s",
+                    self.tag,
+                    worker.pid,
+                    self.backoff.as_secs_f64()
+                );
+                None
+            }
+            None => {
+                log_error!(
+                    "{}worker {} failed to boot ({how}: {what}); stopping instead of respawning",
+                    self.tag,
+                    worker.pid
+                );
+                Some(code)
+            }
+        }
+    }
+
+    /// Do what is due: complete a reload, keep the count. `others`: the
+    /// descriptors a new worker closes (other pools' pipes and sockets).
+    /// Returns whether this pool's current generation just became ready
+    /// (systemd's READY=1 is due once every pool's is).
+    pub(super) fn advance(&mut self, others: &[RawFd]) -> std::io::Result<bool> {
+        let now = Instant::now();
+        self.check_limits(now);
+        self.kill_overdue();
+        self.scale(now);
+        let current = |w: &&Worker, g: u64| {
+            w.generation == g && w.state != State::Stopping && w.recycle.is_none()
+        };
+        let live = self
+            .workers
+            .iter()
+            .filter(|w| current(w, self.generation))
+            .count();
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| current(w, self.generation) && w.state == State::Ready)
+            .count();
+        let announced = self.announce_ready && ready >= self.target;
+        if ready >= self.target {
+            if ready > 0 {
+                self.failed = false;
+            }
+            self.all_ready();
+        }
+        if live < self.target && now >= self.next_spawn {
+            for _ in live..self.target {
+                self.spawn(others)?;
+            }
+        } else if live > self.target {
+            self.retire_newest();
+        }
+        Ok(announced)
+    }
+
+    /// The current generation has its workers ready: let go of what they replace — the old generation (a reload) and
+    /// the workers being recycled.
+    fn all_ready(&mut self) {
+        self.reload_floor = None;
+        self.announce_ready = false;
+        let mut retired = 0;
+        for worker in &mut self.workers {
+            if worker.generation < self.generation && worker.state != State::Stopping {
+                worker.stop(Signal::SIGTERM);
+                retired += 1;
+            }
+        }
+        if retired > 0 {
+            log_info!(
+                "{}generation {} ready; {retired} old worker(s) finishing their requests",
+                self.tag,
+                self.generation
+            );
+        }
+        for worker in &mut self.workers {
+            if let (Some(cause), State::Ready | State::Booting) = (worker.recycle, worker.state) {
+                worker.stop(Signal::SIGTERM);
+                log_info!(
+                    "{}worker {} recycled ({}): finishing its requests",
+                    self.tag,
+                    worker.pid,
+                    cause.name()
+                );
+                if let Some(board) = self.board {
+                    board.recycles[cause as usize]
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// `--pm dynamic | ondemand`: look at the workers and the listening
+    /// sockets, let the scaler decide, and set `target` (or retire one).
+    fn scale(&mut self, now: Instant) {
+        let Some(scaler) = self.scaler.as_mut() else {
+            return;
+        };
+        let board = self.board;
+        let threads = self.options.threads.max(1) as u64;
+        let mut view = View::default();
+        for worker in &mut self.workers {
+            if worker.state == State::Stopping {
+                continue;
+            }
+            let slot = board.and_then(|b| b.slot_of(worker.pid.as_raw() as u32));
+            let load = |a: &std::sync::atomic::AtomicU32| {
+                u64::from(a.load(std::sync::atomic::Ordering::Acquire))
+            };
+            // (Ready once imported, accepting a moment later: until then
+            // a connection waiting is its, not one for a new worker.)
+            let accepting =
+                slot.is_some_and(|s| s.accepting.load(std::sync::atomic::Ordering::Acquire) != 0);
+            let (running, requests) = slot.map_or((0, 0), |s| {
+                (
+                    load(&s.running),
+                    s.requests.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            });
+            if worker.state == State::Ready && accepting {
+                view.free_threads += threads.saturating_sub(running);
+            }
+            if worker.generation != self.generation || worker.recycle.is_some() {
+                continue;
+            }
+            if worker.state == State::Booting || !accepting {
+                view.booting += 1;
+                continue;
+            }
+            if running > 0 || requests != worker.requests_seen {
+                worker.requests_seen = requests;
+                worker.active_at = now;
+            }
+            view.ready.push(Seen {
+                pid: worker.pid.as_raw(),
+                idle_for: (running == 0).then(|| now.saturating_duration_since(worker.active_at)),
+            });
+        }
+        if view.free_threads == 0 {
+            view.queued = queued(&self.options.listeners);
+        }
+        let live = view.booting + view.ready.len();
+        let was_at_max = scaler.at_max;
+        let mut decision = scaler.decide(&view, now);
+        if scaler.at_max && !was_at_max {
+            log_warn!(
+                "{}connections wait and all {} worker(s) (--max-workers) are busy; consider raising it",
+                self.tag,
+                scaler.max()
+            );
+            if let Some(board) = board {
+                board
+                    .max_children_reached
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if self.reload_floor.is_some() && matches!(decision, Decision::Retire(_)) {
+            decision = Decision::Keep;
+        }
+        // (Keep: a recycled worker's replacement and one that died are
+        // started as with --pm static; the scaler trims later.)
+        let floor = self.reload_floor.unwrap_or(0);
+        self.target = match decision {
+            Decision::Keep => self.target.min(scaler.max()),
+            Decision::Spawn(n) => self.target.max(live + n).min(scaler.max()),
+            Decision::Retire(pid) => {
+                if let Some(worker) = self.workers.iter_mut().find(|w| w.pid.as_raw() == pid) {
+                    log_info!(
+                        "{}worker {pid} idle for {:.1} s: retiring it (pm {})",
+                        self.tag,
+                        now.saturating_duration_since(worker.active_at)
+                            .as_secs_f64(),
+                        scaler.pm().name()
+                    );
+                    worker.stop(Signal::SIGTERM);
+                }
+                live - 1
+            }
+        }
+        .max(floor);
+        self.watch = view.free_threads == 0
+            && view.booting == 0
+            && live < scaler.max()
+            && now >= self.next_spawn;
+    }
+
+    /// TTOU: the newest extra worker finishes and leaves.
+    fn retire_newest(&mut self) {
+        if let Some(worker) = self
+            .workers
+            .iter_mut()
+            .filter(|w| {
+                w.generation == self.generation && w.state != State::Stopping && w.recycle.is_none()
+            })
+            .max_by_key(|w| w.started)
+        {
+            worker.stop(Signal::SIGTERM);
+        }
+    }
+
+    fn spawn(&mut self, others: &[RawFd]) -> std::io::Result<()> {
+        // (A worker holds no other worker's pipe: the child drops them.)
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let master = nix::unistd::getpid();
+        if let Some(hooks) = self.hooks {
+            hooks.before_fork();
+        }
+        // SAFETY: the master is single-threaded (no runtime; with --preload
+        // an interpreter whose fork hooks bracket this call), so the child
+        // may run arbitrary code after fork.
+        let forked = unsafe { fork() };
+        if let (Some(hooks), Ok(ForkResult::Parent { .. }) | Err(_)) = (self.hooks, &forked) {
+            hooks.after_fork_parent();
+        }
+        match forked? {
+            ForkResult::Child => {
+                if let Some(hooks) = self.hooks {
+                    hooks.after_fork_child();
+                }
+                drop(read);
+                for worker in &mut self.workers {
+                    worker.pipe = None;
+                }
+                for &fd in others {
+                    let _ = nix::unistd::close(fd);
+                }
+                // Workers do not outlive their master (even a SIGKILLed one).
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                if nix::unistd::getppid() != master {
+                    std::process::exit(Exit::Success.code());
+                }
+                // The worker handles its own signals.
+                let _ = SigSet::empty().thread_set_mask();
+                if let Some(board) = self.board {
+                    crate::process::scoreboard::install(board);
+                    if let Some(index) = board.claim(std::process::id()) {
+                        crate::process::scoreboard::adopt(index);
+                    }
+                }
+                let code = (self.worker_main)(ToMaster(write));
+                std::process::exit(code);
+            }
+            ForkResult::Parent { child } => {
+                drop(write);
+                self.workers.push(Worker {
+                    pid: child,
+                    generation: self.generation,
+                    state: State::Booting,
+                    pipe: Some(read),
+                    started: Instant::now(),
+                    recycle: None,
+                    stopping_since: None,
+                    kill_at: None,
+                    lifetime: self
+                        .options
+                        .max_lifetime
+                        .map(|l| l + Duration::from_millis(jitter(l.as_millis() as u64 / 10))),
+                    rss: self.options.max_rss.map(|r| r - jitter(r / 20)),
+                    requests_seen: 0,
+                    active_at: Instant::now(),
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Connections waiting in the queues of `listeners` (a readable socket
+/// whose queue cannot be read counts one).
+fn queued(listeners: &[RawFd]) -> u64 {
+    let mut fds: Vec<PollFd> = listeners
+        .iter()
+        // SAFETY: as in `Master::wait`: open for the master's lifetime.
+        .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+        .collect();
+    if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+        return 0;
+    }
+    listeners
+        .iter()
+        .zip(&fds)
+        .filter(|(_, f)| f.any().unwrap_or(false))
+        .map(|(&fd, _)| crate::process::listenq::queue(fd).map_or(1, |(waiting, _)| waiting.max(1)))
+        .sum()
+}

@@ -1,0 +1,280 @@
+//! Pools: one `wsgi-fcgi` master serving the `[pool.NAME]` tables of a
+//! `--config` file (and of the files its `include` names), each pool with
+//! its own app, socket, user, process manager and status page; a pool
+//! whose app does not import is retried with back-off while the others
+//! serve, and serves once its code is fixed; no worker holds another
+//! pool's socket; a configuration that cannot work is refused with the
+//! reason. The apps are copies of tests/apps/warm_app.py ("VERSION PID
+//! UID" answers).
+
+use crate::process::workers_of;
+use crate::support::fcgi::*;
+use crate::support::{http::is_root, skip, wait_until};
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// "VERSION PID UID" of one request to the pool at `socket`.
+fn ask(socket: &Path, path: &str) -> Result<(String, u32, u32), String> {
+    let mut c = Addr::Unix(socket.to_path_buf())
+        .connect()
+        .map_err(|e| format!("connect: {e}"))?;
+    c.send_request(1, &Req::get(path))
+        .map_err(|e| format!("send: {e}"))?;
+    let out = c.response_with_result(1, Duration::from_secs(10))?;
+    if out.status() != 200 {
+        return Err(format!("status {}", out.status()));
+    }
+    let text = out.text();
+    match text.split_whitespace().collect::<Vec<_>>()[..] {
+        [version, pid, uid] => Ok((
+            version.to_string(),
+            pid.parse().map_err(|_| text.clone())?,
+            uid.parse().map_err(|_| text.clone())?,
+        )),
+        _ => Err(format!("not VERSION PID UID: {text:?}")),
+    }
+}
+
+/// The status page's `pool` and `process manager` of the pool at `socket`.
+fn status(socket: &Path) -> (String, String) {
+    let out = Addr::Unix(socket.to_path_buf())
+        .connect()
+        .unwrap()
+        .request(1, &Req::get("/status"));
+    let text = out.text();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    (field("pool"), field("process manager"))
+}
+
+/// The listening-socket inodes `pid` holds open.
+fn socket_inodes(pid: u32) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("socket:"))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+struct Site {
+    name: String,
+    socket: PathBuf,
+    uid: Option<u32>,
+}
+
+/// Twenty pools in one master — static, dynamic and ondemand, half of
+/// them from an included directory, under three users when run as root —
+/// one of whose apps does not import: the nineteen serve, each its own
+/// app as its own user, with its own status page; the broken one is
+/// retried with growing back-off and serves once its file is fixed; the
+/// workers of one pool hold no other pool's listening socket.
+#[test]
+fn twenty_pools_in_one_master_one_broken_the_others_serve() {
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(top.path().join("pool.d")).unwrap();
+    let template = std::fs::read_to_string(app("warm_app.py")).unwrap();
+    let users: &[(&str, u32)] = if is_root() {
+        &[("nobody", 65534), ("daemon", 1), ("www-data", 33)]
+    } else {
+        skip("pools under other users: needs root");
+        &[]
+    };
+    let modes = [
+        "workers = 1",
+        "pm = \"ondemand\"\nmax-workers = 2",
+        "pm = \"dynamic\"\nmax-workers = 3\nstart-workers = 1\nmin-spare = 1\nmax-spare = 2",
+    ];
+    let mut main =
+        String::from("threads = 1\nstatus-path = \"/status\"\ninclude = \"pool.d/*.toml\"\n");
+    let mut sites = Vec::new();
+    for i in 0..20 {
+        let name = if i == 19 {
+            "broken".to_string()
+        } else {
+            format!("site{i}")
+        };
+        let app_file = top.path().join(format!("{name}.py"));
+        let text = if i == 19 {
+            "raise RuntimeError('broken at import')\n".to_string()
+        } else {
+            template.replace("VERSION = \"v1\"", &format!("VERSION = \"{name}\""))
+        };
+        std::fs::write(&app_file, text).unwrap();
+        std::fs::set_permissions(&app_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let socket = top.path().join(format!("{name}.sock"));
+        let user = users.get(i % 3).copied();
+        let mut table = format!(
+            "[pool.{name}]\napp = \"{}\"\nbind = \"unix:{}\"\n{}\n",
+            app_file.display(),
+            socket.display(),
+            // (The broken one static: ondemand would try only on demand.)
+            modes[if i == 19 { 0 } else { i % 3 }]
+        );
+        if let Some((user, _)) = user {
+            table.push_str(&format!("user = \"{user}\"\n"));
+        }
+        if i % 2 == 0 {
+            main.push_str(&table);
+        } else {
+            std::fs::write(top.path().join(format!("pool.d/{name}.toml")), table).unwrap();
+        }
+        sites.push(Site {
+            name,
+            socket,
+            uid: user.map(|(_, uid)| uid),
+        });
+    }
+    let config = top.path().join("pools.toml");
+    std::fs::write(&config, main).unwrap();
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--config").arg(&config);
+    // Ready once site0's worker (static, one) serves.
+    let r = Responder::spawn(cmd, Addr::Unix(sites[0].socket.clone()), top);
+
+    for site in &sites[..19] {
+        let mut last = Err(String::new());
+        let ok = wait_until(Duration::from_secs(30), || {
+            last = ask(&site.socket, "/");
+            last.is_ok()
+        });
+        assert!(ok, "{}: {last:?}\n{}", site.name, r.log());
+        let (version, pid, uid) = last.unwrap();
+        assert_eq!(version, site.name);
+        if let Some(expected) = site.uid {
+            assert_eq!(uid, expected, "{}", site.name);
+        }
+        assert_ne!(pid, r.pid);
+        assert_eq!(status(&site.socket).0, site.name);
+    }
+    assert_eq!(status(&sites[1].socket).1, "ondemand");
+    assert_eq!(status(&sites[2].socket).1, "dynamic");
+    assert_eq!(status(&sites[3].socket).1, "static");
+
+    // The broken pool: retried, later each time; the master lives on.
+    assert!(
+        wait_until(Duration::from_secs(20), || r
+            .log()
+            .matches("pool broken: failed")
+            .count()
+            >= 3),
+        "{}",
+        r.log()
+    );
+    assert!(r.log().contains("retrying in 1 s"), "{}", r.log());
+    assert!(r.log().contains("retrying in 2 s"), "{}", r.log());
+    assert!(r.log().contains("the other pools go on serving"));
+    assert!(ask(&sites[5].socket, "/").is_ok());
+
+    // Fixed: served at the next retry.
+    let broken = &sites[19];
+    let fixed = template.replace("VERSION = \"v1\"", "VERSION = \"broken-fixed\"");
+    std::fs::write(r.dir.path().join("broken.py"), fixed).unwrap();
+    let mut last = Err(String::new());
+    let ok = wait_until(Duration::from_secs(40), || {
+        last = ask(&broken.socket, "/");
+        last.is_ok()
+    });
+    assert!(ok, "{last:?}\n{}", r.log());
+    assert_eq!(last.unwrap().0, "broken-fixed");
+
+    // Isolation: a worker holds its own pool's listening socket only.
+    let listeners = socket_inodes(r.pid);
+    assert_eq!(listeners.len(), 20, "{listeners:?}");
+    for worker in workers_of(r.pid) {
+        let held: Vec<&String> = socket_inodes(worker)
+            .iter()
+            .filter_map(|s| listeners.iter().find(|l| *l == s))
+            .collect();
+        assert_eq!(held.len(), 1, "worker {worker} holds listeners {held:?}");
+    }
+}
+
+/// Pool files that cannot work are refused at start, with the pool and
+/// the reason (exit status 1), and `--check` imports each pool's app,
+/// exiting 4 at the one that does not import.
+#[test]
+fn pool_configurations_that_cannot_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = app("hello.py");
+    let cases = [
+        (
+            "[pool.a]\nbind = \"unix:/tmp/x-a.sock\"\n[pool.b]\nbind = \"unix:/tmp/x-a.sock\"\n",
+            "is pool a's already",
+        ),
+        ("[pool.a]\nworkers = 2\n", "no `bind`"),
+        (
+            "[pool.a]\nbind = \"unix:/tmp/x-a.sock\"\nworkers = 2\npreload = true\n",
+            "`preload` is not available",
+        ),
+        (
+            "[pool.\"a b\"]\nbind = \"unix:/tmp/x-a.sock\"\n",
+            "a pool name is letters",
+        ),
+        ("include = \"d/*.toml\"\n", "no [pool.NAME] table"),
+        (
+            "[pool.a]\nbind = \"unix:/tmp/x-a.sock\"\nno-such-flag = 1\n",
+            "pool a (",
+        ),
+    ];
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    for (text, why) in cases {
+        let file = dir.path().join("pools.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(wsgi_fcgi())
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert!(stderr.contains(why), "{text}: {stderr}");
+    }
+    // An included file holds pool tables only.
+    std::fs::write(dir.path().join("d/x.toml"), "workers = 3\n").unwrap();
+    std::fs::write(dir.path().join("pools.toml"), "include = \"d/*.toml\"\n").unwrap();
+    let out = Command::new(wsgi_fcgi())
+        .arg("--config")
+        .arg(dir.path().join("pools.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds [pool.NAME] tables only"));
+
+    // --check: each pool imported in turn; the broken one stops it with 4.
+    std::fs::remove_file(dir.path().join("d/x.toml")).unwrap();
+    let check = format!(
+        "[pool.good]\napp = \"{}\"\nbind = \"unix:{}/g.sock\"\n[pool.zbad]\napp = \"{}\"\nbind = \"unix:{}/b.sock\"\n",
+        hello.display(),
+        dir.path().display(),
+        app("broken_import.py").display(),
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("pools.toml"), check).unwrap();
+    let out = Command::new(wsgi_fcgi())
+        .arg("--config")
+        .arg(dir.path().join("pools.toml"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(
+        stdout.contains("pool good:") && stdout.contains("configuration OK"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pool zbad:"), "{stdout}");
+}
