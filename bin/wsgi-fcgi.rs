@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let result = cli::invocation(args).and_then(|invocation| match invocation {
         Invocation::Request(args) => client::request(args),
         Invocation::Serve(plan) => start::serve(*plan),
-        Invocation::Pools(pools) => start::serve_pools(pools),
+        Invocation::Pools(pools, args) => start::serve_pools(pools, args),
     });
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

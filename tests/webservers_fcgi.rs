@@ -36,7 +36,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::{Logged, Ready, Server, Site};
-use support::fcgi::{Listen, Responder};
+use std::os::unix::fs::PermissionsExt;
+use support::fcgi::{Addr, Listen, Req, Responder};
+use support::wait_until;
 
 const MOUNT: &str = "/app";
 
@@ -417,6 +419,7 @@ cases! {
     nginx_max_requests_50_under_load => nginx_max_requests_under_load();
     nginx_preload_hup_reloads_under_load => nginx_preload_reloads_under_load();
     nginx_keepalive_load_spreads_over_two_workers => nginx_spread_over_workers();
+    nginx_pools_hup_adds_removes_and_changes_under_load => nginx_pools_reconfigured();
     haproxy_default_under_load => run_haproxy(&[]);
     haproxy_keep_conn_under_load => run_haproxy(&["option keep-conn"]);
     haproxy_mpxs_conns_under_load => run_haproxy(&[
@@ -1133,5 +1136,154 @@ fn nginx_preload_reloads_under_load() -> Option<()> {
     for _ in 0..10 {
         assert_eq!(fetch(), Ok("v5".to_string()));
     }
+    Some(())
+}
+
+/// One master with pools behind nginx (a connection per request, four
+/// clients without pause) on pool `main`: HUP with `main` changed (a new
+/// app file, `--pm dynamic`), pool `old` removed and `new` added — not one
+/// request fails, `main` serves the new app, `old`'s workers finish and its
+/// socket file goes, `new` serves. Then a configuration that does not parse
+/// and HUP: nothing changes (same workers), the log says why.
+fn nginx_pools_reconfigured() -> Option<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let template = std::fs::read_to_string(support::app("warm_app.py")).unwrap();
+    for version in ["main-v1", "main-v2", "old", "new"] {
+        let file = top.path().join(format!("{version}.py"));
+        let text = template.replace("VERSION = \"v1\"", &format!("VERSION = \"{version}\""));
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let group = socket_group().map_or(String::new(), |g| format!("socket-group = \"{g}\"\n"));
+    let dir = top.path().to_path_buf();
+    let pool = |name: &str, app: &str, extra: &str| {
+        format!(
+            "[pool.{name}]\napp = \"{}\"\nbind = \"unix:{}\"\n{extra}\n",
+            dir.join(format!("{app}.py")).display(),
+            dir.join(format!("{name}.sock")).display()
+        )
+    };
+    let config = top.path().join("pools.toml");
+    let head = format!("threads = 2\n{group}");
+    std::fs::write(
+        &config,
+        format!(
+            "{head}{}{}",
+            pool("main", "main-v1", "workers = 2"),
+            pool("old", "old", "workers = 1")
+        ),
+    )
+    .unwrap();
+    let main_socket = top.path().join("main.sock");
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--config").arg(&config);
+    let responder = Responder::spawn(cmd, Addr::Unix(main_socket.clone()), top);
+    let top = responder.dir.path().to_path_buf();
+    let web = nginx(&responder.address(), MOUNT)?;
+    let port = web.port;
+    let fetch = move || -> Result<String, String> {
+        let wire = b"GET /app/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let raw = http::exchange(port, wire, Duration::from_secs(20)).map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(head.lines().next().unwrap_or_default().to_string());
+        }
+        Ok(body.split(' ').next().unwrap_or_default().to_string())
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || fetch() == Ok("main-v1".into())),
+        "{}\n{}",
+        web.log(),
+        responder.log()
+    );
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served, fetch) = (stop.clone(), served.clone(), fetch.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match fetch() {
+                        Ok(_) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.push(e),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(
+        &config,
+        format!(
+            "{head}{}{}",
+            pool(
+                "main",
+                "main-v2",
+                "pm = \"dynamic\"\nstart-workers = 2\nmax-workers = 4"
+            ),
+            pool("new", "new", "workers = 1")
+        ),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        let sent = Command::new("kill")
+            .args(["-s", "HUP", &pid.to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()));
+    };
+    hup(responder.pid);
+    assert!(
+        wait_until(Duration::from_secs(30), || fetch() == Ok("main-v2".into())
+            && responder.log().contains("pool old: removed")),
+        "{}",
+        responder.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let served = served.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, e.g. {:?}\nnginx: {}\nwsgi-fcgi: {}",
+        failures.len(),
+        served + failures.len(),
+        failures.first(),
+        web.log(),
+        responder.log()
+    );
+    eprintln!("pools reconfigured by HUP through nginx: {served} requests, none failed");
+    assert!(served > 50, "only {served} requests");
+    assert!(!top.join("old.sock").exists(), "old.sock is still there");
+    let new = Addr::Unix(top.join("new.sock"))
+        .connect()
+        .unwrap()
+        .request(1, &Req::get("/"));
+    assert_eq!(new.status(), 200, "{}", responder.log());
+    assert!(new.text().starts_with("new "), "{}", new.text());
+
+    // A configuration that does not parse: nothing changes.
+    let before = crate::process::workers_of(responder.pid);
+    std::fs::write(&config, "[pool.main\nbroken").unwrap();
+    hup(responder.pid);
+    assert!(
+        wait_until(Duration::from_secs(10), || responder
+            .log()
+            .contains("nothing changed")),
+        "{}",
+        responder.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(crate::process::workers_of(responder.pid), before);
+    assert_eq!(fetch(), Ok("main-v2".into()));
     Some(())
 }

@@ -496,14 +496,15 @@ pub enum Invocation {
     Request(RequestArgs),
     /// Serve one app.
     Serve(Box<Plan>),
-    /// Serve the pools of a `--config` file with `[pool.NAME]` tables.
-    Pools(Vec<(String, Plan)>),
+    /// Serve the pools of a `--config` file with `[pool.NAME]` tables;
+    /// the argv, to read them again on HUP.
+    Pools(Vec<(String, Plan)>, Vec<std::ffi::OsString>),
 }
 
 /// Parse argv: a `--config` file with pools gives [`Invocation::Pools`].
 pub fn invocation(args: Vec<std::ffi::OsString>) -> anyhow::Result<Invocation> {
     if let Some(pools) = pools(&args)? {
-        return Ok(Invocation::Pools(pools));
+        return Ok(Invocation::Pools(pools, args));
     }
     let cli = parse(args)?;
     Ok(match cli.command {
@@ -517,7 +518,7 @@ pub fn invocation(args: Vec<std::ffi::OsString>) -> anyhow::Result<Invocation> {
 /// the file's top-level ones (defaults for every pool), then its own
 /// table's, then the command line's (which win); `WSGI_*` variables are
 /// not read for pools. `None`: not a pools file.
-fn pools(args: &[std::ffi::OsString]) -> anyhow::Result<Option<Vec<(String, Plan)>>> {
+pub fn pools(args: &[std::ffi::OsString]) -> anyhow::Result<Option<Vec<(String, Plan)>>> {
     let Some((file, at, count)) = config_arg(args) else {
         return Ok(None);
     };

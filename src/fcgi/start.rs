@@ -4,7 +4,10 @@
 
 use crate::core::exit::Exit;
 use crate::fcgi::cli::Plan;
-use crate::fcgi::worker::listener::{Bind, Listener};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::fcgi::worker::listener::{self, Bind, Listener};
 use crate::fcgi::worker::{self, WorkerError, WorkerOptions};
 use crate::process::ToMaster;
 use crate::process::master::pm::Pm;
@@ -81,13 +84,15 @@ fn run_master(plan: &Plan, listeners: Vec<Listener>, adopted: &[i32]) -> anyhow:
     let hooks = hooks.as_ref().map(|h| h as &dyn master::ForkHooks);
     let code = master::run(
         master_options,
-        &|ready| match listeners.iter().map(|l| l.try_clone()).collect() {
-            Ok(copies) => worker_main(options, copies, Some(ready), preloaded.as_ref()),
-            Err(err) => {
-                eprintln!("wsgi-fcgi: worker: {err}");
-                Exit::Setup.code()
-            }
-        },
+        Box::new(
+            |ready| match listeners.iter().map(|l| l.try_clone()).collect() {
+                Ok(copies) => worker_main(options, copies, Some(ready), preloaded.as_ref()),
+                Err(err) => {
+                    eprintln!("wsgi-fcgi: worker: {err}");
+                    Exit::Setup.code()
+                }
+            },
+        ),
         hooks,
         board,
         adopted,
@@ -113,8 +118,12 @@ fn master_options(plan: &Plan, listeners: &[Listener]) -> MasterOptions {
 /// Several pools (`[pool.NAME]` in `--config`) under one master: every
 /// pool's sockets are bound first (as started: root may bind what the
 /// pools' users could not), then the master supervises each pool's
-/// workers. With `--check`, each pool's app is imported in turn.
-pub fn serve_pools(pools: Vec<(String, Plan)>) -> anyhow::Result<i32> {
+/// workers; HUP reads `args`' configuration again ([`PoolSet`]). With
+/// `--check`, each pool's app is imported in turn.
+pub fn serve_pools(
+    pools: Vec<(String, Plan)>,
+    args: Vec<std::ffi::OsString>,
+) -> anyhow::Result<i32> {
     if pools.iter().any(|(_, plan)| plan.check) {
         for (name, plan) in &pools {
             println!("pool {name}:");
@@ -125,48 +134,131 @@ pub fn serve_pools(pools: Vec<(String, Plan)>) -> anyhow::Result<i32> {
         }
         return Ok(Exit::Success.code());
     }
-    let mut bound = Vec::new();
-    for (name, plan) in &pools {
-        let listeners =
-            worker::listeners(&plan.options).map_err(|e| anyhow::anyhow!("pool {name}: {e}"))?;
-        bound.push(listeners);
-    }
+    let set = PoolSet {
+        args,
+        bound: RefCell::new(Vec::new()),
+    };
     // From here on, whatever happens, the socket files go with this process.
-    let _socket_files: Vec<_> = pools
-        .iter()
-        .map(|(_, plan)| worker::SocketFiles(&plan.options))
-        .collect();
-    for (name, plan) in &pools {
-        if plan.options.user.is_none() && nix::unistd::geteuid().is_root() {
-            crate::log_warn!("pool {name}: the app runs as root (no `user`)");
+    let _socket_files = SetSocketFiles(&set);
+    let specs = set.specs(pools)?;
+    Ok(master::run_pools(specs, &set)?)
+}
+
+/// The pools' sockets: every address bound, shared by the workers'
+/// closures of the pools that listen there, so that a HUP keeps (never
+/// rebinds) the sockets of the pools still configured.
+struct PoolSet {
+    args: Vec<std::ffi::OsString>,
+    bound: RefCell<Vec<(Bind, Rc<Listener>)>>,
+}
+
+impl PoolSet {
+    /// Each pool's spec: its sockets (bound now, or kept), its worker.
+    fn specs(&self, pools: Vec<(String, Plan)>) -> anyhow::Result<Vec<master::PoolSpec<'static>>> {
+        let mut fresh: Vec<(Bind, Rc<Listener>)> = Vec::new();
+        let mut per_pool = Vec::new();
+        for (name, plan) in &pools {
+            let mut listeners = Vec::new();
+            for bind in &plan.options.binds {
+                let kept = self
+                    .bound
+                    .borrow()
+                    .iter()
+                    .find(|(b, _)| b == bind)
+                    .map(|(_, l)| l.clone());
+                let listener = match kept {
+                    Some(listener) => listener,
+                    None => {
+                        let bound = listener::bind(bind, &plan.options.unix, plan.options.backlog);
+                        let listener = match bound {
+                            Ok(listener) => listener,
+                            Err(e) => {
+                                // (Bound for nothing: their files go too.)
+                                for (bind, _) in &fresh {
+                                    remove_socket_file(bind);
+                                }
+                                anyhow::bail!("pool {name}: {e}");
+                            }
+                        };
+                        let listener = Rc::new(listener);
+                        fresh.push((bind.clone(), listener.clone()));
+                        listener
+                    }
+                };
+                listeners.push(listener);
+            }
+            per_pool.push(listeners);
         }
-    }
-    let mains: Vec<Box<dyn Fn(ToMaster) -> i32 + '_>> = pools
-        .iter()
-        .zip(&bound)
-        .map(|((_, plan), listeners)| {
-            let options = &plan.options;
-            Box::new(move |ready: ToMaster| {
+        // All bound: the sockets no pool uses any more go (their files too).
+        let in_use = |b: &Bind| pools.iter().any(|(_, p)| p.options.binds.contains(b));
+        let mut bound = self.bound.borrow_mut();
+        for (bind, _) in bound.iter().filter(|(b, _)| !in_use(b)) {
+            remove_socket_file(bind);
+        }
+        bound.retain(|(b, _)| in_use(b));
+        bound.extend(fresh);
+        drop(bound);
+        let mut specs = Vec::new();
+        for ((name, plan), listeners) in pools.into_iter().zip(per_pool) {
+            if plan.options.user.is_none() && nix::unistd::geteuid().is_root() {
+                crate::log_warn!("pool {name}: the app runs as root (no `user`)");
+            }
+            let options = MasterOptions {
+                listeners: listeners.iter().map(|l| l.raw().0).collect(),
+                ..master_options(&plan, &[])
+            };
+            let worker_options = plan.options;
+            let worker_main: master::WorkerMain<'static> = Box::new(move |ready: ToMaster| {
                 match listeners.iter().map(|l| l.try_clone()).collect() {
-                    Ok(copies) => worker_main(options, copies, Some(ready), None),
+                    Ok(copies) => worker_main(&worker_options, copies, Some(ready), None),
                     Err(err) => {
                         eprintln!("wsgi-fcgi: worker: {err}");
                         Exit::Setup.code()
                     }
                 }
-            }) as Box<dyn Fn(ToMaster) -> i32 + '_>
-        })
-        .collect();
-    let mut specs = Vec::new();
-    for (((name, plan), listeners), main) in pools.iter().zip(&bound).zip(&mains) {
-        specs.push(master::PoolSpec {
-            name: name.clone(),
-            options: master_options(plan, listeners),
-            worker_main: main.as_ref(),
-            board: Some(crate::process::scoreboard::create()?),
-        });
+            });
+            specs.push(master::PoolSpec {
+                name,
+                options,
+                worker_main,
+            });
+        }
+        Ok(specs)
     }
-    Ok(master::run_pools(specs)?)
+}
+
+impl<'a> master::Reconfigure<'a> for PoolSet {
+    fn read(&self) -> Result<Vec<master::PoolSpec<'a>>, String> {
+        let pools = match crate::fcgi::cli::pools(&self.args) {
+            Ok(Some(pools)) => pools,
+            Ok(None) => {
+                return Err("the configuration file has no [pool.NAME] table any more".into());
+            }
+            Err(e) => return Err(format!("{e:#}")),
+        };
+        self.specs(pools).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// Removes the pools' socket files when the master goes.
+struct SetSocketFiles<'a>(&'a PoolSet);
+
+impl Drop for SetSocketFiles<'_> {
+    fn drop(&mut self) {
+        for (bind, _) in self.0.bound.borrow().iter() {
+            remove_socket_file(bind);
+        }
+    }
+}
+
+fn remove_socket_file(bind: &Bind) {
+    if let Bind::Unix(path) = bind {
+        match listener::remove_socket_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => crate::log_warn!("cannot remove the socket file {}: {e}", path.display()),
+        }
+    }
 }
 
 /// The pool's scoreboard, shared by every worker forked from here on (the

@@ -89,7 +89,15 @@ pub struct MasterOptions {
 }
 
 /// What a worker process runs after the fork; returns its exit status.
-pub type WorkerMain<'a> = &'a dyn Fn(ToMaster) -> i32;
+pub type WorkerMain<'a> = Box<dyn Fn(ToMaster) -> i32 + 'a>;
+
+/// Several pools: HUP reads their configuration again.
+pub trait Reconfigure<'a> {
+    /// The pools as the configuration says now (sockets bound, those of
+    /// pools still there reused), or why it cannot be used — then nothing
+    /// changes.
+    fn read(&self) -> Result<Vec<PoolSpec<'a>>, String>;
+}
 
 /// `--preload`: the master holds an interpreter with the app imported, so
 /// every fork is bracketed (CPython's `PyOS_BeforeFork`/`AfterFork_*`), and
@@ -116,8 +124,6 @@ pub struct PoolSpec<'a> {
     pub options: MasterOptions,
     /// What its workers run.
     pub worker_main: WorkerMain<'a>,
-    /// Its scoreboard.
-    pub board: Option<&'static Board>,
 }
 
 struct Stop {
@@ -129,6 +135,8 @@ struct Master<'a> {
     pools: Vec<Pool<'a>>,
     stop: Option<Stop>,
     exit_code: i32,
+    /// Several pools: what HUP reads again.
+    reconfigure: Option<&'a dyn Reconfigure<'a>>,
 }
 
 /// Run the master of one pool until it is told to stop; returns the exit
@@ -144,19 +152,31 @@ pub fn run<'a>(
 ) -> std::io::Result<i32> {
     let signals = block_signals()?;
     let pool = Pool::new(None, options, worker_main, hooks, board, adopted);
-    Master::new(vec![pool]).run(signals)
+    Master::new(vec![pool], None).run(signals)
 }
 
 /// Run the master of several pools (`[pool.NAME]`) until it is told to
-/// stop; returns the exit status.
-pub fn run_pools(pools: Vec<PoolSpec<'_>>) -> std::io::Result<i32> {
+/// stop; returns the exit status. Each pool gets a scoreboard of its own;
+/// HUP reads the pools again from `reconfigure`.
+pub fn run_pools<'a>(
+    pools: Vec<PoolSpec<'a>>,
+    reconfigure: &'a dyn Reconfigure<'a>,
+) -> std::io::Result<i32> {
     let signals = block_signals()?;
     log_info!("master: {} pool(s)", pools.len());
-    let pools = pools
-        .into_iter()
-        .map(|p| Pool::new(Some(&p.name), p.options, p.worker_main, None, p.board, &[]))
-        .collect();
-    Master::new(pools).run(signals)
+    let mut running = Vec::new();
+    for p in pools {
+        let board = super::scoreboard::create()?;
+        running.push(Pool::new(
+            Some(&p.name),
+            p.options,
+            p.worker_main,
+            None,
+            Some(board),
+            &[],
+        ));
+    }
+    Master::new(running, Some(reconfigure)).run(signals)
 }
 
 /// The master's signals, blocked and read from a `signalfd`.
@@ -173,11 +193,12 @@ fn block_signals() -> std::io::Result<SignalFd> {
 }
 
 impl<'a> Master<'a> {
-    fn new(pools: Vec<Pool<'a>>) -> Master<'a> {
+    fn new(pools: Vec<Pool<'a>>, reconfigure: Option<&'a dyn Reconfigure<'a>>) -> Master<'a> {
         Master {
             pools,
             stop: None,
             exit_code: Exit::Success.code(),
+            reconfigure,
         }
     }
 
@@ -281,12 +302,21 @@ impl<'a> Master<'a> {
                 }
                 notify::notify("READY=1");
             }
-            Intent::Reload => {
-                notify::reloading();
-                for pool in &mut self.pools {
-                    pool.on_intent(intent);
+            Intent::Reload => match self.reconfigure.map(|r| r.read()) {
+                None => {
+                    notify::reloading();
+                    for pool in &mut self.pools {
+                        pool.on_intent(intent);
+                    }
                 }
-            }
+                Some(Err(why)) => {
+                    log_error!("master: HUP: {why}; nothing changed: the pools go on as they were")
+                }
+                Some(Ok(specs)) => {
+                    notify::reloading();
+                    self.apply(specs);
+                }
+            },
             Intent::ReopenLogs => {
                 log_info!("master: USR1: workers reopen their log files");
                 for pool in &mut self.pools {
@@ -297,6 +327,45 @@ impl<'a> Master<'a> {
                 for pool in &mut self.pools {
                     pool.on_intent(intent);
                 }
+            }
+        }
+    }
+
+    /// HUP with several pools: `specs` is the configuration now. A pool
+    /// no longer in it finishes its requests and goes; every other one
+    /// starts a new generation with its settings of now (the old one stops
+    /// once it is ready, as on any reload); a new one starts.
+    fn apply(&mut self, specs: Vec<PoolSpec<'a>>) {
+        for pool in &mut self.pools {
+            if !pool.removed && !specs.iter().any(|s| Some(s.name.as_str()) == pool.name()) {
+                pool.remove();
+            }
+        }
+        for spec in specs {
+            let running = self
+                .pools
+                .iter_mut()
+                .find(|p| !p.removed && p.name() == Some(spec.name.as_str()));
+            match running {
+                Some(pool) => pool.replace(spec.options, spec.worker_main),
+                None => match super::scoreboard::create() {
+                    Ok(board) => {
+                        log_info!("master: HUP: pool {} added", spec.name);
+                        let pool = Pool::new(
+                            Some(&spec.name),
+                            spec.options,
+                            spec.worker_main,
+                            None,
+                            Some(board),
+                            &[],
+                        );
+                        self.pools.push(pool);
+                    }
+                    Err(e) => log_error!(
+                        "master: HUP: pool {} not started: no scoreboard: {e}",
+                        spec.name
+                    ),
+                },
             }
         }
     }
@@ -347,6 +416,13 @@ impl<'a> Master<'a> {
         if self.stop.is_some() {
             return Ok(self.stopping(Instant::now()));
         }
+        self.pools.retain(|p| {
+            let gone = p.removed && p.workers.is_empty();
+            if gone {
+                log_info!("{}removed", p.tag);
+            }
+            !gone
+        });
         let mut announced = false;
         for p in 0..self.pools.len() {
             let others: Vec<RawFd> = (0..self.pools.len())
@@ -355,7 +431,12 @@ impl<'a> Master<'a> {
                 .collect();
             announced |= self.pools[p].advance(&others)?;
         }
-        if announced && self.pools.iter().all(|p| !p.announce_ready || p.failed) {
+        if announced
+            && self
+                .pools
+                .iter()
+                .all(|p| !p.announce_ready || p.failed || p.removed)
+        {
             let ready: usize = self.pools.iter().map(Pool::ready_count).sum();
             let status = match &self.pools[..] {
                 [pool] => format!(

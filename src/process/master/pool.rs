@@ -102,6 +102,10 @@ pub(super) struct Pool<'a> {
     /// Its app does not import (retried with back-off); cleared once a
     /// worker is ready.
     pub(super) failed: bool,
+    /// Its name (`None`: the master's only pool).
+    name: Option<String>,
+    /// No longer in the configuration: its workers finish and it goes.
+    pub(super) removed: bool,
 }
 
 impl<'a> Pool<'a> {
@@ -161,6 +165,8 @@ impl<'a> Pool<'a> {
             announce_ready: true,
             standalone: name.is_none(),
             failed: false,
+            name: name.map(str::to_string),
+            removed: false,
         };
         match &pool.options.pm {
             Pm::Static => log_info!("{}starting {} worker process(es)", pool.tag, pool.target),
@@ -233,6 +239,52 @@ impl<'a> Pool<'a> {
     /// The current generation.
     pub(super) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Its name (`None`: the master's only pool).
+    pub(super) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// No longer configured: every worker finishes its requests and exits;
+    /// then the master drops the pool (and with it its sockets).
+    pub(super) fn remove(&mut self) {
+        log_info!(
+            "{}HUP: no longer configured: its {} worker(s) finish their requests",
+            self.tag,
+            self.workers.len()
+        );
+        self.removed = true;
+        self.watch = false;
+        self.stop_all(Signal::SIGTERM);
+    }
+
+    /// HUP with new settings: the next generation runs `worker_main` as
+    /// `options` say (the workers running go on as forked, until the new
+    /// generation is ready).
+    pub(super) fn replace(&mut self, options: MasterOptions, worker_main: WorkerMain<'a>) {
+        if options.pm != self.options.pm {
+            log_info!(
+                "{}HUP: pm {} → {}",
+                self.tag,
+                self.options.pm.name(),
+                options.pm.name()
+            );
+        }
+        self.scaler = (options.pm != Pm::Static)
+            .then(|| Scaler::new(options.pm.clone(), options.threads, Instant::now()));
+        if let Some(board) = self.board {
+            board
+                .pm
+                .store(options.pm.code(), std::sync::atomic::Ordering::Relaxed);
+        }
+        if options.pm == Pm::Static {
+            self.target = options.workers.max(1);
+        }
+        self.options = options;
+        self.worker_main = worker_main;
+        self.failed = false;
+        self.on_intent(Intent::Reload);
     }
 
     /// A worker's message: "R" ready, "X" recycle me (max-requests).
@@ -458,6 +510,10 @@ impl<'a> Pool<'a> {
     /// (systemd's READY=1 is due once every pool's is).
     pub(super) fn advance(&mut self, others: &[RawFd]) -> std::io::Result<bool> {
         let now = Instant::now();
+        if self.removed {
+            self.kill_overdue();
+            return Ok(false);
+        }
         self.check_limits(now);
         self.kill_overdue();
         self.scale(now);
