@@ -278,3 +278,76 @@ fn pool_configurations_that_cannot_work_are_refused() {
     );
     assert!(stdout.contains("pool zbad:"), "{stdout}");
 }
+
+/// The shipped example (conf/pools/: a main file, a pool.d file), with its
+/// paths pointed at this test's directory and app: both pools serve, each
+/// with its status page, its process manager and its user.
+#[test]
+fn the_shipped_pools_example_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hello = dir.path().join("hello.py");
+    std::fs::copy(app("hello.py"), &hello).unwrap();
+    std::fs::set_permissions(&hello, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let root = crate::support::root().join("conf/pools");
+    let fix = |text: String| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("venv") && !l.starts_with("chdir"))
+            .filter(|l| is_root() || !l.starts_with("user") && !l.starts_with("socket-group"))
+            .map(|l| {
+                let l = l.replace("/run/wsgi-fcgi/", &format!("{}/", dir.path().display()));
+                let l = l.replace("/var/log/wsgi-fcgi/", &format!("{}/", dir.path().display()));
+                if l.starts_with("app = ") {
+                    format!("app = \"{}\"", hello.display())
+                } else if l.starts_with("user = ") {
+                    "user = \"nobody\"".to_string()
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::fs::create_dir(dir.path().join("pool.d")).unwrap();
+    for file in ["wsgi-fcgi.toml", "pool.d/blog.toml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        std::fs::write(dir.path().join(file), fix(text)).unwrap();
+    }
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--config").arg(dir.path().join("wsgi-fcgi.toml"));
+    let shop = dir.path().join("shop.sock");
+    let blog = dir.path().join("blog.sock");
+    let r = Responder::spawn(cmd, Addr::Unix(shop.clone()), dir);
+    for (socket, name, pm) in [(&shop, "shop", "dynamic"), (&blog, "blog", "ondemand")] {
+        let out = Addr::Unix(socket.clone())
+            .connect()
+            .unwrap()
+            .request(1, &Req::get("/fpm-ping"));
+        assert_eq!(out.text(), "pong\n", "{}", r.log());
+        let out = Addr::Unix(socket.clone())
+            .connect()
+            .unwrap()
+            .request(1, &Req::get("/fpm-status"));
+        let text = out.text();
+        assert!(
+            text.contains(&format!("pool:                 {name}\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("process manager:      {pm}\n")),
+            "{text}"
+        );
+        let out = Addr::Unix(socket.clone())
+            .connect()
+            .unwrap()
+            .request(1, &Req::get("/"));
+        assert_eq!(out.status(), 200, "{}", r.log());
+    }
+    if is_root() {
+        let mode = std::fs::metadata(&shop).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(mode.mode() & 0o777, 0o660);
+        assert_eq!(mode.gid(), 33, "socket-group www-data");
+    }
+    assert!(r.log().contains("pool shop: pm dynamic"), "{}", r.log());
+}

@@ -1203,7 +1203,7 @@ fn nginx_pools_reconfigured() -> Option<()> {
     let served = std::sync::Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, served, fetch) = (stop.clone(), served.clone(), fetch.clone());
+            let (stop, served) = (stop.clone(), served.clone());
             std::thread::spawn(move || {
                 let mut failures = Vec::new();
                 while !stop.load(Ordering::Relaxed) {

@@ -341,41 +341,22 @@ impl Serve {
         })
     }
 
-    /// `--pm` and the settings of its mode, checked.
+    /// `--pm` and the settings of its mode, checked. Settings of another
+    /// mode are ignored, as PHP-FPM does (a pools file sets defaults for
+    /// pools of every mode).
     fn pm_settings(&self) -> anyhow::Result<Pm> {
         let mode = self.pm.unwrap_or(PmMode::Static);
         let max = self.max_workers.or(self.workers).map_or(5, |n| n as usize);
-        let dynamic_only =
-            self.start_workers.is_some() || self.min_spare != 1 || self.max_spare != 3;
         match mode {
-            PmMode::Static => {
-                if self.max_workers.is_some() || dynamic_only || self.idle_timeout != 10.0 {
-                    anyhow::bail!(
-                        "--max-workers, --start-workers, --min-spare, --max-spare and --idle-timeout                          are for --pm dynamic or ondemand (static runs --workers)"
-                    );
-                }
-                Ok(Pm::Static)
-            }
-            PmMode::Ondemand => {
-                if dynamic_only {
-                    anyhow::bail!(
-                        "--start-workers, --min-spare and --max-spare are for --pm dynamic"
-                    );
-                }
-                Ok(Pm::Ondemand {
-                    max,
-                    idle_timeout: Duration::from_secs_f64(self.idle_timeout.max(0.001)),
-                })
-            }
+            PmMode::Static => Ok(Pm::Static),
+            PmMode::Ondemand => Ok(Pm::Ondemand {
+                max,
+                idle_timeout: Duration::from_secs_f64(self.idle_timeout.max(0.001)),
+            }),
             PmMode::Dynamic => {
                 let (min_spare, max_spare) = (self.min_spare as usize, self.max_spare as usize);
                 if min_spare > max_spare {
                     anyhow::bail!("--min-spare {min_spare} is more than --max-spare {max_spare}");
-                }
-                if self.idle_timeout != 10.0 {
-                    anyhow::bail!(
-                        "--idle-timeout is for --pm ondemand (dynamic retires by --max-spare)"
-                    );
                 }
                 let start = self
                     .start_workers
