@@ -21,6 +21,7 @@ mod hostile;
 mod pm;
 mod pools;
 mod process;
+mod scaleout;
 mod suexec;
 mod warm;
 mod webservers;
