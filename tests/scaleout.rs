@@ -42,9 +42,7 @@ impl Net {
             skip("scale-out in network namespaces: needs root");
             return None;
         }
-        if http::require_program("ip", "iproute2").is_none() {
-            return None;
-        }
+        http::require_program("ip", "iproute2")?;
         let n = std::process::id() % 10_000;
         let net = Net {
             tag: format!("wgs{n}"),

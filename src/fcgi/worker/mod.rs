@@ -257,7 +257,16 @@ fn status_pages(
     if options.status_path.is_none() && options.ping_path.is_none() {
         return Ok(None);
     }
-    let board = scoreboard::create()?;
+    // A worker's board is its pool's, installed at the fork; a single
+    // process makes its own.
+    let board = match scoreboard::board() {
+        Some(board) => board,
+        None => {
+            let board = scoreboard::create()?;
+            scoreboard::install(board);
+            board
+        }
+    };
     if single && let Some(index) = board.claim(std::process::id()) {
         scoreboard::adopt(index);
     }
