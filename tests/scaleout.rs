@@ -2,7 +2,8 @@
 //! bridge, each running `wsgi-fcgi --workers 2` bound to its own address
 //! and accepting only the balancer's (`FCGI_WEB_SERVER_ADDRS`) — behind
 //! nginx with conf/scale-out/nginx-upstream.conf and the location of
-//! conf/nginx/wsgi-fcgi.conf, in the test's namespace. Under load (four
+//! conf/nginx/wsgi-fcgi.conf, or HAProxy with conf/scale-out/haproxy.cfg
+//! (health checks on the ping page), in the test's namespace. Under load (four
 //! clients, a connection per request): a HUP on each host in turn fails no
 //! request; a host's master SIGKILLed fails at most the requests in flight
 //! there, then none; a host's link set down is routed around (nginx's
@@ -287,9 +288,71 @@ fn signal(pid: u32, name: &str) {
 
 #[test]
 fn nginx_in_front_of_three_hosts_reloads_survives_a_kill_and_a_link_down() {
+    three_hosts(nginx);
+}
+
+#[test]
+fn haproxy_in_front_of_three_hosts_reloads_survives_a_kill_and_a_link_down() {
+    three_hosts(haproxy);
+}
+
+/// HAProxy here: conf/scale-out/haproxy.cfg with the hosts' addresses,
+/// after a main configuration as its header describes.
+fn haproxy(net: &Net) -> Option<http::Server> {
+    let exe = http::require_program("haproxy", "haproxy")?;
+    let root = crate::support::root();
+    let mut backend = std::fs::read_to_string(root.join("conf/scale-out/haproxy.cfg")).unwrap();
+    for h in 0..3 {
+        backend = backend.replace(
+            &format!(" 10.0.0.1{}:9000", h + 1),
+            &format!(" {}:9000", net.host(h)),
+        );
+    }
+    assert!(
+        !backend.contains(" 10.0.0.11:"),
+        "the snippet's server lines changed"
+    );
+    let server = http::Server::start_conf(
+        "haproxy",
+        &exe,
+        &[],
+        |dir| {
+            let d = dir.display();
+            format!("-db -f {d}/main.cfg -f")
+                .split(' ')
+                .map(Into::into)
+                .collect()
+        },
+        |dir, port| {
+            let main = format!(
+                r#"global
+    log stderr format raw local0
+    maxconn 512
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlog-normal
+    timeout connect 5s
+    timeout client 30s
+    timeout server 10s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend wsgi_fcgi_hosts
+"#
+            );
+            std::fs::write(dir.join("main.cfg"), main).unwrap();
+            backend.clone()
+        },
+    );
+    Some(server)
+}
+
+/// The three scenarios behind the balancer `front` starts.
+fn three_hosts(front: fn(&Net) -> Option<http::Server>) {
     let Some(net) = Net::new(3) else { return };
     let hosts: Vec<Responder> = (0..3).map(|h| host(&net, h)).collect();
-    let Some(web) = nginx(&net) else { return };
+    let Some(web) = front(&net) else { return };
     let port = web.port;
     let logs = || {
         let mut all = web.log();
@@ -321,7 +384,8 @@ fn nginx_in_front_of_three_hosts_reloads_survives_a_kill_and_a_link_down() {
         served.iter().all(|&n| n > 10),
         "every host serves: {served:?}"
     );
-    eprintln!("HUP on each of 3 hosts in turn: {served:?} served, none failed");
+    let name = &web.name;
+    eprintln!("{name}: HUP on each of 3 hosts in turn: {served:?} served, none failed");
 
     // 2. Host 0's master SIGKILLed: at most the requests in flight there
     //    fail (its workers finish theirs, nginx retries the rest on the
@@ -344,13 +408,23 @@ fn nginx_in_front_of_three_hosts_reloads_survives_a_kill_and_a_link_down() {
         .collect();
     assert!(late.is_empty(), "failures after the kill settled: {late:?}");
     eprintln!(
-        "host 0 SIGKILLed under load: {} failed, {served:?} served",
+        "{name}: host 0 SIGKILLed under load: {} failed, {served:?} served",
         failures.len()
     );
 
     // 3. Host 1's link down (packets dropped, no reset): requests that
     //    reach for it wait out the 1 s connect timeout and go to host 2;
     //    then host 1 is left out for fail_timeout. Nothing fails.
+    if name == "haproxy" {
+        // Its health check (the ping page, over FastCGI) took host 0 out.
+        assert!(
+            wait_until(Duration::from_secs(10), || web
+                .log()
+                .contains("host1 is DOWN")),
+            "{}",
+            web.log()
+        );
+    }
     let before = served_by(port, 20);
     assert_eq!(before[0], 0, "the killed host still answers: {before:?}");
     // (A reload's closed kept connections may have counted as failures
@@ -377,8 +451,11 @@ fn nginx_in_front_of_three_hosts_reloads_survives_a_kill_and_a_link_down() {
         served[2] > at_down[2] + 10,
         "host 2 carries the load: {served:?}"
     );
+    if name == "haproxy" {
+        assert!(web.log().contains("host2 is DOWN"), "{}", web.log());
+    }
     eprintln!(
-        "host 1's link down {:.1} s under load: none failed, {served:?} served",
+        "{name}: host 1's link down {:.1} s under load: none failed, {served:?} served",
         down.elapsed().as_secs_f64()
     );
 }

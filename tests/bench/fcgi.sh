@@ -87,16 +87,7 @@ cp "$root/target/release/wsgi-fcgi" "$root/target/bench/run/wsgi-fcgi"
 BIN=$root/target/bench/run/wsgi-fcgi
 LOADGEN=$root/target/bench/loadgen-target/release/fcgi-loadgen
 
-VENV=$root/target/bench-venv
-venv_reqs="flask==3.1.3 werkzeug==3.1.9 flup==1.0.3 uwsgi==2.0.31"
-if [ ! -x "$VENV/bin/uwsgi" ] || [ "$(cat "$VENV/.bench-reqs" 2>/dev/null)" != "$venv_reqs $PYO3_PYTHON" ]; then
-  log "creating $VENV (uWSGI is compiled against $PYO3_PYTHON: takes a minute)"
-  rm -rf "$VENV"
-  "$PYO3_PYTHON" -m venv "$VENV" >&2
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-binary uwsgi $venv_reqs >&2
-  echo "$venv_reqs $PYO3_PYTHON" > "$VENV/.bench-reqs"
-fi
+ensure_bench_venv
 PY=$VENV/bin/python
 # uWSGI must embed the same libpython as ours (a different build would not be a fair fight).
 same_libpython_or_die "$BIN" "$VENV/bin/uwsgi"

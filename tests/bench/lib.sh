@@ -24,6 +24,18 @@ same_libpython_or_die() { # ours uwsgi: both must embed the same libpython
   [ -n "$ours_lib" ] && [ "$ours_lib" = "$uwsgi_lib" ] \
     || die "uWSGI embeds ${uwsgi_lib:-a static Python}, ours ${ours_lib:-?}: rebuild the venv"
 }
+ensure_bench_venv() { # sets VENV: target/bench-venv (flask, flup, uWSGI built against PYO3_PYTHON)
+  VENV=$root/target/bench-venv
+  local reqs="flask==3.1.3 werkzeug==3.1.9 flup==1.0.3 uwsgi==2.0.31"
+  if [ ! -x "$VENV/bin/uwsgi" ] || [ "$(cat "$VENV/.bench-reqs" 2>/dev/null)" != "$reqs $PYO3_PYTHON" ]; then
+    log "creating $VENV (uWSGI is compiled against $PYO3_PYTHON: takes a minute)"
+    rm -rf "$VENV"
+    "$PYO3_PYTHON" -m venv "$VENV" >&2
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-binary uwsgi $reqs >&2
+    echo "$reqs $PYO3_PYTHON" > "$VENV/.bench-reqs"
+  fi
+}
 bench_commit() { # short HEAD, +dirty if the server's sources differ from it
   local commit
   commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
