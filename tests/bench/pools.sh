@@ -29,8 +29,8 @@
 #
 # Load step (one pool, `--threads 1`, fcgi-loadgen with RAMP_CONNS=64
 # connections from the first instant): `--pm dynamic` starting at 1 worker
-# (min-spare 1, max-spare 3, max-workers 8) against `--pm static` with 8
-# workers already running — req/s and p99 in the first second, and req/s in
+# (min-spare 1, max-spare 3, max-workers 8), without and with `--preload`,
+# against `--pm static` with 8 workers already running — req/s and p99 in the first second, and req/s in
 # the STEADY seconds after it. Full throughput within 1 s: the dynamic
 # pool's first-second req/s near its steady req/s.
 #
@@ -220,12 +220,13 @@ EOF
   stop_all
 }
 ramp_dynamic=$(ramp dynamic --pm dynamic --start-workers 1 --min-spare 1 --max-spare 3 --max-workers 8)
+ramp_preload=$(ramp dynamic-preload --pm dynamic --start-workers 1 --min-spare 1 --max-spare 3 --max-workers 8 --preload)
 ramp_static=$(ramp static --workers 8)
 
 echo
 echo "# tests/bench/pools.sh at $(bench_commit): POOLS=$POOLS Flask pools, idle; $(nproc) cores"
 "$PY" - "$results" "$POOLS" "$import_ms" "$(cat "$run/first-ondemand" 2>/dev/null || echo '- -')" \
-  "$(cat "$run/first-preload" 2>/dev/null || echo '- -')" "$ramp_dynamic" "$ramp_static" "$RAMP_CONNS" <<'EOF'
+  "$(cat "$run/first-preload" 2>/dev/null || echo '- -')" "$ramp_dynamic" "$ramp_static" "$RAMP_CONNS" "$ramp_preload" <<'EOF'
 import sys
 results, pools, import_ms = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [line.split() for line in open(results) if line.strip()]
@@ -242,9 +243,9 @@ print()
 print(f"first request to an idle pool (ms, median / max): ondemand {od_med} / {od_max} "
       f"(the app imports in {import_ms} ms; target <= import + 30); "
       f"ondemand --preload {pl_med} / {pl_max} (target <= 20)")
-d, s = sys.argv[6].split(), sys.argv[7].split()
-print(f"load step, {sys.argv[8]} connections at once: dynamic (1 -> 8 workers): first second {d[0]} req/s, "
-      f"p99 {d[1]} ms, then {d[2]} req/s; static 8 workers: first second {s[0]} req/s, "
-      f"p99 {s[1]} ms, then {s[2]} req/s; errors {int(d[3]) + int(s[3])}")
-print(f"dynamic first second / its steady: {int(d[0]) / max(1, int(d[2])):.2f}")
+d, s, p = sys.argv[6].split(), sys.argv[7].split(), sys.argv[9].split()
+print(f"load step, {sys.argv[8]} connections at once (req/s in the first second, its p99, req/s after):")
+for name, r in (("dynamic 1 -> 8", d), ("dynamic 1 -> 8 --preload", p), ("static 8", s)):
+    print(f"  {name}: {r[0]} req/s, p99 {r[1]} ms, then {r[2]} req/s "
+          f"(first / after {int(r[0]) / max(1, int(r[2])):.2f}); errors {r[3]}")
 EOF

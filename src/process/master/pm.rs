@@ -129,6 +129,11 @@ pub struct Scaler {
     /// Workers dynamic mode spawns at its next maintenance while short.
     spawn_rate: usize,
     next_maintenance: Instant,
+    /// Idle workers seen at each turn since the last maintenance, summed,
+    /// and the turns: dynamic mode decides on their mean, not on one look
+    /// (a worker between two short requests looks idle for a moment).
+    idle_sum: usize,
+    looks: usize,
     /// Whether `--max-workers` stopped a spawn (logged once per episode).
     pub at_max: bool,
 }
@@ -140,6 +145,8 @@ impl Scaler {
             pm,
             threads: threads.max(1) as u64,
             spawn_rate: 1,
+            idle_sum: 0,
+            looks: 0,
             next_maintenance: now + Duration::from_secs(1),
             at_max: false,
         }
@@ -183,6 +190,8 @@ impl Scaler {
     /// This turn's decision.
     pub fn decide(&mut self, view: &View, now: Instant) -> Decision {
         let live = view.booting + view.ready.len();
+        self.idle_sum += view.ready.iter().filter(|w| w.idle_for.is_some()).count();
+        self.looks += 1;
         let max = self.max();
         if view.free_threads == 0 && view.queued > 0 {
             let wanted = view.queued.div_ceil(self.threads) as usize;
@@ -215,15 +224,19 @@ impl Scaler {
                     return Decision::Keep;
                 }
                 self.next_maintenance = now + Duration::from_secs(1);
+                // Idle workers on the mean of the second's looks, rounded
+                // to the nearest.
+                let mean = (self.idle_sum * 2 + self.looks) / (self.looks * 2).max(1);
+                (self.idle_sum, self.looks) = (0, 0);
                 let idle: Vec<&Seen> = view.ready.iter().filter(|w| w.idle_for.is_some()).collect();
-                if idle.len() > max_spare {
+                if mean > max_spare && !idle.is_empty() {
                     self.spawn_rate = 1;
                     return idle
                         .iter()
                         .max_by_key(|w| w.idle_for)
                         .map_or(Decision::Keep, |w| Decision::Retire(w.pid));
                 }
-                let spare = idle.len() + view.booting;
+                let spare = mean + view.booting;
                 if spare >= min_spare {
                     self.spawn_rate = 1;
                     return Decision::Keep;
@@ -379,6 +392,61 @@ mod tests {
             assert_eq!(s.decide(&view, at), Decision::Keep, "twice in one second");
         }
         assert_eq!(spawned, [1, 2, 4, 8, 16, 32, 32]);
+    }
+
+    /// Eight workers busy but for a moment between requests: some look
+    /// idle at each turn, more than --max-spare at a few; their mean over
+    /// the second is below it, and none is retired.
+    #[test]
+    fn dynamic_retires_on_the_mean_of_its_looks_not_on_one() {
+        let start = Instant::now();
+        let mut s = Scaler::new(
+            Pm::Dynamic {
+                max: 8,
+                start: 8,
+                min_spare: 1,
+                max_spare: 3,
+            },
+            1,
+            start,
+        );
+        let look = |idle: usize| View {
+            ready: (0..8)
+                .map(|pid| {
+                    if pid < idle {
+                        idle_ms(pid as i32)
+                    } else {
+                        busy(pid as i32)
+                    }
+                })
+                .collect(),
+            ..View::default()
+        };
+        for (turn, idle) in [0, 5, 1, 0, 4, 2, 0, 1, 5, 0, 2, 1].into_iter().enumerate() {
+            let at = start + Duration::from_millis(80 * turn as u64 + 50);
+            assert_eq!(s.decide(&look(idle), at), Decision::Keep);
+        }
+        // The second is over: its mean (26 / 13 looks) is 2, within the spares.
+        assert_eq!(
+            s.decide(&look(5), start + Duration::from_secs(1)),
+            Decision::Keep
+        );
+        // A second of 5 idle at every look: one goes.
+        for turn in 0..10 {
+            let at = start + Duration::from_millis(1000 + 90 * turn + 50);
+            assert_eq!(s.decide(&look(5), at), Decision::Keep);
+        }
+        assert!(matches!(
+            s.decide(&look(5), start + Duration::from_secs(2)),
+            Decision::Retire(_)
+        ));
+    }
+
+    fn idle_ms(pid: i32) -> Seen {
+        Seen {
+            pid,
+            idle_for: Some(Duration::from_millis(1)),
+        }
     }
 
     #[test]
