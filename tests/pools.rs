@@ -18,16 +18,7 @@ use std::time::Duration;
 
 /// "VERSION PID UID" of one request to the pool at `socket`.
 fn ask(socket: &Path, path: &str) -> Result<(String, u32, u32), String> {
-    let mut c = Addr::Unix(socket.to_path_buf())
-        .connect()
-        .map_err(|e| format!("connect: {e}"))?;
-    c.send_request(1, &Req::get(path))
-        .map_err(|e| format!("send: {e}"))?;
-    let out = c.response_with_result(1, Duration::from_secs(10))?;
-    if out.status() != 200 {
-        return Err(format!("status {}", out.status()));
-    }
-    let text = out.text();
+    let text = Addr::Unix(socket.to_path_buf()).get_text(path)?;
     match text.split_whitespace().collect::<Vec<_>>()[..] {
         [version, pid, uid] => Ok((
             version.to_string(),

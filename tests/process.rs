@@ -72,14 +72,7 @@ fn set_version(r: &Responder, version: &str) {
 
 /// "VERSION PID" from one request on a fresh connection.
 pub(crate) fn served(r: &Responder, path: &str) -> Result<(String, u32), String> {
-    let mut c = r.addr.connect().map_err(|e| format!("connect: {e}"))?;
-    c.send_request(1, &Req::get(path))
-        .map_err(|e| format!("send: {e}"))?;
-    let out = c.response_with_result(1, Duration::from_secs(10))?;
-    if out.status() != 200 {
-        return Err(format!("status {}", out.status()));
-    }
-    let text = out.text();
+    let text = r.addr.get_text(path)?;
     let (version, pid) = text.trim().split_once(' ').ok_or(text.clone())?;
     Ok((version.to_string(), pid.parse().map_err(|_| text.clone())?))
 }

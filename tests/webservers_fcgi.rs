@@ -982,7 +982,6 @@ fn nginx_master_under_load(
     extra: &[&str],
     during: impl FnOnce(u32, &Path, &dyn Fn() -> String),
 ) -> Option<(usize, Fetch)> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let mut app = App::file("reloadable.py")?;
     let versions = tempfile::tempdir().unwrap();
     let version_file = versions.path().join("version");
@@ -1003,44 +1002,12 @@ fn nginx_master_under_load(
     let web = nginx(&responder.address(), MOUNT)?;
     let port = web.port;
     // One request on its own connection to nginx: the version served.
-    let fetch = move || -> Result<String, String> {
-        let wire = b"GET /app/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-        let raw = http::exchange(port, wire, Duration::from_secs(20)).map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(head.lines().next().unwrap_or_default().to_string());
-        }
-        Ok(body.split(' ').next().unwrap_or_default().to_string())
-    };
+    let fetch = move || http::first_word(port, "/app/");
     assert_eq!(fetch(), Ok("v0".to_string()), "{}", responder.log());
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let served = std::sync::Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, served) = (stop.clone(), served.clone());
-            std::thread::spawn(move || {
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match fetch() {
-                        Ok(_) => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.push(e),
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
+    let clients = http::Clients::start(4, fetch);
     let log = || responder.log();
     during(responder.pid, &version_file, &log);
-    stop.store(true, Ordering::Relaxed);
-    let failures: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
-    let served = served.load(Ordering::Relaxed);
+    let (served, failures) = clients.finish();
     assert!(
         failures.is_empty(),
         "{} of {} requests failed, e.g. {:?}\nnginx: {}\nwsgi-fcgi: {}",
@@ -1146,7 +1113,6 @@ fn nginx_preload_reloads_under_load() -> Option<()> {
 /// socket file goes, `new` serves. Then a configuration that does not parse
 /// and HUP: nothing changes (same workers), the log says why.
 fn nginx_pools_reconfigured() -> Option<()> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let top = tempfile::tempdir().unwrap();
     std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let template = std::fs::read_to_string(support::app("warm_app.py")).unwrap();
@@ -1183,41 +1149,14 @@ fn nginx_pools_reconfigured() -> Option<()> {
     let top = responder.dir.path().to_path_buf();
     let web = nginx(&responder.address(), MOUNT)?;
     let port = web.port;
-    let fetch = move || -> Result<String, String> {
-        let wire = b"GET /app/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-        let raw = http::exchange(port, wire, Duration::from_secs(20)).map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(head.lines().next().unwrap_or_default().to_string());
-        }
-        Ok(body.split(' ').next().unwrap_or_default().to_string())
-    };
+    let fetch = move || http::first_word(port, "/app/");
     assert!(
         wait_until(Duration::from_secs(20), || fetch() == Ok("main-v1".into())),
         "{}\n{}",
         web.log(),
         responder.log()
     );
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let served = std::sync::Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, served) = (stop.clone(), served.clone());
-            std::thread::spawn(move || {
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match fetch() {
-                        Ok(_) => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.push(e),
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
+    let clients = http::Clients::start(4, fetch);
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(
         &config,
@@ -1246,12 +1185,7 @@ fn nginx_pools_reconfigured() -> Option<()> {
         responder.log()
     );
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let failures: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
-    let served = served.load(Ordering::Relaxed);
+    let (served, failures) = clients.finish();
     assert!(
         failures.is_empty(),
         "{} of {} requests failed, e.g. {:?}\nnginx: {}\nwsgi-fcgi: {}",

@@ -379,6 +379,19 @@ pub enum Addr {
 }
 
 impl Addr {
+    /// `GET path` on a connection of its own: the body of a 200, else
+    /// what went wrong (the load and process tests' probe).
+    pub fn get_text(&self, path: &str) -> Result<String, String> {
+        let mut c = self.connect().map_err(|e| format!("connect: {e}"))?;
+        c.send_request(1, &Req::get(path))
+            .map_err(|e| format!("send: {e}"))?;
+        let out = c.response_with_result(1, Duration::from_secs(10))?;
+        if out.status() != 200 {
+            return Err(format!("status {}", out.status()));
+        }
+        Ok(out.text())
+    }
+
     /// As `--bind` and `wsgi-fcgi request` spell it.
     pub fn arg(&self) -> String {
         match self {

@@ -92,6 +92,73 @@ fn head(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> Stri
     head
 }
 
+/// `GET path` on a connection of its own to 127.0.0.1:`port`: the first
+/// word of the body of a 200 (the load tests' apps answer "VERSION PID …"),
+/// or the status line / error.
+pub fn first_word(port: u16, path: &str) -> Result<String, String> {
+    let wire = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let raw =
+        exchange(port, wire.as_bytes(), Duration::from_secs(20)).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_string());
+    }
+    Ok(body.split(' ').next().unwrap_or_default().to_string())
+}
+
+/// Clients running a request in a loop, each on its own thread, until
+/// [`Clients::finish`]: how many succeeded, and every failure with when it
+/// happened.
+pub struct Clients {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<(std::time::Instant, String)>>>,
+}
+
+impl Clients {
+    /// `count` clients, each running `request` again and again.
+    pub fn start<T>(
+        count: usize,
+        request: impl Fn() -> Result<T, String> + Clone + Send + 'static,
+    ) -> Clients {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads = (0..count)
+            .map(|_| {
+                let (stop, ok, request) = (stop.clone(), ok.clone(), request.clone());
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match request() {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures.push((std::time::Instant::now(), e)),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Clients { stop, ok, threads }
+    }
+
+    /// Stop them (each finishes its request): (succeeded, failures by time).
+    pub fn finish(self) -> (usize, Vec<(std::time::Instant, String)>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures: Vec<_> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        failures.sort_by_key(|f| f.0);
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
 /// Send `wire`, a whole request as the test wrote it, to 127.0.0.1:`port`
 /// and read until the server closes: the raw response, for checks a parser
 /// would hide (a chunked body cut short). A read that fails (a reset, the
