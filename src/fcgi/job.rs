@@ -439,7 +439,8 @@ impl Ending<'_> {
 
     /// Write what is left, waiting for room (call without the GIL).
     pub fn write(&self, frames: Frames) {
-        let _ = self.held.write(frames, &|| self.exchange.aborted());
+        let r = self.held.write(frames, &|| self.exchange.aborted());
+        dbg_log(&format!("Ending::write id {} -> {:?}", self.exchange.id, r.as_ref().err()));
     }
 }
 
@@ -449,5 +450,13 @@ impl Drop for Ending<'_> {
         if self.exchange.wake_on_end.load(Ordering::Acquire) {
             self.exchange.link.wake.notify_one();
         }
+    }
+}
+
+/// DEBUG
+pub fn dbg_log(m: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open("/tmp/wsgi-debug.log") {
+        let _ = writeln!(f, "{} {m}", std::process::id());
     }
 }
