@@ -234,6 +234,9 @@ pub struct Exchange {
     pub id: u16,
     link: Arc<Link>,
     aborted: AtomicBool,
+    /// Our side gave up on the request (a timeout, a response cut short):
+    /// nothing more of it goes out, not even its END_REQUEST.
+    given_up: AtomicBool,
     head_sent: AtomicBool,
     ended: AtomicBool,
     /// The connection must hear of the end at once: it closes after it,
@@ -248,6 +251,7 @@ impl Exchange {
             id,
             link,
             aborted: AtomicBool::new(false),
+            given_up: AtomicBool::new(false),
             head_sent: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             wake_on_end: AtomicBool::new(wake_on_end),
@@ -263,6 +267,14 @@ impl Exchange {
     /// Whether the request was aborted.
     pub fn aborted(&self) -> bool {
         self.aborted.load(Ordering::Acquire) || self.link.gone.load(Ordering::Acquire)
+    }
+
+    /// Whether the writing of the request's end must stop waiting for
+    /// room: the connection is gone, or our side gave up on the request.
+    /// Not after an ABORT_REQUEST alone: that stops the response, while
+    /// the web server reads on for the END_REQUEST it is owed (§5.4).
+    fn end_cancelled(&self) -> bool {
+        self.given_up.load(Ordering::Acquire) || self.link.gone.load(Ordering::Acquire)
     }
 
     /// The connection's link.
@@ -393,6 +405,7 @@ impl Exchange {
     /// End the request now, on our side: stop its output, then `answer`
     /// with the writer held; the connection hears of the end.
     fn end_early(&self, answer: impl FnOnce(&Held<'_>)) -> bool {
+        self.given_up.store(true, Ordering::Release);
         self.abort();
         let held = self.link.writer.hold();
         if self.ended.swap(true, Ordering::AcqRel) {
@@ -437,10 +450,16 @@ impl Ending<'_> {
         self.held.try_write(frames).unwrap_or_default()
     }
 
-    /// Write what is left, waiting for room (call without the GIL).
+    /// Write what is left, waiting for room (call without the GIL) — after
+    /// an ABORT_REQUEST too (see [`Exchange::end_cancelled`]). An end that
+    /// cannot go out shuts the connection down: the web server sees it
+    /// close instead of waiting for an END_REQUEST that never comes.
     pub fn write(&self, frames: Frames) {
-        let r = self.held.write(frames, &|| self.exchange.aborted());
-        dbg_log(&format!("Ending::write id {} -> {:?}", self.exchange.id, r.as_ref().err()));
+        let exchange = self.exchange;
+        let written = self.held.write(frames, &|| exchange.end_cancelled());
+        if written.is_err() {
+            exchange.link.writer.shut_down();
+        }
     }
 }
 
@@ -453,10 +472,112 @@ impl Drop for Ending<'_> {
     }
 }
 
-/// DEBUG
-pub fn dbg_log(m: &str) {
+#[cfg(test)]
+mod tests {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open("/tmp/wsgi-debug.log") {
-        let _ = writeln!(f, "{} {m}", std::process::id());
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::fcgi::proto::codec::RecordDecoder;
+    use crate::fcgi::proto::record::RecordType;
+    use tokio_util::codec::Decoder;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A request on a connection whose send buffer is full (the web server
+    /// has a response's last bytes still to read): its exchange, the web
+    /// server's end and how many bytes wait there. (A link told it is not
+    /// on a unix socket: a unix one's buffer grows at its first full write.)
+    fn full_connection() -> (Arc<Exchange>, UnixStream, usize) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut queued = 0;
+        loop {
+            match (&ours).write(&[0u8; 4096]) {
+                Ok(n) => queued += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let link = Link::new(Arc::new(OwnedFd::from(ours)), false);
+        (Exchange::new(1, link, false), peer, queued)
+    }
+
+    /// End the request on another thread, as the app thread does; `events`
+    /// hears "waits" once the write waits for room (the web server spoke
+    /// meanwhile: see [`Writer::when_peer_speaks`]), then "returned".
+    fn end_elsewhere<'s>(
+        scope: &'s std::thread::Scope<'s, '_>,
+        exchange: &'s Exchange,
+        peer: &mut UnixStream,
+        events: Sender<&'static str>,
+    ) {
+        let waits = events.clone();
+        let hook = move || {
+            let _ = waits.send("waits");
+        };
+        exchange.link.writer.when_peer_speaks(Some(Box::new(hook)));
+        scope.spawn(move || {
+            if let Some(ending) = exchange.ending() {
+                ending.write(ending.frames(b"", Bytes::new(), 0));
+            }
+            let _ = events.send("returned");
+        });
+        peer.write_all(&[0]).unwrap();
+    }
+
+    fn next(events: &Receiver<&'static str>) -> &'static str {
+        events.recv_timeout(PATIENCE).unwrap()
+    }
+
+    #[test]
+    fn an_aborted_request_gets_its_end_request_once_the_web_server_reads_on() {
+        // ABORT_REQUEST, and the app returns while the socket is still full.
+        let (exchange, mut peer, queued) = full_connection();
+        exchange.abort();
+        let (events, heard) = channel();
+        std::thread::scope(|s| {
+            end_elsewhere(s, &exchange, &mut peer, events);
+            // The end waits for room (it is not dropped: the abort stopped
+            // the response, not its END_REQUEST)...
+            assert_eq!(next(&heard), "waits");
+            // ...and follows what was queued once the web server reads.
+            let mut wire = vec![0u8; queued + 24];
+            peer.read_exact(&mut wire).unwrap();
+            let mut end = BytesMut::from(&wire[queued..]);
+            let stdout_end = RecordDecoder.decode(&mut end).unwrap().unwrap();
+            let end_request = RecordDecoder.decode(&mut end).unwrap().unwrap();
+            assert_eq!(
+                (stdout_end.kind, stdout_end.content.len()),
+                (RecordType::Stdout as u8, 0)
+            );
+            assert_eq!(
+                (end_request.kind, end_request.request_id),
+                (RecordType::EndRequest as u8, 1)
+            );
+            assert_eq!(next(&heard), "returned");
+        });
+        assert!(exchange.link.writer.intact());
+    }
+
+    #[test]
+    fn a_timeout_stops_a_waiting_end_and_closes_the_connection() {
+        // The web server reads nothing while the end waits: --request-timeout
+        // (the watchdog) gets the writer back, and the connection closes.
+        let (exchange, mut peer, queued) = full_connection();
+        let (events, heard) = channel();
+        std::thread::scope(|s| {
+            end_elsewhere(s, &exchange, &mut peer, events);
+            assert_eq!(next(&heard), "waits");
+            assert!(!exchange.time_out(), "the request had ended");
+            assert_eq!(next(&heard), "returned");
+        });
+        let mut wire = Vec::new();
+        peer.read_to_end(&mut wire).unwrap();
+        assert_eq!(wire.len(), queued, "no END_REQUEST, then the close");
     }
 }

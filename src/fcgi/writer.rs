@@ -360,7 +360,6 @@ impl Held<'_> {
                 continue;
             }
             if cancelled() {
-                crate::fcgi::job::dbg_log(&format!("Held::write cancelled started={}", rest.started));
                 if rest.started {
                     writer.shut_down();
                 }
