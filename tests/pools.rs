@@ -342,3 +342,49 @@ fn the_shipped_pools_example_serves() {
     }
     assert!(r.log().contains("pool shop: pm dynamic"), "{}", r.log());
 }
+
+/// systemd's `Type=notify` with pools: READY=1 once every pool serves or
+/// has failed (a broken pool does not hold the service back, and its
+/// `STATUS=` names it); HUP: RELOADING=1, then READY=1 again.
+#[test]
+fn ready_comes_once_every_pool_serves_or_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    // It fails after the good pool is ready: READY=1 must not wait for an
+    // announcement that never comes.
+    let broken = dir.path().join("slow_broken.py");
+    std::fs::write(
+        &broken,
+        "import time\ntime.sleep(1)\nraise RuntimeError('no')\n",
+    )
+    .unwrap();
+    let config = format!(
+        "threads = 1\n[pool.good]\napp = \"{}\"\nbind = \"unix:{d}/good.sock\"\nworkers = 2\n\
+         [pool.broken]\napp = \"{}\"\nbind = \"unix:{d}/broken.sock\"\n",
+        app("hello.py").display(),
+        broken.display(),
+        d = dir.path().display()
+    );
+    std::fs::write(dir.path().join("pools.toml"), config).unwrap();
+    let good = Addr::Unix(dir.path().join("good.sock"));
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--config")
+        .arg(dir.path().join("pools.toml"))
+        .env("NOTIFY_SOCKET", &notify_path);
+    let r = Responder::spawn(cmd, good, dir);
+    let ready = crate::process::notifications(&socket, "READY=1");
+    let last = ready.last().unwrap();
+    assert!(last.contains(&format!("MAINPID={}", r.pid)), "{ready:?}");
+    assert!(
+        last.contains("serving 2 pool(s) with 2 worker(s); failed: broken"),
+        "{ready:?}\n{}",
+        r.log()
+    );
+    crate::process::kill(r.pid, "HUP");
+    let reload = crate::process::notifications(&socket, "READY=1");
+    assert!(
+        reload.iter().any(|m| m.contains("RELOADING=1")),
+        "{reload:?}"
+    );
+}

@@ -399,7 +399,7 @@ fn max_lifetime_and_max_rss_recycle_workers() {
 }
 
 /// Messages on a datagram socket standing in for systemd's NOTIFY_SOCKET.
-fn notifications(socket: &std::os::unix::net::UnixDatagram, until: &str) -> Vec<String> {
+pub(crate) fn notifications(socket: &std::os::unix::net::UnixDatagram, until: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     socket

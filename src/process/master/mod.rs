@@ -137,6 +137,9 @@ struct Master<'a> {
     exit_code: i32,
     /// Several pools: what HUP reads again.
     reconfigure: Option<&'a dyn Reconfigure<'a>>,
+    /// READY=1 is due (at start, after a reload) once every pool's current
+    /// generation is ready (or the pool failed, or is going).
+    ready_due: bool,
 }
 
 /// Run the master of one pool until it is told to stop; returns the exit
@@ -199,6 +202,7 @@ impl<'a> Master<'a> {
             stop: None,
             exit_code: Exit::Success.code(),
             reconfigure,
+            ready_due: true,
         }
     }
 
@@ -305,6 +309,7 @@ impl<'a> Master<'a> {
             Intent::Reload => match self.reconfigure.map(|r| r.read()) {
                 None => {
                     notify::reloading();
+                    self.ready_due = true;
                     for pool in &mut self.pools {
                         pool.on_intent(intent);
                     }
@@ -314,6 +319,7 @@ impl<'a> Master<'a> {
                 }
                 Some(Ok(specs)) => {
                     notify::reloading();
+                    self.ready_due = true;
                     self.apply(specs);
                 }
             },
@@ -423,20 +429,20 @@ impl<'a> Master<'a> {
             }
             !gone
         });
-        let mut announced = false;
         for p in 0..self.pools.len() {
             let others: Vec<RawFd> = (0..self.pools.len())
                 .filter(|&q| q != p)
                 .flat_map(|q| self.pools[q].own_fds())
                 .collect();
-            announced |= self.pools[p].advance(&others)?;
+            self.pools[p].advance(&others)?;
         }
-        if announced
+        if self.ready_due
             && self
                 .pools
                 .iter()
                 .all(|p| !p.announce_ready || p.failed || p.removed)
         {
+            self.ready_due = false;
             let ready: usize = self.pools.iter().map(Pool::ready_count).sum();
             let status = match &self.pools[..] {
                 [pool] => format!(

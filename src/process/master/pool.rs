@@ -506,13 +506,11 @@ impl<'a> Pool<'a> {
 
     /// Do what is due: complete a reload, keep the count. `others`: the
     /// descriptors a new worker closes (other pools' pipes and sockets).
-    /// Returns whether this pool's current generation just became ready
-    /// (systemd's READY=1 is due once every pool's is).
-    pub(super) fn advance(&mut self, others: &[RawFd]) -> std::io::Result<bool> {
+    pub(super) fn advance(&mut self, others: &[RawFd]) -> std::io::Result<()> {
         let now = Instant::now();
         if self.removed {
             self.kill_overdue();
-            return Ok(false);
+            return Ok(());
         }
         self.check_limits(now);
         self.kill_overdue();
@@ -530,7 +528,6 @@ impl<'a> Pool<'a> {
             .iter()
             .filter(|w| current(w, self.generation) && w.state == State::Ready)
             .count();
-        let announced = self.announce_ready && ready >= self.target;
         if ready >= self.target {
             if ready > 0 {
                 self.failed = false;
@@ -544,7 +541,7 @@ impl<'a> Pool<'a> {
         } else if live > self.target {
             self.retire_newest();
         }
-        Ok(announced)
+        Ok(())
     }
 
     /// The current generation has its workers ready: let go of what they replace — the old generation (a reload) and
