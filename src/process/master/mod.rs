@@ -55,6 +55,7 @@ use crate::{log_error, log_info};
 mod limits;
 pub mod pm;
 mod pool;
+mod scale;
 
 use pm::Pm;
 use pool::Pool;
