@@ -4,8 +4,9 @@
 //! whose app does not import is retried with back-off while the others
 //! serve, and serves once its code is fixed; no worker holds another
 //! pool's socket; a configuration that cannot work is refused with the
-//! reason. The apps are copies of tests/apps/warm_app.py ("VERSION PID
-//! UID" answers).
+//! reason; `preload = true` forks a pool's workers from a template that
+//! imported its app once. The apps are copies of tests/apps/warm_app.py
+//! ("VERSION PID UID" answers).
 
 use crate::process::workers_of;
 use crate::support::fcgi::*;
@@ -208,8 +209,8 @@ fn pool_configurations_that_cannot_work_are_refused() {
         ),
         ("[pool.a]\nworkers = 2\n", "no `bind`"),
         (
-            "[pool.a]\nbind = \"unix:/tmp/x-a.sock\"\nworkers = 2\npreload = true\n",
-            "`preload` is not available",
+            "[pool.a]\nbind = \"unix:/tmp/x-a.sock\"\nidle-exit = 30\n",
+            "`idle-exit` is for a single process",
         ),
         (
             "[pool.\"a b\"]\nbind = \"unix:/tmp/x-a.sock\"\n",
@@ -387,4 +388,161 @@ fn ready_comes_once_every_pool_serves_or_failed() {
         reload.iter().any(|m| m.contains("RELOADING=1")),
         "{reload:?}"
     );
+}
+
+/// `preload = true` in a pool: the pool's app is imported once, by a
+/// template process of its own (as the pool's user), and every worker —
+/// the ondemand pool's spawns, a static pool's workers — is forked from
+/// it and re-parented to the master, which supervises it like any worker.
+/// HUP imports the new code in a new template; a new code that does not
+/// import cancels that pool's reload (the old template goes on forking).
+#[test]
+fn preloaded_pools_fork_their_workers_from_a_template() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let imports = dir.path().join("imports.log");
+    std::fs::write(&imports, "").unwrap();
+    std::fs::set_permissions(&imports, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let fixture = std::fs::read_to_string(app("warm_app.py")).unwrap();
+    // Each import appends its pid: a worker forked from a template never does.
+    let code = |version: &str| {
+        format!(
+            "with open({:?}, 'a') as _f:\n    _f.write(f'{{__import__(\"os\").getpid()}}\\n')\n{}",
+            imports.display().to_string(),
+            fixture.replace("VERSION = \"v1\"", &format!("VERSION = \"{version}\""))
+        )
+    };
+    let (user, uid) = if is_root() {
+        ("user = \"nobody\"\n", Some(65534))
+    } else {
+        skip("a preloaded pool under another user: needs root");
+        ("", None)
+    };
+    for (name, version) in [("od", "od1"), ("st", "st1")] {
+        let file = dir.path().join(format!("{name}.py"));
+        std::fs::write(&file, code(version)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let d = dir.path().display().to_string();
+    let config = format!(
+        "threads = 1\npreload = true\n\
+         [pool.od]\napp = \"{d}/od.py\"\nbind = \"unix:{d}/od.sock\"\npm = \"ondemand\"\n\
+         idle-timeout = 2\n{user}\
+         [pool.st]\napp = \"{d}/st.py\"\nbind = \"unix:{d}/st.sock\"\nworkers = 2\n"
+    );
+    std::fs::write(dir.path().join("pools.toml"), config).unwrap();
+    let od = dir.path().join("od.sock");
+    let st = dir.path().join("st.sock");
+    let mut cmd = Command::new(wsgi_fcgi());
+    cmd.arg("--config").arg(dir.path().join("pools.toml"));
+    let r = Responder::spawn(cmd, Addr::Unix(st.clone()), dir);
+    let imported = || -> Vec<u32> {
+        std::fs::read_to_string(&imports)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let parent = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = stat.rsplit_once(')').unwrap().1;
+        after.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let serve = |socket: &Path| -> (String, u32, u32) {
+        let mut last = Err(String::new());
+        let ok = wait_until(Duration::from_secs(20), || {
+            last = ask(socket, "/");
+            last.is_ok()
+        });
+        assert!(ok, "{last:?}\n{}", r.log());
+        last.unwrap()
+    };
+
+    let (version, od_worker, od_uid) = serve(&od);
+    assert_eq!(version, "od1");
+    // (Asked at once: it retires after two seconds idle.)
+    assert_eq!(parent(od_worker), r.pid, "the ondemand worker's parent");
+    if let Some(uid) = uid {
+        assert_eq!(
+            od_uid, uid,
+            "the template and its workers run as the pool's user"
+        );
+    }
+    let mut st_workers = std::collections::BTreeSet::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        st_workers.insert(serve(&st).1);
+        st_workers.len() == 2
+    }));
+    // One import per pool, in neither pool's workers; every worker is the
+    // master's child.
+    let templates = imported();
+    assert_eq!(templates.len(), 2, "{templates:?}\n{}", r.log());
+    assert!(
+        !templates.contains(&od_worker),
+        "the ondemand worker imported the app"
+    );
+    for worker in &st_workers {
+        assert!(
+            !templates.contains(worker),
+            "worker {worker} imported the app"
+        );
+        assert_eq!(parent(*worker), r.pid, "worker {worker}'s parent");
+    }
+    for template in &templates {
+        assert_eq!(parent(*template), r.pid);
+    }
+
+    // Ondemand: retired when idle, forked again (no import) on demand.
+    assert!(
+        wait_until(Duration::from_secs(15), || r
+            .log()
+            .contains(&format!("worker {od_worker} idle for"))),
+        "{}",
+        r.log()
+    );
+    let (_, again, _) = serve(&od);
+    assert_ne!(again, od_worker);
+    assert_eq!(imported().len(), 2, "{}", r.log());
+
+    // HUP: the new code, imported by a new template per pool.
+    std::fs::write(r.dir.path().join("st.py"), code("st2")).unwrap();
+    crate::process::kill(r.pid, "HUP");
+    assert!(
+        wait_until(Duration::from_secs(20), || ask(&st, "/")
+            .is_ok_and(|(v, _, _)| v == "st2")),
+        "{}",
+        r.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || imported().len() == 4));
+    assert!(
+        wait_until(Duration::from_secs(10), || templates.iter().all(
+            |t| !std::path::Path::new(&format!("/proc/{t}")).exists() || parent(*t) != r.pid
+        )),
+        "the old templates exit once the new generation is ready\n{}",
+        r.log()
+    );
+
+    // A new code that does not import: that pool's reload is cancelled;
+    // its old template goes on forking workers of the code it has.
+    std::fs::write(r.dir.path().join("od.py"), "raise RuntimeError('no')\n").unwrap();
+    crate::process::kill(r.pid, "HUP");
+    assert!(
+        wait_until(Duration::from_secs(20), || r
+            .log()
+            .contains("pool od: reload cancelled: new template")),
+        "{}",
+        r.log()
+    );
+    assert_eq!(serve(&od).0, "od1");
+    assert_eq!(serve(&st).0, "st2");
+
+    // TERM: the master, its workers and the templates all go.
+    let master = r.pid;
+    let everyone: Vec<u32> = workers_of(master);
+    crate::process::kill(master, "TERM");
+    assert!(wait_until(Duration::from_secs(20), || everyone
+        .iter()
+        .chain([&master])
+        .all(|p| std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map_or(true, |s| s.contains(") Z ")))));
 }

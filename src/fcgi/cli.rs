@@ -555,12 +555,6 @@ pub fn pools(args: &[std::ffi::OsString]) -> anyhow::Result<Option<Vec<(String, 
         if plan.options.binds.is_empty() {
             anyhow::bail!("{what}: no `bind` (each pool listens on its own sockets)");
         }
-        if plan.preload {
-            anyhow::bail!(
-                "{what}: `preload` is not available with several pools (each pool's app would need a \
-                 process of its own to fork from; the master runs no Python)"
-            );
-        }
         if plan.options.idle_exit.is_some() {
             anyhow::bail!("{what}: `idle-exit` is for a single process, not a pool");
         }

@@ -11,6 +11,7 @@ use crate::fcgi::worker::listener::{self, Bind, Listener};
 use crate::fcgi::worker::{self, WorkerError, WorkerOptions};
 use crate::process::ToMaster;
 use crate::process::master::pm::Pm;
+use crate::process::master::template::{Link, TemplateMain};
 use crate::process::master::{self, MasterOptions};
 
 /// Serve as `plan` says; returns the exit status.
@@ -207,6 +208,12 @@ impl PoolSet {
                 listeners: listeners.iter().map(|l| l.raw().0).collect(),
                 ..master_options(&plan, &[])
             };
+            let template_main = plan.preload.then(|| {
+                let options = plan.options.clone();
+                let listeners = listeners.clone();
+                Box::new(move |link: Link| pool_template(&options, &listeners, link))
+                    as TemplateMain<'static>
+            });
             let worker_options = plan.options;
             let worker_main: master::WorkerMain<'static> = Box::new(move |ready: ToMaster| {
                 match listeners.iter().map(|l| l.try_clone()).collect() {
@@ -221,6 +228,7 @@ impl PoolSet {
                 name,
                 options,
                 worker_main,
+                template_main,
             });
         }
         Ok(specs)
@@ -326,6 +334,53 @@ fn run_check(options: &WorkerOptions) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// A pool's template (`preload = true`): as the pool's user, import the
+/// app once, then fork the pool's workers from it when the master asks
+/// (`crate::process::master::template`); returns its exit status.
+fn pool_template(options: &WorkerOptions, listeners: &[Rc<Listener>], link: Link) -> i32 {
+    let setup = |err: WorkerError| {
+        eprintln!("wsgi-fcgi: template: {err}");
+        Exit::Setup.code()
+    };
+    // As a worker does: the log opened first, then the privileges go —
+    // before the app's code runs.
+    let access_log = match worker::open_access_log(options) {
+        Ok(log) => log,
+        Err(e) => return setup(e),
+    };
+    if let Err(e) = worker::drop_privileges(options.user.as_deref(), options.group.as_deref()) {
+        return setup(e);
+    }
+    let mut options = options.clone();
+    options.user = None;
+    options.group = None;
+    let app = match worker::preload(&options) {
+        Ok(app) => app,
+        Err(err) => return exit_status(Err(err)),
+    };
+    let hooks = worker::PreloadFork::new(&[]);
+    if let Err(e) = link.ready() {
+        eprintln!("wsgi-fcgi: template: the master is gone: {e}");
+        return Exit::Setup.code();
+    }
+    link.serve(
+        &hooks,
+        &|ready| match listeners.iter().map(|l| l.try_clone()).collect() {
+            Ok(copies) => exit_status(worker::run_with_log(
+                options.clone(),
+                copies,
+                Some(ready),
+                Some(&app),
+                access_log.clone(),
+            )),
+            Err(err) => {
+                eprintln!("wsgi-fcgi: worker: {err}");
+                Exit::Setup.code()
+            }
+        },
+    )
+}
+
 /// One worker process (or the only process); returns the exit status.
 fn worker_main(
     options: &WorkerOptions,
@@ -333,7 +388,12 @@ fn worker_main(
     ready: Option<ToMaster>,
     preloaded: Option<&pyo3::Py<pyo3::PyAny>>,
 ) -> i32 {
-    match worker::run(options.clone(), listeners, ready, preloaded) {
+    exit_status(worker::run(options.clone(), listeners, ready, preloaded))
+}
+
+/// A worker's (or a template's) exit status for how it ended.
+fn exit_status(result: Result<(), WorkerError>) -> i32 {
+    match result {
         Ok(()) => Exit::Success.code(),
         Err(WorkerError::AppLoad) => {
             eprintln!("wsgi-fcgi: the application failed to load (traceback above)");

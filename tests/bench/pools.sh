@@ -10,9 +10,11 @@
 #   ours-ondemand      the same with `pm = "ondemand"` (no worker until a request)
 #   ours-ondemand-hit  ours-ondemand after one request to every pool (before
 #                      their idle timeout): what visited pools cost
+#   ours-pools-preload one master, POOLS pools `pm = "ondemand"` with
+#                      `preload = true`: each pool's app imported once by its
+#                      template process, workers forked from it on demand
 #   ours-preload       POOLS single-app masters `--pm ondemand --preload` (the
-#                      app imported in each master, forked on demand; pools
-#                      cannot preload: their master runs no Python)
+#                      app imported in each master, forked on demand)
 #   uwsgi-emperor      uwsgi --emperor with POOLS vassals, each `--master
 #                      --processes 1` (uWSGI's default: app imported in the
 #                      master, the worker forked from it)
@@ -24,8 +26,9 @@
 # First request to an idle pool (median and max over FIRST pools, ms, from
 # connect to END_REQUEST, one `fcgi-loadgen --once` each): ours-ondemand
 # (a worker starts Python and imports the app: the app's import time is
-# printed beside, from `wsgi-fcgi --check`; target <= import + 30 ms) and
-# ours-preload (a fork of the master: target <= 20 ms).
+# printed beside, from `wsgi-fcgi --check`; target <= import + 30 ms),
+# ours-pools-preload (a fork of the pool's template) and ours-preload (a
+# fork of the master): target <= 20 ms.
 #
 # Load step (one pool, `--threads 1`, fcgi-loadgen with RAMP_CONNS=64
 # connections from the first instant): `--pm dynamic` starting at 1 worker
@@ -48,7 +51,7 @@ FIRST=${FIRST:-10}
 SETTLE=${SETTLE:-3}
 RAMP_CONNS=${RAMP_CONNS:-64}
 STEADY=${STEADY:-3}
-SYSTEMS=${SYSTEMS:-"ours-static ours-ondemand ours-ondemand-hit ours-preload uwsgi-emperor uwsgi-cheap"}
+SYSTEMS=${SYSTEMS:-"ours-static ours-ondemand ours-ondemand-hit ours-pools-preload ours-preload uwsgi-emperor uwsgi-cheap"}
 
 if [ ! -x target/release/wsgi-fcgi ]; then
   log "target/release/wsgi-fcgi is missing: building it"
@@ -166,6 +169,20 @@ for sys in $SYSTEMS; do
       # shellcheck disable=SC2046
       row "$sys" $(tree_mem "${pids[0]}")
       stop_all ;;
+    ours-pools-preload)
+      pools_config "$dir" 'pm = "ondemand"\nidle-timeout = 60\npreload = true'
+      "$BIN" --config "$dir/pools.toml" 2> "$dir/log" &
+      pids=($!)
+      for _ in $(seq 1200); do
+        [ "$(grep -c ': template [0-9]* ready' "$dir/log" 2>/dev/null)" -ge "$POOLS" ] && break
+        sleep 0.1
+      done
+      sleep "$SETTLE"
+      # shellcheck disable=SC2046
+      row "$sys" $(tree_mem "${pids[0]}")
+      for i in $(seq 0 $((FIRST - 1))); do first_request_ms "$dir/p$i.sock"; done \
+        | median_max > "$run/first-pools-preload"
+      stop_all ;;
     ours-preload)
       mkdir -p "$dir"
       for i in $(seq 0 $((POOLS - 1))); do
@@ -226,7 +243,8 @@ ramp_static=$(ramp static --workers 8)
 echo
 echo "# tests/bench/pools.sh at $(bench_commit): POOLS=$POOLS Flask pools, idle; $(nproc) cores"
 "$PY" - "$results" "$POOLS" "$import_ms" "$(cat "$run/first-ondemand" 2>/dev/null || echo '- -')" \
-  "$(cat "$run/first-preload" 2>/dev/null || echo '- -')" "$ramp_dynamic" "$ramp_static" "$RAMP_CONNS" "$ramp_preload" <<'EOF'
+  "$(cat "$run/first-preload" 2>/dev/null || echo '- -')" "$ramp_dynamic" "$ramp_static" "$RAMP_CONNS" "$ramp_preload" \
+  "$(cat "$run/first-pools-preload" 2>/dev/null || echo '- -')" <<'EOF'
 import sys
 results, pools, import_ms = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = [line.split() for line in open(results) if line.strip()]
@@ -239,10 +257,12 @@ for name, n, kib in rows:
     print(f"| {name} | {n} | {kib / 1024:.0f} | {kib / 1024 / pools:.1f} | {ratio} |")
 od_med, od_max = sys.argv[4].split()
 pl_med, pl_max = sys.argv[5].split()
+pp_med, pp_max = sys.argv[10].split()
 print()
 print(f"first request to an idle pool (ms, median / max): ondemand {od_med} / {od_max} "
       f"(the app imports in {import_ms} ms; target <= import + 30); "
-      f"ondemand --preload {pl_med} / {pl_max} (target <= 20)")
+      f"pools ondemand + preload {pp_med} / {pp_max}; "
+      f"single-app ondemand --preload {pl_med} / {pl_max} (target <= 20)")
 d, s, p = sys.argv[6].split(), sys.argv[7].split(), sys.argv[9].split()
 print(f"load step, {sys.argv[8]} connections at once (req/s in the first second, its p99, req/s after):")
 for name, r in (("dynamic 1 -> 8", d), ("dynamic 1 -> 8 --preload", p), ("static 8", s)):

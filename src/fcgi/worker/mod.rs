@@ -126,18 +126,35 @@ pub fn listeners(options: &WorkerOptions) -> Result<Vec<Listener>, WorkerError> 
 /// master's pipe (a worker of `--workers N`), told once the app is loaded;
 /// such a worker leaves the sockets (and unix socket files) to the master.
 pub fn run(
-    mut options: WorkerOptions,
+    options: WorkerOptions,
     listeners: Vec<Listener>,
     ready: Option<ToMaster>,
     preloaded: Option<&Py<PyAny>>,
 ) -> Result<(), WorkerError> {
     // Opened before the privileges go (log directories are usually root's).
-    let access_log = match &options.access_log {
+    let access_log = open_access_log(&options)?;
+    run_with_log(options, listeners, ready, preloaded, access_log)
+}
+
+/// `--access-log`, opened.
+pub fn open_access_log(options: &WorkerOptions) -> Result<Option<Arc<AccessLog>>, WorkerError> {
+    Ok(match &options.access_log {
         Some(path) => Some(Arc::new(
             AccessLog::open(path, &options.access_log_format).map_err(WorkerError::Setup)?,
         )),
         None => None,
-    };
+    })
+}
+
+/// [`run`] with the access log open already (a pool's template opens it
+/// before its privileges go, for every worker it forks).
+pub fn run_with_log(
+    mut options: WorkerOptions,
+    listeners: Vec<Listener>,
+    ready: Option<ToMaster>,
+    preloaded: Option<&Py<PyAny>>,
+    access_log: Option<Arc<AccessLog>>,
+) -> Result<(), WorkerError> {
     options.limits.page_hook = status_pages(&options, &listeners, ready.is_none())?;
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()

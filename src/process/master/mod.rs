@@ -56,6 +56,7 @@ mod limits;
 pub mod pm;
 mod pool;
 mod scale;
+pub mod template;
 
 use pm::Pm;
 use pool::Pool;
@@ -125,6 +126,9 @@ pub struct PoolSpec<'a> {
     pub options: MasterOptions,
     /// What its workers run.
     pub worker_main: WorkerMain<'a>,
+    /// `preload = true`: what its template runs (it imports the app and
+    /// forks the workers, which then run `worker_main`'s work).
+    pub template_main: Option<template::TemplateMain<'a>>,
 }
 
 struct Stop {
@@ -168,17 +172,23 @@ pub fn run_pools<'a>(
 ) -> std::io::Result<i32> {
     let signals = block_signals()?;
     log_info!("master: {} pool(s)", pools.len());
+    // Workers forked by a pool's template (`preload`) are re-parented
+    // here when the process that forked them exits.
+    nix::sys::prctl::set_child_subreaper(true)?;
     let mut running = Vec::new();
     for p in pools {
         let board = super::scoreboard::create()?;
-        running.push(Pool::new(
-            Some(&p.name),
-            p.options,
-            p.worker_main,
-            None,
-            Some(board),
-            &[],
-        ));
+        running.push(
+            Pool::new(
+                Some(&p.name),
+                p.options,
+                p.worker_main,
+                None,
+                Some(board),
+                &[],
+            )
+            .with_template(p.template_main),
+        );
     }
     Master::new(running, Some(reconfigure)).run(signals)
 }
@@ -354,7 +364,7 @@ impl<'a> Master<'a> {
                 .iter_mut()
                 .find(|p| !p.removed && p.name() == Some(spec.name.as_str()));
             match running {
-                Some(pool) => pool.replace(spec.options, spec.worker_main),
+                Some(pool) => pool.replace(spec.options, spec.worker_main, spec.template_main),
                 None => match super::scoreboard::create() {
                     Ok(board) => {
                         log_info!("master: HUP: pool {} added", spec.name);
@@ -365,7 +375,8 @@ impl<'a> Master<'a> {
                             None,
                             Some(board),
                             &[],
-                        );
+                        )
+                        .with_template(spec.template_main);
                         self.pools.push(pool);
                     }
                     Err(e) => log_error!(
@@ -403,6 +414,16 @@ impl<'a> Master<'a> {
                 Ok(_) => continue,
             };
             let stopping = self.stop.is_some();
+            if let Some(pool) = self.pools.iter_mut().find(|p| p.has_template(pid)) {
+                if stopping {
+                    continue;
+                }
+                if let Some(code) = pool.template_exited(pid, code, &how) {
+                    self.exit_code = code;
+                    self.stop_all(Signal::SIGTERM, Duration::from_secs(5));
+                }
+                continue;
+            }
             let Some(pool) = self
                 .pools
                 .iter_mut()

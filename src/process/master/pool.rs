@@ -12,6 +12,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::pm::{Pm, Scaler};
+use super::template::{self, Template, TemplateMain};
 use super::{ForkHooks, MasterOptions, WorkerMain};
 use crate::core::exit::Exit;
 use crate::process::Message;
@@ -54,6 +55,25 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// A template that failed to boot, seen as the worker it would have
+    /// forked (for [`Pool::boot_failed`]).
+    fn placeholder(pid: Pid, generation: u64) -> Worker {
+        Worker {
+            pid,
+            generation,
+            state: State::Booting,
+            pipe: None,
+            started: Instant::now(),
+            recycle: None,
+            stopping_since: None,
+            kill_at: None,
+            lifetime: None,
+            rss: None,
+            requests_seen: 0,
+            active_at: Instant::now(),
+        }
+    }
+
     /// Tell it to stop with `signal` (TERM: finish your requests).
     pub(super) fn stop(&mut self, signal: Signal) {
         let _ = kill(self.pid, signal);
@@ -105,7 +125,16 @@ pub(super) struct Pool<'a> {
     name: Option<String>,
     /// No longer in the configuration: its workers finish and it goes.
     pub(super) removed: bool,
+    /// `preload = true`: what its template runs (its workers are forked
+    /// from the template, [`template`]); the template of the current
+    /// generation, and the one it replaces until it is ready.
+    template_main: Option<TemplateMain<'a>>,
+    pub(super) template: Option<Template>,
+    old_template: Option<Template>,
 }
+
+/// The index [`Pool::poll_fds`] gives the template's link.
+pub(super) const TEMPLATE: usize = usize::MAX;
 
 impl<'a> Pool<'a> {
     /// A pool of `options`; `adopted`: workers of the image this master
@@ -166,6 +195,9 @@ impl<'a> Pool<'a> {
             failed: false,
             name: name.map(str::to_string),
             removed: false,
+            template_main: None,
+            template: None,
+            old_template: None,
         };
         match &pool.options.pm {
             Pm::Static => log_info!("{}starting {} worker process(es)", pool.tag, pool.target),
@@ -191,6 +223,9 @@ impl<'a> Pool<'a> {
             .enumerate()
             .filter_map(|(i, w)| Some((Some(i), w.pipe.as_ref()?.as_fd())))
             .collect();
+        if let Some(t) = self.template.as_ref().filter(|t| !t.ready) {
+            fds.push((Some(TEMPLATE), t.fd()));
+        }
         if self.watch {
             for &fd in &self.options.listeners {
                 // SAFETY: the listening sockets stay open for as long as
@@ -209,9 +244,21 @@ impl<'a> Pool<'a> {
             .workers
             .iter()
             .filter_map(|w| Some(w.pipe.as_ref()?.as_raw_fd()));
+        let templates = [&self.template, &self.old_template]
+            .into_iter()
+            .flatten()
+            .map(|t| t.fd().as_raw_fd());
         pipes
+            .chain(templates)
             .chain(self.options.listeners.iter().copied())
             .collect()
+    }
+
+    /// `preload = true`: its workers are forked from a template running
+    /// `main`.
+    pub(super) fn with_template(mut self, main: Option<TemplateMain<'a>>) -> Pool<'a> {
+        self.template_main = main;
+        self
     }
 
     /// When this pool next needs a turn (at the latest).
@@ -261,7 +308,12 @@ impl<'a> Pool<'a> {
     /// HUP with new settings: the next generation runs `worker_main` as
     /// `options` say (the workers running go on as forked, until the new
     /// generation is ready).
-    pub(super) fn replace(&mut self, options: MasterOptions, worker_main: WorkerMain<'a>) {
+    pub(super) fn replace(
+        &mut self,
+        options: MasterOptions,
+        worker_main: WorkerMain<'a>,
+        template_main: Option<TemplateMain<'a>>,
+    ) {
         if options.pm != self.options.pm {
             log_info!(
                 "{}HUP: pm {} → {}",
@@ -282,12 +334,30 @@ impl<'a> Pool<'a> {
         }
         self.options = options;
         self.worker_main = worker_main;
+        if template_main.is_none() {
+            self.stop_templates();
+        }
+        self.template_main = template_main;
         self.failed = false;
         self.on_intent(Intent::Reload);
     }
 
     /// A worker's message: "R" ready, "X" recycle me (max-requests).
     pub(super) fn on_pipe(&mut self, index: usize) {
+        if index == TEMPLATE {
+            if let Some(t) = &mut self.template
+                && t.on_readable()
+                && t.ready
+            {
+                log_info!(
+                    "{}template {} ready: app imported in {:.1} s; workers are forked from it",
+                    self.tag,
+                    t.pid,
+                    t.started.elapsed().as_secs_f64()
+                );
+            }
+            return;
+        }
         let tag = &self.tag;
         let worker = &mut self.workers[index];
         let Some(fd) = &worker.pipe else {
@@ -395,6 +465,48 @@ impl<'a> Pool<'a> {
         for worker in &mut self.workers {
             worker.stop(signal);
         }
+        self.stop_templates();
+    }
+
+    /// Its templates (if any) exit; the workers forked from them go on.
+    fn stop_templates(&mut self) {
+        for t in [self.template.take(), self.old_template.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = kill(t.pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Whether `pid` is one of its templates.
+    pub(super) fn has_template(&self, pid: Pid) -> bool {
+        [&self.template, &self.old_template]
+            .into_iter()
+            .flatten()
+            .any(|t| t.pid == pid)
+    }
+
+    /// Its template `pid` exited: before it was ready, the app does not
+    /// import (as a worker failing to boot); later, a new one is started
+    /// (the workers forked from it go on). `Some(status)`: the master is
+    /// to stop with it.
+    pub(super) fn template_exited(&mut self, pid: Pid, code: i32, how: &str) -> Option<i32> {
+        if self.old_template.as_ref().is_some_and(|t| t.pid == pid) {
+            self.old_template = None;
+            return None;
+        }
+        let t = self.template.take().filter(|t| t.pid == pid)?;
+        if t.ready {
+            log_warn!("{}template {pid} died ({how}); starting another", self.tag);
+            self.next_spawn = Instant::now() + Duration::from_millis(100);
+            return None;
+        }
+        let failed = self.boot_failed(&Worker::placeholder(pid, t.generation), code, how);
+        if self.template.is_none() && self.generation < t.generation {
+            // The reload was cancelled: the template it replaced stays.
+            self.template = self.old_template.take();
+        }
+        failed
     }
 
     /// Worker `pid` of this pool exited (`code`, `how`): decide what that
@@ -440,6 +552,12 @@ impl<'a> Pool<'a> {
     /// it runs other pools too: then this pool is retried with back-off
     /// (and shown as failed) while the others serve.
     fn boot_failed(&mut self, worker: &Worker, code: i32, how: &str) -> Option<i32> {
+        // (A template is the worker its pool would have forked.)
+        let who = if self.template_main.is_some() {
+            "template"
+        } else {
+            "worker"
+        };
         let serving = self
             .workers
             .iter()
@@ -454,7 +572,7 @@ impl<'a> Pool<'a> {
         match serving {
             Some(old) if old < worker.generation => {
                 log_error!(
-                    "{}reload cancelled: new worker {} failed ({how}: {what}); generation {old} goes on serving",
+                    "{}reload cancelled: new {who} {} failed ({how}: {what}); generation {old} goes on serving",
                     self.tag,
                     worker.pid
                 );
@@ -473,7 +591,7 @@ impl<'a> Pool<'a> {
                     (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
                 self.next_spawn = Instant::now() + self.backoff;
                 log_error!(
-                    "{}failed: worker {} ({how}: {what}); the other pools go on serving; retrying in {:.0} s",
+                    "{}failed: {who} {} ({how}: {what}); the other pools go on serving; retrying in {:.0} s",
                     self.tag,
                     worker.pid,
                     self.backoff.as_secs_f64()
@@ -485,7 +603,7 @@ impl<'a> Pool<'a> {
                     (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
                 self.next_spawn = Instant::now() + self.backoff;
                 log_error!(
-                    "{}replacement worker {} failed ({how}: {what}); retrying in {:.0} s",
+                    "{}replacement {who} {} failed ({how}: {what}); retrying in {:.0} s",
                     self.tag,
                     worker.pid,
                     self.backoff.as_secs_f64()
@@ -494,7 +612,7 @@ impl<'a> Pool<'a> {
             }
             None => {
                 log_error!(
-                    "{}worker {} failed to boot ({how}: {what}); stopping instead of respawning",
+                    "{}{who} {} failed to boot ({how}: {what}); stopping instead of respawning",
                     self.tag,
                     worker.pid
                 );
@@ -533,6 +651,13 @@ impl<'a> Pool<'a> {
             }
             self.all_ready();
         }
+        let stale = |t: &Template| t.generation != self.generation;
+        if self.template_main.is_some()
+            && now >= self.next_spawn
+            && self.template.as_ref().is_none_or(stale)
+        {
+            self.start_template(others)?;
+        }
         if live < self.target && now >= self.next_spawn {
             for _ in live..self.target {
                 self.spawn(others)?;
@@ -546,6 +671,9 @@ impl<'a> Pool<'a> {
     /// The current generation has its workers ready: let go of what they replace — the old generation (a reload) and
     /// the workers being recycled.
     fn all_ready(&mut self) {
+        if let Some(old) = self.old_template.take() {
+            let _ = kill(old.pid, Signal::SIGTERM);
+        }
         self.reload_floor = None;
         self.announce_ready = false;
         let mut retired = 0;
@@ -593,7 +721,87 @@ impl<'a> Pool<'a> {
         }
     }
 
+    /// Start the template of the current generation (the one it replaces
+    /// forks workers until the new one is ready).
+    fn start_template(&mut self, others: &[RawFd]) -> std::io::Result<()> {
+        let Some(main) = &self.template_main else {
+            return Ok(());
+        };
+        let mut close: Vec<RawFd> = others.to_vec();
+        close.extend(
+            self.own_fds()
+                .into_iter()
+                .filter(|fd| !self.options.listeners.contains(fd)),
+        );
+        let started = template::start(main, self.generation, self.board, &close)?;
+        log_info!(
+            "{}template {} importing the app (generation {})",
+            self.tag,
+            started.pid,
+            self.generation
+        );
+        if let Some(previous) = self.template.replace(started)
+            && let Some(older) = self.old_template.replace(previous)
+        {
+            let _ = kill(older.pid, Signal::SIGTERM);
+        }
+        Ok(())
+    }
+
+    /// `preload = true`: a worker forked from the template, once it is
+    /// ready (until then the pool waits; its link wakes the master).
+    fn spawn_from_template(&mut self) -> std::io::Result<()> {
+        let Some(t) = self
+            .template
+            .as_ref()
+            .filter(|t| t.ready && t.generation == self.generation)
+        else {
+            return Ok(());
+        };
+        match t.fork_worker(Duration::from_secs(5)) {
+            Ok((pid, read)) => {
+                self.add_worker(pid, read);
+                Ok(())
+            }
+            Err(e) => {
+                log_error!(
+                    "{}template {} cannot fork a worker ({e}): starting another template",
+                    self.tag,
+                    t.pid
+                );
+                let _ = kill(t.pid, Signal::SIGKILL);
+                self.template = None;
+                self.next_spawn = Instant::now() + Duration::from_secs(1);
+                Ok(())
+            }
+        }
+    }
+
+    /// A worker forked just now, booting, its messages on `pipe`.
+    fn add_worker(&mut self, pid: Pid, pipe: OwnedFd) {
+        self.workers.push(Worker {
+            pid,
+            generation: self.generation,
+            state: State::Booting,
+            pipe: Some(pipe),
+            started: Instant::now(),
+            recycle: None,
+            stopping_since: None,
+            kill_at: None,
+            lifetime: self
+                .options
+                .max_lifetime
+                .map(|l| l + Duration::from_millis(jitter(l.as_millis() as u64 / 10))),
+            rss: self.options.max_rss.map(|r| r - jitter(r / 20)),
+            requests_seen: 0,
+            active_at: Instant::now(),
+        });
+    }
+
     fn spawn(&mut self, others: &[RawFd]) -> std::io::Result<()> {
+        if self.template_main.is_some() {
+            return self.spawn_from_template();
+        }
         // (A worker holds no other worker's pipe: the child drops them.)
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let master = nix::unistd::getpid();
@@ -637,23 +845,7 @@ impl<'a> Pool<'a> {
             }
             ForkResult::Parent { child } => {
                 drop(write);
-                self.workers.push(Worker {
-                    pid: child,
-                    generation: self.generation,
-                    state: State::Booting,
-                    pipe: Some(read),
-                    started: Instant::now(),
-                    recycle: None,
-                    stopping_since: None,
-                    kill_at: None,
-                    lifetime: self
-                        .options
-                        .max_lifetime
-                        .map(|l| l + Duration::from_millis(jitter(l.as_millis() as u64 / 10))),
-                    rss: self.options.max_rss.map(|r| r - jitter(r / 20)),
-                    requests_seen: 0,
-                    active_at: Instant::now(),
-                });
+                self.add_worker(child, read);
                 Ok(())
             }
         }

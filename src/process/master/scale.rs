@@ -103,8 +103,11 @@ impl Pool<'_> {
             }
         }
         .max(floor);
+        // (A template importing the app is a worker on its way.)
+        let template_booting = self.template.as_ref().is_some_and(|t| !t.ready);
         self.watch = view.free_threads == 0
             && view.booting == 0
+            && !template_booting
             && live < scaler.max()
             && now >= self.next_spawn;
     }

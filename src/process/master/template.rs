@@ -1,0 +1,303 @@
+//! `preload = true` in a pool: the pool's **template**, a child of the
+//! master that imports the pool's app once (as the pool's user, in its
+//! venv) and forks the pool's workers from it on the master's request, so
+//! that a worker — an ondemand spawn above all — costs a fork, not an
+//! import. The master itself runs no Python (it serves pools of different
+//! users and venvs); a single-app `--preload` master forks from its own
+//! interpreter instead and needs none of this.
+//!
+//! ```text
+//!  master ──"S" + a pipe's write end (SCM_RIGHTS)──▶ template
+//!  template: fork ─▶ A: fork ─▶ W (the worker)
+//!                    A ──"P" + W's pid──▶ master;  A exits
+//!  W is re-parented to the master (PR_SET_CHILD_SUBREAPER), which reaps,
+//!  signals and recycles it like any worker; W's messages go on its pipe.
+//! ```
+//!
+//! The link is a `SOCK_SEQPACKET` pair (one message per send). The
+//! template says "R" once its app is imported; it exits when the master
+//! goes (the link closes, or its parent-death signal).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recv,
+    recvmsg, send, sendmsg, socketpair,
+};
+use nix::unistd::{ForkResult, Pid, fork, getppid};
+
+use super::ForkHooks;
+use crate::core::exit::Exit;
+use crate::process::ToMaster;
+use crate::process::scoreboard::Board;
+
+/// What a pool's template process runs (it imports the app, says
+/// [`Link::ready`], then [`Link::serve`]s); returns its exit status.
+pub type TemplateMain<'a> = Box<dyn Fn(Link) -> i32 + 'a>;
+
+/// The template's end of its link to the master.
+pub struct Link {
+    ctl: OwnedFd,
+    master: Pid,
+    board: Option<&'static Board>,
+}
+
+/// The master's view of a pool's template.
+pub(super) struct Template {
+    pub(super) pid: Pid,
+    ctl: OwnedFd,
+    /// The pool generation whose code it imported.
+    pub(super) generation: u64,
+    /// It said "R": its app is imported.
+    pub(super) ready: bool,
+    pub(super) started: Instant,
+}
+
+/// Fork a pool's template: the child runs `main` and exits; `close`:
+/// the descriptors it must not keep (other pools', the workers' pipes).
+pub(super) fn start(
+    main: &TemplateMain<'_>,
+    generation: u64,
+    board: Option<&'static Board>,
+    close: &[RawFd],
+) -> std::io::Result<Template> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let master = nix::unistd::getpid();
+    // SAFETY: the master is single-threaded (no runtime, no Python).
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(ours);
+            for &fd in close {
+                let _ = nix::unistd::close(fd);
+            }
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+            if getppid() != master {
+                std::process::exit(Exit::Success.code());
+            }
+            let _ = SigSet::empty().thread_set_mask();
+            if let Some(board) = board {
+                // (Inherited by the workers forked from here.)
+                crate::process::scoreboard::install(board);
+            }
+            let code = main(Link {
+                ctl: theirs,
+                master,
+                board,
+            });
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => Ok(Template {
+            pid: child,
+            ctl: ours,
+            generation,
+            ready: false,
+            started: Instant::now(),
+        }),
+    }
+}
+
+impl Template {
+    /// The descriptor the master polls while the template boots.
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ctl.as_fd()
+    }
+
+    /// The link is readable: "R" (ready) marks it so; `false`: it closed
+    /// (the template is exiting; reaping tells why).
+    pub(super) fn on_readable(&mut self) -> bool {
+        let mut byte = [0u8; 8];
+        match recv(self.ctl.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => false,
+            Ok(_) => {
+                if byte[0] == b'R' {
+                    self.ready = true;
+                }
+                true
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Have the template fork a worker whose messages come on a new pipe:
+    /// its pid and the pipe's read end. A template that does not answer
+    /// within `wait` is reported as an error (the caller kills it).
+    pub(super) fn fork_worker(&self, wait: Duration) -> std::io::Result<(Pid, OwnedFd)> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let fds = [write.as_raw_fd()];
+        sendmsg::<()>(
+            self.ctl.as_raw_fd(),
+            &[IoSlice::new(b"S")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )?;
+        drop(write);
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the template did not answer",
+                ));
+            }
+            let mut fds = [PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                .unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut reply = [0u8; 8];
+            let n = match recv(self.ctl.as_raw_fd(), &mut reply, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match (n, reply[0]) {
+                (0, _) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "the template exited",
+                    ));
+                }
+                (5, b'P') => {
+                    let pid = i32::from_le_bytes([reply[1], reply[2], reply[3], reply[4]]);
+                    return Ok((Pid::from_raw(pid), read));
+                }
+                (5, b'E') => {
+                    let errno = i32::from_le_bytes([reply[1], reply[2], reply[3], reply[4]]);
+                    return Err(std::io::Error::from_raw_os_error(errno));
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Link {
+    /// The app is imported: the master may ask for workers.
+    pub fn ready(&self) -> std::io::Result<()> {
+        send(self.ctl.as_raw_fd(), b"R", MsgFlags::empty())?;
+        Ok(())
+    }
+
+    /// Fork a worker running `worker` for each request of the master,
+    /// until the master goes; returns the template's exit status. `hooks`
+    /// bracket each fork (the interpreter's fork protocol).
+    pub fn serve(&self, hooks: &dyn ForkHooks, worker: &dyn Fn(ToMaster) -> i32) -> i32 {
+        loop {
+            let mut buf = [0u8; 8];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let (n, pipe) = match recvmsg::<()>(
+                self.ctl.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let pipe = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, pipe)
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => return Exit::Success.code(),
+            };
+            if n == 0 {
+                // The master is gone.
+                return Exit::Success.code();
+            }
+            if let Some(fd) = pipe {
+                // SAFETY: received just now (SCM_RIGHTS): ours alone.
+                let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
+                self.fork_worker(pipe, hooks, worker);
+            }
+        }
+    }
+
+    /// One worker: fork A, which forks the worker W, tells the master W's
+    /// pid and exits, so that W is re-parented to the master.
+    fn fork_worker(&self, pipe: OwnedFd, hooks: &dyn ForkHooks, worker: &dyn Fn(ToMaster) -> i32) {
+        hooks.before_fork();
+        // SAFETY: the template is single-threaded (an interpreter whose
+        // fork protocol `hooks` follows; no runtime).
+        let forked = unsafe { fork() };
+        match forked {
+            Ok(ForkResult::Child) => {
+                // A: no Python here (its state is the template's, mid-fork).
+                // SAFETY: as above: A is single-threaded.
+                match unsafe { fork() } {
+                    Ok(ForkResult::Child) => {
+                        hooks.after_fork_child();
+                        self.become_worker(pipe, worker)
+                    }
+                    Ok(ForkResult::Parent { child }) => self.reply(b'P', child.as_raw()),
+                    Err(e) => self.reply(b'E', e as i32),
+                }
+                // SAFETY: _exit: no atexit handlers, no destructors (the
+                // interpreter's state belongs to the template).
+                unsafe { nix::libc::_exit(0) };
+            }
+            Ok(ForkResult::Parent { child }) => {
+                hooks.after_fork_parent();
+                drop(pipe);
+                let _ = nix::sys::wait::waitpid(child, None);
+            }
+            Err(e) => {
+                hooks.after_fork_parent();
+                self.reply(b'E', e as i32);
+            }
+        }
+    }
+
+    fn reply(&self, kind: u8, value: i32) {
+        let v = value.to_le_bytes();
+        let _ = send(
+            self.ctl.as_raw_fd(),
+            &[kind, v[0], v[1], v[2], v[3]],
+            MsgFlags::empty(),
+        );
+    }
+
+    /// In W: wait to be the master's child, then be a worker.
+    fn become_worker(&self, pipe: OwnedFd, worker: &dyn Fn(ToMaster) -> i32) -> ! {
+        let _ = nix::unistd::close(self.ctl.as_raw_fd());
+        // A exits right after the fork: W belongs to the master then.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while getppid() != self.master {
+            if Instant::now() > deadline || getppid() == Pid::from_raw(1) {
+                std::process::exit(Exit::Setup.code());
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        // Workers do not outlive their master (even a SIGKILLed one).
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+        if getppid() != self.master {
+            std::process::exit(Exit::Success.code());
+        }
+        let _ = SigSet::empty().thread_set_mask();
+        if let Some(board) = self.board
+            && let Some(index) = board.claim(std::process::id())
+        {
+            crate::process::scoreboard::adopt(index);
+        }
+        std::process::exit(worker(ToMaster(pipe)))
+    }
+}
