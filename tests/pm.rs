@@ -2,7 +2,7 @@
 //! worker, spawns one when a connection waits, retires it after
 //! `--idle-timeout`, and never runs more than `--max-workers` (the status
 //! page counts the times connections had to wait); with `--preload` the
-//! app is imported once, in the master; dynamic scales between its spare
+//! app is imported once, in a template; dynamic scales between its spare
 //! bounds under a load step and back; HUP and `--max-requests` lose no
 //! request; wrong settings are refused before anything starts. The app is
 //! tests/apps/reloadable.py ("VERSION PID" answers).
@@ -115,10 +115,10 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// `--preload`: the app is imported once, in the master; every worker
+/// `--preload`: the app is imported once, in the template; every worker
 /// spawned on demand afterwards is a fork of it (no import of its own).
 #[test]
-fn ondemand_with_preload_imports_once_in_the_master() {
+fn ondemand_with_preload_imports_once_in_the_template() {
     let r = pm_master_v1(&[
         "--pm",
         "ondemand",
@@ -139,7 +139,9 @@ fn ondemand_with_preload_imports_once_in_the_master() {
     }
     pids.dedup();
     assert_eq!(pids.len(), 3, "not a new worker each time: {pids:?}");
-    assert_eq!(imports(&r), [format!("{} v1", r.pid)], "{}", r.log());
+    let template = crate::process::templates_of(r.pid);
+    assert_eq!(template.len(), 1, "{}", r.log());
+    assert_eq!(imports(&r), [format!("{} v1", template[0])], "{}", r.log());
 }
 
 /// Five slow requests at once, `--max-workers 3` of one thread each: three

@@ -538,7 +538,10 @@ fn preloaded_pools_fork_their_workers_from_a_template() {
 
     // TERM: the master, its workers and the templates all go.
     let master = r.pid;
-    let everyone: Vec<u32> = workers_of(master);
+    let mut everyone: Vec<u32> = workers_of(master);
+    let now = crate::process::templates_of(master);
+    assert_eq!(now.len(), 2, "a template per pool: {now:?}");
+    everyone.extend(now);
     crate::process::kill(master, "TERM");
     assert!(wait_until(Duration::from_secs(20), || everyone
         .iter()

@@ -36,7 +36,7 @@ Signals (the process, or with --workers the master):
               accepting; the old ones then finish their requests and exit.
               The listening sockets stay open throughout. If the new code
               does not import, the old workers go on serving. With
-              --preload the master re-executes itself (same pid) first.
+              --preload a new template imports the new code first.
   TTIN, TTOU  (--workers) one worker process more / fewer (--pm dynamic,
               ondemand: --max-workers one more / fewer)
   USR1        reopen the access log (the master passes it to its workers)
@@ -151,7 +151,7 @@ pub struct Serve {
     /// (--pm ondemand) Seconds a worker may serve nothing before it is retired
     #[arg(long, value_name = "S", requires = "pm", default_value_t = 10.0)]
     idle_timeout: f64,
-    /// (--workers) Import the app once in the master and fork the workers from it (copy-on-write sharing); HUP then re-executes the master so the new code is imported
+    /// (--workers) Import the app once, in a template process (as --user), and fork the workers from it (copy-on-write sharing); HUP imports the new code in a new template
     #[arg(long, requires = "master")]
     preload: bool,
     /// (--workers) Replace a worker after it served N requests (its replacement starts first)

@@ -1,6 +1,6 @@
 //! What `wsgi-fcgi` does with its [`Plan`]: `--check`; one process; or a
 //! master (`crate::process::master`) with `--workers` worker processes,
-//! forked from an imported app with `--preload`.
+//! forked with `--preload` from a template that imported the app.
 
 use crate::core::exit::Exit;
 use crate::fcgi::cli::Plan;
@@ -19,24 +19,17 @@ pub fn serve(plan: Plan) -> anyhow::Result<i32> {
     if plan.check {
         return run_check(&plan.options);
     }
-    // A --preload master re-executed by HUP: the workers to adopt.
-    let adopted: Vec<i32> = std::env::var(worker::REEXEC_ENV)
-        .ok()
-        .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
-        .unwrap_or_default();
     let mut plan = plan;
     master_to_remove_the_socket_file(&mut plan.options);
     let options = &plan.options;
     let listeners = worker::listeners(options)?;
     // From here on, whatever happens, the socket files go with this process.
     let _socket_files = worker::SocketFiles(options);
-    // SAFETY: single-threaded still (no runtime, no Python yet).
-    unsafe { std::env::remove_var(worker::REEXEC_ENV) };
     worker::warn_if_root(options);
     if options.workers == 0 {
         return Ok(worker_main(options, listeners, None, None));
     }
-    run_master(&plan, listeners, &adopted)
+    run_master(&plan, listeners)
 }
 
 /// A process that dropped its privileges (`--user`, started as root)
@@ -58,45 +51,26 @@ fn master_to_remove_the_socket_file(options: &mut WorkerOptions) {
 }
 
 /// `--workers`: the master, forking workers that serve on copies of
-/// `listeners` (from the app imported here, with `--preload`); `adopted`:
-/// the workers of the master this one re-executed.
-fn run_master(plan: &Plan, listeners: Vec<Listener>, adopted: &[i32]) -> anyhow::Result<i32> {
+/// `listeners` (with `--preload`, from a template that imported the app).
+fn run_master(plan: &Plan, listeners: Vec<Listener>) -> anyhow::Result<i32> {
     let options = &plan.options;
     let board = board_for(plan)?;
     let master_options = master_options(plan, &listeners);
-    let preloaded = match plan.preload.then(|| worker::preload(options)) {
-        None => None,
-        Some(Ok(app)) => Some(app),
-        Some(Err(WorkerError::AppLoad)) if !adopted.is_empty() => {
-            // The workers will try too, fail, and the reload is cancelled:
-            // the adopted (old) workers go on serving.
-            eprintln!("wsgi-fcgi: the new code does not import (traceback above)");
-            None
-        }
-        Some(Err(WorkerError::AppLoad)) => {
-            eprintln!("wsgi-fcgi: the application failed to load (traceback above)");
-            return Ok(Exit::AppLoad.code());
-        }
-        Some(Err(err)) => return Err(err.into()),
-    };
-    let hooks = preloaded
-        .as_ref()
-        .map(|_| worker::PreloadFork::new(&listeners));
-    let hooks = hooks.as_ref().map(|h| h as &dyn master::ForkHooks);
+    let copies = || listeners.iter().map(|l| l.try_clone()).collect();
+    let template_main = plan
+        .preload
+        .then(|| Box::new(|link: Link| pool_template(options, &copies, link)) as TemplateMain<'_>);
     let code = master::run(
         master_options,
-        Box::new(
-            |ready| match listeners.iter().map(|l| l.try_clone()).collect() {
-                Ok(copies) => worker_main(options, copies, Some(ready), preloaded.as_ref()),
-                Err(err) => {
-                    eprintln!("wsgi-fcgi: worker: {err}");
-                    Exit::Setup.code()
-                }
-            },
-        ),
-        hooks,
+        Box::new(|ready| match copies() {
+            Ok(copies) => worker_main(options, copies, Some(ready), None),
+            Err(err) => {
+                eprintln!("wsgi-fcgi: worker: {err}");
+                Exit::Setup.code()
+            }
+        }),
+        template_main,
         board,
-        adopted,
     )?;
     Ok(code)
 }
@@ -211,7 +185,8 @@ impl PoolSet {
             let template_main = plan.preload.then(|| {
                 let options = plan.options.clone();
                 let listeners = listeners.clone();
-                Box::new(move |link: Link| pool_template(&options, &listeners, link))
+                let copies = move || listeners.iter().map(|l| l.try_clone()).collect();
+                Box::new(move |link: Link| pool_template(&options, &copies, link))
                     as TemplateMain<'static>
             });
             let worker_options = plan.options;
@@ -334,10 +309,15 @@ fn run_check(options: &WorkerOptions) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// A pool's template (`preload = true`): as the pool's user, import the
-/// app once, then fork the pool's workers from it when the master asks
-/// (`crate::process::master::template`); returns its exit status.
-fn pool_template(options: &WorkerOptions, listeners: &[Rc<Listener>], link: Link) -> i32 {
+/// A pool's template (`--preload`, `preload = true`): as the pool's user,
+/// import the app once, then fork the pool's workers from it when the
+/// master asks (`crate::process::master::template`), each serving on
+/// `copies()` of the sockets; returns its exit status.
+fn pool_template(
+    options: &WorkerOptions,
+    copies: &dyn Fn() -> std::io::Result<Vec<Listener>>,
+    link: Link,
+) -> i32 {
     let setup = |err: WorkerError| {
         eprintln!("wsgi-fcgi: template: {err}");
         Exit::Setup.code()
@@ -358,27 +338,24 @@ fn pool_template(options: &WorkerOptions, listeners: &[Rc<Listener>], link: Link
         Ok(app) => app,
         Err(err) => return exit_status(Err(err)),
     };
-    let hooks = worker::PreloadFork::new(&[]);
+    let hooks = worker::PreloadFork::default();
     if let Err(e) = link.ready() {
         eprintln!("wsgi-fcgi: template: the master is gone: {e}");
         return Exit::Setup.code();
     }
-    link.serve(
-        &hooks,
-        &|ready| match listeners.iter().map(|l| l.try_clone()).collect() {
-            Ok(copies) => exit_status(worker::run_with_log(
-                options.clone(),
-                copies,
-                Some(ready),
-                Some(&app),
-                access_log.clone(),
-            )),
-            Err(err) => {
-                eprintln!("wsgi-fcgi: worker: {err}");
-                Exit::Setup.code()
-            }
-        },
-    )
+    link.serve(&hooks, &|ready| match copies() {
+        Ok(copies) => exit_status(worker::run_with_log(
+            options.clone(),
+            copies,
+            Some(ready),
+            Some(&app),
+            access_log.clone(),
+        )),
+        Err(err) => {
+            eprintln!("wsgi-fcgi: worker: {err}");
+            Exit::Setup.code()
+        }
+    })
 }
 
 /// One worker process (or the only process); returns the exit status.

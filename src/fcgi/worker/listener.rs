@@ -157,8 +157,7 @@ static BOUND: std::sync::Mutex<Vec<(std::path::PathBuf, u64, u64)>> =
 /// Remove the socket file at `path` unless it is no longer the one this
 /// process bound: another process (a new responder `wsgi-cgi --warm`
 /// started, a new master) may have replaced it meanwhile. A path this
-/// process did not bind itself (sockets inherited by a re-executed master)
-/// is removed as it is.
+/// process did not bind itself (inherited sockets) is removed as it is.
 pub fn remove_socket_file(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let bound = crate::core::lock(&BOUND)

@@ -23,7 +23,7 @@ use self::listener::{Bind, Listener, UnixSocketOptions};
 use crate::fcgi::job::{Limits, PageHook};
 use crate::fcgi::worker::accesslog::AccessLog;
 use crate::fcgi::worker::pool::{Pool, PoolOptions, RequestCount};
-use crate::process::master::ForkHooks;
+use crate::process::master::template::ForkHooks;
 use crate::process::scoreboard;
 use crate::process::status::Pages;
 use crate::process::{Message, ToMaster};
@@ -107,8 +107,7 @@ pub enum WorkerError {
 
 /// Bind (or adopt) the listening sockets.
 pub fn listeners(options: &WorkerOptions) -> Result<Vec<Listener>, WorkerError> {
-    // A --preload master re-executed by HUP: its sockets come as LISTEN_FDS.
-    if options.binds.is_empty() || std::env::var_os(REEXEC_ENV).is_some() {
+    if options.binds.is_empty() {
         let inherited = listener::inherited()?;
         if inherited.is_empty() {
             return Err(listener::ListenError::Nothing.into());
@@ -472,11 +471,7 @@ pub fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), Wo
     Ok(())
 }
 
-/// Set (with the workers' pids) in the environment of a `--preload` master
-/// that re-executes itself on HUP.
-pub const REEXEC_ENV: &str = "WSGI_FCGI_ADOPT";
-
-/// `--preload`: initialize Python and import the app in the master, then
+/// `--preload`: initialize Python and import the app in the template, then
 /// `gc.freeze()` (the imported objects are never collected, so their pages
 /// stay shared copy-on-write with the workers).
 pub fn preload(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
@@ -489,21 +484,10 @@ pub fn preload(options: &WorkerOptions) -> Result<Py<PyAny>, WorkerError> {
     Ok(app)
 }
 
-/// The fork hooks of a `--preload` master (see [`ForkHooks`]).
+/// The fork hooks of a `--preload` template (see [`ForkHooks`]).
+#[derive(Default)]
 pub struct PreloadFork {
-    /// The listening sockets, handed on at a re-exec.
-    pub listeners: Vec<std::os::fd::RawFd>,
     gil: std::cell::Cell<Option<pyo3::ffi::PyGILState_STATE>>,
-}
-
-impl PreloadFork {
-    /// Hooks for a master whose listening sockets are `listeners`.
-    pub fn new(listeners: &[Listener]) -> PreloadFork {
-        PreloadFork {
-            listeners: listeners.iter().map(|l| l.raw().0).collect(),
-            gil: std::cell::Cell::new(None),
-        }
-    }
 }
 
 impl ForkHooks for PreloadFork {
@@ -549,52 +533,6 @@ impl ForkHooks for PreloadFork {
             unsafe { pyo3::ffi::PyGILState_Release(state) };
         }
     }
-
-    fn reexec(&self, workers: &[i32]) -> std::io::Error {
-        use nix::libc;
-        // The sockets go on as systemd hands them: LISTEN_FDS from fd 3.
-        let mut high = Vec::new();
-        for &fd in &self.listeners {
-            // SAFETY: fcntl on a descriptor we own; the copy is ours.
-            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) };
-            if copy < 0 {
-                return std::io::Error::last_os_error();
-            }
-            high.push(copy);
-        }
-        for (i, &copy) in high.iter().enumerate() {
-            // SAFETY: dup2 onto 3+i (its previous descriptor, if any, is
-            // closed: the process image is about to be replaced); the
-            // result has no FD_CLOEXEC, so it survives exec.
-            if unsafe { libc::dup2(copy, 3 + i as i32) } < 0 {
-                return std::io::Error::last_os_error();
-            }
-        }
-        let pids: Vec<String> = workers.iter().map(|p| p.to_string()).collect();
-        let mut env: Vec<std::ffi::CString> = std::env::vars_os()
-            .filter(|(k, _)| !matches!(k.to_str(), Some("LISTEN_PID" | "LISTEN_FDS" | REEXEC_ENV)))
-            .filter_map(|(k, v)| {
-                let mut kv = k.into_encoded_bytes();
-                kv.push(b'=');
-                kv.extend(v.into_encoded_bytes());
-                std::ffi::CString::new(kv).ok()
-            })
-            .collect();
-        for (k, v) in [
-            ("LISTEN_PID", std::process::id().to_string()),
-            ("LISTEN_FDS", self.listeners.len().to_string()),
-            (REEXEC_ENV, pids.join(",")),
-        ] {
-            env.push(std::ffi::CString::new(format!("{k}={v}")).expect("no NUL"));
-        }
-        let args: Vec<std::ffi::CString> = std::env::args_os()
-            .filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok())
-            .collect();
-        match nix::unistd::execve(c"/proc/self/exe", &args, &env) {
-            Err(e) => e.into(),
-            Ok(never) => match never {},
-        }
-    }
 }
 
 /// `--check`, in a child process: become `--user`, initialize Python and
@@ -634,7 +572,7 @@ pub fn remove_socket_files(options: &WorkerOptions) {
 
 /// The unix socket files this process bound, removed when it is dropped —
 /// on every way out of the process that bound them, a failed start included
-/// (forked workers and a re-executed master leave without dropping it).
+/// (forked workers and templates leave without dropping it).
 pub struct SocketFiles<'a>(pub &'a WorkerOptions);
 
 impl Drop for SocketFiles<'_> {

@@ -101,23 +101,6 @@ pub trait Reconfigure<'a> {
     fn read(&self) -> Result<Vec<PoolSpec<'a>>, String>;
 }
 
-/// `--preload`: the master holds an interpreter with the app imported, so
-/// every fork is bracketed (CPython's `PyOS_BeforeFork`/`AfterFork_*`), and
-/// a reload re-executes the master (same pid, sockets handed on, workers
-/// adopted) so that the new code is imported — forking the old master again
-/// would serve the old code (gunicorn#2449).
-pub trait ForkHooks {
-    /// In the master, right before `fork()`.
-    fn before_fork(&self);
-    /// In the master, right after.
-    fn after_fork_parent(&self);
-    /// In the new worker, right after.
-    fn after_fork_child(&self);
-    /// HUP: replace this process's image by a fresh one that adopts the
-    /// running `workers` (pids); returns only if that failed.
-    fn reexec(&self, workers: &[i32]) -> std::io::Error;
-}
-
 /// One pool to run: what [`run_pools`] takes per pool.
 pub struct PoolSpec<'a> {
     /// Its name (the status page's `pool`, the log lines' `pool NAME:`).
@@ -148,18 +131,20 @@ struct Master<'a> {
 }
 
 /// Run the master of one pool until it is told to stop; returns the exit
-/// status. `board`: the pool's scoreboard, if it has one; `adopted`:
-/// workers of the image this one replaced (a `--preload` reload); they
-/// serve until the first generation of this one is ready.
+/// status. `board`: the pool's scoreboard, if it has one; `template_main`:
+/// `--preload` (the workers are forked from a template that imported the
+/// app: [`template`]).
 pub fn run<'a>(
     options: MasterOptions,
     worker_main: WorkerMain<'a>,
-    hooks: Option<&'a dyn ForkHooks>,
+    template_main: Option<template::TemplateMain<'a>>,
     board: Option<&'static Board>,
-    adopted: &[i32],
 ) -> std::io::Result<i32> {
     let signals = block_signals()?;
-    let pool = Pool::new(None, options, worker_main, hooks, board, adopted);
+    if template_main.is_some() {
+        nix::sys::prctl::set_child_subreaper(true)?;
+    }
+    let pool = Pool::new(None, options, worker_main, board).with_template(template_main);
     Master::new(vec![pool], None).run(signals)
 }
 
@@ -179,15 +164,8 @@ pub fn run_pools<'a>(
     for p in pools {
         let board = super::scoreboard::create()?;
         running.push(
-            Pool::new(
-                Some(&p.name),
-                p.options,
-                p.worker_main,
-                None,
-                Some(board),
-                &[],
-            )
-            .with_template(p.template_main),
+            Pool::new(Some(&p.name), p.options, p.worker_main, Some(board))
+                .with_template(p.template_main),
         );
     }
     Master::new(running, Some(reconfigure)).run(signals)
@@ -299,24 +277,6 @@ impl<'a> Master<'a> {
                 log_info!("master: stopping now");
                 self.stop_all(Signal::SIGINT, Duration::from_secs(2));
             }
-            Intent::Reload if self.pools.len() == 1 && self.pools[0].hooks.is_some() => {
-                notify::reloading();
-                let pool = &self.pools[0];
-                let pids: Vec<i32> = pool
-                    .workers
-                    .iter()
-                    .filter(|w| w.state != pool::State::Stopping)
-                    .map(|w| w.pid.as_raw())
-                    .collect();
-                log_info!("master: HUP: re-executing to import the new code (--preload)");
-                if let Some(hooks) = pool.hooks {
-                    let err = hooks.reexec(&pids);
-                    log_error!(
-                        "master: reload failed: cannot re-execute: {err}; still serving the old code"
-                    );
-                }
-                notify::notify("READY=1");
-            }
             Intent::Reload => match self.reconfigure.map(|r| r.read()) {
                 None => {
                     notify::reloading();
@@ -372,9 +332,7 @@ impl<'a> Master<'a> {
                             Some(&spec.name),
                             spec.options,
                             spec.worker_main,
-                            None,
                             Some(board),
-                            &[],
                         )
                         .with_template(spec.template_main);
                         self.pools.push(pool);

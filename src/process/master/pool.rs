@@ -13,7 +13,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use super::pm::{Pm, Scaler};
 use super::template::{self, Template, TemplateMain};
-use super::{ForkHooks, MasterOptions, WorkerMain};
+use super::{MasterOptions, WorkerMain};
 use crate::core::exit::Exit;
 use crate::process::Message;
 use crate::process::ToMaster;
@@ -93,7 +93,6 @@ pub(super) struct Pool<'a> {
     pub(super) tag: String,
     pub(super) options: MasterOptions,
     worker_main: WorkerMain<'a>,
-    pub(super) hooks: Option<&'a dyn ForkHooks>,
     /// Its scoreboard (each pool has its own; a worker installs its
     /// pool's as the process's board).
     pub(super) board: Option<&'static Board>,
@@ -137,16 +136,12 @@ pub(super) struct Pool<'a> {
 pub(super) const TEMPLATE: usize = usize::MAX;
 
 impl<'a> Pool<'a> {
-    /// A pool of `options`; `adopted`: workers of the image this master
-    /// replaced (a `--preload` reload), which serve until the first
-    /// generation of this one is ready.
+    /// A pool of `options`, its workers running `worker_main`.
     pub(super) fn new(
         name: Option<&str>,
         options: MasterOptions,
         worker_main: WorkerMain<'a>,
-        hooks: Option<&'a dyn ForkHooks>,
         board: Option<&'static Board>,
-        adopted: &[i32],
     ) -> Pool<'a> {
         let scaler = (options.pm != Pm::Static)
             .then(|| Scaler::new(options.pm.clone(), options.threads, Instant::now()));
@@ -164,29 +159,12 @@ impl<'a> Pool<'a> {
             // (Until the first turn decides: a connection may come first.)
             watch: scaler.is_some(),
             scaler,
-            reload_floor: (!adopted.is_empty()).then_some(adopted.len()),
+            reload_floor: None,
             options,
             worker_main,
-            hooks,
             board,
-            generation: u64::from(!adopted.is_empty()),
-            workers: adopted
-                .iter()
-                .map(|&pid| Worker {
-                    pid: Pid::from_raw(pid),
-                    generation: 0,
-                    state: State::Ready,
-                    pipe: None,
-                    started: Instant::now(),
-                    recycle: None,
-                    stopping_since: None,
-                    kill_at: None,
-                    lifetime: None,
-                    rss: None,
-                    requests_seen: 0,
-                    active_at: Instant::now(),
-                })
-                .collect(),
+            generation: 0,
+            workers: Vec::new(),
             backoff: Duration::ZERO,
             next_spawn: Instant::now(),
             next_sample: Instant::now(),
@@ -407,7 +385,7 @@ impl<'a> Pool<'a> {
     }
 
     /// An intent of the operator's, as it applies to this pool (the
-    /// master handles the stops and the `--preload` re-execution).
+    /// master handles the stops).
     pub(super) fn on_intent(&mut self, intent: Intent) {
         match intent {
             Intent::Reload => {
@@ -805,21 +783,10 @@ impl<'a> Pool<'a> {
         // (A worker holds no other worker's pipe: the child drops them.)
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let master = nix::unistd::getpid();
-        if let Some(hooks) = self.hooks {
-            hooks.before_fork();
-        }
-        // SAFETY: the master is single-threaded (no runtime; with --preload
-        // an interpreter whose fork hooks bracket this call), so the child
-        // may run arbitrary code after fork.
-        let forked = unsafe { fork() };
-        if let (Some(hooks), Ok(ForkResult::Parent { .. }) | Err(_)) = (self.hooks, &forked) {
-            hooks.after_fork_parent();
-        }
-        match forked? {
+        // SAFETY: the master is single-threaded (no runtime, no Python),
+        // so the child may run arbitrary code after fork.
+        match unsafe { fork() }? {
             ForkResult::Child => {
-                if let Some(hooks) = self.hooks {
-                    hooks.after_fork_child();
-                }
                 drop(read);
                 for worker in &mut self.workers {
                     worker.pipe = None;

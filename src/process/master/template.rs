@@ -1,10 +1,11 @@
-//! `preload = true` in a pool: the pool's **template**, a child of the
-//! master that imports the pool's app once (as the pool's user, in its
-//! venv) and forks the pool's workers from it on the master's request, so
-//! that a worker — an ondemand spawn above all — costs a fork, not an
-//! import. The master itself runs no Python (it serves pools of different
-//! users and venvs); a single-app `--preload` master forks from its own
-//! interpreter instead and needs none of this.
+//! `--preload` (`preload = true` in a pool): the pool's **template**, a
+//! child of the master that imports the pool's app once (as the pool's
+//! user, in its venv) and forks the pool's workers from it on the master's
+//! request, so that a worker — an ondemand spawn above all — costs a fork,
+//! not an import. The master itself runs no Python (its pools may have
+//! different users and venvs; an app's import or crash never touches it),
+//! and a reload is a new template importing the new code — no re-exec of
+//! the master, whose old image would serve the old code (gunicorn#2449).
 //!
 //! ```text
 //!  master ──"S" + a pipe's write end (SCM_RIGHTS)──▶ template
@@ -31,10 +32,24 @@ use nix::sys::socket::{
 };
 use nix::unistd::{ForkResult, Pid, fork, getppid};
 
-use super::ForkHooks;
 use crate::core::exit::Exit;
 use crate::process::ToMaster;
 use crate::process::scoreboard::Board;
+
+/// The interpreter's fork protocol (CPython's `PyOS_BeforeFork` /
+/// `AfterFork_*`), which brackets each fork of a template.
+pub trait ForkHooks {
+    /// In the template, right before `fork()`.
+    fn before_fork(&self);
+    /// In the template, right after.
+    fn after_fork_parent(&self);
+    /// In the new worker, right after.
+    fn after_fork_child(&self);
+}
+
+/// A template's name in `ps` (its command line is the master's): its
+/// workers take back the name the process had.
+const NAME: &std::ffi::CStr = c"wsgi-fcgi-tmpl";
 
 /// What a pool's template process runs (it imports the app, says
 /// [`Link::ready`], then [`Link::serve`]s); returns its exit status.
@@ -45,6 +60,8 @@ pub struct Link {
     ctl: OwnedFd,
     master: Pid,
     board: Option<&'static Board>,
+    /// The process's name before it became the template.
+    name: Option<std::ffi::CString>,
 }
 
 /// The master's view of a pool's template.
@@ -85,6 +102,8 @@ pub(super) fn start(
                 std::process::exit(Exit::Success.code());
             }
             let _ = SigSet::empty().thread_set_mask();
+            let name = nix::sys::prctl::get_name().ok();
+            let _ = nix::sys::prctl::set_name(NAME);
             if let Some(board) = board {
                 // (Inherited by the workers forked from here.)
                 crate::process::scoreboard::install(board);
@@ -93,6 +112,7 @@ pub(super) fn start(
                 ctl: theirs,
                 master,
                 board,
+                name,
             });
             std::process::exit(code);
         }
@@ -293,6 +313,9 @@ impl Link {
             std::process::exit(Exit::Success.code());
         }
         let _ = SigSet::empty().thread_set_mask();
+        if let Some(name) = &self.name {
+            let _ = nix::sys::prctl::set_name(name);
+        }
         if let Some(board) = self.board
             && let Some(index) = board.claim(std::process::id())
         {
