@@ -61,7 +61,10 @@ expected_body() {
 }
 
 # --- CPU accounting ------------------------------------------------------------
-children() { pgrep -P "$1" 2>/dev/null || true; }
+# A server's worker processes: its children but our --preload template
+# (comm wsgi-fcgi-tmpl, which holds the app as uWSGI's master does).
+children() { pgrep -P "$1" 2>/dev/null | while read -r p; do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = wsgi-fcgi-tmpl ] || echo "$p"; done || true; }
+templates() { pgrep -P "$1" 2>/dev/null | while read -r p; do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = wsgi-fcgi-tmpl ] && echo "$p"; done || true; }
 proc_cpu_ticks() { # pid -> utime+stime in clock ticks (0 if gone)
   local stat
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }

@@ -58,7 +58,8 @@
 # perfectly even, 100% = one worker did everything); rss/wk =
 # sum of the workers' VmRSS / N (MiB), pss/wk = sum of their Pss
 # (/proc/PID/smaps_rollup: shared pages split among the sharers) / N, both
-# read right after the measurement; master = the parent's VmRSS. Ratios:
+# read right after the measurement; master = the parent's VmRSS (ours
+# --preload: plus its template's, which holds the app). Ratios:
 # ours/other (req/s > 1: ours faster; latency and memory < 1: ours lower).
 # For Flask, the app's own CPU per request is measured in process (a prepared
 # environ, no server) and each server's overhead = cpu/req minus that: with
@@ -348,6 +349,8 @@ measure() { # system workload
   done
   [ "$pss_ok" = 1 ] || pss=-1
   master_rss=$(status_kib "$SERVER_PID" VmRSS)
+  # (ours --preload: the master and its template, which holds the app.)
+  for pid in $(templates "$SERVER_PID"); do master_rss=$((master_rss + $(status_kib "$pid" VmRSS))); done
   "$PY" - "$run/wrk.txt" "$1" "$2" "$t0" "$t1" "$m0" "$m1" "$s0" "$s1" "$n0" "$n1" "$TICK" "$gen" \
     "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" "$wk_ticks" >> "$results" <<'EOF'
 import json, re, sys
