@@ -46,7 +46,23 @@ fn status(socket: &Path) -> (String, String) {
     (field("pool"), field("process manager"))
 }
 
-/// The listening-socket inodes `pid` holds open.
+/// The unix sockets listening on this machine ("socket:[INODE]"), from
+/// /proc/net/unix (state 01 with __SO_ACCEPTCON).
+fn listening_unix_sockets() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let inode = f.get(6)?;
+            (f.get(3) == Some(&"00010000") && f.get(5) == Some(&"01"))
+                .then(|| format!("socket:[{inode}]"))
+        })
+        .collect()
+}
+
+/// The socket inodes `pid` holds open.
 fn socket_inodes(pid: u32) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
@@ -183,10 +199,20 @@ fn twenty_pools_in_one_master_one_broken_the_others_serve() {
     assert!(ok, "{last:?}\n{}", r.log());
     assert_eq!(last.unwrap().0, "broken-fixed");
 
-    // Isolation: a worker holds its own pool's listening socket only.
-    let listeners = socket_inodes(r.pid);
+    // Isolation: a worker (and a template) holds its own pool's listening
+    // socket only.
+    let listening = listening_unix_sockets();
+    let listeners: Vec<String> = socket_inodes(r.pid)
+        .into_iter()
+        .filter(|s| listening.contains(s))
+        .collect();
     assert_eq!(listeners.len(), 20, "{listeners:?}");
-    for worker in workers_of(r.pid) {
+    let templates = crate::process::templates_of(r.pid);
+    assert!(
+        !templates.is_empty(),
+        "static and dynamic pools preload by default"
+    );
+    for worker in workers_of(r.pid).into_iter().chain(templates) {
         let held: Vec<&String> = socket_inodes(worker)
             .iter()
             .filter_map(|s| listeners.iter().find(|l| *l == s))
@@ -538,10 +564,19 @@ fn preloaded_pools_fork_their_workers_from_a_template() {
 
     // TERM: the master, its workers and the templates all go.
     let master = r.pid;
+    // (st's reload to the same code ends with its old template gone.)
+    assert!(
+        wait_until(Duration::from_secs(10), || crate::process::templates_of(
+            master
+        )
+        .len()
+            == 2),
+        "a template per pool: {:?}\n{}",
+        crate::process::templates_of(master),
+        r.log()
+    );
     let mut everyone: Vec<u32> = workers_of(master);
-    let now = crate::process::templates_of(master);
-    assert_eq!(now.len(), 2, "a template per pool: {now:?}");
-    everyone.extend(now);
+    everyone.extend(crate::process::templates_of(master));
     crate::process::kill(master, "TERM");
     assert!(wait_until(Duration::from_secs(20), || everyone
         .iter()

@@ -269,9 +269,23 @@ fn term_lets_an_in_flight_slow_request_finish_then_the_master_exits() {
     );
 }
 
+/// With the app imported in a template (the default) and in each worker
+/// (`--no-preload`).
 #[test]
 fn hup_serves_the_new_code_and_keeps_the_old_when_the_new_does_not_import() {
-    let r = master(2, "v1", &[]);
+    for extra in [&[][..], &["--no-preload"][..]] {
+        hup_serves_the_new_code(extra);
+    }
+}
+
+fn hup_serves_the_new_code(extra: &[&str]) {
+    let r = master(2, "v1", extra);
+    assert_eq!(
+        templates_of(r.pid).len(),
+        usize::from(extra.is_empty()),
+        "{}",
+        r.log()
+    );
     assert_eq!(served(&r, "/").unwrap().0, "v1");
     let first = workers_of(r.pid);
 
@@ -320,8 +334,15 @@ fn ttin_and_ttou_change_the_number_of_workers() {
     assert!(served(&r, "/").is_ok());
 }
 
+/// Imported in a template (the default) and in each worker (`--no-preload`).
 #[test]
 fn an_app_that_does_not_import_stops_the_master_with_status_4_instead_of_respawning() {
+    for extra in [&[][..], &["--no-preload"][..]] {
+        an_app_that_does_not_import_stops_the_master(extra);
+    }
+}
+
+fn an_app_that_does_not_import_stops_the_master(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let version = dir.path().join("version");
     std::fs::write(&version, "broken").unwrap();
@@ -330,6 +351,7 @@ fn an_app_that_does_not_import_stops_the_master_with_status_4_instead_of_respawn
         .arg("--app")
         .arg(app("reloadable.py"))
         .args(["--workers", "3"])
+        .args(extra)
         .arg("--bind")
         .arg(format!("unix:{}", dir.path().join("fcgi.sock").display()))
         .env("RELOADABLE_VERSION", &version)
@@ -352,9 +374,15 @@ fn an_app_that_does_not_import_stops_the_master_with_status_4_instead_of_respawn
         text.contains("this version of the app does not import"),
         "{text}"
     );
-    // The first workers only: no respawn loop.
+    // The first workers (or the template) only: no respawn loop.
     let boots = text.matches("the application failed to load").count();
     assert!((1..=3).contains(&boots), "{boots} failed boots:\n{text}");
+    let who = if extra.is_empty() {
+        "template"
+    } else {
+        "worker"
+    };
+    assert!(text.contains(&format!("master: {who} ")), "{text}");
     assert!(!Path::new(&dir.path().join("fcgi.sock")).exists());
 }
 

@@ -32,18 +32,20 @@ Signals (the process, or with --workers the master):
   TERM        graceful stop: no new connections, requests in flight finish
               within --graceful-timeout
   INT, QUIT   stop at once
-  HUP         (--workers) reload: new workers import the app afresh and start
-              accepting; the old ones then finish their requests and exit.
-              The listening sockets stay open throughout. If the new code
-              does not import, the old workers go on serving. With
-              --preload a new template imports the new code first.
+  HUP         (--workers) reload: the app is imported afresh (by a new
+              template, or with --no-preload by each new worker) and new
+              workers start accepting; the old ones then finish their
+              requests and exit. The listening sockets stay open
+              throughout. If the new code does not import, the old workers
+              go on serving.
   TTIN, TTOU  (--workers) one worker process more / fewer (--pm dynamic,
               ondemand: --max-workers one more / fewer)
   USR1        reopen the access log (the master passes it to its workers)
 
 Exit status: 0 stopped normally; 1 could not start (bad option, socket,
 interpreter); 4 the application failed to import (with --workers: in the
-first worker, which stops the master instead of a respawn loop).
+template or the first worker, which stops the master instead of a respawn
+loop).
 `wsgi-fcgi request`: 0 when the response status is 2xx, 1 otherwise, 2 when
 the request failed.";
 
@@ -151,9 +153,12 @@ pub struct Serve {
     /// (--pm ondemand) Seconds a worker may serve nothing before it is retired
     #[arg(long, value_name = "S", requires = "pm", default_value_t = 10.0)]
     idle_timeout: f64,
-    /// (--workers) Import the app once, in a template process (as --user), and fork the workers from it (copy-on-write sharing); HUP imports the new code in a new template
-    #[arg(long, requires = "master")]
+    /// (--workers) Import the app once, in a template process (as --user), and fork the workers from it (copy-on-write sharing); HUP imports the new code in a new template [default: on, but with --pm ondemand]
+    #[arg(long, requires = "master", overrides_with = "no_preload")]
     preload: bool,
+    /// (--workers) Import the app in each worker instead: for apps that start threads or open connections at import (a fork does not carry threads over, and would share the connections)
+    #[arg(long, overrides_with = "preload")]
+    no_preload: bool,
     /// (--workers) Replace a worker after it served N requests (its replacement starts first)
     #[arg(long, value_name = "N", requires = "master", value_parser = clap::value_parser!(u64).range(1..))]
     max_requests: Option<u64>,
@@ -269,6 +274,11 @@ impl Serve {
     pub fn plan(self) -> anyhow::Result<Plan> {
         let args = self;
         let pm = args.pm_settings()?;
+        // A master forks from the imported app unless told not to — or
+        // ondemand, whose point is nothing resident while idle.
+        let master = args.workers.is_some() || args.pm.is_some();
+        let preload =
+            !args.no_preload && (args.preload || master && !matches!(pm, Pm::Ondemand { .. }));
         let binds = args
             .bind
             .iter()
@@ -336,7 +346,7 @@ impl Serve {
                 .map(|s| Duration::from_secs_f64(s.max(0.001))),
             max_rss: args.max_rss.map(|mib| mib << 20),
             check: args.check,
-            preload: args.preload,
+            preload,
             pm,
         })
     }
@@ -456,6 +466,10 @@ fn flags_of(table: &toml::Table, file: &Path) -> anyhow::Result<Vec<String>> {
         for value in values {
             match value {
                 toml::Value::Boolean(true) => flags.push(format!("--{key}")),
+                // (`preload = false`: `--no-preload`, over a default of on.)
+                toml::Value::Boolean(false) if has_flag(&format!("no-{key}")) => {
+                    flags.push(format!("--no-{key}"))
+                }
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(text) => flags.push(format!("--{key}={text}")),
                 toml::Value::Integer(n) => flags.push(format!("--{key}={n}")),
@@ -469,6 +483,14 @@ fn flags_of(table: &toml::Table, file: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(flags)
+}
+
+/// Whether `--NAME` is one of the flags.
+fn has_flag(name: &str) -> bool {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .any(|a| a.get_long() == Some(name))
 }
 
 /// What a `wsgi-fcgi` command line asks for.
@@ -687,11 +709,13 @@ fn with_environment(args: Vec<std::ffi::OsString>, cli_start: usize) -> Vec<std:
         };
         let value = value.to_string_lossy().into_owned();
         if !arg.get_action().takes_values() {
-            if matches!(
-                value.to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            ) {
-                flags.push(format!("--{long}").into());
+            match value.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => flags.push(format!("--{long}").into()),
+                // (WSGI_PRELOAD=0: `--no-preload`, over a default of on.)
+                "0" | "false" | "no" | "off" if has_flag(&format!("no-{long}")) => {
+                    flags.push(format!("--no-{long}").into())
+                }
+                _ => {}
             }
             continue;
         }

@@ -338,6 +338,7 @@ fn pool_template(
         Ok(app) => app,
         Err(err) => return exit_status(Err(err)),
     };
+    warn_of_threads_at_import();
     let hooks = worker::PreloadFork::default();
     if let Err(e) = link.ready() {
         eprintln!("wsgi-fcgi: template: the master is gone: {e}");
@@ -356,6 +357,20 @@ fn pool_template(
             Exit::Setup.code()
         }
     })
+}
+
+/// Threads the app started while it was imported do not exist in the
+/// workers forked from the template: say so once, with the way out.
+fn warn_of_threads_at_import() {
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads > 1 {
+        crate::log_warn!(
+            "the app started {} thread(s) while it was imported; the workers, forked from the \
+             imported app (--preload, the default with --workers), do not have them: if the \
+             app needs them, use --no-preload (`preload = false`)",
+            threads - 1
+        );
+    }
 }
 
 /// One worker process (or the only process); returns the exit status.

@@ -7,6 +7,9 @@
 #
 # Rows (SYSTEMS, in this order):
 #   ours-static        one wsgi-fcgi master, POOLS [pool.N] tables, `workers = 1`
+#                      (preload, the default: a template and a worker per pool)
+#   ours-static-nopreload  the same with `preload = false` (one worker per
+#                      pool, importing the app itself)
 #   ours-ondemand      the same with `pm = "ondemand"` (no worker until a request)
 #   ours-ondemand-hit  ours-ondemand after one request to every pool (before
 #                      their idle timeout): what visited pools cost
@@ -14,7 +17,7 @@
 #                      `preload = true`: each pool's app imported once by its
 #                      template process, workers forked from it on demand
 #   ours-preload       POOLS single-app masters `--pm ondemand --preload` (the
-#                      app imported in each master, forked on demand)
+#                      app imported by each master's template, forked on demand)
 #   uwsgi-emperor      uwsgi --emperor with POOLS vassals, each `--master
 #                      --processes 1` (uWSGI's default: app imported in the
 #                      master, the worker forked from it)
@@ -28,11 +31,12 @@
 # (a worker starts Python and imports the app: the app's import time is
 # printed beside, from `wsgi-fcgi --check`; target <= import + 30 ms),
 # ours-pools-preload (a fork of the pool's template) and ours-preload (a
-# fork of the master): target <= 20 ms.
+# fork of the master's template): target <= 20 ms.
 #
 # Load step (one pool, `--threads 1`, fcgi-loadgen with RAMP_CONNS=64
 # connections from the first instant): `--pm dynamic` starting at 1 worker
-# (min-spare 1, max-spare 3, max-workers 8), without and with `--preload`,
+# (min-spare 1, max-spare 3, max-workers 8), with `--no-preload` and with
+# `--preload` (the default),
 # against `--pm static` with 8 workers already running — req/s and p99 in the first second, and req/s in
 # the STEADY seconds after it. Full throughput within 1 s: the dynamic
 # pool's first-second req/s near its steady req/s.
@@ -51,7 +55,7 @@ FIRST=${FIRST:-10}
 SETTLE=${SETTLE:-3}
 RAMP_CONNS=${RAMP_CONNS:-64}
 STEADY=${STEADY:-3}
-SYSTEMS=${SYSTEMS:-"ours-static ours-ondemand ours-ondemand-hit ours-pools-preload ours-preload uwsgi-emperor uwsgi-cheap"}
+SYSTEMS=${SYSTEMS:-"ours-static ours-static-nopreload ours-ondemand ours-ondemand-hit ours-pools-preload ours-preload uwsgi-emperor uwsgi-cheap"}
 
 if [ ! -x target/release/wsgi-fcgi ]; then
   log "target/release/wsgi-fcgi is missing: building it"
@@ -150,13 +154,14 @@ row() { # name processes kib
 for sys in $SYSTEMS; do
   dir=$run/$sys
   case $sys in
-    ours-static|ours-ondemand|ours-ondemand-hit)
+    ours-static|ours-static-nopreload|ours-ondemand|ours-ondemand-hit)
       pm='workers = 1'
-      [ "$sys" = ours-static ] || pm='pm = "ondemand"\nidle-timeout = 60'
+      [ "$sys" = ours-static-nopreload ] && pm='workers = 1\npreload = false'
+      case $sys in ours-ondemand*) pm='pm = "ondemand"\nidle-timeout = 60' ;; esac
       pools_config "$dir" "$pm"
       "$BIN" --config "$dir/pools.toml" 2> "$dir/log" &
       pids=($!)
-      if [ "$sys" = ours-static ]; then
+      if [ "$sys" = ours-static ] || [ "$sys" = ours-static-nopreload ]; then
         wait_sockets "$dir" "$POOLS"
       else
         for _ in $(seq 300); do [ -S "$dir/p$((POOLS - 1)).sock" ] && break; sleep 0.1; done
@@ -236,7 +241,7 @@ print(f"{first['rps']:.0f} {first['p99_us'] / 1000:.1f} {steady['rps']:.0f} {fir
 EOF
   stop_all
 }
-ramp_dynamic=$(ramp dynamic --pm dynamic --start-workers 1 --min-spare 1 --max-spare 3 --max-workers 8)
+ramp_dynamic=$(ramp dynamic --pm dynamic --start-workers 1 --min-spare 1 --max-spare 3 --max-workers 8 --no-preload)
 ramp_preload=$(ramp dynamic-preload --pm dynamic --start-workers 1 --min-spare 1 --max-spare 3 --max-workers 8 --preload)
 ramp_static=$(ramp static --workers 8)
 
@@ -265,7 +270,7 @@ print(f"first request to an idle pool (ms, median / max): ondemand {od_med} / {o
       f"single-app ondemand --preload {pl_med} / {pl_max} (target <= 20)")
 d, s, p = sys.argv[6].split(), sys.argv[7].split(), sys.argv[9].split()
 print(f"load step, {sys.argv[8]} connections at once (req/s in the first second, its p99, req/s after):")
-for name, r in (("dynamic 1 -> 8", d), ("dynamic 1 -> 8 --preload", p), ("static 8", s)):
+for name, r in (("dynamic 1 -> 8 --no-preload", d), ("dynamic 1 -> 8 --preload", p), ("static 8", s)):
     print(f"  {name}: {r[0]} req/s, p99 {r[1]} ms, then {r[2]} req/s "
           f"(first / after {int(r[0]) / max(1, int(r[2])):.2f}); errors {r[3]}")
 EOF

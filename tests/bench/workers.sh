@@ -5,13 +5,15 @@
 # same virtualenv (target/bench-venv: flask, flup, uwsgi, gunicorn).
 #
 # Contenders (SYSTEMS):
-#   ours              wsgi-fcgi --workers N --threads T (a master + N workers);
+#   ours              wsgi-fcgi --workers N --threads T (a master, its template
+#                     holding the imported app — --preload is the default —
+#                     and N workers forked from it);
 #                     NGINX_MODE=keepalive (default): nginx fastcgi_pass with
 #                     an upstream keepalive pool and fastcgi_keep_conn on;
 #                     NGINX_MODE=default: nginx's plain fastcgi_pass (a new
 #                     connection per request, as every tutorial writes it)
-#   ours-preload      the same with --preload (the app imported in the master,
-#                     workers forked from it: compare pss/wk)
+#   ours-nopreload    the same with --no-preload (each worker imports the app
+#                     itself: compare pss/wk)
 #   ours-iothread     the same with --kept-on-io-thread (kept connections
 #                     served by the I/O thread, the path before kept.rs;
 #                     NGINX_MODE=keepalive is where it differs)
@@ -59,7 +61,7 @@
 # sum of the workers' VmRSS / N (MiB), pss/wk = sum of their Pss
 # (/proc/PID/smaps_rollup: shared pages split among the sharers) / N, both
 # read right after the measurement; master = the parent's VmRSS (ours
-# --preload: plus its template's, which holds the app). Ratios:
+# with --preload, the default: plus its template's, which holds the app). Ratios:
 # ours/other (req/s > 1: ours faster; latency and memory < 1: ours lower).
 # For Flask, the app's own CPU per request is measured in process (a prepared
 # environ, no server) and each server's overhead = cpu/req minus that: with
@@ -70,7 +72,7 @@
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
-#   SYSTEMS="ours ours-iothread ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
+#   SYSTEMS="ours ours-iothread ours-nopreload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
 #   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
@@ -82,7 +84,7 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-16}
 WORKLOADS=${WORKLOADS:-"hello flask"}
-SYSTEMS=${SYSTEMS:-"ours ours-iothread ours-preload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
+SYSTEMS=${SYSTEMS:-"ours ours-iothread ours-nopreload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
 NGINX_PORT=${NGINX_PORT:-18089}
 NGINX_MODE=${NGINX_MODE:-keepalive}
 FRONT=${FRONT:-nginx}
@@ -153,8 +155,8 @@ server_cmd() { # system workload socket -> the command line (one word per line)
   case $1 in
     ours) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
             --venv "$VENV" --socket-mode 666 ;;
-    ours-preload) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
-            --venv "$VENV" --socket-mode 666 --preload ;;
+    ours-nopreload) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
+            --venv "$VENV" --socket-mode 666 --no-preload ;;
     ours-iothread) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
             --venv "$VENV" --socket-mode 666 --kept-on-io-thread ;;
     ours-nopython) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
@@ -171,7 +173,7 @@ server_cmd() { # system workload socket -> the command line (one word per line)
 }
 nginx_mode() { # how nginx talks to the system
   case $1 in
-    ours|ours-preload|ours-iothread|ours-nopython)
+    ours|ours-nopreload|ours-iothread|ours-nopython)
       # NGINX_MODE=default: the plain `fastcgi_pass` of every tutorial (a
       # new connection per request); keepalive: an upstream keepalive pool
       # with fastcgi_keep_conn on.
@@ -349,7 +351,7 @@ measure() { # system workload
   done
   [ "$pss_ok" = 1 ] || pss=-1
   master_rss=$(status_kib "$SERVER_PID" VmRSS)
-  # (ours --preload: the master and its template, which holds the app.)
+  # (ours: the master and its template, which holds the app.)
   for pid in $(templates "$SERVER_PID"); do master_rss=$((master_rss + $(status_kib "$pid" VmRSS))); done
   "$PY" - "$run/wrk.txt" "$1" "$2" "$t0" "$t1" "$m0" "$m1" "$s0" "$s1" "$n0" "$n1" "$TICK" "$gen" \
     "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" "$wk_ticks" >> "$results" <<'EOF'
