@@ -38,7 +38,9 @@
 //! multiplexed, slow or pipelined ones go to the I/O thread
 //! (`fcgi/worker/server` → `fcgi/connection`), which hands each request to
 //! an app thread as a job (`fcgi/job`). With `--workers`, the master
-//! (`process/master`) holds the listening sockets and forks the workers.
+//! (`process/master`, no Python) holds the listening sockets and starts the
+//! workers: with `--preload` (the default) they are forked by a template
+//! that imported the app (`process/master/template`), re-parented to it.
 //!
 //! Modules are `pub(crate)` unless the binaries, the integration tests or
 //! the fuzz targets (`tests/fuzz`) use them, so that dead code shows.

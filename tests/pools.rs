@@ -494,28 +494,28 @@ fn preloaded_pools_fork_their_workers_from_a_template() {
             "the template and its workers run as the pool's user"
         );
     }
-    let mut st_workers = std::collections::BTreeSet::new();
-    assert!(wait_until(Duration::from_secs(10), || {
-        st_workers.insert(serve(&st).1);
-        st_workers.len() == 2
-    }));
-    // One import per pool, in neither pool's workers; every worker is the
-    // master's child.
-    let templates = imported();
+    assert_eq!(serve(&st).0, "st1");
+    // st's two workers (and od's, until it retires): the master's children.
+    assert!(
+        wait_until(Duration::from_secs(10), || workers_of(r.pid).len() >= 2),
+        "{}",
+        r.log()
+    );
+    let workers = workers_of(r.pid);
+    // One import per pool, by its template, in no worker.
+    let mut templates = imported();
+    templates.sort_unstable();
     assert_eq!(templates.len(), 2, "{templates:?}\n{}", r.log());
+    assert_eq!(crate::process::templates_of(r.pid), templates);
     assert!(
         !templates.contains(&od_worker),
         "the ondemand worker imported the app"
     );
-    for worker in &st_workers {
+    for worker in &workers {
         assert!(
             !templates.contains(worker),
             "worker {worker} imported the app"
         );
-        assert_eq!(parent(*worker), r.pid, "worker {worker}'s parent");
-    }
-    for template in &templates {
-        assert_eq!(parent(*template), r.pid);
     }
 
     // Ondemand: retired when idle, forked again (no import) on demand.

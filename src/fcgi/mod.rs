@@ -17,6 +17,7 @@ pub mod idle;
 pub(crate) mod inline;
 pub mod job;
 pub(crate) mod kept;
+pub mod pools;
 pub mod proto;
 pub(crate) mod socket;
 pub(crate) mod spool;

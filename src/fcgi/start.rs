@@ -212,7 +212,7 @@ impl PoolSet {
 
 impl<'a> master::Reconfigure<'a> for PoolSet {
     fn read(&self) -> Result<Vec<master::PoolSpec<'a>>, String> {
-        let pools = match crate::fcgi::cli::pools(&self.args) {
+        let pools = match crate::fcgi::pools::read(&self.args) {
             Ok(Some(pools)) => pools,
             Ok(None) => {
                 return Err("the configuration file has no [pool.NAME] table any more".into());
