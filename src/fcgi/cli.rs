@@ -153,7 +153,7 @@ pub struct Serve {
     /// (--pm ondemand) Seconds a worker may serve nothing before it is retired
     #[arg(long, value_name = "S", requires = "pm", default_value_t = 10.0)]
     idle_timeout: f64,
-    /// (--workers) Import the app once, in a template process (as --user), and fork the workers from it (copy-on-write sharing); HUP imports the new code in a new template [default: on, but with --pm ondemand]
+    /// (--workers) Import the app once, in a template process (as --user), and fork the workers from it (copy-on-write sharing); HUP imports the new code in a new template [default: on with --workers 2 or more and --pm dynamic; off with one worker and --pm ondemand]
     #[arg(long, requires = "master", overrides_with = "no_preload")]
     preload: bool,
     /// (--workers) Import the app in each worker instead: for apps that start threads or open connections at import (a fork does not carry threads over, and would share the connections)
@@ -274,11 +274,15 @@ impl Serve {
     pub fn plan(self) -> anyhow::Result<Plan> {
         let args = self;
         let pm = args.pm_settings()?;
-        // A master forks from the imported app unless told not to — or
-        // ondemand, whose point is nothing resident while idle.
-        let master = args.workers.is_some() || args.pm.is_some();
-        let preload =
-            !args.no_preload && (args.preload || master && !matches!(pm, Pm::Ondemand { .. }));
+        // A master of several workers forks them from the imported app
+        // unless told not to; not ondemand, whose point is nothing resident
+        // while idle, nor a single worker, which shares with nobody.
+        let default = match &pm {
+            Pm::Static => args.workers.is_some_and(|n| n >= 2),
+            Pm::Dynamic { .. } => true,
+            Pm::Ondemand { .. } => false,
+        };
+        let preload = !args.no_preload && (args.preload || default);
         let binds = args
             .bind
             .iter()
@@ -575,4 +579,41 @@ fn with_environment(args: Vec<std::ffi::OsString>, cli_start: usize) -> Vec<std:
     out.extend(flags);
     out.extend(args[split..].iter().cloned());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::Parser;
+
+    fn preload(args: &[&str]) -> bool {
+        let argv = std::iter::once("wsgi-fcgi").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .unwrap()
+            .serve
+            .plan()
+            .unwrap()
+            .preload
+    }
+
+    #[test]
+    fn preload_is_the_default_where_workers_share_the_app() {
+        assert!(!preload(&[]), "one process");
+        assert!(
+            !preload(&["--workers", "1"]),
+            "one worker shares with nobody"
+        );
+        assert!(preload(&["--workers", "2"]));
+        assert!(preload(&["--pm", "dynamic"]));
+        assert!(
+            !preload(&["--pm", "ondemand"]),
+            "nothing resident while idle"
+        );
+        assert!(preload(&["--pm", "ondemand", "--preload"]));
+        assert!(preload(&["--workers", "1", "--preload"]));
+        assert!(!preload(&["--workers", "2", "--no-preload"]));
+        // The last of the two wins (a file's `preload`, then the command line's).
+        assert!(preload(&["--workers", "2", "--no-preload", "--preload"]));
+        assert!(!preload(&["--workers", "2", "--preload", "--no-preload"]));
+    }
 }

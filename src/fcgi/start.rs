@@ -366,8 +366,8 @@ fn warn_of_threads_at_import() {
     if threads > 1 {
         crate::log_warn!(
             "the app started {} thread(s) while it was imported; the workers, forked from the \
-             imported app (--preload, the default with --workers), do not have them: if the \
-             app needs them, use --no-preload (`preload = false`)",
+             imported app (--preload, the default with several workers), do not have them: if \
+             the app needs them, use --no-preload (`preload = false`)",
             threads - 1
         );
     }

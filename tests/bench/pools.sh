@@ -7,9 +7,7 @@
 #
 # Rows (SYSTEMS, in this order):
 #   ours-static        one wsgi-fcgi master, POOLS [pool.N] tables, `workers = 1`
-#                      (preload, the default: a template and a worker per pool)
-#   ours-static-nopreload  the same with `preload = false` (one worker per
-#                      pool, importing the app itself)
+#                      (no template: one worker shares with nobody)
 #   ours-ondemand      the same with `pm = "ondemand"` (no worker until a request)
 #   ours-ondemand-hit  ours-ondemand after one request to every pool (before
 #                      their idle timeout): what visited pools cost
@@ -55,7 +53,7 @@ FIRST=${FIRST:-10}
 SETTLE=${SETTLE:-3}
 RAMP_CONNS=${RAMP_CONNS:-64}
 STEADY=${STEADY:-3}
-SYSTEMS=${SYSTEMS:-"ours-static ours-static-nopreload ours-ondemand ours-ondemand-hit ours-pools-preload ours-preload uwsgi-emperor uwsgi-cheap"}
+SYSTEMS=${SYSTEMS:-"ours-static ours-ondemand ours-ondemand-hit ours-pools-preload ours-preload uwsgi-emperor uwsgi-cheap"}
 
 if [ ! -x target/release/wsgi-fcgi ]; then
   log "target/release/wsgi-fcgi is missing: building it"
@@ -154,14 +152,13 @@ row() { # name processes kib
 for sys in $SYSTEMS; do
   dir=$run/$sys
   case $sys in
-    ours-static|ours-static-nopreload|ours-ondemand|ours-ondemand-hit)
+    ours-static|ours-ondemand|ours-ondemand-hit)
       pm='workers = 1'
-      [ "$sys" = ours-static-nopreload ] && pm='workers = 1\npreload = false'
-      case $sys in ours-ondemand*) pm='pm = "ondemand"\nidle-timeout = 60' ;; esac
+      [ "$sys" = ours-static ] || pm='pm = "ondemand"\nidle-timeout = 60'
       pools_config "$dir" "$pm"
       "$BIN" --config "$dir/pools.toml" 2> "$dir/log" &
       pids=($!)
-      if [ "$sys" = ours-static ] || [ "$sys" = ours-static-nopreload ]; then
+      if [ "$sys" = ours-static ]; then
         wait_sockets "$dir" "$POOLS"
       else
         for _ in $(seq 300); do [ -S "$dir/p$((POOLS - 1)).sock" ] && break; sleep 0.1; done
