@@ -479,7 +479,12 @@ impl<'a> Pool<'a> {
             self.next_spawn = Instant::now() + Duration::from_millis(100);
             return None;
         }
-        let failed = self.boot_failed(&Worker::placeholder(pid, t.generation), code, how);
+        let failed = self.boot_failed(
+            &Worker::placeholder(pid, t.generation),
+            "template",
+            code,
+            how,
+        );
         if self.template.is_none() && self.generation < t.generation {
             // The reload was cancelled: the template it replaced stays.
             self.template = self.old_template.take();
@@ -502,7 +507,7 @@ impl<'a> Pool<'a> {
         if worker.state == State::Booting
             && (code == Exit::AppLoad.code() || code == Exit::Setup.code())
         {
-            return self.boot_failed(&worker, code, how);
+            return self.boot_failed(&worker, "worker", code, how);
         }
         let young = worker.started.elapsed() < Duration::from_secs(1);
         self.backoff = if young {
@@ -529,13 +534,9 @@ impl<'a> Pool<'a> {
     /// master stops with the worker's status (no respawn storm) — unless
     /// it runs other pools too: then this pool is retried with back-off
     /// (and shown as failed) while the others serve.
-    fn boot_failed(&mut self, worker: &Worker, code: i32, how: &str) -> Option<i32> {
-        // (A template is the worker its pool would have forked.)
-        let who = if self.template_main.is_some() {
-            "template"
-        } else {
-            "worker"
-        };
+    /// `who`: "worker", or "template" (the worker its pool would have
+    /// forked).
+    fn boot_failed(&mut self, worker: &Worker, who: &str, code: i32, how: &str) -> Option<i32> {
         let serving = self
             .workers
             .iter()
