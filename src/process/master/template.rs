@@ -159,7 +159,7 @@ impl Template {
             self.ctl.as_raw_fd(),
             &[IoSlice::new(b"S")],
             &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
+            MsgFlags::MSG_NOSIGNAL,
             None,
         )?;
         drop(write);
@@ -210,7 +210,7 @@ impl Template {
 impl Link {
     /// The app is imported: the master may ask for workers.
     pub fn ready(&self) -> std::io::Result<()> {
-        send(self.ctl.as_raw_fd(), b"R", MsgFlags::empty())?;
+        send(self.ctl.as_raw_fd(), b"R", MsgFlags::MSG_NOSIGNAL)?;
         Ok(())
     }
 
@@ -292,7 +292,7 @@ impl Link {
         let _ = send(
             self.ctl.as_raw_fd(),
             &[kind, v[0], v[1], v[2], v[3]],
-            MsgFlags::empty(),
+            MsgFlags::MSG_NOSIGNAL,
         );
     }
 
