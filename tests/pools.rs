@@ -526,6 +526,14 @@ fn preloaded_pools_fork_their_workers_from_a_template() {
         "{}",
         r.log()
     );
+    // (Gone, not only told to go: until then it may still take one.)
+    assert!(
+        wait_until(Duration::from_secs(15), || r
+            .log()
+            .contains(&format!("worker {od_worker} exited"))),
+        "{}",
+        r.log()
+    );
     let (_, again, _) = serve(&od);
     assert_ne!(again, od_worker);
     assert_eq!(imported().len(), 2, "{}", r.log());
