@@ -519,21 +519,11 @@ fn preloaded_pools_fork_their_workers_from_a_template() {
     }
 
     // Ondemand: retired when idle, forked again (no import) on demand.
-    assert!(
-        wait_until(Duration::from_secs(15), || r
-            .log()
-            .contains(&format!("worker {od_worker} idle for"))),
-        "{}",
-        r.log()
-    );
+    let idle = format!("worker {od_worker} idle for");
+    assert!(r.wait_log(&idle, Duration::from_secs(15)), "{}", r.log());
     // (Gone, not only told to go: until then it may still take one.)
-    assert!(
-        wait_until(Duration::from_secs(15), || r
-            .log()
-            .contains(&format!("worker {od_worker} exited"))),
-        "{}",
-        r.log()
-    );
+    let exited = format!("worker {od_worker} exited");
+    assert!(r.wait_log(&exited, Duration::from_secs(15)), "{}", r.log());
     let (_, again, _) = serve(&od);
     assert_ne!(again, od_worker);
     assert_eq!(imported().len(), 2, "{}", r.log());
@@ -560,10 +550,9 @@ fn preloaded_pools_fork_their_workers_from_a_template() {
     // its old template goes on forking workers of the code it has.
     std::fs::write(r.dir.path().join("od.py"), "raise RuntimeError('no')\n").unwrap();
     crate::process::kill(r.pid, "HUP");
+    let cancelled = "pool od: reload cancelled: new template";
     assert!(
-        wait_until(Duration::from_secs(20), || r
-            .log()
-            .contains("pool od: reload cancelled: new template")),
+        r.wait_log(cancelled, Duration::from_secs(20)),
         "{}",
         r.log()
     );

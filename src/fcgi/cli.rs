@@ -454,6 +454,8 @@ pub(super) fn read_table(file: &Path) -> anyhow::Result<toml::Table> {
 
 /// A table's settings as flags (`pool` and `include` aside: [`pools`]).
 pub(super) fn flags_of(table: &toml::Table, file: &Path) -> anyhow::Result<Vec<String>> {
+    use clap::CommandFactory;
+    let command = Cli::command();
     let mut flags = Vec::new();
     for (key, value) in table {
         if key == "pool" || key == "include" {
@@ -473,7 +475,7 @@ pub(super) fn flags_of(table: &toml::Table, file: &Path) -> anyhow::Result<Vec<S
             match value {
                 toml::Value::Boolean(true) => flags.push(format!("--{key}")),
                 // (`preload = false`: `--no-preload`, over a default of on.)
-                toml::Value::Boolean(false) if has_flag(&format!("no-{key}")) => {
+                toml::Value::Boolean(false) if has_flag(&command, &format!("no-{key}")) => {
                     flags.push(format!("--no-{key}"))
                 }
                 toml::Value::Boolean(false) => {}
@@ -491,12 +493,9 @@ pub(super) fn flags_of(table: &toml::Table, file: &Path) -> anyhow::Result<Vec<S
     Ok(flags)
 }
 
-/// Whether `--NAME` is one of the flags.
-fn has_flag(name: &str) -> bool {
-    use clap::CommandFactory;
-    Cli::command()
-        .get_arguments()
-        .any(|a| a.get_long() == Some(name))
+/// Whether `--NAME` is one of `command`'s flags.
+fn has_flag(command: &clap::Command, name: &str) -> bool {
+    command.get_arguments().any(|a| a.get_long() == Some(name))
 }
 
 /// What a `wsgi-fcgi` command line asks for.
@@ -550,7 +549,7 @@ fn with_environment(args: Vec<std::ffi::OsString>, cli_start: usize) -> Vec<std:
             match value.to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => flags.push(format!("--{long}").into()),
                 // (WSGI_PRELOAD=0: `--no-preload`, over a default of on.)
-                "0" | "false" | "no" | "off" if has_flag(&format!("no-{long}")) => {
+                "0" | "false" | "no" | "off" if has_flag(&command, &format!("no-{long}")) => {
                     flags.push(format!("--no-{long}").into())
                 }
                 _ => {}

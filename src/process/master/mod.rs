@@ -210,23 +210,23 @@ impl<'a> Master<'a> {
     /// free to take, or the next deadline.
     fn wait(&mut self, signals: &mut SignalFd) -> std::io::Result<()> {
         let timeout = PollTimeout::try_from(self.next_wakeup()).unwrap_or(PollTimeout::MAX);
-        let mut readable: Vec<(usize, usize)> = Vec::new();
+        let mut readable: Vec<(usize, pool::Source)> = Vec::new();
         {
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             let mut owners = Vec::new();
             for (p, pool) in self.pools.iter().enumerate() {
-                for (index, fd) in pool.poll_fds() {
+                for (source, fd) in pool.poll_fds() {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                    owners.push((p, index));
+                    owners.push((p, source));
                 }
             }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            for (fd, &(p, index)) in fds.iter().skip(1).zip(&owners) {
-                if let (Some(i), true) = (index, fd.any().unwrap_or(false)) {
-                    readable.push((p, i));
+            for (fd, &(p, source)) in fds.iter().skip(1).zip(&owners) {
+                if fd.any().unwrap_or(false) {
+                    readable.push((p, source));
                 }
             }
         }
@@ -236,8 +236,8 @@ impl<'a> Master<'a> {
                 self.on_intent(intent);
             }
         }
-        for (p, i) in readable {
-            self.pools[p].on_pipe(i);
+        for (p, source) in readable {
+            self.pools[p].on_readable(source);
         }
         Ok(())
     }

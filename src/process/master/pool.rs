@@ -12,7 +12,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::pm::{Pm, Scaler};
-use super::template::{self, Template, TemplateMain};
+use super::template::{Template, TemplateMain};
 use super::{MasterOptions, WorkerMain};
 use crate::core::exit::Exit;
 use crate::process::Message;
@@ -55,14 +55,13 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    /// A template that failed to boot, seen as the worker it would have
-    /// forked (for [`Pool::boot_failed`]).
-    fn placeholder(pid: Pid, generation: u64) -> Worker {
+    /// Forked just now, booting, its messages on `pipe` (no limits yet).
+    pub(super) fn booting(pid: Pid, generation: u64, pipe: Option<OwnedFd>) -> Worker {
         Worker {
             pid,
             generation,
             state: State::Booting,
-            pipe: None,
+            pipe,
             started: Instant::now(),
             recycle: None,
             stopping_since: None,
@@ -127,13 +126,21 @@ pub(super) struct Pool<'a> {
     /// `preload = true`: what its template runs (its workers are forked
     /// from the template, [`template`]); the template of the current
     /// generation, and the one it replaces until it is ready.
-    template_main: Option<TemplateMain<'a>>,
+    pub(super) template_main: Option<TemplateMain<'a>>,
     pub(super) template: Option<Template>,
-    old_template: Option<Template>,
+    pub(super) old_template: Option<Template>,
 }
 
-/// The index [`Pool::poll_fds`] gives the template's link.
-pub(super) const TEMPLATE: usize = usize::MAX;
+/// What a descriptor of [`Pool::poll_fds`] is.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Source {
+    /// The message pipe of `workers[i]`.
+    Worker(usize),
+    /// The link to its template, while the template imports the app.
+    Template,
+    /// A listening socket (watched, never read: a connection waits).
+    Listener,
+}
 
 impl<'a> Pool<'a> {
     /// A pool of `options`, its workers running `worker_main`.
@@ -192,26 +199,36 @@ impl<'a> Pool<'a> {
     }
 
     /// The descriptors the master polls for this pool: its workers'
-    /// pipes (index into `workers`) and, while [`Pool::watch`], its
-    /// listening sockets (index `None`).
-    pub(super) fn poll_fds(&self) -> Vec<(Option<usize>, BorrowedFd<'_>)> {
-        let mut fds: Vec<(Option<usize>, BorrowedFd<'_>)> = self
+    /// pipes, its template's link while it boots and, while
+    /// [`Pool::watch`], its listening sockets.
+    pub(super) fn poll_fds(&self) -> Vec<(Source, BorrowedFd<'_>)> {
+        let mut fds: Vec<(Source, BorrowedFd<'_>)> = self
             .workers
             .iter()
             .enumerate()
-            .filter_map(|(i, w)| Some((Some(i), w.pipe.as_ref()?.as_fd())))
+            .filter_map(|(i, w)| Some((Source::Worker(i), w.pipe.as_ref()?.as_fd())))
             .collect();
         if let Some(t) = self.template.as_ref().filter(|t| !t.ready) {
-            fds.push((Some(TEMPLATE), t.fd()));
+            fds.push((Source::Template, t.fd()));
         }
         if self.watch {
             for &fd in &self.options.listeners {
                 // SAFETY: the listening sockets stay open for as long as
                 // the master runs (the caller holds them).
-                fds.push((None, unsafe { BorrowedFd::borrow_raw(fd) }));
+                fds.push((Source::Listener, unsafe { BorrowedFd::borrow_raw(fd) }));
             }
         }
         fds
+    }
+
+    /// `source` is readable. (A listener needs nothing here: the turn's
+    /// [`Pool::scale`] sees the connection waiting.)
+    pub(super) fn on_readable(&mut self, source: Source) {
+        match source {
+            Source::Worker(i) => self.on_pipe(i),
+            Source::Template => self.on_template(),
+            Source::Listener => {}
+        }
     }
 
     /// The descriptors of this pool a worker of another pool must not
@@ -230,13 +247,6 @@ impl<'a> Pool<'a> {
             .chain(templates)
             .chain(self.options.listeners.iter().copied())
             .collect()
-    }
-
-    /// `preload = true`: its workers are forked from a template running
-    /// `main`.
-    pub(super) fn with_template(mut self, main: Option<TemplateMain<'a>>) -> Pool<'a> {
-        self.template_main = main;
-        self
     }
 
     /// When this pool next needs a turn (at the latest).
@@ -321,21 +331,7 @@ impl<'a> Pool<'a> {
     }
 
     /// A worker's message: "R" ready, "X" recycle me (max-requests).
-    pub(super) fn on_pipe(&mut self, index: usize) {
-        if index == TEMPLATE {
-            if let Some(t) = &mut self.template
-                && t.on_readable()
-                && t.ready
-            {
-                log_info!(
-                    "{}template {} ready: app imported in {:.1} s; workers are forked from it",
-                    self.tag,
-                    t.pid,
-                    t.started.elapsed().as_secs_f64()
-                );
-            }
-            return;
-        }
+    fn on_pipe(&mut self, index: usize) {
         let tag = &self.tag;
         let worker = &mut self.workers[index];
         let Some(fd) = &worker.pipe else {
@@ -446,52 +442,6 @@ impl<'a> Pool<'a> {
         self.stop_templates();
     }
 
-    /// Its templates (if any) exit; the workers forked from them go on.
-    fn stop_templates(&mut self) {
-        for t in [self.template.take(), self.old_template.take()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = kill(t.pid, Signal::SIGTERM);
-        }
-    }
-
-    /// Whether `pid` is one of its templates.
-    pub(super) fn has_template(&self, pid: Pid) -> bool {
-        [&self.template, &self.old_template]
-            .into_iter()
-            .flatten()
-            .any(|t| t.pid == pid)
-    }
-
-    /// Its template `pid` exited: before it was ready, the app does not
-    /// import (as a worker failing to boot); later, a new one is started
-    /// (the workers forked from it go on). `Some(status)`: the master is
-    /// to stop with it.
-    pub(super) fn template_exited(&mut self, pid: Pid, code: i32, how: &str) -> Option<i32> {
-        if self.old_template.as_ref().is_some_and(|t| t.pid == pid) {
-            self.old_template = None;
-            return None;
-        }
-        let t = self.template.take().filter(|t| t.pid == pid)?;
-        if t.ready {
-            log_warn!("{}template {pid} died ({how}); starting another", self.tag);
-            self.next_spawn = Instant::now() + Duration::from_millis(100);
-            return None;
-        }
-        let failed = self.boot_failed(
-            &Worker::placeholder(pid, t.generation),
-            "template",
-            code,
-            how,
-        );
-        if self.template.is_none() && self.generation < t.generation {
-            // The reload was cancelled: the template it replaced stays.
-            self.template = self.old_template.take();
-        }
-        failed
-    }
-
     /// Worker `pid` of this pool exited (`code`, `how`): decide what that
     /// means. `Some(status)`: the master is to stop with it.
     pub(super) fn exited(&mut self, pid: Pid, code: i32, how: &str, stopping: bool) -> Option<i32> {
@@ -536,7 +486,13 @@ impl<'a> Pool<'a> {
     /// (and shown as failed) while the others serve.
     /// `who`: "worker", or "template" (the worker its pool would have
     /// forked).
-    fn boot_failed(&mut self, worker: &Worker, who: &str, code: i32, how: &str) -> Option<i32> {
+    pub(super) fn boot_failed(
+        &mut self,
+        worker: &Worker,
+        who: &str,
+        code: i32,
+        how: &str,
+    ) -> Option<i32> {
         let serving = self
             .workers
             .iter()
@@ -700,80 +656,16 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// Start the template of the current generation (the one it replaces
-    /// forks workers until the new one is ready).
-    fn start_template(&mut self, others: &[RawFd]) -> std::io::Result<()> {
-        let Some(main) = &self.template_main else {
-            return Ok(());
-        };
-        let mut close: Vec<RawFd> = others.to_vec();
-        close.extend(
-            self.own_fds()
-                .into_iter()
-                .filter(|fd| !self.options.listeners.contains(fd)),
-        );
-        let started = template::start(main, self.generation, self.board, &close)?;
-        log_info!(
-            "{}template {} importing the app (generation {})",
-            self.tag,
-            started.pid,
-            self.generation
-        );
-        if let Some(previous) = self.template.replace(started)
-            && let Some(older) = self.old_template.replace(previous)
-        {
-            let _ = kill(older.pid, Signal::SIGTERM);
-        }
-        Ok(())
-    }
-
-    /// `preload = true`: a worker forked from the template, once it is
-    /// ready (until then the pool waits; its link wakes the master).
-    fn spawn_from_template(&mut self) -> std::io::Result<()> {
-        let Some(t) = self
-            .template
-            .as_ref()
-            .filter(|t| t.ready && t.generation == self.generation)
-        else {
-            return Ok(());
-        };
-        match t.fork_worker(Duration::from_secs(5)) {
-            Ok((pid, read)) => {
-                self.add_worker(pid, read);
-                Ok(())
-            }
-            Err(e) => {
-                log_error!(
-                    "{}template {} cannot fork a worker ({e}): starting another template",
-                    self.tag,
-                    t.pid
-                );
-                let _ = kill(t.pid, Signal::SIGKILL);
-                self.template = None;
-                self.next_spawn = Instant::now() + Duration::from_secs(1);
-                Ok(())
-            }
-        }
-    }
-
-    /// A worker forked just now, booting, its messages on `pipe`.
-    fn add_worker(&mut self, pid: Pid, pipe: OwnedFd) {
+    /// A worker forked just now, booting, its messages on `pipe`, with
+    /// its jittered limits.
+    pub(super) fn add_worker(&mut self, pid: Pid, pipe: OwnedFd) {
         self.workers.push(Worker {
-            pid,
-            generation: self.generation,
-            state: State::Booting,
-            pipe: Some(pipe),
-            started: Instant::now(),
-            recycle: None,
-            stopping_since: None,
-            kill_at: None,
             lifetime: self
                 .options
                 .max_lifetime
                 .map(|l| l + Duration::from_millis(jitter(l.as_millis() as u64 / 10))),
             rss: self.options.max_rss.map(|r| r - jitter(r / 20)),
-            requests_seen: 0,
-            active_at: Instant::now(),
+            ..Worker::booting(pid, self.generation, Some(pipe))
         });
     }
 
@@ -795,21 +687,7 @@ impl<'a> Pool<'a> {
                 for &fd in others {
                     let _ = nix::unistd::close(fd);
                 }
-                // Workers do not outlive their master (even a SIGKILLed one).
-                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-                if nix::unistd::getppid() != master {
-                    std::process::exit(Exit::Success.code());
-                }
-                // The worker handles its own signals.
-                let _ = SigSet::empty().thread_set_mask();
-                if let Some(board) = self.board {
-                    crate::process::scoreboard::install(board);
-                    if let Some(index) = board.claim(std::process::id()) {
-                        crate::process::scoreboard::adopt(index);
-                    }
-                }
-                let code = (self.worker_main)(ToMaster(write));
-                std::process::exit(code);
+                become_worker(master, self.board, write, &*self.worker_main)
             }
             ForkResult::Parent { child } => {
                 drop(write);
@@ -818,4 +696,29 @@ impl<'a> Pool<'a> {
             }
         }
     }
+}
+
+/// In a new worker, the master's child (forked by it, or by a template and
+/// re-parented): tie its life to the master's, take its own signals and its
+/// scoreboard row, run `worker` and exit with its status.
+pub(super) fn become_worker(
+    master: Pid,
+    board: Option<&'static Board>,
+    pipe: OwnedFd,
+    worker: &dyn Fn(ToMaster) -> i32,
+) -> ! {
+    // Workers do not outlive their master (even a SIGKILLed one).
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+    if nix::unistd::getppid() != master {
+        std::process::exit(Exit::Success.code());
+    }
+    // The worker handles its own signals.
+    let _ = SigSet::empty().thread_set_mask();
+    if let Some(board) = board {
+        crate::process::scoreboard::install(board);
+        if let Some(index) = board.claim(std::process::id()) {
+            crate::process::scoreboard::adopt(index);
+        }
+    }
+    std::process::exit(worker(ToMaster(pipe)))
 }

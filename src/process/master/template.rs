@@ -32,9 +32,13 @@ use nix::sys::socket::{
 };
 use nix::unistd::{ForkResult, Pid, fork, getppid};
 
+use nix::sys::signal::kill;
+
+use super::pool::{Pool, Worker};
 use crate::core::exit::Exit;
 use crate::process::ToMaster;
 use crate::process::scoreboard::Board;
+use crate::{log_error, log_info, log_warn};
 
 /// The interpreter's fork protocol (CPython's `PyOS_BeforeFork` /
 /// `AfterFork_*`), which brackets each fork of a template.
@@ -307,20 +311,137 @@ impl Link {
             }
             std::thread::sleep(Duration::from_micros(50));
         }
-        // Workers do not outlive their master (even a SIGKILLed one).
-        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-        if getppid() != self.master {
-            std::process::exit(Exit::Success.code());
-        }
-        let _ = SigSet::empty().thread_set_mask();
         if let Some(name) = &self.name {
             let _ = nix::sys::prctl::set_name(name);
         }
-        if let Some(board) = self.board
-            && let Some(index) = board.claim(std::process::id())
+        super::pool::become_worker(self.master, self.board, pipe, worker)
+    }
+}
+
+// --- the master's side: a pool with a template ------------------------------
+
+impl<'a> Pool<'a> {
+    /// `preload = true`: its workers are forked from a template running
+    /// `main`.
+    pub(super) fn with_template(mut self, main: Option<TemplateMain<'a>>) -> Pool<'a> {
+        self.template_main = main;
+        self
+    }
+
+    /// Its templates (if any) exit; the workers forked from them go on.
+    pub(super) fn stop_templates(&mut self) {
+        for t in [self.template.take(), self.old_template.take()]
+            .into_iter()
+            .flatten()
         {
-            crate::process::scoreboard::adopt(index);
+            let _ = kill(t.pid, Signal::SIGTERM);
         }
-        std::process::exit(worker(ToMaster(pipe)))
+    }
+
+    /// Whether `pid` is one of its templates.
+    pub(super) fn has_template(&self, pid: Pid) -> bool {
+        [&self.template, &self.old_template]
+            .into_iter()
+            .flatten()
+            .any(|t| t.pid == pid)
+    }
+
+    /// Its template `pid` exited: before it was ready, the app does not
+    /// import (as a worker failing to boot); later, a new one is started
+    /// (the workers forked from it go on). `Some(status)`: the master is
+    /// to stop with it.
+    pub(super) fn template_exited(&mut self, pid: Pid, code: i32, how: &str) -> Option<i32> {
+        if self.old_template.as_ref().is_some_and(|t| t.pid == pid) {
+            self.old_template = None;
+            return None;
+        }
+        let t = self.template.take().filter(|t| t.pid == pid)?;
+        if t.ready {
+            log_warn!("{}template {pid} died ({how}); starting another", self.tag);
+            self.next_spawn = Instant::now() + Duration::from_millis(100);
+            return None;
+        }
+        let failed = self.boot_failed(
+            &Worker::booting(pid, t.generation, None),
+            "template",
+            code,
+            how,
+        );
+        if self.template.is_none() && self.generation < t.generation {
+            // The reload was cancelled: the template it replaced stays.
+            self.template = self.old_template.take();
+        }
+        failed
+    }
+
+    /// Start the template of the current generation (the one it replaces
+    /// forks workers until the new one is ready).
+    pub(super) fn start_template(&mut self, others: &[RawFd]) -> std::io::Result<()> {
+        let Some(main) = &self.template_main else {
+            return Ok(());
+        };
+        let mut close: Vec<RawFd> = others.to_vec();
+        close.extend(
+            self.own_fds()
+                .into_iter()
+                .filter(|fd| !self.options.listeners.contains(fd)),
+        );
+        let started = start(main, self.generation, self.board, &close)?;
+        log_info!(
+            "{}template {} importing the app (generation {})",
+            self.tag,
+            started.pid,
+            self.generation
+        );
+        if let Some(previous) = self.template.replace(started)
+            && let Some(older) = self.old_template.replace(previous)
+        {
+            let _ = kill(older.pid, Signal::SIGTERM);
+        }
+        Ok(())
+    }
+
+    /// `preload = true`: a worker forked from the template, once it is
+    /// ready (until then the pool waits; its link wakes the master).
+    pub(super) fn spawn_from_template(&mut self) -> std::io::Result<()> {
+        let Some(t) = self
+            .template
+            .as_ref()
+            .filter(|t| t.ready && t.generation == self.generation)
+        else {
+            return Ok(());
+        };
+        match t.fork_worker(Duration::from_secs(5)) {
+            Ok((pid, read)) => {
+                self.add_worker(pid, read);
+                Ok(())
+            }
+            Err(e) => {
+                log_error!(
+                    "{}template {} cannot fork a worker ({e}): starting another template",
+                    self.tag,
+                    t.pid
+                );
+                let _ = kill(t.pid, Signal::SIGKILL);
+                self.template = None;
+                self.next_spawn = Instant::now() + Duration::from_secs(1);
+                Ok(())
+            }
+        }
+    }
+
+    /// The template's link is readable: "R", its app is imported.
+    pub(super) fn on_template(&mut self) {
+        if let Some(t) = &mut self.template
+            && t.on_readable()
+            && t.ready
+        {
+            log_info!(
+                "{}template {} ready: app imported in {:.1} s; workers are forked from it",
+                self.tag,
+                t.pid,
+                t.started.elapsed().as_secs_f64()
+            );
+        }
     }
 }
