@@ -1677,3 +1677,56 @@ fn socket_owner_and_group_are_applied_to_the_socket_file() {
     assert_eq!((meta.uid(), meta.gid()), (65534, nogroup));
     assert!(served(&r, "/").is_ok());
 }
+
+/// The scheduling policy of every thread of `pid` (field 41 of
+/// /proc/PID/task/TID/stat: 0 SCHED_OTHER, 3 SCHED_BATCH).
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // (a thread that just ended)
+        };
+        // Fields after the `(comm)`, which may hold spaces, start at 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        policies.push(after.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    policies
+}
+
+/// `--sched`: the processes that run the app are SCHED_BATCH by default —
+/// all their threads, app threads and I/O thread — and SCHED_OTHER with
+/// `--sched other`; the master and the template keep the default.
+#[test]
+fn the_app_runs_under_sched_batch_by_default_and_the_master_does_not() {
+    const OTHER: u32 = 0;
+    const BATCH: u32 = 3;
+    for (extra, expected) in [(&[][..], BATCH), (&["--sched", "other"][..], OTHER)] {
+        let r = master(2, "v1", extra);
+        assert!(served(&r, "/").is_ok(), "{}", r.log());
+        let workers = workers_of(r.pid);
+        assert_eq!(workers.len(), 2);
+        for worker in workers {
+            let policies = thread_policies(worker);
+            // The main thread, the app threads (--threads 2) and the I/O one.
+            assert!(policies.len() >= 3, "{policies:?}");
+            assert!(
+                policies.iter().all(|&p| p == expected),
+                "{extra:?}: worker {worker}: {policies:?}"
+            );
+        }
+        assert_eq!(thread_policies(r.pid), vec![OTHER], "the master");
+        let templates = templates_of(r.pid);
+        assert_eq!(templates.len(), 1, "{}", r.log());
+        assert!(thread_policies(templates[0]).iter().all(|&p| p == OTHER));
+    }
+    // A single process (no master) is the one that runs the app.
+    let single = Responder::start(&["--app", app("hello.py").to_str().unwrap()], &[]);
+    let policies = thread_policies(single.pid);
+    assert!(
+        policies.len() >= 2 && policies.iter().all(|&p| p == BATCH),
+        "{policies:?}"
+    );
+}

@@ -17,6 +17,9 @@
 #   ours-iothread     the same with --kept-on-io-thread (kept connections
 #                     served by the I/O thread, the path before kept.rs;
 #                     NGINX_MODE=keepalive is where it differs)
+#   ours-other        the same with --sched other (Linux's default scheduling
+#                     policy instead of ours, SCHED_BATCH: what the policy
+#                     alone gives)
 #   ours-nopython     the same answering every request with its ping page
 #                     (--ping-path /: no Python at all), hello only: the
 #                     ceiling this front end, wrk and the box allow a server
@@ -25,6 +28,8 @@
 #   uwsgi             uwsgi --master --processes N --threads T --fastcgi-socket;
 #                     nginx fastcgi_pass without keepalive (uWSGI closes every
 #                     connection after END_REQUEST anyway)
+#   uwsgi-batch       uWSGI the same, started under `chrt -b 0` (SCHED_BATCH,
+#                     inherited by its workers: the policy alone, for uWSGI)
 #   gunicorn-sync     gunicorn --workers N --worker-class sync, HTTP on a unix
 #                     socket; nginx proxy_pass (HTTP/1.1, upstream keepalive
 #                     pool; the sync worker closes after each response anyway)
@@ -72,7 +77,7 @@
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
-#   SYSTEMS="ours ours-iothread ours-nopreload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"
+#   SYSTEMS="ours ours-iothread ours-nopreload ours-other ours-nopython uwsgi uwsgi-batch gunicorn-sync gunicorn-gthread flup-prefork"
 #   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
@@ -84,7 +89,7 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-16}
 WORKLOADS=${WORKLOADS:-"hello flask"}
-SYSTEMS=${SYSTEMS:-"ours ours-iothread ours-nopreload ours-nopython uwsgi gunicorn-sync gunicorn-gthread flup-prefork"}
+SYSTEMS=${SYSTEMS:-"ours ours-iothread ours-nopreload ours-other ours-nopython uwsgi uwsgi-batch gunicorn-sync gunicorn-gthread flup-prefork"}
 NGINX_PORT=${NGINX_PORT:-18089}
 NGINX_MODE=${NGINX_MODE:-keepalive}
 FRONT=${FRONT:-nginx}
@@ -159,9 +164,13 @@ server_cmd() { # system workload socket -> the command line (one word per line)
             --venv "$VENV" --socket-mode 666 --no-preload ;;
     ours-iothread) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
             --venv "$VENV" --socket-mode 666 --kept-on-io-thread ;;
+    ours-other) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
+            --venv "$VENV" --socket-mode 666 --sched other ;;
     ours-nopython) printf '%s\n' "$BIN" --app "$app" --bind "unix:$3" --workers "$WORKERS" --threads "$THREADS" \
             --venv "$VENV" --socket-mode 666 --ping-path / ;;
     uwsgi) printf '%s\n' "$VENV/bin/uwsgi" --master --processes "$WORKERS" --threads "$THREADS" \
+            --fastcgi-socket "$3" --chmod-socket=666 --wsgi-file "$app" --home "$VENV" --disable-logging ;;
+    uwsgi-batch) printf '%s\n' chrt -b 0 "$VENV/bin/uwsgi" --master --processes "$WORKERS" --threads "$THREADS" \
             --fastcgi-socket "$3" --chmod-socket=666 --wsgi-file "$app" --home "$VENV" --disable-logging ;;
     gunicorn-sync) printf '%s\n' "$VENV/bin/gunicorn" --workers "$WORKERS" --worker-class sync \
             --bind "unix:$3" ${GUNICORN_EXTRA[@]+"${GUNICORN_EXTRA[@]}"} --chdir tests/apps "$(app_module "$2")" ;;
@@ -173,12 +182,12 @@ server_cmd() { # system workload socket -> the command line (one word per line)
 }
 nginx_mode() { # how nginx talks to the system
   case $1 in
-    ours|ours-nopreload|ours-iothread|ours-nopython)
+    ours|ours-nopreload|ours-iothread|ours-other|ours-nopython)
       # NGINX_MODE=default: the plain `fastcgi_pass` of every tutorial (a
       # new connection per request); keepalive: an upstream keepalive pool
       # with fastcgi_keep_conn on.
       if [ "$NGINX_MODE" = default ]; then echo fastcgi; else echo fastcgi-keepalive; fi ;;
-    uwsgi|flup-prefork) echo fastcgi ;;
+    uwsgi|uwsgi-batch|flup-prefork) echo fastcgi ;;
     gunicorn-*) echo http-keepalive ;;
   esac
 }
@@ -209,7 +218,7 @@ start_server() { # system workload socket
   echo "${cmd[*]}" > "$run/$system-$2.cmd"
   "${cmd[@]}" >"$run/$system-$2.log" 2>&1 &
   SERVER_PID=$!
-  STOP_SIGNAL=TERM; [ "$system" = uwsgi ] && STOP_SIGNAL=INT
+  STOP_SIGNAL=TERM; case $system in uwsgi*) STOP_SIGNAL=INT ;; esac
   # Up when the socket exists and all N workers are forked.
   for i in $(seq 200); do
     kill -0 "$SERVER_PID" 2>/dev/null || break

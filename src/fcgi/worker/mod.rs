@@ -86,6 +86,50 @@ pub struct WorkerOptions {
     /// The pool's name (`[pool.NAME]` in `--config`): the status page's
     /// `pool` (else the app).
     pub pool: Option<String>,
+    /// `--sched`: the scheduling policy of the process serving requests.
+    pub sched: Sched,
+}
+
+/// `--sched`: the Linux scheduling policy of a serving process (its every
+/// thread; the master keeps the default).
+///
+/// `batch` (SCHED_BATCH, the default): a worker woken by a new connection
+/// does not preempt what runs on that CPU — typically the web server that
+/// just sent it. The web server goes on sending, so the worker finds
+/// several connections waiting when it runs and serves them one after the
+/// other instead of sleeping and waking for each (on a box where the web
+/// server and the workers share the CPUs: a fifth of the context switches
+/// and a third more requests a second through nginx's default
+/// `fastcgi_pass`, `tests/bench/workers.sh`). The CPU share is the same as
+/// SCHED_OTHER's (same nice level, same weight); where a CPU is idle a
+/// woken worker runs at once either way. `other`: Linux's default policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sched {
+    /// SCHED_BATCH.
+    #[default]
+    Batch,
+    /// SCHED_OTHER (`chrt -o`).
+    Other,
+}
+
+impl Sched {
+    /// Apply to the calling thread; the threads it starts afterwards
+    /// inherit the policy. A refusal (a sandbox) is logged, not fatal.
+    pub fn apply(self) {
+        let policy = match self {
+            Sched::Batch => nix::libc::SCHED_BATCH,
+            Sched::Other => nix::libc::SCHED_OTHER,
+        };
+        let param = nix::libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid struct
+        // that outlives the call.
+        if unsafe { nix::libc::sched_setscheduler(0, policy, &param) } != 0 {
+            log_warn!(
+                "--sched {self:?}: sched_setscheduler failed: {}; the default policy stays",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Why a worker could not start.
@@ -154,6 +198,8 @@ pub fn run_with_log(
     preloaded: Option<&Py<PyAny>>,
     access_log: Option<Arc<AccessLog>>,
 ) -> Result<(), WorkerError> {
+    // Before any thread starts: they all inherit it.
+    options.sched.apply();
     options.limits.page_hook = status_pages(&options, &listeners, ready.is_none())?;
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
