@@ -72,13 +72,22 @@
 # environ, no server) and each server's overhead = cpu/req minus that: with
 # the variables nginx passes here (Debian's fastcgi_params; what the app
 # really handles), and with a minimal environ (the older, lower figure).
+# PERF=1: perf samples the workers (cpu-clock, 999 Hz) during the measured
+# window and a line per system says where their CPU went: the interpreter
+# (libpython), the kernel, the server's own code (its binary), libc and the
+# rest. For Flask it also prints the overhead floor: the overhead a server
+# would have if its own code and libc cost nothing — the interpreter's time
+# beyond Flask's in-process cost (the same app running colder, preempted
+# between the front end and the load generator) plus the kernel's (the
+# syscalls and context switches of a connection per request). Sampling costs
+# a few percent of throughput: compare shares, not the req/s of a PERF run.
 # Helpers shared with tests/bench/fcgi.sh: tests/bench/lib.sh.
 #
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
 #   SYSTEMS="ours ours-iothread ours-nopreload ours-other ours-nopython uwsgi uwsgi-batch gunicorn-sync gunicorn-gthread flup-prefork"
-#   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
+#   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy PERF=0 RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -341,9 +350,19 @@ measure() { # system workload
   # Per-worker CPU too: how evenly the load spreads over the workers.
   local -A wk0=()
   for pid in $(children "$SERVER_PID"); do wk0[$pid]=$(proc_cpu_ticks "$pid"); done
+  local perf_pid=
+  if [ "${PERF:-0}" = 1 ]; then
+    perf record -q -e cpu-clock -F 999 -o "$run/perf-$1-$2.data" \
+      -p "$(children "$SERVER_PID" | paste -sd,)" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   t0=$(now_s); m0=$(machine_busy_ticks); s0=$(tree_cpu_ticks "$SERVER_PID"); n0=$(proc_cpu_ticks "$NGINX_WORKER")
   /usr/bin/time -f '%U %S' -o "$run/wrk.time" \
     wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" > "$run/wrk.txt"
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    perf report -q -i "$run/perf-$1-$2.data" --sort dso --stdio 2>/dev/null > "$run/perf-$1-$2.txt" || true
+  fi
   t1=$(now_s); m1=$(machine_busy_ticks); s1=$(tree_cpu_ticks "$SERVER_PID"); n1=$(proc_cpu_ticks "$NGINX_WORKER")
   local wk_ticks=
   for pid in "${!wk0[@]}"; do wk_ticks="$wk_ticks $(( $(proc_cpu_ticks "$pid") - wk0[$pid] ))"; done
@@ -363,13 +382,25 @@ measure() { # system workload
   # (ours: the master and its template, which holds the app.)
   for pid in $(templates "$SERVER_PID"); do master_rss=$((master_rss + $(status_kib "$pid" VmRSS))); done
   "$PY" - "$run/wrk.txt" "$1" "$2" "$t0" "$t1" "$m0" "$m1" "$s0" "$s1" "$n0" "$n1" "$TICK" "$gen" \
-    "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" "$wk_ticks" >> "$results" <<'EOF'
-import json, re, sys
+    "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" "$wk_ticks" "$run/perf-$1-$2.txt" >> "$results" <<'EOF'
+import json, os, re, sys
 text = open(sys.argv[1]).read()
 system, workload = sys.argv[2], sys.argv[3]
 t0, t1, m0, m1, s0, s1, n0, n1, tick, gen = map(float, sys.argv[4:14])
 nwk, rss, pss, master_rss, n = map(int, sys.argv[14:19])
 wk_ticks = [int(x) for x in sys.argv[19].split()]
+# PERF=1: the workers' samples by shared object, as fractions.
+shares = None
+if os.path.exists(sys.argv[20]):
+    shares = {}
+    for line in open(sys.argv[20]):
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)", line)
+        if m:
+            dso, pct = m.group(2), float(m.group(1)) / 100
+            kind = ("python" if dso.startswith("libpython") else "kernel" if dso == "[kernel.kallsyms]"
+                    else "libc" if dso.startswith("libc.so") else "own" if dso in ("wsgi-fcgi", "uwsgi", "python3", "python")
+                    else "other")
+            shares[kind] = shares.get(kind, 0) + pct
 def us(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
@@ -388,7 +419,8 @@ print(json.dumps(dict(
     other_cores=max(0.0, machine - server - nginx - gen) / wall,
     workers_found=nwk, rss_per_worker_kib=rss / n, pss_per_worker_kib=(pss / n if pss >= 0 else None),
     master_rss_kib=master_rss,
-    busiest_worker_share=(max(wk_ticks) / sum(wk_ticks) if wk_ticks and sum(wk_ticks) > 0 else None))))
+    busiest_worker_share=(max(wk_ticks) / sum(wk_ticks) if wk_ticks and sum(wk_ticks) > 0 else None),
+    perf_shares=shares)))
 EOF
 }
 
@@ -509,7 +541,20 @@ for workload, systems in by.items():
             c = f"{cpu(ours) / cpu(o):.2f}" if cpu(ours) and cpu(o) else "-"
             print(f"    vs {system:<16} req/s {ratio('rps'):>5}x  p50 {ratio('p50_us'):>5}  p99 {ratio('p99_us'):>5}"
                   f"  cpu/req {c:>5}  rss/wk {ratio('rss_per_worker_kib'):>5}  pss/wk {ratio('pss_per_worker_kib'):>5}")
+    for system, r in systems.items():
+        sh = r.get("perf_shares")
+        if sh:
+            print(f"  perf, {system}: " + ", ".join(f"{k} {sh.get(k, 0) * 100:.1f}%" for k in ("python", "kernel", "own", "libc", "other")))
     if workload == "flask" and flask_us:
+        floor = {}
+        for s, r in systems.items():
+            sh = r.get("perf_shares")
+            if sh and r["requests"]:
+                cpu_us = r["server_cpu_s"] / r["requests"] * 1e6
+                floor[s] = (cpu_us * sh.get("python", 0) - flask_us, cpu_us * sh.get("kernel", 0))
+        for s, (colder, kernel) in floor.items():
+            print(f"  overhead floor, {s}: interpreter beyond Flask's in-process cost {colder:.1f} us + kernel {kernel:.1f} us"
+                  f" = {colder + kernel:.1f} us per request, with the server's own code and libc free")
         for label, own in (("the environ nginx sends", flask_us), ("a minimal environ", flask_minimal_us)):
             over = {s: r["server_cpu_s"] / r["requests"] * 1e6 - own for s, r in systems.items() if r["requests"]}
             print(f"  Flask in process with {label}: {own:.1f} us/req; server overhead (cpu/req minus that): "
@@ -517,7 +562,8 @@ for workload, systems in by.items():
             if "ours" in over:
                 for s, v in over.items():
                     if s != "ours" and v > 0:
-                        print(f"    overhead ours/{s}: {over['ours'] / v:.2f}")
+                        print(f"    overhead ours/{s}: {over['ours'] / v:.2f}"
+                              + (f" (floor: {sum(floor['ours']) / v:.2f})" if label.startswith("the environ") and "ours" in floor else ""))
 if bad:
     print("\nNOT SANE:")
     for b in bad:
