@@ -209,6 +209,9 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(5);
 /// whole pause. Not while another worker has a thread waiting for
 /// connections (the scoreboard's `waiting`): that one was woken for it.
 const PAUSED_TICK: std::time::Duration = std::time::Duration::from_millis(2);
+/// Kept connections a thread takes straight from their epoll in a row
+/// before it waits on its own epoll again (see [`Waiter::wait`]).
+const DIRECT_TAKES: u8 = 3;
 
 impl Parked {
     /// An empty mailbox.
@@ -268,6 +271,12 @@ pub struct Waiter {
     /// master): where a paused thread sees whether another worker has a
     /// thread waiting for connections.
     board: Option<(&'static crate::process::scoreboard::Board, usize)>,
+    /// The last connection this thread took was a kept one: the next may
+    /// be waiting already.
+    kept_hot: bool,
+    /// Kept connections taken straight from their epoll since the last
+    /// full wait.
+    direct: u8,
 }
 
 impl Waiter {
@@ -286,6 +295,8 @@ impl Waiter {
             paused_until: None,
             looked: std::time::Instant::now(),
             board: crate::process::scoreboard::board().zip(crate::process::scoreboard::my_index()),
+            kept_hot: false,
+            direct: 0,
         };
         waiter.register()?;
         if let (true, Some((board, me))) = (waiter.accepting, waiter.board) {
@@ -404,6 +415,20 @@ impl Waiter {
             if let Some(job) = self.me.take() {
                 return Woken::Job(job);
             }
+            // Under keep-alive load the next kept connection is nearly
+            // always ready: take it straight from the kept connections'
+            // epoll — one epoll_wait instead of two (this thread's, which
+            // reports that epoll readable, then that epoll's) — a few times
+            // in a row; then wait on this thread's epoll again, which sees
+            // the stop, new connections, the mailbox and the lingering ones.
+            if self.kept_hot && self.direct < DIRECT_TAKES {
+                self.direct += 1;
+                if let Some(conn) = self.kept() {
+                    return Woken::Connection(conn);
+                }
+                self.kept_hot = false;
+            }
+            self.direct = 0;
             let waiting = self.waiting_slot();
             if let Some(slot) = waiting {
                 slot.waiting.fetch_add(1, Ordering::AcqRel);
@@ -470,6 +495,7 @@ impl Waiter {
             // (A job first: the watch then moves on, and the next watcher
             // takes the kept connection.)
             if let Some(conn) = kept.then(|| self.kept()).flatten() {
+                self.kept_hot = true;
                 return Woken::Connection(conn);
             }
         }

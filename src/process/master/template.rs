@@ -269,6 +269,12 @@ impl Link {
                 // SAFETY: as above: A is single-threaded.
                 match unsafe { fork() } {
                     Ok(ForkResult::Child) => {
+                        // W's own name first: re-parented (A exits at once),
+                        // it is never a child of the master named like a
+                        // template.
+                        if let Some(name) = &self.name {
+                            let _ = nix::sys::prctl::set_name(name);
+                        }
                         hooks.after_fork_child();
                         self.become_worker(pipe, worker)
                     }
@@ -310,9 +316,6 @@ impl Link {
                 std::process::exit(Exit::Setup.code());
             }
             std::thread::sleep(Duration::from_micros(50));
-        }
-        if let Some(name) = &self.name {
-            let _ = nix::sys::prctl::set_name(name);
         }
         super::pool::become_worker(self.master, self.board, pipe, worker)
     }
