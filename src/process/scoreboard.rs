@@ -129,6 +129,9 @@ pub struct Board {
     /// Times connections waited with `--max-workers` busy (PHP-FPM's
     /// `max children reached`).
     pub max_children_reached: AtomicU64,
+    /// Slots claimed so far, counted from the first: the rows past it
+    /// were never used (a scan stops there).
+    pub claimed: AtomicU32,
     /// The workers.
     pub slots: [Slot; SLOTS],
 }
@@ -207,13 +210,21 @@ impl Board {
             thread.started.store(0, Ordering::Relaxed);
         }
         slot.started.store(now_us(), Ordering::Relaxed);
+        self.claimed.fetch_max(index as u32 + 1, Ordering::AcqRel);
         Some(index)
+    }
+
+    /// The rows ever claimed (workers live or gone): what a scan needs to
+    /// look at, not all [`SLOTS`] (each row is some 9 KiB: a page apiece).
+    pub fn used(&self) -> &[Slot] {
+        let n = (self.claimed.load(Ordering::Acquire) as usize).min(SLOTS);
+        &self.slots[..n]
     }
 
     /// Whether an app thread of a live worker other than slot `me` waits
     /// for a connection, not stepped aside.
     pub fn others_waiting(&self, me: usize) -> bool {
-        self.slots.iter().enumerate().any(|(i, s)| {
+        self.used().iter().enumerate().any(|(i, s)| {
             i != me && s.waiting.load(Ordering::Acquire) > 0 && s.pid.load(Ordering::Relaxed) != 0
         })
     }

@@ -19,6 +19,8 @@ use crate::python::input::{FileWrapper, Input};
 /// `str` is immutable, so sharing one between requests is invisible to apps.
 pub struct StrCache {
     slots: Vec<Option<Cached>>,
+    /// `wsgi.version`, `(1, 0)`: one tuple for every request.
+    version: Option<Py<PyTuple>>,
 }
 
 /// A cache entry: hash, bytes, the `str`.
@@ -33,12 +35,16 @@ impl StrCache {
     pub fn new() -> StrCache {
         StrCache {
             slots: (0..Self::SLOTS).map(|_| None).collect(),
+            version: None,
         }
     }
 
     /// No caching (one request per process: CGI).
     pub fn none() -> StrCache {
-        StrCache { slots: Vec::new() }
+        StrCache {
+            slots: Vec::new(),
+            version: None,
+        }
     }
 
     /// The latin-1 decoding of `bytes` as a `str`.
@@ -131,7 +137,15 @@ pub fn environ_dict<'py>(
     for (key, value) in &environ.vars {
         dict.set_item(strings.get(py, key)?, strings.get(py, value)?)?;
     }
-    dict.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
+    let version = match &strings.version {
+        Some(version) => version.bind(py).clone(),
+        None => {
+            let version = PyTuple::new(py, [1, 0])?;
+            strings.version = Some(version.clone().unbind());
+            version
+        }
+    };
+    dict.set_item(intern!(py, "wsgi.version"), version)?;
     dict.set_item(
         intern!(py, "wsgi.url_scheme"),
         strings.get(py, environ.url_scheme.as_bytes())?,

@@ -384,6 +384,9 @@ struct ThreadState {
     index: usize,
     /// `--access-log`.
     access_log: Option<Arc<AccessLog>>,
+    /// `wsgi.errors` when it goes to the log only (not forwarded): one
+    /// object for all of this thread's requests.
+    errors: Option<Py<ErrorStream>>,
 }
 
 impl ThreadState {
@@ -400,6 +403,7 @@ impl ThreadState {
             },
             forward_stderr: options.forward_stderr,
             strings: StrCache::new(),
+            errors: None,
             slot,
             index,
             access_log,
@@ -455,7 +459,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         slot.begin(thread.index, line.as_deref().unwrap_or_default().as_bytes());
         if let Some(board) = crate::process::scoreboard::board() {
             let busy = board
-                .slots
+                .used()
                 .iter()
                 .filter(|s| s.running.load(Ordering::Relaxed) > 0)
                 .count();
@@ -525,12 +529,21 @@ fn respond(
         environ.content_length
     };
     let input = Input::new(BodyReader::new(Box::new(body), limit));
-    let errors = Bound::new(
-        py,
-        ErrorStream {
-            exchange: thread.forward_stderr.then(|| exchange.clone()),
-        },
-    );
+    let errors = if thread.forward_stderr {
+        Bound::new(
+            py,
+            ErrorStream {
+                exchange: Some(exchange.clone()),
+            },
+        )
+    } else {
+        match &thread.errors {
+            Some(errors) => Ok(errors.bind(py).clone()),
+            None => Bound::new(py, ErrorStream { exchange: None }).inspect(|errors| {
+                thread.errors = Some(errors.clone().unbind());
+            }),
+        }
+    };
     let writer = ResponseWriter::new(Box::new(sink), environ.is_head);
     let (outcome, writer) = app::run(
         py,
