@@ -1729,4 +1729,27 @@ fn the_app_runs_under_sched_batch_by_default_and_the_master_does_not() {
         policies.len() >= 2 && policies.iter().all(|&p| p == BATCH),
         "{policies:?}"
     );
+    drop(single);
+    // Started under a policy of the operator's (chrt, systemd's
+    // CPUSchedulingPolicy=): kept without --sched, replaced with it.
+    const IDLE: u32 = 5;
+    for (extra, expected) in [(&[][..], IDLE), (&["--sched", "batch"][..], BATCH)] {
+        let r = Responder::launch(Listen::Unix, |bind| {
+            let mut cmd = Command::new("chrt");
+            cmd.args(["--idle", "0"])
+                .arg(wsgi_fcgi())
+                .arg("--app")
+                .arg(app("hello.py"))
+                .args(extra)
+                .arg("--bind")
+                .arg(bind);
+            cmd
+        });
+        let policies = thread_policies(r.pid);
+        assert!(
+            policies.len() >= 2 && policies.iter().all(|&p| p == expected),
+            "{extra:?}: {policies:?}\n{}",
+            r.log()
+        );
+    }
 }

@@ -207,9 +207,9 @@ pub struct Serve {
     /// Start Python as wsgi-cgi does: its lean `site` (venv, site-packages, .pth files and sitecustomize done from Rust; no user site-packages) and no cyclic GC while the app is imported; wsgi-cgi --warm sets it, so that warm and cold requests see the same sys.path
     #[arg(long)]
     lean_site: bool,
-    /// Scheduling policy of the processes that run the app (the master keeps the default): batch (SCHED_BATCH) lets a worker woken by a new connection wait for the web server it would otherwise preempt, so that it finds several connections at once and serves them without a context switch each; other is Linux's default (chrt -o)
-    #[arg(long, value_name = "POLICY", value_enum, default_value = "batch")]
-    sched: Sched,
+    /// Scheduling policy of the processes that run the app (the master keeps the default): batch (SCHED_BATCH) lets a worker woken by a new connection wait for the web server it would otherwise preempt, so that it finds several connections at once and serves them without a context switch each; other is Linux's default (chrt -o) [default: batch, unless started under another policy than other (chrt, systemd's CPUSchedulingPolicy=), which is kept]
+    #[arg(long, value_name = "POLICY", value_enum)]
+    sched: Option<Sched>,
     /// (--workers) Replace a worker whose resident memory exceeds MiB (minus up to 5% at random; sampled every second)
     #[arg(long, value_name = "MiB", requires = "master", value_parser = clap::value_parser!(u64).range(1..))]
     max_rss: Option<u64>,

@@ -86,12 +86,16 @@ pub struct WorkerOptions {
     /// The pool's name (`[pool.NAME]` in `--config`): the status page's
     /// `pool` (else the app).
     pub pool: Option<String>,
-    /// `--sched`: the scheduling policy of the process serving requests.
-    pub sched: Sched,
+    /// `--sched`: the scheduling policy of the process serving requests
+    /// (`None`: batch, unless the process was started with a policy of the
+    /// operator's choosing).
+    pub sched: Option<Sched>,
 }
 
 /// `--sched`: the Linux scheduling policy of a serving process (its every
-/// thread; the master keeps the default).
+/// thread; the master keeps the default). Without the flag, batch — unless
+/// the process was started under another policy than SCHED_OTHER (`chrt`,
+/// systemd's `CPUSchedulingPolicy=`), which is the operator's and stays.
 ///
 /// `batch` (SCHED_BATCH, the default): a worker woken by a new connection
 /// does not preempt what runs on that CPU — typically the web server that
@@ -99,7 +103,7 @@ pub struct WorkerOptions {
 /// several connections waiting when it runs and serves them one after the
 /// other instead of sleeping and waking for each (on a box where the web
 /// server and the workers share the CPUs: a fifth of the context switches
-/// and a third more requests a second through nginx's default
+/// and some 1.4× the requests a second through nginx's default
 /// `fastcgi_pass`, `tests/bench/workers.sh`). The CPU share is the same as
 /// SCHED_OTHER's (same nice level, same weight); where a CPU is idle a
 /// woken worker runs at once either way. `other`: Linux's default policy.
@@ -113,6 +117,21 @@ pub enum Sched {
 }
 
 impl Sched {
+    /// `--sched` given (`Some`), or the default: batch over an inherited
+    /// SCHED_OTHER, any other inherited policy kept.
+    pub fn apply_or_default(sched: Option<Sched>) {
+        match sched {
+            Some(sched) => sched.apply(),
+            // SAFETY: pid 0: the calling thread; no memory is passed.
+            None => match unsafe { nix::libc::sched_getscheduler(0) } {
+                nix::libc::SCHED_OTHER => Sched::Batch.apply(),
+                policy => {
+                    log_info!("scheduling policy {policy} as started (not --sched batch)")
+                }
+            },
+        }
+    }
+
     /// Apply to the calling thread; the threads it starts afterwards
     /// inherit the policy. A refusal (a sandbox) is logged, not fatal.
     pub fn apply(self) {
@@ -199,7 +218,7 @@ pub fn run_with_log(
     access_log: Option<Arc<AccessLog>>,
 ) -> Result<(), WorkerError> {
     // Before any thread starts: they all inherit it.
-    options.sched.apply();
+    Sched::apply_or_default(options.sched);
     options.limits.page_hook = status_pages(&options, &listeners, ready.is_none())?;
     drop_privileges(options.user.as_deref(), options.group.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
