@@ -5,6 +5,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::core::environ::{Environ, Flavor};
@@ -19,8 +20,6 @@ use crate::python::input::{FileWrapper, Input};
 /// `str` is immutable, so sharing one between requests is invisible to apps.
 pub struct StrCache {
     slots: Vec<Option<Cached>>,
-    /// `wsgi.version`, `(1, 0)`: one tuple for every request.
-    version: Option<Py<PyTuple>>,
 }
 
 /// A cache entry: hash, bytes, the `str`.
@@ -35,16 +34,12 @@ impl StrCache {
     pub fn new() -> StrCache {
         StrCache {
             slots: (0..Self::SLOTS).map(|_| None).collect(),
-            version: None,
         }
     }
 
     /// No caching (one request per process: CGI).
     pub fn none() -> StrCache {
-        StrCache {
-            slots: Vec::new(),
-            version: None,
-        }
+        StrCache { slots: Vec::new() }
     }
 
     /// The latin-1 decoding of `bytes` as a `str`.
@@ -137,15 +132,10 @@ pub fn environ_dict<'py>(
     for (key, value) in &environ.vars {
         dict.set_item(strings.get(py, key)?, strings.get(py, value)?)?;
     }
-    let version = match &strings.version {
-        Some(version) => version.bind(py).clone(),
-        None => {
-            let version = PyTuple::new(py, [1, 0])?;
-            strings.version = Some(version.clone().unbind());
-            version
-        }
-    };
-    dict.set_item(intern!(py, "wsgi.version"), version)?;
+    // `(1, 0)`: one tuple for every request (it is immutable).
+    static VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    let version = VERSION.get_or_try_init(py, || PyTuple::new(py, [1, 0]).map(Bound::unbind))?;
+    dict.set_item(intern!(py, "wsgi.version"), version.bind(py))?;
     dict.set_item(
         intern!(py, "wsgi.url_scheme"),
         strings.get(py, environ.url_scheme.as_bytes())?,
