@@ -23,7 +23,7 @@ pub struct Refusal {
 /// `Some(body)`: a chunked body, read whole (its CONTENT_LENGTH added
 /// to `meta`); `None`: the app reads stdin as the CONTENT_LENGTH says.
 pub fn receive(
-    meta: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    meta: &mut crate::core::meta::MetaVariables,
     max: Option<u64>,
 ) -> Result<Option<Box<dyn Read + Send>>, Refusal> {
     let too_large = |what: String| Refusal {

@@ -80,12 +80,14 @@ impl CgiSink {
 
 impl Sink for CgiSink {
     fn send(&mut self, head: Option<&Head>, body: Bytes, _last: bool) -> io::Result<()> {
-        let mut buf = wire::head_block(head);
-        if buf.len() + body.len() <= 64 * 1024 {
+        let head = wire::head_block(head);
+        if head.len() + body.len() <= 64 * 1024 {
+            let mut buf = Vec::with_capacity(head.len() + body.len());
+            buf.extend_from_slice(head);
             buf.extend_from_slice(&body);
             self.out.write_all(&buf)
         } else {
-            self.out.write_all(&buf)?;
+            self.out.write_all(head)?;
             self.out.write_all(&body)
         }
     }
@@ -97,7 +99,7 @@ impl Sink for CgiSink {
         offset: u64,
         len: u64,
     ) -> io::Result<Option<u64>> {
-        self.out.write_all(&wire::head_block(head))?;
+        self.out.write_all(wire::head_block(head))?;
         let mut position = i64::try_from(offset).map_err(io::Error::other)?;
         let mut sent = 0u64;
         while sent < len {
@@ -171,7 +173,7 @@ pub fn run(settings: &Settings) -> Exit {
         start: Instant::now(),
         enabled: std::env::var_os("WSGI_CGI_TIMING").is_some_and(|v| v == "1"),
     };
-    let mut meta: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+    let mut meta: crate::core::meta::MetaVariables = std::env::vars_os()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     let sink = match CgiSink::take_stdout() {
@@ -239,9 +241,9 @@ pub const BODY_FD_ENV: &str = "WSGI_CGI_BODY_FD";
 
 /// [`BODY_FD_ENV`]'s descriptor, chained with stdin; the variable is
 /// removed from `meta` and the process environment.
-fn take_body_fd(meta: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Option<Box<dyn io::Read + Send>> {
+fn take_body_fd(meta: &mut crate::core::meta::MetaVariables) -> Option<Box<dyn io::Read + Send>> {
     let value = std::env::var(BODY_FD_ENV).ok()?;
-    meta.retain(|(k, _)| k.as_slice() != BODY_FD_ENV.as_bytes());
+    meta.retain(|k, _| k != BODY_FD_ENV.as_bytes());
     // SAFETY: still single-threaded: no other thread reads the environment.
     unsafe { std::env::remove_var(BODY_FD_ENV) };
     let fd: std::os::fd::RawFd = value.parse().ok().filter(|&fd| fd > 2)?;

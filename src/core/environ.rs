@@ -67,10 +67,6 @@ pub fn latin1(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| char::from(b)).collect()
 }
 
-/// Headers the server must not pass twice: the CGI names are authoritative
-/// (`wsgiref.validate` rejects the `HTTP_` duplicates).
-const SHADOWED: [&[u8]; 2] = [b"HTTP_CONTENT_TYPE", b"HTTP_CONTENT_LENGTH"];
-
 /// Up to this many variables a name is looked up by a scan (cheaper than
 /// hashing for what web servers send); beyond, through a hash index, so
 /// that a request with tens of thousands of variables costs linear time.
@@ -79,132 +75,209 @@ const SCAN_LIMIT: usize = 64;
 /// The environ's variables being gathered, and where each name is.
 struct Vars<'a> {
     list: Vec<(&'a [u8], Cow<'a, [u8]>)>,
+    /// Each name's [`name_hash`], beside `list`: a scan compares these
+    /// before any bytes.
+    hashes: Vec<u8>,
+    /// A bit per hash seen (a one-word Bloom filter): a name whose bit is
+    /// clear is new, with no scan — names are rarely repeated, and a scan
+    /// per variable was a tenth of a small request's cost.
+    seen: u64,
     index: Option<std::collections::HashMap<&'a [u8], usize>>,
 }
+
+use crate::core::meta::name_hash;
 
 impl<'a> Vars<'a> {
     fn new(expected: usize) -> Vars<'a> {
         Vars {
             list: Vec::with_capacity(expected + 8),
+            hashes: Vec::with_capacity(expected + 8),
+            seen: 0,
             index: (expected > SCAN_LIMIT)
                 .then(|| std::collections::HashMap::with_capacity(expected)),
         }
     }
 
-    fn position(&self, name: &[u8]) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(name).copied(),
-            None => self.list.iter().position(|(k, _)| *k == name),
+    #[inline]
+    fn position(&self, name: &[u8], hash: u8) -> Option<usize> {
+        if self.index.is_some() {
+            return self.indexed(name);
         }
+        if self.seen & (1 << hash) == 0 {
+            return None;
+        }
+        (0..self.list.len()).find(|&at| self.hashes[at] == hash && self.list[at].0 == name)
+    }
+
+    /// (Out of line: only requests with very many variables come here.)
+    #[cold]
+    #[inline(never)]
+    fn indexed(&self, name: &[u8]) -> Option<usize> {
+        self.index
+            .as_ref()
+            .and_then(|index| index.get(name).copied())
     }
 
     /// Set `name` to `value`: a name given twice keeps its last value (as
     /// PHP-FPM does: web-server configs override an included default that
     /// way, e.g. nginx's `fastcgi_param HTTP_HOST $host:$server_port;`
     /// after `include fastcgi_params;`), in its first place.
-    fn set(&mut self, name: &'a [u8], value: Cow<'a, [u8]>) {
-        match self.position(name) {
+    #[inline]
+    fn set(&mut self, name: &'a [u8], hash: u8, value: Cow<'a, [u8]>) {
+        match self.position(name, hash) {
             Some(at) => self.list[at].1 = value,
             None => {
                 if let Some(index) = &mut self.index {
-                    index.insert(name, self.list.len());
+                    Self::index_insert(index, name, self.list.len());
                 }
+                self.seen |= 1 << hash;
                 self.list.push((name, value));
+                self.hashes.push(hash);
             }
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn index_insert(
+        index: &mut std::collections::HashMap<&'a [u8], usize>,
+        name: &'a [u8],
+        at: usize,
+    ) {
+        index.insert(name, at);
+    }
+
+    /// (A removed name's bit stays set: at worst a later lookup scans.)
     fn remove(&mut self, name: &[u8]) {
-        if self.position(name).is_some() {
-            self.list.retain(|(k, _)| *k != name);
-            if let Some(index) = &mut self.index {
-                index.clear();
-                for (at, (k, _)) in self.list.iter().enumerate() {
-                    index.insert(k, at);
-                }
+        let Some(at) = self.position(name, name_hash(name)) else {
+            return;
+        };
+        // (Each name is in the list once.)
+        self.list.remove(at);
+        self.hashes.remove(at);
+        if let Some(index) = &mut self.index {
+            index.clear();
+            for (at, (k, _)) in self.list.iter().enumerate() {
+                index.insert(k, at);
             }
         }
     }
 }
 
+/// The keys PEP 3333 requires, each with its bit in [`Noted::required`].
+const REQUEST_METHOD: u8 = 1;
+const SCRIPT_NAME: u8 = 2;
+const PATH_INFO: u8 = 4;
+const QUERY_STRING: u8 = 8;
+const SERVER_NAME: u8 = 16;
+const SERVER_PORT: u8 = 32;
+const SERVER_PROTOCOL: u8 = 64;
+
+/// What the one pass over the meta-variables notes for the rest of the
+/// build: the last value of each name that steers it, and which required
+/// keys were given.
+#[derive(Default)]
+struct Noted<'a> {
+    https: Option<&'a [u8]>,
+    request_scheme: Option<&'a [u8]>,
+    http_host: Option<&'a [u8]>,
+    request_method: Option<&'a [u8]>,
+    content_length: Option<u64>,
+    required: u8,
+}
+
 /// Build the environ's plain part from raw meta-variables (a name given
-/// twice: the last value wins). Linear in their number.
-pub fn build(meta: &[(Vec<u8>, Vec<u8>)]) -> Result<Environ<'_>, RequestError> {
+/// twice: the last value wins). Linear in their number: one pass, the
+/// names that matter recognised by one `match` each.
+pub fn build(meta: &crate::core::meta::MetaVariables) -> Result<Environ<'_>, RequestError> {
     let mut vars = Vars::new(meta.len());
-    let mut content_length = None;
-    for (name, value) in meta {
-        let name = name.as_slice();
-        if SHADOWED.contains(&name) {
-            continue;
-        }
-        if name == b"CONTENT_LENGTH" {
-            let trimmed = value.trim_ascii();
-            if trimmed.is_empty() {
-                // (An empty one given last leaves none.)
-                content_length = None;
-                vars.remove(name);
+    let mut noted = Noted::default();
+    for (name, value, hash) in meta.iter_hashed() {
+        match name {
+            // The CGI names are authoritative: their HTTP_ duplicates are
+            // not passed on (`wsgiref.validate` rejects them).
+            b"HTTP_CONTENT_TYPE" | b"HTTP_CONTENT_LENGTH" => continue,
+            b"CONTENT_LENGTH" => {
+                let trimmed = value.trim_ascii();
+                if trimmed.is_empty() {
+                    // (An empty one given last leaves none.)
+                    noted.content_length = None;
+                    vars.remove(name);
+                    continue;
+                }
+                let bad = || RequestError::BadContentLength(latin1(value));
+                if !trimmed.iter().all(u8::is_ascii_digit) {
+                    return Err(bad());
+                }
+                let length: u64 = std::str::from_utf8(trimmed)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(bad)?;
+                noted.content_length = Some(length);
+                vars.set(name, hash, Cow::Owned(length.to_string().into_bytes()));
                 continue;
             }
-            let bad = || RequestError::BadContentLength(latin1(value));
-            if !trimmed.iter().all(u8::is_ascii_digit) {
-                return Err(bad());
+            b"HTTPS" => noted.https = Some(value),
+            b"REQUEST_SCHEME" => noted.request_scheme = Some(value),
+            b"HTTP_HOST" => noted.http_host = Some(value),
+            b"REQUEST_METHOD" => {
+                noted.request_method = Some(value);
+                noted.required |= REQUEST_METHOD;
             }
-            let length: u64 = std::str::from_utf8(trimmed)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(bad)?;
-            content_length = Some(length);
-            vars.set(name, Cow::Owned(length.to_string().into_bytes()));
-            continue;
+            b"SCRIPT_NAME" => noted.required |= SCRIPT_NAME,
+            b"PATH_INFO" => noted.required |= PATH_INFO,
+            b"QUERY_STRING" => noted.required |= QUERY_STRING,
+            b"SERVER_NAME" => noted.required |= SERVER_NAME,
+            b"SERVER_PORT" => noted.required |= SERVER_PORT,
+            b"SERVER_PROTOCOL" => noted.required |= SERVER_PROTOCOL,
+            _ => {}
         }
-        vars.set(name, Cow::Borrowed(value.as_slice()));
+        vars.set(name, hash, Cow::Borrowed(value));
     }
 
     // A body the web server de-chunked and measured (nginx sets
     // CONTENT_LENGTH and still passes the header): the app must not
     // de-chunk it again (bottle, pypiserver's upload: 400).
-    if content_length.is_some() {
+    if noted.content_length.is_some() {
         vars.remove(b"HTTP_TRANSFER_ENCODING");
     }
 
-    // (The last value of each: one scan each, from the end.)
-    let value = |key: &[u8]| crate::core::request::meta_value(meta, key);
-    let https = value(b"HTTPS").is_some_and(|v| {
+    let https = noted.https.is_some_and(|v| {
         v.eq_ignore_ascii_case(b"on") || v == b"1" || v.eq_ignore_ascii_case(b"yes")
     });
-    let scheme_https = value(b"REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case(b"https"));
+    let scheme_https = noted
+        .request_scheme
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"https"));
     let url_scheme = if https || scheme_https {
         "https"
     } else {
         "http"
     };
 
-    let default_name = value(b"HTTP_HOST")
-        .and_then(host_name)
-        .unwrap_or(b"localhost");
-    let default_port: &[u8] = if url_scheme == "https" { b"443" } else { b"80" };
-    let defaults: [(&'static [u8], &[u8]); 7] = [
-        (b"REQUEST_METHOD", b"GET"),
-        (b"SCRIPT_NAME", b""),
-        (b"PATH_INFO", b""),
-        (b"QUERY_STRING", b""),
-        (b"SERVER_NAME", default_name),
-        (b"SERVER_PORT", default_port),
-        (b"SERVER_PROTOCOL", b"HTTP/1.0"),
-    ];
-    for (key, value) in defaults {
-        if vars.position(key).is_none() {
-            vars.set(key, Cow::Borrowed(value));
+    if noted.required != 127 {
+        let default_name = noted.http_host.and_then(host_name).unwrap_or(b"localhost");
+        let default_port: &[u8] = if url_scheme == "https" { b"443" } else { b"80" };
+        let defaults: [(u8, &'static [u8], &[u8]); 7] = [
+            (REQUEST_METHOD, b"REQUEST_METHOD", b"GET"),
+            (SCRIPT_NAME, b"SCRIPT_NAME", b""),
+            (PATH_INFO, b"PATH_INFO", b""),
+            (QUERY_STRING, b"QUERY_STRING", b""),
+            (SERVER_NAME, b"SERVER_NAME", default_name),
+            (SERVER_PORT, b"SERVER_PORT", default_port),
+            (SERVER_PROTOCOL, b"SERVER_PROTOCOL", b"HTTP/1.0"),
+        ];
+        for (bit, key, value) in defaults {
+            if noted.required & bit == 0 {
+                vars.set(key, name_hash(key), Cow::Borrowed(value));
+            }
         }
     }
-    let environ = Environ {
+    Ok(Environ {
         vars: vars.list,
         url_scheme,
-        content_length,
-        is_head: false,
-    };
-    let is_head = environ.raw(b"REQUEST_METHOD") == Some(b"HEAD");
-    Ok(Environ { is_head, ..environ })
+        content_length: noted.content_length,
+        is_head: noted.request_method == Some(b"HEAD"),
+    })
 }
 
 /// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`).
@@ -222,11 +295,8 @@ fn host_name(host: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
-    fn meta(pairs: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect()
+    fn meta(pairs: &[(&[u8], &[u8])]) -> crate::core::meta::MetaVariables {
+        pairs.iter().copied().collect()
     }
 
     /// (meta-variables, key, expected value) — one row per mapping rule.
@@ -367,7 +437,8 @@ mod tests {
         pairs.push((b"CONTENT_LENGTH".to_vec(), b"7".to_vec()));
         pairs.push((b"HTTPS".to_vec(), b"off".to_vec()));
         pairs.push((b"HTTPS".to_vec(), b"on".to_vec()));
-        let environ = build(&pairs).unwrap();
+        let meta: crate::core::meta::MetaVariables = pairs.into_iter().collect();
+        let environ = build(&meta).unwrap();
         assert_eq!(environ.get("HTTP_X_0").as_deref(), Some("4000"));
         assert_eq!(environ.get("HTTP_X_999").as_deref(), Some("4999"));
         assert_eq!(environ.vars[0].0, b"HTTP_X_0");

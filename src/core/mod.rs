@@ -1,6 +1,6 @@
 //! The protocol-neutral core both binaries share, with no pyo3 and no
 //! tokio: the request as a web server gives it ([`request`]: raw
-//! meta-variables and a body reader), the PEP 3333 environ computed from it
+//! meta-variables ([`meta`]) and a body reader), the PEP 3333 environ computed from it
 //! ([`environ`]), the response rules ([`response`]: status and header
 //! validation, the lazy header rule, `Content-Length`) and the CGI header
 //! block they become on the wire ([`wire`]); the gateway's own log lines
@@ -9,6 +9,7 @@
 pub mod environ;
 pub(crate) mod exit;
 pub(crate) mod log;
+pub mod meta;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod wire;

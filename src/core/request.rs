@@ -6,19 +6,15 @@
 
 use std::io::{self, Read};
 
-/// Raw meta-variables: `(name, value)` byte pairs in the server's order.
-pub type MetaVariables = Vec<(Vec<u8>, Vec<u8>)>;
+pub use crate::core::meta::MetaVariables;
 
 /// The last value of `name` among `meta`.
-pub fn meta_value<'a>(meta: &'a [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'a [u8]> {
-    meta.iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_slice())
+pub fn meta_value<'a>(meta: &'a MetaVariables, name: &[u8]) -> Option<&'a [u8]> {
+    meta.get(name)
 }
 
 /// Whether the request says its body came chunked (`HTTP_TRANSFER_ENCODING`).
-pub fn is_chunked(meta: &[(Vec<u8>, Vec<u8>)]) -> bool {
+pub fn is_chunked(meta: &MetaVariables) -> bool {
     meta_value(meta, b"HTTP_TRANSFER_ENCODING").is_some_and(|te| {
         te.split(|&b| b == b',')
             .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
@@ -31,8 +27,8 @@ pub fn is_chunked(meta: &[(Vec<u8>, Vec<u8>)]) -> bool {
 /// FastCGI — and [`crate::core::environ::build`] then drops
 /// `HTTP_TRANSFER_ENCODING`, so that the app does not de-chunk it again.
 pub fn set_measured_length(meta: &mut MetaVariables, len: u64) {
-    meta.retain(|(k, _)| k != b"CONTENT_LENGTH");
-    meta.push((b"CONTENT_LENGTH".to_vec(), len.to_string().into_bytes()));
+    meta.retain(|k, _| k != b"CONTENT_LENGTH");
+    meta.push(b"CONTENT_LENGTH", len.to_string().as_bytes());
 }
 
 /// A body reader with an optional length limit and a small read buffer, the

@@ -9,19 +9,80 @@ use std::os::fd::BorrowedFd;
 
 use bytes::Bytes;
 
+use crate::core::wire;
 use crate::{log_error, log_warn};
 
-/// A response status and header list that passed validation.
+/// A response status and header list that passed validation, kept as the
+/// CGI header block it becomes on the wire (RFC 3875 §6: a `Status:` line,
+/// the application's headers in its order, a blank line) — written once,
+/// as `start_response` validates, and never copied header by header again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
-    /// The status line without the protocol, e.g. `200 OK`.
-    pub status: String,
     /// The numeric status code.
     pub code: u16,
-    /// Header names and values, in the application's order.
-    pub headers: Vec<(String, String)>,
     /// The declared `Content-Length`, if any.
     pub content_length: Option<u64>,
+    /// The header block's bytes (latin-1).
+    block: Vec<u8>,
+}
+
+impl Head {
+    /// The CGI header block.
+    pub fn block(&self) -> &[u8] {
+        &self.block
+    }
+}
+
+/// A [`Head`] being validated and written, header by header.
+pub struct HeadBuilder {
+    head: Head,
+}
+
+impl HeadBuilder {
+    /// Start with the status (`"404 Not Found"`), validated.
+    pub fn new(status: &str) -> Result<HeadBuilder, ResponseError> {
+        let code = parse_status(status)?;
+        let mut block = Vec::with_capacity(128);
+        wire::push_status(&mut block, status);
+        Ok(HeadBuilder {
+            head: Head {
+                code,
+                content_length: None,
+                block,
+            },
+        })
+    }
+
+    /// Add a header: a name of RFC 9110 token characters, a value of
+    /// latin-1 text without control characters (no CR, LF: no header
+    /// injection); hop-by-hop headers are dropped with a warning.
+    pub fn header(&mut self, name: &str, value: &str) -> Result<(), ResponseError> {
+        if !is_token(name) {
+            return Err(ResponseError::BadHeaderName(name.to_string()));
+        }
+        if !is_clean_text(value) {
+            return Err(ResponseError::BadHeaderValue(name.to_string()));
+        }
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            log_warn!("dropped hop-by-hop header {name:?} (PEP 3333 forbids it)");
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let parsed = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ResponseError::BadContentLength(value.to_string()))?;
+            self.head.content_length = Some(parsed);
+        }
+        wire::push_header(&mut self.head.block, name, value);
+        Ok(())
+    }
+
+    /// The head, its block closed by the blank line.
+    pub fn finish(mut self) -> Head {
+        wire::push_end(&mut self.head.block);
+        self.head
+    }
 }
 
 /// Why a status or header was refused.
@@ -44,11 +105,46 @@ pub enum ResponseError {
     BadContentLength(String),
 }
 
-fn is_tchar(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+/// RFC 9110 `tchar`, as a table (one load a byte).
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+fn is_token(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| TCHAR[usize::from(b)])
 }
 
+/// Latin-1 text without control characters but tab (C0, DEL and C1 are
+/// controls).
 fn is_clean_text(s: &str) -> bool {
+    // (Printable ASCII and tab: one pass, what nearly every value is.)
+    if s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return true;
+    }
     s.chars()
         .all(|c| (c as u32) <= 0xff && (c == '\t' || !(c.is_control())))
 }
@@ -85,36 +181,11 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Validate a status and header list into a [`Head`].
 pub fn make_head(status: &str, headers: Vec<(String, String)>) -> Result<Head, ResponseError> {
-    let code = parse_status(status)?;
-    let mut kept = Vec::with_capacity(headers.len());
-    let mut content_length = None;
-    for (name, value) in headers {
-        if name.is_empty() || !name.chars().all(is_tchar) {
-            return Err(ResponseError::BadHeaderName(name));
-        }
-        if !is_clean_text(&value) {
-            return Err(ResponseError::BadHeaderValue(name));
-        }
-        let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) {
-            log_warn!("dropped hop-by-hop header {name:?} (PEP 3333 forbids it)");
-            continue;
-        }
-        if lower == "content-length" {
-            let parsed = value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| ResponseError::BadContentLength(value.clone()))?;
-            content_length = Some(parsed);
-        }
-        kept.push((name, value));
+    let mut head = HeadBuilder::new(status)?;
+    for (name, value) in &headers {
+        head.header(name, value)?;
     }
-    Ok(Head {
-        status: status.to_string(),
-        code,
-        headers: kept,
-        content_length,
-    })
+    Ok(head.finish())
 }
 
 /// Where a front end puts the response. `head` is `Some` exactly once, with
@@ -163,15 +234,14 @@ pub fn error_head(code: u16) -> (Head, &'static [u8]) {
         504 => ("504 Gateway Timeout", b"<html><head><title>504 Gateway Timeout</title></head><body><h1>Gateway Timeout</h1><p>The application did not answer in time.</p></body></html>\n"),
         _ => ("500 Internal Server Error", b"<html><head><title>500 Internal Server Error</title></head><body><h1>Internal Server Error</h1><p>The server encountered an internal error and was unable to complete your request.</p></body></html>\n"),
     };
-    let head = Head {
-        status: status.to_string(),
-        code: status[..3].parse().unwrap_or(500),
-        headers: vec![
+    let head = make_head(
+        status,
+        vec![
             ("Content-Type".into(), "text/html; charset=utf-8".into()),
             ("Content-Length".into(), body.len().to_string()),
         ],
-        content_length: Some(body.len() as u64),
-    };
+    )
+    .unwrap_or_else(|_| unreachable!("the error pages' heads are valid"));
     (head, body)
 }
 
@@ -208,15 +278,6 @@ impl ResponseWriter {
         self.head = Some(head);
     }
 
-    fn head_to_send(&mut self) -> Option<&Head> {
-        if self.sent {
-            None
-        } else {
-            self.sent = true;
-            self.head.as_ref()
-        }
-    }
-
     /// How many of `len` body bytes may still go out under `Content-Length`.
     fn allowed(&mut self, len: u64) -> u64 {
         let Some(declared) = self.head.as_ref().and_then(|h| h.content_length) else {
@@ -248,8 +309,9 @@ impl ResponseWriter {
         if take == 0 && self.sent {
             return Ok(());
         }
-        let head = self.head_to_send().cloned();
-        self.sink.send(head.as_ref(), data.slice(..take), last)?;
+        let head = self.head.as_ref().filter(|_| !self.sent);
+        self.sent = true;
+        self.sink.send(head, data.slice(..take), last)?;
         self.body_bytes += take as u64;
         Ok(())
     }
@@ -262,8 +324,8 @@ impl ResponseWriter {
         } else {
             self.allowed(len)
         };
-        let head = if self.sent { None } else { self.head.clone() };
-        match self.sink.send_file(head.as_ref(), file, offset, len)? {
+        let head = self.head.as_ref().filter(|_| !self.sent);
+        match self.sink.send_file(head, file, offset, len)? {
             None => Ok(false),
             Some(sent) => {
                 self.sent = true;
@@ -306,8 +368,8 @@ impl ResponseWriter {
     /// body shorter than its `Content-Length`.
     pub fn finish(&mut self) -> io::Result<()> {
         if !self.sent {
-            let head = self.head_to_send().cloned();
-            self.sink.send(head.as_ref(), Bytes::new(), true)?;
+            self.sent = true;
+            self.sink.send(self.head.as_ref(), Bytes::new(), true)?;
         }
         if let Some(declared) = self.head.as_ref().and_then(|h| h.content_length)
             && !self.discard_body
@@ -335,8 +397,7 @@ impl ResponseWriter {
         } else {
             Bytes::from_static(body)
         };
-        let head = self.head.clone();
-        self.sink.send(head.as_ref(), body, true)?;
+        self.sink.send(self.head.as_ref(), body, true)?;
         Ok(true)
     }
 }
@@ -389,21 +450,30 @@ mod tests {
         assert!(h("X-Bad", "a\nb").is_err());
         assert!(h("X-Bad", "a\0b").is_err());
         assert!(h("X-Snow", "\u{2603}").is_err());
+        assert!(h("X-Del", "a\x7fb").is_err());
+        assert!(h("X-C1", "a\u{85}b").is_err());
         assert!(h("Bad Name", "v").is_err());
         assert!(h("Bad:Name", "v").is_err());
         assert!(h("", "v").is_err());
         assert!(h("Content-Length", "abc").is_err());
         assert_eq!(h("content-length", " 12").unwrap().content_length, Some(12));
-        assert!(h("Connection", "close").unwrap().headers.is_empty());
-        assert!(
-            h("Transfer-Encoding", "chunked")
-                .unwrap()
-                .headers
-                .is_empty()
+        let nothing = b"Status: 200 OK\r\n\r\n";
+        assert_eq!(h("Connection", "close").unwrap().block(), nothing);
+        assert_eq!(h("transfer-encoding", "chunked").unwrap().block(), nothing);
+        assert_eq!(
+            h("X-Latin", "caf\u{e9}").unwrap().block(),
+            b"Status: 200 OK\r\nX-Latin: caf\xe9\r\n\r\n"
         );
+        assert_eq!(h("X-Tab", "a\tb").unwrap().code, 200);
     }
 
     type Sent = Vec<(Option<String>, Vec<u8>)>;
+
+    /// The status line of a head's block, without `Status: `.
+    fn status_of(head: &Head) -> String {
+        let line = head.block().split(|&b| b == b'\r').next().unwrap();
+        String::from_utf8(line[b"Status: ".len()..].to_vec()).unwrap()
+    }
 
     #[derive(Default, Clone)]
     struct Recorder(Arc<Mutex<Sent>>);
@@ -413,7 +483,7 @@ mod tests {
             self.0
                 .lock()
                 .unwrap()
-                .push((head.map(|h| h.status.clone()), body.to_vec()));
+                .push((head.map(status_of), body.to_vec()));
             Ok(())
         }
         fn send_file(

@@ -1,32 +1,34 @@
 //! The CGI response header block (RFC 3875 §6): a `Status:` line, the
-//! application's headers, a blank line. Pure bytes; the values were already
-//! validated by [`crate::core::response`], so nothing here can inject a header.
+//! application's headers, a blank line. Pure bytes, written once per
+//! response as [`crate::core::response::HeadBuilder`] validates each part
+//! (so nothing here can inject a header) and kept in the [`Head`].
 
 use crate::core::response::Head;
 
-/// Append the CGI header block for `head` to `out`.
-pub fn cgi_head(head: &Head, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"Status: ");
-    push_latin1(&head.status, out);
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &head.headers {
-        push_latin1(name, out);
-        out.extend_from_slice(b": ");
-        push_latin1(value, out);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+/// The status line (`status` validated: `"404 Not Found"`).
+pub fn push_status(block: &mut Vec<u8>, status: &str) {
+    block.extend_from_slice(b"Status: ");
+    push_latin1(status, block);
+    block.extend_from_slice(b"\r\n");
+}
+
+/// A header line (name and value validated).
+pub fn push_header(block: &mut Vec<u8>, name: &str, value: &str) {
+    push_latin1(name, block);
+    block.extend_from_slice(b": ");
+    push_latin1(value, block);
+    block.extend_from_slice(b"\r\n");
+}
+
+/// The blank line that ends the block.
+pub fn push_end(block: &mut Vec<u8>) {
+    block.extend_from_slice(b"\r\n");
 }
 
 /// The header block for `head` (empty when there is none to send), the
 /// first bytes every front end writes.
-pub fn head_block(head: Option<&Head>) -> Vec<u8> {
-    let mut out = Vec::new();
-    if let Some(head) = head {
-        out.reserve(256);
-        cgi_head(head, &mut out);
-    }
-    out
+pub fn head_block(head: Option<&Head>) -> &[u8] {
+    head.map_or(&[], Head::block)
 }
 
 /// Encode validated latin-1 text back to its bytes.
@@ -56,12 +58,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let mut out = Vec::new();
-        cgi_head(&head, &mut out);
         assert_eq!(
-            out,
+            head_block(Some(&head)),
             b"Status: 404 Not Found\r\nContent-Type: text/plain\r\nX-Name: caf\xe9\r\n\r\n"
-                .to_vec()
         );
+        assert!(head_block(None).is_empty());
     }
 }

@@ -118,11 +118,11 @@ async fn get_values_reports_the_limits() {
     let (records, _) = exchange(wire, 1).await;
     let answer = params::decode(&records[0].content).unwrap();
     assert_eq!(
-        answer,
-        vec![
-            (b"FCGI_MAX_CONNS".to_vec(), b"7".to_vec()),
-            (b"FCGI_MAX_REQS".to_vec(), b"7".to_vec()),
-            (b"FCGI_MPXS_CONNS".to_vec(), b"1".to_vec()),
+        answer.iter().collect::<Vec<_>>(),
+        [
+            (&b"FCGI_MAX_CONNS"[..], &b"7"[..]),
+            (b"FCGI_MAX_REQS", b"7"),
+            (b"FCGI_MPXS_CONNS", b"1"),
         ]
     );
 }

@@ -394,7 +394,7 @@ impl Exchange {
             let mut frames = Frames::default();
             frames.stdout(
                 self.id,
-                &wire::head_block(Some(&head)),
+                wire::head_block(Some(&head)),
                 Bytes::from_static(body),
             );
             frames.end_response(self.id, crate::core::exit::Exit::AppError as u32);

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::core::environ::{Environ, Flavor};
-use crate::core::response::{ResponseWriter, make_head};
+use crate::core::response::{Head, HeadBuilder, ResponseWriter};
 use crate::python::environ::{StrCache, environ_dict};
 use crate::python::input::{FileWrapper, Input};
 use crate::{log_error, log_info};
@@ -85,8 +85,11 @@ fn shared_bytes(data: &Bound<'_, PyBytes>) -> Bytes {
     })
 }
 
-fn extract_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
-    let mut out = Vec::new();
+/// The validated [`Head`] of a status and a header list, each header
+/// written into the head's block as it is read (no copy of the strings).
+fn make_head(status: &str, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
+    let invalid = |e: crate::core::response::ResponseError| PyValueError::new_err(e.to_string());
+    let mut head = HeadBuilder::new(status).map_err(invalid)?;
     for item in headers.try_iter()? {
         let item = item?;
         let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item
@@ -95,9 +98,10 @@ fn extract_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>
         let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
             return Err(PyTypeError::new_err("header names and values must be str"));
         };
-        out.push((name.to_str()?.to_owned(), value.to_str()?.to_owned()));
+        head.header(name.to_str()?, value.to_str()?)
+            .map_err(invalid)?;
     }
-    Ok(out)
+    Ok(head.finish())
 }
 
 #[pymethods]
@@ -125,10 +129,9 @@ impl StartResponse {
             .cast::<PyString>()
             .map_err(|_| PyTypeError::new_err("status must be a str"))?
             .to_str()?;
-        let headers = extract_headers(response_headers)?;
-        let head = make_head(status, headers).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let head = make_head(status, response_headers)?;
         this.lock().set_head(head);
-        slf.getattr("write")
+        slf.getattr(pyo3::intern!(slf.py(), "write"))
     }
 
     /// The PEP 3333 `write()` callable: send bytes now.
@@ -270,8 +273,9 @@ fn close(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
     {
         return Ok(());
     }
-    if iterable.hasattr("close")? {
-        iterable.call_method0("close")?;
+    // (One lookup, of an interned name; the bound method is called.)
+    if let Some(close) = iterable.getattr_opt(pyo3::intern!(iterable.py(), "close"))? {
+        close.call0()?;
     }
     Ok(())
 }

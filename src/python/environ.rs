@@ -20,26 +20,65 @@ use crate::python::input::{FileWrapper, Input};
 /// `str` is immutable, so sharing one between requests is invisible to apps.
 pub struct StrCache {
     slots: Vec<Option<Cached>>,
+    /// What each place of the environ (a key or a value, in the order
+    /// [`environ_dict`] sets them) held at the last request: a front end
+    /// sends the same variables in the same order, so most strings are
+    /// found here by one comparison, without hashing.
+    recent: Vec<Option<Held>>,
 }
 
 /// A cache entry: hash, bytes, the `str`.
 type Cached = (u64, Box<[u8]>, Py<PyString>);
 
+/// What a place of the environ held: bytes, the `str`.
+type Held = (Box<[u8]>, Py<PyString>);
+
 impl StrCache {
     const SLOTS: usize = 512;
     /// Longer strings are not kept (query strings, cookies: rarely repeated).
     const MAX_LEN: usize = 64;
+    /// Places remembered: keys and values of this many variables.
+    const RECENT: usize = 2 * 64;
 
     /// A cache for a thread that serves many requests.
     pub fn new() -> StrCache {
         StrCache {
             slots: (0..Self::SLOTS).map(|_| None).collect(),
+            recent: (0..Self::RECENT).map(|_| None).collect(),
         }
     }
 
     /// No caching (one request per process: CGI).
     pub fn none() -> StrCache {
-        StrCache { slots: Vec::new() }
+        StrCache {
+            slots: Vec::new(),
+            recent: Vec::new(),
+        }
+    }
+
+    /// The latin-1 decoding of `bytes` as a `str`, for place `at` of the
+    /// environ: what that place held last time if it is the same string,
+    /// else [`StrCache::get`]'s.
+    #[inline]
+    pub fn get_at<'py>(
+        &mut self,
+        py: Python<'py>,
+        at: usize,
+        bytes: &[u8],
+    ) -> PyResult<Bound<'py, PyString>> {
+        let Some(place) = self.recent.get_mut(at) else {
+            return self.get(py, bytes);
+        };
+        if let Some((held, string)) = place
+            && same(held, bytes)
+        {
+            return Ok(string.bind(py).clone());
+        }
+        let string = self.get(py, bytes)?;
+        if bytes.len() <= Self::MAX_LEN {
+            self.recent[at] = Some((bytes.into(), string.clone().unbind()));
+        }
+        Ok(string)
     }
 
     /// The latin-1 decoding of `bytes` as a `str`.
@@ -67,6 +106,34 @@ impl Default for StrCache {
     }
 }
 
+/// Eight bytes of `b` from `at` (the caller checks `at + 8 <= b.len()`).
+#[inline]
+fn word(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Up to eight bytes of `b` as one number, with no copy of variable
+/// length (a `memcpy` call cost more than the rest): overlapping loads of
+/// eight, four or single bytes.
+#[inline]
+fn tail(b: &[u8]) -> u64 {
+    let n = b.len();
+    if n >= 8 {
+        word(b, n - 8)
+    } else if n >= 4 {
+        let four = |at: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&b[at..at + 4]);
+            u64::from(u32::from_le_bytes(w))
+        };
+        four(0) | (four(n - 4) << 32)
+    } else {
+        b.iter().fold(0, |h, &x| (h << 8) | u64::from(x))
+    }
+}
+
 /// A hash of a short string, eight bytes at a time (a byte at a time, as
 /// FNV does, cost more than the lookup saved). Only for spreading the
 /// cache's slots: a hit is confirmed by comparing the bytes.
@@ -74,34 +141,32 @@ impl Default for StrCache {
 fn short_hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut h = (bytes.len() as u64).wrapping_mul(K);
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-        h = (h ^ w).wrapping_mul(K);
+    let mut at = 0;
+    while at + 8 < bytes.len() {
+        h = (h ^ word(bytes, at)).wrapping_mul(K);
         h ^= h >> 29;
+        at += 8;
     }
-    let mut last = [0u8; 8];
-    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    h = (h ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    h = (h ^ tail(bytes)).wrapping_mul(K);
     h ^ (h >> 32)
 }
 
 /// `a == b` for the short strings of [`StrCache`], compared inline eight
-/// bytes at a time (a call to `memcmp` per lookup cost more than the
-/// comparison).
+/// bytes at a time, the last eight overlapping (a call to `memcmp` per
+/// lookup cost more than the comparison).
 #[inline]
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
-    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
-    for (p, q) in (&mut x).zip(&mut y) {
-        if word(p) != word(q) {
+    let mut at = 0;
+    while at + 8 < a.len() {
+        if word(a, at) != word(b, at) {
             return false;
         }
+        at += 8;
     }
-    x.remainder().iter().zip(y.remainder()).all(|(p, q)| p == q)
+    tail(a) == tail(b)
 }
 
 /// Bytes decoded as latin-1 into a `str` (PEP 3333 native strings).
@@ -129,8 +194,11 @@ pub fn environ_dict<'py>(
     strings: &mut StrCache,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dict = dict_of_size(py, environ.vars.len() + 9)?;
-    for (key, value) in &environ.vars {
-        dict.set_item(strings.get(py, key)?, strings.get(py, value)?)?;
+    for (at, (key, value)) in environ.vars.iter().enumerate() {
+        dict.set_item(
+            strings.get_at(py, 2 * at, key)?,
+            strings.get_at(py, 2 * at + 1, value)?,
+        )?;
     }
     // `(1, 0)`: one tuple for every request (it is immutable).
     static VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();

@@ -81,13 +81,17 @@
 # between the front end and the load generator) plus the kernel's (the
 # syscalls and context switches of a connection per request). Sampling costs
 # a few percent of throughput: compare shares, not the req/s of a PERF run.
+# COUNT=1: perf stat counts the workers' syscalls, context switches, page
+# faults and CPU migrations over the measured window; a line per system
+# gives them per request (wrk's count; a few requests of the window's edges
+# are not counted by both, so read the first two digits).
 # Helpers shared with tests/bench/fcgi.sh: tests/bench/lib.sh.
 #
 # Usage: tests/bench/workers.sh
 # Env knobs (whole seconds): WORKERS=$(nproc) THREADS=1 DURATION=5 WARMUP=1
 #   CONNECTIONS=16 WORKLOADS="hello flask"
 #   SYSTEMS="ours ours-iothread ours-nopreload ours-other ours-nopython uwsgi uwsgi-batch gunicorn-sync gunicorn-gthread flup-prefork"
-#   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy PERF=0 RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
+#   NGINX_PORT=18089 NGINX_MODE=keepalive|default FRONT=nginx|haproxy PERF=0 COUNT=0 RUN_DIR=(a fresh /tmp/workers-bench.XXXXXX) PYO3_PYTHON
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -356,6 +360,13 @@ measure() { # system workload
       -p "$(children "$SERVER_PID" | paste -sd,)" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  local count_pid=
+  rm -f "$run/count-$1-$2.csv"
+  if [ "${COUNT:-0}" = 1 ]; then
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches,page-faults,cpu-migrations \
+      -o "$run/count-$1-$2.csv" -p "$(children "$SERVER_PID" | paste -sd,)" -- sleep "$DURATION" >/dev/null 2>&1 &
+    count_pid=$!
+  fi
   t0=$(now_s); m0=$(machine_busy_ticks); s0=$(tree_cpu_ticks "$SERVER_PID"); n0=$(proc_cpu_ticks "$NGINX_WORKER")
   /usr/bin/time -f '%U %S' -o "$run/wrk.time" \
     wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" > "$run/wrk.txt"
@@ -363,6 +374,7 @@ measure() { # system workload
     wait "$perf_pid" || true
     perf report -q -i "$run/perf-$1-$2.data" --sort dso --stdio 2>/dev/null > "$run/perf-$1-$2.txt" || true
   fi
+  [ -z "$count_pid" ] || wait "$count_pid" || true
   t1=$(now_s); m1=$(machine_busy_ticks); s1=$(tree_cpu_ticks "$SERVER_PID"); n1=$(proc_cpu_ticks "$NGINX_WORKER")
   local wk_ticks=
   for pid in "${!wk0[@]}"; do wk_ticks="$wk_ticks $(( $(proc_cpu_ticks "$pid") - wk0[$pid] ))"; done
@@ -382,7 +394,7 @@ measure() { # system workload
   # (ours: the master and its template, which holds the app.)
   for pid in $(templates "$SERVER_PID"); do master_rss=$((master_rss + $(status_kib "$pid" VmRSS))); done
   "$PY" - "$run/wrk.txt" "$1" "$2" "$t0" "$t1" "$m0" "$m1" "$s0" "$s1" "$n0" "$n1" "$TICK" "$gen" \
-    "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" "$wk_ticks" "$run/perf-$1-$2.txt" >> "$results" <<'EOF'
+    "$nwk" "$rss" "$pss" "${master_rss:-0}" "$WORKERS" "$wk_ticks" "$run/perf-$1-$2.txt" "$run/count-$1-$2.csv" >> "$results" <<'EOF'
 import json, os, re, sys
 text = open(sys.argv[1]).read()
 system, workload = sys.argv[2], sys.argv[3]
@@ -401,6 +413,14 @@ if os.path.exists(sys.argv[20]):
                     else "libc" if dso.startswith("libc.so") else "own" if dso in ("wsgi-fcgi", "uwsgi", "python3", "python")
                     else "other")
             shares[kind] = shares.get(kind, 0) + pct
+# COUNT=1: the workers' software counters over the window (perf stat -x,).
+counts = None
+if os.path.exists(sys.argv[21]):
+    counts = {}
+    for line in open(sys.argv[21]):
+        f = line.strip().split(",")
+        if len(f) > 2 and f[0].isdigit():
+            counts[f[2].replace("raw_syscalls:sys_enter", "syscalls")] = int(f[0])
 def us(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
@@ -420,7 +440,7 @@ print(json.dumps(dict(
     workers_found=nwk, rss_per_worker_kib=rss / n, pss_per_worker_kib=(pss / n if pss >= 0 else None),
     master_rss_kib=master_rss,
     busiest_worker_share=(max(wk_ticks) / sum(wk_ticks) if wk_ticks and sum(wk_ticks) > 0 else None),
-    perf_shares=shares)))
+    perf_shares=shares, counts=counts)))
 EOF
 }
 
@@ -545,6 +565,10 @@ for workload, systems in by.items():
         sh = r.get("perf_shares")
         if sh:
             print(f"  perf, {system}: " + ", ".join(f"{k} {sh.get(k, 0) * 100:.1f}%" for k in ("python", "kernel", "own", "libc", "other")))
+    for system, r in systems.items():
+        c = r.get("counts")
+        if c and r["requests"]:
+            print(f"  per request, {system}: " + ", ".join(f"{k} {v / r['requests']:.2f}" for k, v in c.items()))
     if workload == "flask" and flask_us:
         floor = {}
         for s, r in systems.items():

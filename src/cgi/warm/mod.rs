@@ -61,7 +61,7 @@ pub enum Relayed {
 /// process environment and stdin, through the app's resident responder;
 /// the response on stdout. No Python in this process.
 pub fn handle(settings: &Settings) -> Relayed {
-    let mut meta: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+    let mut meta: crate::core::meta::MetaVariables = std::env::vars_os()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     let mut sink = match crate::cgi::CgiSink::share_stdout() {
@@ -102,7 +102,7 @@ pub fn handle(settings: &Settings) -> Relayed {
 /// `None` for stdin, `length` the body's length, `out` the response channel.
 pub fn serve(
     settings: &Settings,
-    meta: &[(Vec<u8>, Vec<u8>)],
+    meta: &crate::core::meta::MetaVariables,
     body: Option<Box<dyn Read + Send>>,
     length: u64,
     out: &mut File,

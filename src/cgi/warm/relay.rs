@@ -37,7 +37,7 @@ pub(super) enum Broke {
 /// to END_REQUEST.
 pub(super) fn relay(
     mut conn: UnixStream,
-    meta: &[(Vec<u8>, Vec<u8>)],
+    meta: &crate::core::meta::MetaVariables,
     source: &mut dyn Read,
     length: u64,
     out: &mut File,
@@ -46,7 +46,7 @@ pub(super) fn relay(
     let mut wire = BytesMut::with_capacity(16 * 1024);
     encode_begin_request(&mut wire, 1, Role::Responder, false);
     let mut params = BytesMut::new();
-    for (name, value) in meta {
+    for (name, value) in meta.iter() {
         encode_pair(&mut params, name, value);
     }
     encode_stream(&mut wire, RecordType::Params, 1, &params);

@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use super::{Closed, Connection, Req};
 use crate::core::request::MetaVariables;
 use crate::core::response::error_head;
-use crate::core::wire;
 use crate::fcgi::job::{Body, Exchange, Job, Limits};
 use crate::fcgi::proto::params;
 use crate::fcgi::proto::record::{
@@ -362,14 +361,14 @@ impl Connection {
                 .map_err(|e| Closed::Protocol(format!("GET_VALUES: {e}")))?;
             let limits = &self.context.limits;
             let mut answer = BytesMut::new();
-            for (name, _) in asked {
-                let value = match name.as_slice() {
+            for (name, _) in asked.iter() {
+                let value = match name {
                     b"FCGI_MAX_CONNS" => limits.max_conns.to_string(),
                     b"FCGI_MAX_REQS" => limits.advertised_reqs.to_string(),
                     b"FCGI_MPXS_CONNS" => "1".to_string(),
                     _ => continue, // unknown names are omitted (§4.1)
                 };
-                params::encode_pair(&mut answer, &name, value.as_bytes());
+                params::encode_pair(&mut answer, name, value.as_bytes());
             }
             crate::fcgi::proto::record::encode_management(
                 &mut out,
@@ -417,11 +416,12 @@ pub(in crate::fcgi) fn own_answer(
             return Some(response.into_bytes());
         }
     }
+    let limit = limits.max_body?;
     let length = std::str::from_utf8(get(b"CONTENT_LENGTH"))
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok());
-    match (limits.max_body, length) {
-        (Some(limit), Some(length)) if length > limit => {
+    match length {
+        Some(length) if length > limit => {
             log_error!("request {id}: body of {length} bytes exceeds the limit of {limit}: 413");
             Some(too_large())
         }
@@ -432,7 +432,7 @@ pub(in crate::fcgi) fn own_answer(
 /// The 413 response.
 fn too_large() -> Vec<u8> {
     let (head, body) = error_head(413);
-    let mut response = wire::head_block(Some(&head));
+    let mut response = head.block().to_vec();
     response.extend_from_slice(body);
     response
 }

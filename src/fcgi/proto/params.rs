@@ -24,8 +24,9 @@ fn read_length(data: &[u8], at: usize) -> Result<(usize, usize), ParamsError> {
 }
 
 /// Decode a complete name-value pair stream.
-pub fn decode(data: &[u8]) -> Result<crate::core::request::MetaVariables, ParamsError> {
-    let mut pairs = Vec::new();
+pub fn decode(data: &[u8]) -> Result<crate::core::meta::MetaVariables, ParamsError> {
+    // Each pair stays where it is in one copy of the stream.
+    let mut pairs = crate::core::meta::MetaVariables::over(data.to_vec(), data.len() / 24 + 1);
     let mut at = 0;
     while at < data.len() {
         let (name_len, next) = read_length(data, at)?;
@@ -39,10 +40,7 @@ pub fn decode(data: &[u8]) -> Result<crate::core::request::MetaVariables, Params
         if value_end > data.len() {
             return Err(ParamsError::Truncated(at));
         }
-        pairs.push((
-            data[next..name_end].to_vec(),
-            data[name_end..value_end].to_vec(),
-        ));
+        pairs.push_in_buffer(next, name_len, value_len);
         at = value_end;
     }
     Ok(pairs)
@@ -73,13 +71,13 @@ mod tests {
         // §3.4: nameLength 11 (1 byte), valueLength 3
         let data = b"\x0b\x03SERVER_PORT123";
         assert_eq!(
-            decode(data).unwrap(),
-            vec![(b"SERVER_PORT".to_vec(), b"123".to_vec())]
+            decode(data).unwrap().iter().collect::<Vec<_>>(),
+            [(&b"SERVER_PORT"[..], &b"123"[..])]
         );
         // a 4-byte value length: 0x80 0x00 0x01 0x00 = 256
         let mut data = vec![0x01, 0x80, 0x00, 0x01, 0x00, b'X'];
         data.extend(std::iter::repeat_n(b'v', 256));
-        assert_eq!(decode(&data).unwrap()[0].1.len(), 256);
+        assert_eq!(decode(&data).unwrap().get(b"X").map(<[u8]>::len), Some(256));
         let mut out = BytesMut::new();
         encode_pair(&mut out, b"X", &vec![b'v'; 256]);
         assert_eq!(&out[..], &data[..]);
@@ -92,7 +90,10 @@ mod tests {
         assert!(decode(b"\x80\x00").is_err());
         // lengths near 2^31 must not overflow or allocate
         assert!(decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'a']).is_err());
-        assert_eq!(decode(b"").unwrap(), vec![]);
-        assert_eq!(decode(b"\x00\x00").unwrap(), vec![(vec![], vec![])]);
+        assert!(decode(b"").unwrap().is_empty());
+        assert_eq!(
+            decode(b"\x00\x00").unwrap().iter().collect::<Vec<_>>(),
+            [(&b""[..], &b""[..])]
+        );
     }
 }

@@ -106,7 +106,7 @@ fn compile(format: &str) -> Result<Vec<Atom>, FormatError> {
 /// What is known of a finished request.
 pub struct Entry<'a> {
     /// The request's meta-variables.
-    pub meta: &'a [(Vec<u8>, Vec<u8>)],
+    pub meta: &'a crate::core::meta::MetaVariables,
     /// Response status (0: none was sent).
     pub status: u16,
     /// Body bytes sent.
@@ -119,7 +119,7 @@ impl Entry<'_> {
     fn var(&self, key: &[u8]) -> Option<String> {
         self.meta
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| *k == key)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 }
@@ -273,11 +273,8 @@ fn clf_time(now: SystemTime) -> String {
 mod tests {
     use super::*;
 
-    fn meta(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect()
+    fn meta(pairs: &[(&str, &str)]) -> crate::core::meta::MetaVariables {
+        pairs.iter().copied().collect()
     }
 
     #[test]

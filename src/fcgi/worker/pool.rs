@@ -597,7 +597,7 @@ struct FcgiSink {
 
 impl Sink for FcgiSink {
     fn send(&mut self, head: Option<&Head>, body: Bytes, last: bool) -> io::Result<()> {
-        let head = Bytes::from(wire::head_block(head));
+        let head = Bytes::copy_from_slice(wire::head_block(head));
         if last
             && !self.exchange.aborted()
             && let Ok(mut held) = self.held.lock()
@@ -616,7 +616,7 @@ impl Sink for FcgiSink {
         len: u64,
     ) -> io::Result<Option<u64>> {
         if head.is_some() {
-            self.exchange.send(&wire::head_block(head), Bytes::new())?;
+            self.exchange.send(wire::head_block(head), Bytes::new())?;
         }
         if len > 0 {
             let file = file.try_clone_to_owned()?;

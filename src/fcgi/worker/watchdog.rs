@@ -156,7 +156,7 @@ fn python_stack(py: Python<'_>, thread: u64) -> String {
 }
 
 /// "METHOD URI" of a request, for log lines.
-pub(crate) fn describe(meta: &[(Vec<u8>, Vec<u8>)]) -> String {
+pub(crate) fn describe(meta: &crate::core::meta::MetaVariables) -> String {
     let get = |key: &[u8]| {
         crate::core::request::meta_value(meta, key).map(|v| String::from_utf8_lossy(v).into_owned())
     };

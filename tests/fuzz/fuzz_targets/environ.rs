@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
             (false, None) => free_name = Some(value),
         }
     }
+    let meta: wsgi_gateway::core::meta::MetaVariables = meta.into_iter().collect();
     if let Ok(environ) = wsgi_gateway::core::environ::build(&meta) {
         let _ = environ.content_length;
         let _ = environ.is_head;
