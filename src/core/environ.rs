@@ -98,7 +98,7 @@ impl<'a> Vars<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn position(&self, name: &[u8], hash: u8) -> Option<usize> {
         if self.index.is_some() {
             return self.indexed(name);
@@ -122,7 +122,7 @@ impl<'a> Vars<'a> {
     /// PHP-FPM does: web-server configs override an included default that
     /// way, e.g. nginx's `fastcgi_param HTTP_HOST $host:$server_port;`
     /// after `include fastcgi_params;`), in its first place.
-    #[inline]
+    #[inline(always)]
     fn set(&mut self, name: &'a [u8], hash: u8, value: Cow<'a, [u8]>) {
         match self.position(name, hash) {
             Some(at) => self.list[at].1 = value,

@@ -58,23 +58,35 @@ impl StrCache {
 
     /// The latin-1 decoding of `bytes` as a `str`, for place `at` of the
     /// environ: what that place held last time if it is the same string,
-    /// else [`StrCache::get`]'s.
-    #[inline]
+    /// else [`StrCache::get`]'s. (Inlined into the environ's loop: a call
+    /// per string cost as much as the comparison.)
+    #[inline(always)]
     pub fn get_at<'py>(
         &mut self,
         py: Python<'py>,
         at: usize,
         bytes: &[u8],
     ) -> PyResult<Bound<'py, PyString>> {
-        let Some(place) = self.recent.get_mut(at) else {
-            return self.get(py, bytes);
-        };
-        if let Some((held, string)) = place
+        if let Some(Some((held, string))) = self.recent.get(at)
             && same(held, bytes)
         {
             return Ok(string.bind(py).clone());
         }
+        self.miss_at(py, at, bytes)
+    }
+
+    /// [`StrCache::get_at`] when the place held something else.
+    #[inline(never)]
+    fn miss_at<'py>(
+        &mut self,
+        py: Python<'py>,
+        at: usize,
+        bytes: &[u8],
+    ) -> PyResult<Bound<'py, PyString>> {
         let string = self.get(py, bytes)?;
+        if at >= self.recent.len() {
+            return Ok(string);
+        }
         if bytes.len() <= Self::MAX_LEN {
             self.recent[at] = Some((bytes.into(), string.clone().unbind()));
         }

@@ -209,8 +209,9 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(5);
 /// whole pause. Not while another worker has a thread waiting for
 /// connections (the scoreboard's `waiting`): that one was woken for it.
 const PAUSED_TICK: std::time::Duration = std::time::Duration::from_millis(2);
-/// Kept connections a thread takes straight from their epoll in a row
-/// before it waits on its own epoll again (see [`Waiter::wait`]).
+/// Connections a thread takes in a row straight from the kept connections'
+/// epoll or the listening sockets' backlog before it waits on its own
+/// epoll again (see [`Waiter::wait`]).
 const DIRECT_TAKES: u8 = 3;
 
 impl Parked {
@@ -274,8 +275,11 @@ pub struct Waiter {
     /// The last connection this thread took was a kept one: the next may
     /// be waiting already.
     kept_hot: bool,
-    /// Kept connections taken straight from their epoll since the last
-    /// full wait.
+    /// The last connection this thread took was a new one it accepted: the
+    /// next may be in the backlog already.
+    accept_hot: bool,
+    /// Connections taken straight from the kept connections' epoll or the
+    /// backlog since the last full wait.
     direct: u8,
 }
 
@@ -296,6 +300,7 @@ impl Waiter {
             looked: std::time::Instant::now(),
             board: crate::process::scoreboard::board().zip(crate::process::scoreboard::my_index()),
             kept_hot: false,
+            accept_hot: false,
             direct: 0,
         };
         waiter.register()?;
@@ -428,6 +433,17 @@ impl Waiter {
                 }
                 self.kept_hot = false;
             }
+            // The same for a connection per request (nginx's plain
+            // `fastcgi_pass`): under load the next one is in the backlog,
+            // and accept4 finds it without the epoll_wait that would only
+            // say so (not while paused: that leaves it to the peers).
+            if self.accept_hot && self.direct < DIRECT_TAKES {
+                self.direct += 1;
+                if let Some(conn) = self.try_accept() {
+                    return Woken::Connection(conn);
+                }
+                self.accept_hot = false;
+            }
             self.direct = 0;
             let waiting = self.waiting_slot();
             if let Some(slot) = waiting {
@@ -490,6 +506,7 @@ impl Waiter {
                 return Woken::Job(job);
             }
             if let Some(conn) = accepted {
+                self.accept_hot = true;
                 return Woken::Connection(conn);
             }
             // (A job first: the watch then moves on, and the next watcher
