@@ -75,9 +75,10 @@ const SCAN_LIMIT: usize = 64;
 /// The environ's variables being gathered, and where each name is.
 struct Vars<'a> {
     list: Vec<(&'a [u8], Cow<'a, [u8]>)>,
-    /// Each name's [`name_hash`], beside `list`: a scan compares these
-    /// before any bytes.
-    hashes: Vec<u8>,
+    /// Each name's [`name_hash`], beside `list` (while names are found by a
+    /// scan: at most [`SCAN_LIMIT`] variables and the 7 defaults): a scan
+    /// compares these before any bytes.
+    hashes: [u8; SCAN_LIMIT + 8],
     /// A bit per hash seen (a one-word Bloom filter): a name whose bit is
     /// clear is new, with no scan — names are rarely repeated, and a scan
     /// per variable was a tenth of a small request's cost.
@@ -91,7 +92,7 @@ impl<'a> Vars<'a> {
     fn new(expected: usize) -> Vars<'a> {
         Vars {
             list: Vec::with_capacity(expected + 8),
-            hashes: Vec::with_capacity(expected + 8),
+            hashes: [0; SCAN_LIMIT + 8],
             seen: 0,
             index: (expected > SCAN_LIMIT)
                 .then(|| std::collections::HashMap::with_capacity(expected)),
@@ -131,8 +132,10 @@ impl<'a> Vars<'a> {
                     Self::index_insert(index, name, self.list.len());
                 }
                 self.seen |= 1 << hash;
+                if self.index.is_none() {
+                    self.hashes[self.list.len()] = hash;
+                }
                 self.list.push((name, value));
-                self.hashes.push(hash);
             }
         }
     }
@@ -154,7 +157,7 @@ impl<'a> Vars<'a> {
         };
         // (Each name is in the list once.)
         self.list.remove(at);
-        self.hashes.remove(at);
+        self.hashes.copy_within(at + 1.., at);
         if let Some(index) = &mut self.index {
             index.clear();
             for (at, (k, _)) in self.list.iter().enumerate() {
@@ -420,6 +423,28 @@ mod tests {
                 "key {key} from {pairs:?}"
             );
         }
+    }
+
+    /// As many variables as a scan handles, none of them a required key,
+    /// a repeat of each: every name once, the defaults added after them.
+    #[test]
+    fn the_most_variables_a_scan_handles_with_the_defaults() {
+        let names: Vec<String> = (0..SCAN_LIMIT).map(|i| format!("HTTP_X_{i}")).collect();
+        let mut meta: crate::core::meta::MetaVariables =
+            names.iter().map(|n| (n.as_str(), "1")).collect();
+        for n in &names {
+            meta.push(n.as_bytes(), b"2");
+        }
+        assert_eq!(meta.len(), 2 * SCAN_LIMIT);
+        // (2 * SCAN_LIMIT pairs: the hashed lookup; the first half alone scans.)
+        let half: crate::core::meta::MetaVariables = meta.iter().take(SCAN_LIMIT).collect();
+        for meta in [&half, &meta] {
+            let environ = build(meta).unwrap();
+            assert_eq!(environ.vars.len(), SCAN_LIMIT + 7);
+            assert_eq!(environ.vars[SCAN_LIMIT].0, b"REQUEST_METHOD");
+        }
+        assert_eq!(build(&meta).unwrap().get("HTTP_X_7").as_deref(), Some("2"));
+        assert_eq!(build(&half).unwrap().get("HTTP_X_7").as_deref(), Some("1"));
     }
 
     /// Many variables (the hashed lookup): each name once, in its first

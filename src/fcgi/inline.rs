@@ -233,14 +233,16 @@ fn take_request(
 ) -> Next {
     // (Web servers send the PARAMS in one record, then the empty one: no
     // need to join them.)
-    let pieces: Vec<&[u8]> = params
-        .iter()
-        .map(|r| &conn.buf[r.clone()])
-        .filter(|p| !p.is_empty())
-        .collect();
-    let decoded = match pieces.as_slice() {
-        [one] => params::decode(one),
-        _ => params::decode(&pieces.concat()),
+    let mut pieces = params.iter().filter(|r| !r.is_empty());
+    let decoded = match (pieces.next(), pieces.next()) {
+        (None, _) => params::decode(&[]),
+        (Some(one), None) => params::decode(&conn.buf[one.clone()]),
+        _ => params::decode(
+            &params
+                .iter()
+                .flat_map(|r| conn.buf[r.clone()].iter().copied())
+                .collect::<Vec<u8>>(),
+        ),
     };
     let Ok(meta) = decoded else {
         return Next::HandOff(conn); // malformed: the connection names the fault

@@ -435,7 +435,10 @@ impl Ending<'_> {
     /// END_REQUEST with `app_status`, framed.
     pub fn frames(&self, head: &[u8], body: Bytes, app_status: u32) -> Frames {
         let id = self.exchange.id;
-        let mut frames = Frames::default();
+        // (Record headers and padding: 8 + 7 for each of at most three
+        // records here, plus END_REQUEST's 16; a larger body is not copied.)
+        let copied = head.len() + body.len().min(super::writer::COPY_LIMIT);
+        let mut frames = Frames::with_capacity(copied + 64);
         if !head.is_empty() {
             self.exchange.head_sent.store(true, Ordering::Release);
         }

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use super::proto::record::{self, MAX_CONTENT, ProtocolStatus, RecordType};
 
 /// Payloads larger than this are written from the app's own buffer.
-const COPY_LIMIT: usize = 8 * 1024;
+pub(super) const COPY_LIMIT: usize = 8 * 1024;
 
 /// Outgoing records, ready for vectored writes.
 #[derive(Default)]
@@ -37,6 +37,14 @@ pub struct Frames {
 }
 
 impl Frames {
+    /// Nothing framed yet, room for `bytes` of records in the buffer.
+    pub fn with_capacity(bytes: usize) -> Frames {
+        Frames {
+            buffer: BytesMut::with_capacity(bytes),
+            ..Frames::default()
+        }
+    }
+
     /// True when nothing is framed.
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty() && self.buffer.is_empty()
@@ -328,6 +336,25 @@ impl Held<'_> {
         if writer.broken.load(Ordering::Acquire) {
             return Err(WriteError::Closed(io::ErrorKind::BrokenPipe.into()));
         }
+        // A response small enough to be copied whole (most are): one
+        // buffer, one write(2), nothing to gather.
+        if frames.segments.is_empty() {
+            while !frames.buffer.is_empty() {
+                match nix::unistd::write(&*writer.socket, &frames.buffer) {
+                    Ok(n) => {
+                        frames.started |= n > 0;
+                        bytes::Buf::advance(&mut frames.buffer, n);
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => return Ok(Some(frames)),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        writer.failed.store(true, Ordering::Release);
+                        return Err(WriteError::Closed(e.into()));
+                    }
+                }
+            }
+            return Ok(None);
+        }
         frames.seal();
         while !frames.segments.is_empty() {
             match nix::sys::uio::writev(&*writer.socket, &frames.io_slices()) {
@@ -469,6 +496,53 @@ mod tests {
         assert_eq!(&joined[..18], b"Status: 200 OK\r\n\r\n");
         assert_eq!(&joined[18..], &body[..]);
         assert!(got.iter().all(|r| r.2.len() <= MAX_CONTENT));
+    }
+
+    /// Small responses go out of the one buffer with write(2): a socket
+    /// that fills mid-response leaves the rest (from the exact byte) for
+    /// the next attempt, and the peer reads every record whole.
+    #[test]
+    fn small_responses_resume_where_a_full_socket_cut_them() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let writer = Writer::new(Arc::new(OwnedFd::from(a)), false);
+        let held = writer.hold();
+        let mut sent = 0usize;
+        let rest = loop {
+            let mut frames = Frames::with_capacity(64);
+            frames.stdout(1, b"Status: 200 OK\r\n\r\n", Bytes::from(vec![b'x'; 3000]));
+            frames.end_response(1, 0);
+            assert!(frames.segments.is_empty(), "all in the buffer");
+            let len = frames.buffer.len();
+            match held.try_write(frames).unwrap() {
+                None => sent += len,
+                Some(rest) => {
+                    assert!(!rest.buffer.is_empty() && rest.buffer.len() <= len);
+                    assert_eq!(rest.started, rest.buffer.len() < len);
+                    sent += len;
+                    break rest;
+                }
+            }
+        };
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut &b, &mut all).unwrap();
+            all
+        });
+        held.write(rest, &|| false).unwrap();
+        drop(held);
+        drop(writer);
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), sent);
+        let mut wire = BytesMut::from(&all[..]);
+        let mut ends = 0;
+        while let Some(r) = RecordDecoder.decode(&mut wire).unwrap() {
+            assert!(r.kind == RecordType::Stdout as u8 || r.kind == RecordType::EndRequest as u8);
+            ends += usize::from(r.kind == RecordType::EndRequest as u8);
+        }
+        assert!(wire.is_empty());
+        // (STDOUT: 8 + 18 + 3000 + 6 padding; the empty STDOUT; END_REQUEST.)
+        assert_eq!(ends * (8 + 3018 + 6 + 8 + 16), sent);
     }
 
     #[test]

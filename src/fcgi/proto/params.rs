@@ -26,7 +26,7 @@ fn read_length(data: &[u8], at: usize) -> Result<(usize, usize), ParamsError> {
 /// Decode a complete name-value pair stream.
 pub fn decode(data: &[u8]) -> Result<crate::core::meta::MetaVariables, ParamsError> {
     // Each pair stays where it is in one copy of the stream.
-    let mut pairs = crate::core::meta::MetaVariables::over(data.to_vec(), data.len() / 24 + 1);
+    let mut pairs = crate::core::meta::MetaVariables::over(data.to_vec(), data.len() / 16 + 1);
     let mut at = 0;
     while at < data.len() {
         let (name_len, next) = read_length(data, at)?;
