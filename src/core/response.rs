@@ -60,7 +60,8 @@ impl HeadBuilder {
         if !is_token(name) {
             return Err(ResponseError::BadHeaderName(name.to_string()));
         }
-        if !is_clean_text(value) {
+        let ascii = is_clean_ascii(value);
+        if !ascii && !is_clean_text(value) {
             return Err(ResponseError::BadHeaderValue(name.to_string()));
         }
         if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
@@ -74,7 +75,11 @@ impl HeadBuilder {
                 .map_err(|_| ResponseError::BadContentLength(value.to_string()))?;
             self.head.content_length = Some(parsed);
         }
-        wire::push_header(&mut self.head.block, name, value);
+        if ascii {
+            wire::push_ascii_header(&mut self.head.block, name, value);
+        } else {
+            wire::push_header(&mut self.head.block, name, value);
+        }
         Ok(())
     }
 
@@ -138,15 +143,18 @@ fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| TCHAR[usize::from(b)])
 }
 
+/// Printable ASCII and tab: what nearly every header value is (its bytes
+/// are its latin-1 encoding).
+fn is_clean_ascii(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
 /// Latin-1 text without control characters but tab (C0, DEL and C1 are
 /// controls).
 fn is_clean_text(s: &str) -> bool {
-    // (Printable ASCII and tab: one pass, what nearly every value is.)
-    if s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
-        return true;
-    }
-    s.chars()
-        .all(|c| (c as u32) <= 0xff && (c == '\t' || !(c.is_control())))
+    is_clean_ascii(s)
+        || s.chars()
+            .all(|c| (c as u32) <= 0xff && (c == '\t' || !(c.is_control())))
 }
 
 /// Validate a status string (`"404 Not Found"`).

@@ -20,6 +20,16 @@ pub fn push_header(block: &mut Vec<u8>, name: &str, value: &str) {
     block.extend_from_slice(b"\r\n");
 }
 
+/// A header line whose name and value are ASCII (validated): their bytes
+/// as they are, in one reservation.
+pub fn push_ascii_header(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.reserve(name.len() + value.len() + 4);
+    block.extend_from_slice(name.as_bytes());
+    block.extend_from_slice(b": ");
+    block.extend_from_slice(value.as_bytes());
+    block.extend_from_slice(b"\r\n");
+}
+
 /// The blank line that ends the block.
 pub fn push_end(block: &mut Vec<u8>) {
     block.extend_from_slice(b"\r\n");

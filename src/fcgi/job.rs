@@ -430,20 +430,49 @@ pub struct Ending<'a> {
     held: Held<'a>,
 }
 
+/// A request's last output, framed as STDOUT records as soon as the app
+/// gives it and held until END_REQUEST can follow it in the same write.
+pub struct Last {
+    frames: Frames,
+    /// It carries the response's header block (not out yet).
+    head: bool,
+}
+
+impl Last {
+    /// The header block `head` (may be empty) and `body` of request `id`.
+    pub fn new(id: u16, head: &[u8], body: Bytes) -> Last {
+        // (Record headers and padding: 8 + 7 for each of at most three
+        // records, plus the end's 8 and 16; a larger body is not copied.)
+        let copied = head.len() + body.len().min(super::writer::COPY_LIMIT);
+        let mut frames = Frames::with_capacity(copied + 64);
+        frames.stdout(id, head, body);
+        Last {
+            frames,
+            head: !head.is_empty(),
+        }
+    }
+}
+
 impl Ending<'_> {
     /// The last response bytes (may be empty), the end of STDOUT and
     /// END_REQUEST with `app_status`, framed.
     pub fn frames(&self, head: &[u8], body: Bytes, app_status: u32) -> Frames {
-        let id = self.exchange.id;
-        // (Record headers and padding: 8 + 7 for each of at most three
-        // records here, plus END_REQUEST's 16; a larger body is not copied.)
-        let copied = head.len() + body.len().min(super::writer::COPY_LIMIT);
-        let mut frames = Frames::with_capacity(copied + 64);
-        if !head.is_empty() {
-            self.exchange.head_sent.store(true, Ordering::Release);
-        }
-        frames.stdout(id, head, body);
-        frames.end_response(id, app_status);
+        self.frames_after(Some(Last::new(self.exchange.id, head, body)), app_status)
+    }
+
+    /// The held last output, if any, then the end of STDOUT and
+    /// END_REQUEST with `app_status`.
+    pub fn frames_after(&self, last: Option<Last>, app_status: u32) -> Frames {
+        let mut frames = match last {
+            Some(last) => {
+                if last.head {
+                    self.exchange.head_sent.store(true, Ordering::Release);
+                }
+                last.frames
+            }
+            None => Frames::with_capacity(32),
+        };
+        frames.end_response(self.exchange.id, app_status);
         frames
     }
 

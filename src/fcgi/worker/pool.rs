@@ -22,7 +22,7 @@ use crate::core::request::BodyReader;
 use crate::core::response::{Head, ResponseWriter, Sink};
 use crate::core::wire;
 use crate::fcgi::inline;
-use crate::fcgi::job::{Body, Dispatch, Exchange, Job};
+use crate::fcgi::job::{Body, Dispatch, Exchange, Job, Last};
 use crate::fcgi::kept::{Kept, Ran, Watch};
 use crate::fcgi::proto::record::Role;
 use crate::fcgi::worker::accesslog::AccessLog;
@@ -487,12 +487,8 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
         return;
     }
     // The last output, held back by the sink, leaves with END_REQUEST.
-    let (head, body) = held
-        .lock()
-        .ok()
-        .and_then(|mut h| h.take())
-        .unwrap_or_default();
-    finish(py, &exchange, &head, body, status as u32);
+    let last = held.lock().ok().and_then(|mut h| h.take());
+    finish(py, &exchange, last, status as u32);
 }
 
 /// Environ → app → response; returns the exit status and, for the access
@@ -564,7 +560,7 @@ fn respond(
 /// The last output and END_REQUEST, in one write. Tried without letting go
 /// of the GIL (a small response into a socket with room never blocks);
 /// the GIL is released only to wait for the writer or for room.
-fn finish(py: Python<'_>, exchange: &Exchange, head: &[u8], body: Bytes, status: u32) {
+fn finish(py: Python<'_>, exchange: &Exchange, last: Option<Last>, status: u32) {
     let ending = match exchange.try_ending() {
         Ok(Some(ending)) => ending,
         Ok(None) => return, // the watchdog answered it
@@ -573,14 +569,14 @@ fn finish(py: Python<'_>, exchange: &Exchange, head: &[u8], body: Bytes, status:
             // without the GIL.
             py.detach(|| {
                 if let Some(ending) = exchange.ending() {
-                    let frames = ending.frames(head, body, status);
+                    let frames = ending.frames_after(last, status);
                     ending.write(frames);
                 }
             });
             return;
         }
     };
-    let frames = ending.frames(head, body, status);
+    let frames = ending.frames_after(last, status);
     if let Some(rest) = ending.try_write(frames) {
         py.detach(|| ending.write(rest));
     }
@@ -590,22 +586,22 @@ fn finish(py: Python<'_>, exchange: &Exchange, head: &[u8], body: Bytes, status:
 /// written by this thread straight to the connection.
 struct FcgiSink {
     exchange: Arc<Exchange>,
-    /// The final output (a list's last item, an error page), sent with
-    /// END_REQUEST by the job instead of on its own.
-    held: Arc<Mutex<Option<(Bytes, Bytes)>>>,
+    /// The final output (a list's last item, an error page), framed and
+    /// sent with END_REQUEST by the job instead of on its own.
+    held: Arc<Mutex<Option<Last>>>,
 }
 
 impl Sink for FcgiSink {
     fn send(&mut self, head: Option<&Head>, body: Bytes, last: bool) -> io::Result<()> {
-        let head = Bytes::copy_from_slice(wire::head_block(head));
+        let head = wire::head_block(head);
         if last
             && !self.exchange.aborted()
             && let Ok(mut held) = self.held.lock()
         {
-            *held = Some((head, body));
+            *held = Some(Last::new(self.exchange.id, head, body));
             return Ok(());
         }
-        self.exchange.send(&head, body)
+        self.exchange.send(head, body)
     }
 
     fn send_file(
