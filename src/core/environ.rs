@@ -201,23 +201,14 @@ pub fn build(meta: &crate::core::meta::MetaVariables) -> Result<Environ<'_>, Req
             // not passed on (`wsgiref.validate` rejects them).
             b"HTTP_CONTENT_TYPE" | b"HTTP_CONTENT_LENGTH" => continue,
             b"CONTENT_LENGTH" => {
-                let trimmed = value.trim_ascii();
-                if trimmed.is_empty() {
+                noted.content_length = content_length(value)?;
+                match noted.content_length {
                     // (An empty one given last leaves none.)
-                    noted.content_length = None;
-                    vars.remove(name);
-                    continue;
+                    None => vars.remove(name),
+                    Some(length) => {
+                        vars.set(name, hash, Cow::Owned(length.to_string().into_bytes()))
+                    }
                 }
-                let bad = || RequestError::BadContentLength(latin1(value));
-                if !trimmed.iter().all(u8::is_ascii_digit) {
-                    return Err(bad());
-                }
-                let length: u64 = std::str::from_utf8(trimmed)
-                    .ok()
-                    .and_then(|t| t.parse().ok())
-                    .ok_or_else(bad)?;
-                noted.content_length = Some(length);
-                vars.set(name, hash, Cow::Owned(length.to_string().into_bytes()));
                 continue;
             }
             b"HTTPS" => noted.https = Some(value),
@@ -258,22 +249,7 @@ pub fn build(meta: &crate::core::meta::MetaVariables) -> Result<Environ<'_>, Req
     };
 
     if noted.required != 127 {
-        let default_name = noted.http_host.and_then(host_name).unwrap_or(b"localhost");
-        let default_port: &[u8] = if url_scheme == "https" { b"443" } else { b"80" };
-        let defaults: [(u8, &'static [u8], &[u8]); 7] = [
-            (REQUEST_METHOD, b"REQUEST_METHOD", b"GET"),
-            (SCRIPT_NAME, b"SCRIPT_NAME", b""),
-            (PATH_INFO, b"PATH_INFO", b""),
-            (QUERY_STRING, b"QUERY_STRING", b""),
-            (SERVER_NAME, b"SERVER_NAME", default_name),
-            (SERVER_PORT, b"SERVER_PORT", default_port),
-            (SERVER_PROTOCOL, b"SERVER_PROTOCOL", b"HTTP/1.0"),
-        ];
-        for (bit, key, value) in defaults {
-            if noted.required & bit == 0 {
-                vars.set(key, name_hash(key), Cow::Borrowed(value));
-            }
-        }
+        add_defaults(&mut vars, &noted, url_scheme);
     }
     Ok(Environ {
         vars: vars.list,
@@ -281,6 +257,45 @@ pub fn build(meta: &crate::core::meta::MetaVariables) -> Result<Environ<'_>, Req
         content_length: noted.content_length,
         is_head: noted.request_method == Some(b"HEAD"),
     })
+}
+
+/// A `CONTENT_LENGTH` value: digits (blanks around them allowed), or
+/// blank for none.
+fn content_length(value: &[u8]) -> Result<Option<u64>, RequestError> {
+    let trimmed = value.trim_ascii();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    let bad = || RequestError::BadContentLength(latin1(value));
+    if !trimmed.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    std::str::from_utf8(trimmed)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .map(Some)
+        .ok_or_else(bad)
+}
+
+/// The keys PEP 3333 requires that the request did not give: what CGI
+/// servers default them to (`SERVER_NAME` from `Host`, the scheme's port).
+fn add_defaults<'a>(vars: &mut Vars<'a>, noted: &Noted<'a>, url_scheme: &str) {
+    let default_name = noted.http_host.and_then(host_name).unwrap_or(b"localhost");
+    let default_port: &[u8] = if url_scheme == "https" { b"443" } else { b"80" };
+    let defaults: [(u8, &'static [u8], &'a [u8]); 7] = [
+        (REQUEST_METHOD, b"REQUEST_METHOD", b"GET"),
+        (SCRIPT_NAME, b"SCRIPT_NAME", b""),
+        (PATH_INFO, b"PATH_INFO", b""),
+        (QUERY_STRING, b"QUERY_STRING", b""),
+        (SERVER_NAME, b"SERVER_NAME", default_name),
+        (SERVER_PORT, b"SERVER_PORT", default_port),
+        (SERVER_PROTOCOL, b"SERVER_PROTOCOL", b"HTTP/1.0"),
+    ];
+    for (bit, key, value) in defaults {
+        if noted.required & bit == 0 {
+            vars.set(key, name_hash(key), Cow::Borrowed(value));
+        }
+    }
 }
 
 /// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`).

@@ -192,31 +192,9 @@ pub fn run_with_log(
     let (handoff, handoffs) = tokio::sync::mpsc::unbounded_channel();
     let listening = Arc::new(accept_on(&listeners, &options, handoff)?);
     let count = request_count(ready.as_ref(), &options);
-    let stop = {
-        let (count, idle) = (count.clone(), options.idle_exit);
-        let graceful = options.graceful_timeout;
-        // A single process that bound its unix sockets removes their files
-        // as the stop begins: no client connects any more (it would be
-        // reset at the exit), and those already waiting are served (see
-        // `Listening::drain_backlog`).
-        let own_files = (ready.is_none()).then(|| options.clone());
-        async move {
-            let grace = match idle {
-                None => stop.await,
-                Some(after) => tokio::select! {
-                    grace = stop => grace,
-                    () = idle_exit(count, after) => {
-                        log_info!("no request for {after:?} (--idle-exit): stopping");
-                        graceful
-                    }
-                },
-            };
-            if let Some(options) = own_files {
-                remove_socket_files(&options);
-            }
-            grace
-        }
-    };
+    // (A single process that bound its unix sockets removes their files.)
+    let own_files = (ready.is_none()).then(|| options.clone());
+    let stop = stopping(stop, count.clone(), &options, own_files);
     let pool = Pool::start(
         application,
         PoolOptions {
@@ -254,6 +232,36 @@ pub fn run_with_log(
     }
     log_info!("stopped");
     Ok(())
+}
+
+/// The stop: a signal (or `--idle-exit` without requests), giving the
+/// grace period. A single process that bound its unix sockets removes
+/// their files as the stop begins (`own_files`): no client connects any
+/// more (it would be reset at the exit), and those already waiting are
+/// served (see `Listening::drain_backlog`).
+fn stopping(
+    stop: impl std::future::Future<Output = Duration>,
+    count: Arc<RequestCount>,
+    options: &WorkerOptions,
+    own_files: Option<WorkerOptions>,
+) -> impl std::future::Future<Output = Duration> {
+    let (idle, graceful) = (options.idle_exit, options.graceful_timeout);
+    async move {
+        let grace = match idle {
+            None => stop.await,
+            Some(after) => tokio::select! {
+                grace = stop => grace,
+                () = idle_exit(count, after) => {
+                    log_info!("no request for {after:?} (--idle-exit): stopping");
+                    graceful
+                }
+            },
+        };
+        if let Some(options) = own_files {
+            remove_socket_files(&options);
+        }
+        grace
+    }
 }
 
 /// After the grace period ran out, how long the exit hooks may wait for

@@ -462,60 +462,66 @@ impl Waiter {
                     continue;
                 }
             };
-            let events = &events[..ready];
-            // The stop first: no connection is accepted after it.
-            if self.accepting && events.iter().any(|e| e.data() == STOP) {
-                self.unregister();
-                self.accepting = false;
-            }
-            self.resume();
-            // A tick: a burst may be waiting that woke another thread only,
-            // or a connection that no paused peer took (looked for while
-            // paused even when busy with kept connections).
-            let look = match self.paused_until {
-                None => ready == 0,
-                // (A waiting peer was woken for it already: a peer slow to
-                // run, on a busy machine, still gets its share.)
-                Some(_) => self.looked.elapsed() >= PAUSED_TICK && !self.others_waiting(),
-            };
-            let mut accepted = if look { self.look_for_waiting() } else { None };
-            let mut kept = false;
-            for event in events {
-                match event.data() {
-                    MAILBOX => {
-                        let _ = self.me.wake.read();
-                    }
-                    STOP => {}
-                    KEPT => kept = true,
-                    index if self.accepting && accepted.is_none() => {
-                        accepted = self.accept(index as usize);
-                    }
-                    _ => {}
-                }
-            }
-            self.lingering.reap();
-            if let Some(job) = self.me.take() {
-                if let Some(conn) = accepted {
-                    // Both at once: the job now, the connection to the I/O
-                    // thread (sent before it is counted off).
-                    self.hand_off(conn);
-                    if let Some(listening) = &self.listening {
-                        listening.inflight.fetch_sub(1, Ordering::SeqCst);
-                    }
-                }
-                return Woken::Job(job);
-            }
-            if let Some(conn) = accepted {
-                self.accept_hot = true;
-                return Woken::Connection(conn);
-            }
-            // (A job first: the watch then moves on, and the next watcher
-            // takes the kept connection.)
-            if let Some(conn) = kept.then(|| self.kept()).flatten() {
-                self.kept_hot = true;
-                return Woken::Connection(conn);
+            if let Some(woken) = self.woken_by(&events[..ready]) {
+                return woken;
             }
         }
+    }
+
+    /// What the events of one epoll_wait give this thread (`None`: wait
+    /// again).
+    fn woken_by(&mut self, events: &[EpollEvent]) -> Option<Woken> {
+        // The stop first: no connection is accepted after it.
+        if self.accepting && events.iter().any(|e| e.data() == STOP) {
+            self.unregister();
+            self.accepting = false;
+        }
+        self.resume();
+        // A tick: a burst may be waiting that woke another thread only,
+        // or a connection that no paused peer took (looked for while
+        // paused even when busy with kept connections).
+        let look = match self.paused_until {
+            None => events.is_empty(),
+            // (A waiting peer was woken for it already: a peer slow to
+            // run, on a busy machine, still gets its share.)
+            Some(_) => self.looked.elapsed() >= PAUSED_TICK && !self.others_waiting(),
+        };
+        let mut accepted = if look { self.look_for_waiting() } else { None };
+        let mut kept = false;
+        for event in events {
+            match event.data() {
+                MAILBOX => {
+                    let _ = self.me.wake.read();
+                }
+                STOP => {}
+                KEPT => kept = true,
+                index if self.accepting && accepted.is_none() => {
+                    accepted = self.accept(index as usize);
+                }
+                _ => {}
+            }
+        }
+        self.lingering.reap();
+        if let Some(job) = self.me.take() {
+            if let Some(conn) = accepted {
+                // Both at once: the job now, the connection to the I/O
+                // thread (sent before it is counted off).
+                self.hand_off(conn);
+                if let Some(listening) = &self.listening {
+                    listening.inflight.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            return Some(Woken::Job(job));
+        }
+        if let Some(conn) = accepted {
+            self.accept_hot = true;
+            return Some(Woken::Connection(conn));
+        }
+        // (A job first: the watch then moves on, and the next watcher
+        // takes the kept connection.)
+        let conn = kept.then(|| self.kept()).flatten()?;
+        self.kept_hot = true;
+        Some(Woken::Connection(conn))
     }
 
     /// A kept connection with a request (or a close) waiting (counted in

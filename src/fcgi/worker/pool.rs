@@ -28,7 +28,7 @@ use crate::fcgi::proto::record::Role;
 use crate::fcgi::worker::accesslog::AccessLog;
 use crate::fcgi::worker::parking::{Listening, Parked, Waiter, Woken};
 pub use crate::fcgi::worker::watchdog::Timeouts;
-use crate::fcgi::worker::watchdog::{Running, Slots, describe, watchdog};
+use crate::fcgi::worker::watchdog::{Running, Slots, describe, describe_into, watchdog};
 use crate::log_error;
 use crate::python::app;
 use crate::python::environ::StrCache;
@@ -387,6 +387,9 @@ struct ThreadState {
     /// `wsgi.errors` when it goes to the log only (not forwarded): one
     /// object for all of this thread's requests.
     errors: Option<Py<ErrorStream>>,
+    /// The request line ("METHOD URI") of the scoreboard and the
+    /// watchdog, a buffer kept from request to request.
+    line: Vec<u8>,
 }
 
 impl ThreadState {
@@ -407,6 +410,7 @@ impl ThreadState {
             slot,
             index,
             access_log,
+            line: Vec::with_capacity(256),
         }
     }
 
@@ -434,12 +438,16 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     } = job;
     body.measure(&mut meta);
     let slot = crate::process::scoreboard::my_slot();
-    // "METHOD URI", for the watchdog and the status page (made once).
-    let line = (thread.slot.is_some() || slot.is_some()).then(|| describe(&meta));
+    // "METHOD URI", for the watchdog and the status page (made once, in
+    // the thread's buffer).
+    let mut line = std::mem::take(&mut thread.line);
+    if thread.slot.is_some() || slot.is_some() {
+        describe_into(&meta, &mut line);
+    }
     if thread.slot.is_some() {
         thread.watch(Some(Running {
             started: Instant::now(),
-            what: line.clone().unwrap_or_default(),
+            what: String::from_utf8_lossy(&line).into_owned(),
             // SAFETY: pthread_self() has no preconditions. CPython's thread
             // idents (sys._current_frames() keys) are this value.
             thread: unsafe { nix::libc::pthread_self() } as u64,
@@ -456,7 +464,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
     };
     let started = Instant::now();
     if let Some(slot) = slot {
-        slot.begin(thread.index, line.as_deref().unwrap_or_default().as_bytes());
+        slot.begin(thread.index, &line);
         if let Some(board) = crate::process::scoreboard::board() {
             let busy = board
                 .used()
@@ -466,6 +474,7 @@ fn run_job(py: Python<'_>, app: &Bound<'_, PyAny>, job: Job, thread: &mut Thread
             board.max_active.fetch_max(busy as u64, Ordering::Relaxed);
         }
     }
+    thread.line = line;
     let (status, sent) = respond(py, app, role, &meta, body, sink, thread, &exchange);
     if let Some(log) = &thread.access_log {
         log.log(&crate::fcgi::worker::accesslog::Entry {

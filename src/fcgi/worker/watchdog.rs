@@ -157,18 +157,64 @@ fn python_stack(py: Python<'_>, thread: u64) -> String {
 
 /// "METHOD URI" of a request, for log lines.
 pub(crate) fn describe(meta: &crate::core::meta::MetaVariables) -> String {
-    let get = |key: &[u8]| {
-        crate::core::request::meta_value(meta, key).map(|v| String::from_utf8_lossy(v).into_owned())
-    };
-    let uri = get(b"REQUEST_URI").unwrap_or_else(|| {
-        let path = get(b"SCRIPT_NAME").unwrap_or_default() + &get(b"PATH_INFO").unwrap_or_default();
-        match get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        }
-    });
-    format!(
-        "{} {uri}",
-        get(b"REQUEST_METHOD").unwrap_or_else(|| "GET".into())
-    )
+    let mut line = Vec::new();
+    describe_into(meta, &mut line);
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// "METHOD URI" of a request, its raw bytes in `line` (cleared first; a
+/// buffer kept from request to request: the scoreboard's line costs no
+/// allocation).
+pub(crate) fn describe_into(meta: &crate::core::meta::MetaVariables, line: &mut Vec<u8>) {
+    let get = |key: &[u8]| crate::core::request::meta_value(meta, key);
+    line.clear();
+    line.extend_from_slice(get(b"REQUEST_METHOD").unwrap_or(b"GET"));
+    line.push(b' ');
+    if let Some(uri) = get(b"REQUEST_URI") {
+        line.extend_from_slice(uri);
+        return;
+    }
+    line.extend_from_slice(get(b"SCRIPT_NAME").unwrap_or_default());
+    line.extend_from_slice(get(b"PATH_INFO").unwrap_or_default());
+    if let Some(query) = get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
+        line.push(b'?');
+        line.extend_from_slice(query);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_line_is_method_and_uri_or_its_parts() {
+        let meta = |pairs: &[(&str, &str)]| -> crate::core::meta::MetaVariables {
+            pairs.iter().copied().collect()
+        };
+        let mut line = b"left over".to_vec();
+        describe_into(
+            &meta(&[
+                ("REQUEST_METHOD", "POST"),
+                ("REQUEST_URI", "/a?b=1"),
+                ("PATH_INFO", "/x"),
+            ]),
+            &mut line,
+        );
+        assert_eq!(line, b"POST /a?b=1");
+        describe_into(
+            &meta(&[
+                ("SCRIPT_NAME", "/app"),
+                ("PATH_INFO", "/p"),
+                ("QUERY_STRING", "q=\u{e9}"),
+            ]),
+            &mut line,
+        );
+        assert_eq!(line, "GET /app/p?q=\u{e9}".as_bytes());
+        describe_into(
+            &meta(&[("PATH_INFO", "/p"), ("QUERY_STRING", "")]),
+            &mut line,
+        );
+        assert_eq!(line, b"GET /p");
+        assert_eq!(describe(&meta(&[("REQUEST_URI", "/")])), "GET /");
+    }
 }
