@@ -7,6 +7,7 @@
 pub(crate) mod accesslog;
 pub(crate) mod linger;
 pub(crate) mod listener;
+pub(crate) mod listening;
 pub(crate) mod parking;
 pub(crate) mod pool;
 pub(crate) mod sched;
@@ -324,7 +325,7 @@ fn accept_on(
     listeners: &[Listener],
     options: &WorkerOptions,
     handoff: tokio::sync::mpsc::UnboundedSender<crate::fcgi::inline::Accepted>,
-) -> Result<crate::fcgi::worker::parking::Listening, WorkerError> {
+) -> Result<crate::fcgi::worker::listening::Listening, WorkerError> {
     for listener in listeners {
         let _ = match listener {
             Listener::Tcp(l) => l.set_nonblocking(true),
@@ -336,7 +337,7 @@ fn accept_on(
     // Other processes accept on these sockets too: our workers, or those
     // of the spawner that handed us the socket (spawn-fcgi -F, mod_fcgid).
     let peers = options.workers > 1 || options.binds.is_empty();
-    Ok(crate::fcgi::worker::parking::Listening::new(
+    Ok(crate::fcgi::worker::listening::Listening::new(
         &sockets,
         (
             listener::web_server_addrs(),

@@ -16,7 +16,7 @@ use crate::fcgi::connection::{self, Context};
 use crate::fcgi::inline::Accepted;
 use crate::fcgi::job::Dispatch;
 use crate::fcgi::socket::Socket;
-use crate::fcgi::worker::parking::Listening;
+use crate::fcgi::worker::listening::Listening;
 use crate::{log_error, log_info, log_warn};
 
 /// Serve the connections handed over on `handoffs` (with the limits of
