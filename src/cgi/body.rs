@@ -6,7 +6,7 @@
 
 use std::io::{self, Read, Seek, Write};
 
-use crate::core::request::{is_chunked, meta_value, set_measured_length};
+use crate::core::request::{is_chunked, set_measured_length};
 
 /// Bodies up to this size stay in memory; larger ones go to an
 /// unlinked temporary file in `$TMPDIR`.
@@ -33,7 +33,7 @@ pub fn receive(
             max.unwrap_or(0)
         ),
     };
-    if let Some(length) = meta_value(meta, b"CONTENT_LENGTH").filter(|v| !v.is_empty()) {
+    if let Some(length) = meta.get(b"CONTENT_LENGTH").filter(|v| !v.is_empty()) {
         // (An invalid one is the environ's to refuse, with 400.)
         let declared = std::str::from_utf8(length)
             .ok()

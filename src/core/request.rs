@@ -8,14 +8,9 @@ use std::io::{self, Read};
 
 pub use crate::core::meta::MetaVariables;
 
-/// The last value of `name` among `meta`.
-pub fn meta_value<'a>(meta: &'a MetaVariables, name: &[u8]) -> Option<&'a [u8]> {
-    meta.get(name)
-}
-
 /// Whether the request says its body came chunked (`HTTP_TRANSFER_ENCODING`).
 pub fn is_chunked(meta: &MetaVariables) -> bool {
-    meta_value(meta, b"HTTP_TRANSFER_ENCODING").is_some_and(|te| {
+    meta.get(b"HTTP_TRANSFER_ENCODING").is_some_and(|te| {
         te.split(|&b| b == b',')
             .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
     })

@@ -60,8 +60,7 @@ impl HeadBuilder {
         if !is_token(name) {
             return Err(ResponseError::BadHeaderName(name.to_string()));
         }
-        let ascii = is_clean_ascii(value);
-        if !ascii && !is_clean_text(value) {
+        if !is_clean_text(value) {
             return Err(ResponseError::BadHeaderValue(name.to_string()));
         }
         if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
@@ -75,11 +74,7 @@ impl HeadBuilder {
                 .map_err(|_| ResponseError::BadContentLength(value.to_string()))?;
             self.head.content_length = Some(parsed);
         }
-        if ascii {
-            wire::push_ascii_header(&mut self.head.block, name, value);
-        } else {
-            wire::push_header(&mut self.head.block, name, value);
-        }
+        wire::push_header(&mut self.head.block, name, value);
         Ok(())
     }
 
@@ -143,16 +138,11 @@ fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| TCHAR[usize::from(b)])
 }
 
-/// Printable ASCII and tab: what nearly every header value is (its bytes
-/// are its latin-1 encoding).
-fn is_clean_ascii(s: &str) -> bool {
-    s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
-}
-
 /// Latin-1 text without control characters but tab (C0, DEL and C1 are
 /// controls).
 fn is_clean_text(s: &str) -> bool {
-    is_clean_ascii(s)
+    // (Printable ASCII and tab — nearly every value — in one byte pass.)
+    s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
         || s.chars()
             .all(|c| (c as u32) <= 0xff && (c == '\t' || !(c.is_control())))
 }

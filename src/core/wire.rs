@@ -12,21 +12,13 @@ pub fn push_status(block: &mut Vec<u8>, status: &str) {
     block.extend_from_slice(b"\r\n");
 }
 
-/// A header line (name and value validated).
+/// A header line (validated: the name a token, so ASCII; the value
+/// latin-1 text).
 pub fn push_header(block: &mut Vec<u8>, name: &str, value: &str) {
-    push_latin1(name, block);
-    block.extend_from_slice(b": ");
-    push_latin1(value, block);
-    block.extend_from_slice(b"\r\n");
-}
-
-/// A header line whose name and value are ASCII (validated): their bytes
-/// as they are, in one reservation.
-pub fn push_ascii_header(block: &mut Vec<u8>, name: &str, value: &str) {
     block.reserve(name.len() + value.len() + 4);
     block.extend_from_slice(name.as_bytes());
     block.extend_from_slice(b": ");
-    block.extend_from_slice(value.as_bytes());
+    push_latin1(value, block);
     block.extend_from_slice(b"\r\n");
 }
 

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::proto::record::Role;
 use super::writer::{Frames, Held, WriteError, Writer};
-use crate::core::request::{MetaVariables, is_chunked, meta_value, set_measured_length};
+use crate::core::request::{MetaVariables, is_chunked, set_measured_length};
 use crate::core::response::error_head;
 use crate::core::wire;
 
@@ -127,7 +127,10 @@ impl Body {
     /// mod_proxy_fcgi a chunked body arrives without one, and bottle or
     /// pypiserver would de-chunk it again: 400).
     pub fn measure(&self, meta: &mut MetaVariables) {
-        if meta_value(meta, b"CONTENT_LENGTH").is_some_and(|v| !v.trim_ascii().is_empty()) {
+        if meta
+            .get(b"CONTENT_LENGTH")
+            .is_some_and(|v| !v.trim_ascii().is_empty())
+        {
             return;
         }
         if let Some(len) = self.received_len().filter(|&n| n > 0 || is_chunked(meta)) {

@@ -24,6 +24,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::proto::record::{self, MAX_CONTENT, ProtocolStatus, RecordType};
 
+/// Slices in one vectored write at most (each up to a record's 64 KiB; the
+/// array is made on the stack for every write).
+const MAX_IOV: usize = 16;
+
 /// Payloads larger than this are written from the app's own buffer.
 pub(super) const COPY_LIMIT: usize = 8 * 1024;
 
@@ -132,13 +136,19 @@ impl Frames {
         }
     }
 
-    /// The next segments for one vectored write.
-    fn io_slices(&self) -> Vec<io::IoSlice<'_>> {
-        self.segments
-            .iter()
-            .take(64)
-            .map(|b| io::IoSlice::new(b))
-            .collect()
+    /// The next bytes for one vectored write, gathered on the stack: the
+    /// sealed segments, then the buffer (whose bytes follow them); how many.
+    fn io_slices<'a>(&'a self, out: &mut [io::IoSlice<'a>; MAX_IOV]) -> usize {
+        let mut n = 0;
+        for segment in self.segments.iter().take(MAX_IOV) {
+            out[n] = io::IoSlice::new(segment);
+            n += 1;
+        }
+        if n < MAX_IOV && !self.buffer.is_empty() {
+            out[n] = io::IoSlice::new(&self.buffer);
+            n += 1;
+        }
+        n
     }
 
     /// Drop the first `written` bytes (a write took them).
@@ -157,6 +167,7 @@ impl Frames {
                 left = 0;
             }
         }
+        bytes::Buf::advance(&mut self.buffer, left);
     }
 
     /// All framed bytes, copied (tests).
@@ -336,28 +347,16 @@ impl Held<'_> {
         if writer.broken.load(Ordering::Acquire) {
             return Err(WriteError::Closed(io::ErrorKind::BrokenPipe.into()));
         }
-        // A response small enough to be copied whole (most are): one
-        // buffer, one write(2), nothing to gather.
-        if frames.segments.is_empty() {
-            while !frames.buffer.is_empty() {
-                match nix::unistd::write(&*writer.socket, &frames.buffer) {
-                    Ok(n) => {
-                        frames.started |= n > 0;
-                        bytes::Buf::advance(&mut frames.buffer, n);
-                    }
-                    Err(nix::errno::Errno::EAGAIN) => return Ok(Some(frames)),
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => {
-                        writer.failed.store(true, Ordering::Release);
-                        return Err(WriteError::Closed(e.into()));
-                    }
-                }
-            }
-            return Ok(None);
-        }
-        frames.seal();
-        while !frames.segments.is_empty() {
-            match nix::sys::uio::writev(&*writer.socket, &frames.io_slices()) {
+        // (The buffer is written where it is: a response small enough to be
+        // copied whole, as most are, is one slice — nothing sealed, queued
+        // or gathered on the heap.)
+        while !frames.is_empty() {
+            let written = {
+                let mut slices = [io::IoSlice::new(&[]); MAX_IOV];
+                let n = frames.io_slices(&mut slices);
+                nix::sys::uio::writev(&*writer.socket, &slices[..n])
+            };
+            match written {
                 Ok(n) => frames.advance(n),
                 Err(nix::errno::Errno::EAGAIN) => return Ok(Some(frames)),
                 Err(nix::errno::Errno::EINTR) => {}

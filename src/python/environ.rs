@@ -9,6 +9,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::core::environ::{Environ, Flavor};
+use crate::core::meta::{last_word as tail, word};
 use crate::python::input::{FileWrapper, Input};
 
 /// Python `str` objects for environ keys and values, reused from request
@@ -115,34 +116,6 @@ impl StrCache {
 impl Default for StrCache {
     fn default() -> Self {
         StrCache::new()
-    }
-}
-
-/// Eight bytes of `b` from `at` (the caller checks `at + 8 <= b.len()`).
-#[inline]
-fn word(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-/// Up to eight bytes of `b` as one number, with no copy of variable
-/// length (a `memcpy` call cost more than the rest): overlapping loads of
-/// eight, four or single bytes.
-#[inline]
-fn tail(b: &[u8]) -> u64 {
-    let n = b.len();
-    if n >= 8 {
-        word(b, n - 8)
-    } else if n >= 4 {
-        let four = |at: usize| {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&b[at..at + 4]);
-            u64::from(u32::from_le_bytes(w))
-        };
-        four(0) | (four(n - 4) << 32)
-    } else {
-        b.iter().fold(0, |h, &x| (h << 8) | u64::from(x))
     }
 }
 

@@ -31,7 +31,6 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::cgi::config::Settings;
 use crate::core::exit::Exit;
-use crate::core::request::meta_value;
 use crate::core::response::ResponseWriter;
 use crate::{log_error, log_info};
 
@@ -77,7 +76,7 @@ pub fn handle(settings: &Settings) -> Relayed {
         Relayed::Done(exit)
     };
     let chunked = crate::core::request::is_chunked(&meta)
-        && meta_value(&meta, b"CONTENT_LENGTH").is_none_or(<[u8]>::is_empty);
+        && meta.get(b"CONTENT_LENGTH").is_none_or(<[u8]>::is_empty);
     let body = match crate::cgi::body::receive(&mut meta, settings.max_body_size) {
         Ok(body) => body,
         Err(refusal) => return refuse(sink, refusal.status, refusal.message, Exit::BadRequest),
@@ -123,7 +122,7 @@ pub fn serve(
     let from_stdin = body.is_none();
     let mut source = body.unwrap_or_else(|| Box::new(io::stdin()));
     let idempotent = matches!(
-        meta_value(meta, b"REQUEST_METHOD"),
+        meta.get(b"REQUEST_METHOD"),
         Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
     );
     let relayed = relay(conn, meta, &mut *source, length, out);

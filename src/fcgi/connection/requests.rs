@@ -399,7 +399,7 @@ pub(in crate::fcgi) fn own_answer(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     // (A name given twice: its last value, as the environ has it.)
-    let get = |key: &[u8]| crate::core::request::meta_value(meta, key).unwrap_or_default();
+    let get = |key: &[u8]| meta.get(key).unwrap_or_default();
     if let Some(pages) = &limits.page_hook {
         // The whole path only (SCRIPT_NAME + PATH_INFO): under a mount such
         // as nginx's `location /app/`, /app/status is the app's, and the

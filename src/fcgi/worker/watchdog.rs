@@ -166,17 +166,16 @@ pub(crate) fn describe(meta: &crate::core::meta::MetaVariables) -> String {
 /// buffer kept from request to request: the scoreboard's line costs no
 /// allocation).
 pub(crate) fn describe_into(meta: &crate::core::meta::MetaVariables, line: &mut Vec<u8>) {
-    let get = |key: &[u8]| crate::core::request::meta_value(meta, key);
     line.clear();
-    line.extend_from_slice(get(b"REQUEST_METHOD").unwrap_or(b"GET"));
+    line.extend_from_slice(meta.get(b"REQUEST_METHOD").unwrap_or(b"GET"));
     line.push(b' ');
-    if let Some(uri) = get(b"REQUEST_URI") {
+    if let Some(uri) = meta.get(b"REQUEST_URI") {
         line.extend_from_slice(uri);
         return;
     }
-    line.extend_from_slice(get(b"SCRIPT_NAME").unwrap_or_default());
-    line.extend_from_slice(get(b"PATH_INFO").unwrap_or_default());
-    if let Some(query) = get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
+    line.extend_from_slice(meta.get(b"SCRIPT_NAME").unwrap_or_default());
+    line.extend_from_slice(meta.get(b"PATH_INFO").unwrap_or_default());
+    if let Some(query) = meta.get(b"QUERY_STRING").filter(|q| !q.is_empty()) {
         line.push(b'?');
         line.extend_from_slice(query);
     }
