@@ -196,9 +196,7 @@ impl Pool<'_> {
             }
             None if !self.standalone => {
                 self.failed = true;
-                self.backoff =
-                    (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-                self.next_spawn = Instant::now() + self.backoff;
+                self.back_off_boot();
                 log_error!(
                     "{}failed: {who} {} ({how}: {what}); the other pools go on serving; retrying in {:.0} s",
                     self.tag,
@@ -208,9 +206,7 @@ impl Pool<'_> {
                 None
             }
             Some(_) => {
-                self.backoff =
-                    (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-                self.next_spawn = Instant::now() + self.backoff;
+                self.back_off_boot();
                 log_error!(
                     "{}replacement {who} {} failed ({how}: {what}); retrying in {:.0} s",
                     self.tag,
@@ -228,5 +224,12 @@ impl Pool<'_> {
                 Some(code)
             }
         }
+    }
+
+    /// A boot failed: the next try waits twice as long as the last (1 s to
+    /// 30 s).
+    fn back_off_boot(&mut self) {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        self.next_spawn = Instant::now() + self.backoff;
     }
 }
