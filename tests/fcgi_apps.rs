@@ -70,6 +70,75 @@ fn environ_keys_types_latin1_and_defaults() {
     assert_eq!(env["SERVER_PROTOCOL"], "HTTP/1.0");
 }
 
+/// An app thread makes each environ as a copy of one it keeps (see
+/// `python::environ::Template`): what an app does to its environ (a key
+/// changed, added, deleted — as middleware does) never reaches the next
+/// request, and requests that send other names, in turn on one thread, each
+/// see exactly their own.
+#[test]
+fn an_environ_changed_by_the_app_never_reaches_the_next_request() {
+    let r = Responder::fixtures(&["--threads", "1"]);
+    let mut conn = r.connect();
+    let first = conn
+        .request(
+            1,
+            &Req::get("/environ?n=0")
+                .param("HTTP_X_SAME", "a")
+                .keep_conn(),
+        )
+        .json();
+    for i in 1..40u32 {
+        // Three kinds of request: the first one's names, one more name, and
+        // as many names as the first with one of them another.
+        let req = match i % 3 {
+            0 => Req::get(&format!("/environ?n={i}&mutate=1")).param("HTTP_X_SAME", "a"),
+            1 => Req::get(&format!("/environ?n={i}"))
+                .param("HTTP_X_SAME", "a")
+                .param("HTTP_X_MORE", &i.to_string()),
+            _ => Req::get(&format!("/environ?n={i}")).param("HTTP_X_OTHER", "a"),
+        };
+        let env = conn.request(1, &req.keep_conn()).json();
+        let mutate = if i % 3 == 0 { "&mutate=1" } else { "" };
+        assert_eq!(env["QUERY_STRING"], format!("n={i}{mutate}"), "request {i}");
+        assert_eq!(env["PATH_INFO"], "/environ", "request {i}");
+        assert_eq!(env["X_ADDED"], serde_json::Value::Null, "request {i}");
+        assert_eq!(env["wsgi.url_scheme"], "http", "request {i}");
+        assert_eq!(
+            env["wsgi.version"],
+            serde_json::json!([1, 0]),
+            "request {i}"
+        );
+        let (same, more, other) = match i % 3 {
+            0 => (
+                serde_json::json!("a"),
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+            ),
+            1 => (
+                serde_json::json!("a"),
+                serde_json::json!(i.to_string()),
+                serde_json::Value::Null,
+            ),
+            _ => (
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+                serde_json::json!("a"),
+            ),
+        };
+        assert_eq!(env["HTTP_X_SAME"], same, "request {i}");
+        assert_eq!(env["HTTP_X_MORE"], more, "request {i}");
+        assert_eq!(env["HTTP_X_OTHER"], other, "request {i}");
+        // The same keys as the first request's, but for the headers sent.
+        let mut keys: Vec<&String> = env.as_object().unwrap().keys().collect();
+        let mut want: Vec<&String> = first.as_object().unwrap().keys().collect();
+        keys.retain(|k| !k.starts_with("HTTP_X_"));
+        want.retain(|k| !k.starts_with("HTTP_X_"));
+        keys.sort();
+        want.sort();
+        assert_eq!(keys, want, "request {i}");
+    }
+}
+
 /// The app threads reuse `str` objects for repeated environ keys and values
 /// (see `app::StrCache`): every request must still see exactly its own
 /// values — same key with changing values, same value under other keys,

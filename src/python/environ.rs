@@ -1,6 +1,7 @@
 //! The environ `dict` from the plain [`Environ`]: native strings (latin-1,
 //! PEP 3333) reused from request to request through a small cache, the
-//! `wsgi.*` keys, the dict made at its size.
+//! `wsgi.*` keys; the dict a copy of the thread's [`Template`] for the
+//! names it has, else made at its size.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -26,6 +27,8 @@ pub struct StrCache {
     /// sends the same variables in the same order, so most strings are
     /// found here by one comparison, without hashing.
     recent: Vec<Option<Held>>,
+    /// The environs to start from ([`Template`]), by number of variables.
+    templates: Vec<Option<Template>>,
 }
 
 /// A cache entry: hash, bytes, the `str`.
@@ -46,6 +49,7 @@ impl StrCache {
         StrCache {
             slots: (0..Self::SLOTS).map(|_| None).collect(),
             recent: (0..Self::RECENT).map(|_| None).collect(),
+            templates: (0..Template::SLOTS).map(|_| None).collect(),
         }
     }
 
@@ -54,6 +58,7 @@ impl StrCache {
         StrCache {
             slots: Vec::new(),
             recent: Vec::new(),
+            templates: Vec::new(),
         }
     }
 
@@ -169,7 +174,9 @@ fn latin1_str<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyStrin
     }
 }
 
-/// Build the environ `dict` from the plain [`Environ`].
+/// Build the environ `dict` from the plain [`Environ`]: a copy of the
+/// thread's [`Template`] for requests that send the names it has (in that
+/// order), else a new dict.
 pub fn environ_dict<'py>(
     py: Python<'py>,
     environ: &Environ<'_>,
@@ -178,6 +185,11 @@ pub fn environ_dict<'py>(
     errors: Bound<'py, PyAny>,
     strings: &mut StrCache,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let input = Bound::new(py, input)?.into_any();
+    if let Some(dict) = from_template(py, environ, flavor, &errors, strings)? {
+        dict.set_item(intern!(py, "wsgi.input"), input)?;
+        return Ok(dict);
+    }
     let dict = dict_of_size(py, environ.vars.len() + 9)?;
     for (at, (key, value)) in environ.vars.iter().enumerate() {
         dict.set_item(
@@ -185,6 +197,20 @@ pub fn environ_dict<'py>(
             strings.get_at(py, 2 * at + 1, value)?,
         )?;
     }
+    set_wsgi_keys(py, &dict, environ, flavor, input, errors, strings)?;
+    Ok(dict)
+}
+
+/// The `wsgi.*` keys, after the CGI variables.
+fn set_wsgi_keys<'py>(
+    py: Python<'py>,
+    dict: &Bound<'py, PyDict>,
+    environ: &Environ<'_>,
+    flavor: Flavor,
+    input: Bound<'py, PyAny>,
+    errors: Bound<'py, PyAny>,
+    strings: &mut StrCache,
+) -> PyResult<()> {
     // `(1, 0)`: one tuple for every request (it is immutable).
     static VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     let version = VERSION.get_or_try_init(py, || PyTuple::new(py, [1, 0]).map(Bound::unbind))?;
@@ -193,7 +219,7 @@ pub fn environ_dict<'py>(
         intern!(py, "wsgi.url_scheme"),
         strings.get(py, environ.url_scheme.as_bytes())?,
     )?;
-    dict.set_item(intern!(py, "wsgi.input"), Bound::new(py, input)?)?;
+    dict.set_item(intern!(py, "wsgi.input"), input)?;
     dict.set_item(intern!(py, "wsgi.errors"), errors)?;
     dict.set_item(intern!(py, "wsgi.multithread"), flavor.multithread)?;
     dict.set_item(intern!(py, "wsgi.multiprocess"), flavor.multiprocess)?;
@@ -202,8 +228,136 @@ pub fn environ_dict<'py>(
     dict.set_item(
         intern!(py, "wsgi.file_wrapper"),
         py.get_type::<FileWrapper>(),
-    )?;
-    Ok(dict)
+    )
+}
+
+/// An environ a thread made, to start the next ones from: a front end
+/// sends the same names in the same order request after request, most of
+/// them with the same values, so a copy of this dict (one copy of its
+/// table, with CPython's keys kind for `str` keys) with only the values
+/// that differ set costs a fraction of a dict filled key by key.
+/// Only the thread's own code sees it: the app gets copies.
+struct Template {
+    /// The names with the values of `values`, then the `wsgi.*` keys, with
+    /// `wsgi.input` None (no request's body is kept by it).
+    dict: Py<PyDict>,
+    /// The CGI names in the order the request sent them: the dict's keys.
+    names: Vec<Py<PyString>>,
+    /// The value of each name in `dict`.
+    values: Vec<Py<PyString>>,
+    url_scheme: &'static str,
+    errors: Py<PyAny>,
+    flavor: Flavor,
+    /// Requests in a row with other names than these.
+    misses: u8,
+}
+
+impl Template {
+    /// Templates a thread keeps, chosen by the number of variables (clients
+    /// of other kinds send other numbers of headers).
+    const SLOTS: usize = 4;
+    /// A template is replaced after this many requests in a row that had
+    /// other names (not after one: two kinds of request that alternate
+    /// keep one of them served from its template).
+    const MISSES: u8 = 2;
+
+    /// The template of this request, made as [`environ_dict`]'s new dict is.
+    fn new<'py>(
+        py: Python<'py>,
+        environ: &Environ<'_>,
+        flavor: Flavor,
+        errors: &Bound<'py, PyAny>,
+        strings: &mut StrCache,
+    ) -> PyResult<Template> {
+        // PyDict_New, not the presized dict: its keys table is of the kind
+        // for `str` keys only (the presized one's is the general kind).
+        let dict = PyDict::new(py);
+        let mut names = Vec::with_capacity(environ.vars.len());
+        let mut values = Vec::with_capacity(environ.vars.len());
+        for (at, (key, value)) in environ.vars.iter().enumerate() {
+            let name = strings.get_at(py, 2 * at, key)?;
+            let value = strings.get_at(py, 2 * at + 1, value)?;
+            dict.set_item(&name, &value)?;
+            names.push(name.unbind());
+            values.push(value.unbind());
+        }
+        let none = py.None().into_bound(py);
+        set_wsgi_keys(py, &dict, environ, flavor, none, errors.clone(), strings)?;
+        Ok(Template {
+            dict: dict.unbind(),
+            names,
+            values,
+            url_scheme: environ.url_scheme,
+            errors: errors.clone().unbind(),
+            flavor,
+            misses: 0,
+        })
+    }
+
+    /// Whether the request sends exactly these names, in this order.
+    fn fits(
+        &self,
+        py: Python<'_>,
+        environ: &Environ<'_>,
+        flavor: Flavor,
+        strings: &mut StrCache,
+    ) -> PyResult<bool> {
+        if self.flavor != flavor || self.names.len() != environ.vars.len() {
+            return Ok(false);
+        }
+        for (at, ((key, _), name)) in environ.vars.iter().zip(&self.names).enumerate() {
+            // (The same place's string from the last request when the bytes
+            // are the same: the template's own, when it was made from it.)
+            if strings.get_at(py, 2 * at, key)?.as_ptr() != name.as_ptr() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The environ as a copy of the thread's template for requests with its
+/// names, the values that differ set. `None`: no template fits (a new one
+/// is made when the last ones did not fit either, or the slot was empty).
+fn from_template<'py>(
+    py: Python<'py>,
+    environ: &Environ<'_>,
+    flavor: Flavor,
+    errors: &Bound<'py, PyAny>,
+    strings: &mut StrCache,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    if strings.templates.is_empty() {
+        return Ok(None);
+    }
+    let slot = environ.vars.len() % strings.templates.len();
+    let mut template = match strings.templates[slot].take() {
+        Some(t) if t.fits(py, environ, flavor, strings)? => t,
+        Some(mut t) if t.misses + 1 < Template::MISSES => {
+            t.misses += 1;
+            strings.templates[slot] = Some(t);
+            return Ok(None);
+        }
+        _ => Template::new(py, environ, flavor, errors, strings)?,
+    };
+    template.misses = 0;
+    let dict = template.dict.bind(py).copy()?;
+    for (at, (_, value)) in environ.vars.iter().enumerate() {
+        let value = strings.get_at(py, 2 * at + 1, value)?;
+        if value.as_ptr() != template.values[at].as_ptr() {
+            dict.set_item(template.names[at].bind(py), value)?;
+        }
+    }
+    if environ.url_scheme != template.url_scheme {
+        dict.set_item(
+            intern!(py, "wsgi.url_scheme"),
+            strings.get(py, environ.url_scheme.as_bytes())?,
+        )?;
+    }
+    if errors.as_ptr() != template.errors.as_ptr() {
+        dict.set_item(intern!(py, "wsgi.errors"), errors)?;
+    }
+    strings.templates[slot] = Some(template);
+    Ok(Some(dict))
 }
 
 /// An empty dict with room for `len` items.

@@ -29,6 +29,15 @@ def environ_route(environ, start_response):
         data[key] = environ[key]
     data["types"] = sorted({type(v).__name__ for k, v in environ.items() if not k.startswith("wsgi.")})
     data["os.environ.HTTP_PROXY"] = os.environ.get("HTTP_PROXY")
+    if "mutate=1" in environ.get("QUERY_STRING", ""):
+        # What middleware does to its environ: none of it may reach the
+        # next request (the responder makes environs from a template).
+        environ["PATH_INFO"] = "/mutated"
+        environ["X_ADDED"] = "added"
+        environ["wsgi.url_scheme"] = "gopher"
+        environ["wsgi.version"] = (9, 9)
+        del environ["QUERY_STRING"]
+        environ.pop("HTTP_X_SAME", None)
     return _json(start_response, data)
 
 
