@@ -555,10 +555,32 @@ fn forward_stderr_sends_wsgi_errors_as_fcgi_stderr() {
         (vec![], ""),
         (vec!["--forward-stderr"], "ERRORS-STREAM-LINE\n"),
     ] {
-        let r = Responder::fixtures(&args);
-        let out = r.connect().request(1, &Req::get("/errors"));
-        assert_eq!(out.text(), "logged\n");
-        assert_eq!(String::from_utf8_lossy(&out.stderr), forwarded, "{args:?}");
+        let r = Responder::fixtures(&[args.as_slice(), &["--threads", "1"]].concat());
+        // (One thread: the requests after the first are made from its
+        // environ template, which must not keep a request's stream — nor,
+        // through it, the connection — alive.)
+        for _ in 0..3 {
+            let mut conn = r.connect();
+            let out = conn.request(1, &Req::get("/errors"));
+            assert_eq!(out.text(), "logged\n");
+            assert_eq!(String::from_utf8_lossy(&out.stderr), forwarded, "{args:?}");
+            assert!(
+                matches!(conn.next(TIMEOUT), Next::Closed),
+                "{args:?}: the connection stayed open after the response"
+            );
+            // Closed, not only half-closed: a write meets a closed socket.
+            let closed = (0..50).any(|_| {
+                let refused = conn.send(&record(STDIN, 1, b"")).is_err();
+                if !refused {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                refused
+            });
+            assert!(
+                closed,
+                "{args:?}: something still holds the connection's socket"
+            );
+        }
         assert!(r.wait_log("ERRORS-STREAM-LINE", TIMEOUT), "{}", r.log());
     }
 }

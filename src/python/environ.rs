@@ -239,14 +239,14 @@ fn set_wsgi_keys<'py>(
 /// Only the thread's own code sees it: the app gets copies.
 struct Template {
     /// The names with the values of `values`, then the `wsgi.*` keys, with
-    /// `wsgi.input` None (no request's body is kept by it).
+    /// `wsgi.input` and `wsgi.errors` None: set for each request (no
+    /// request's body, or its stream to the web server, is kept by it).
     dict: Py<PyDict>,
     /// The CGI names in the order the request sent them: the dict's keys.
     names: Vec<Py<PyString>>,
     /// The value of each name in `dict`.
     values: Vec<Py<PyString>>,
     url_scheme: &'static str,
-    errors: Py<PyAny>,
     flavor: Flavor,
     /// Requests in a row with other names than these.
     misses: u8,
@@ -266,7 +266,6 @@ impl Template {
         py: Python<'py>,
         environ: &Environ<'_>,
         flavor: Flavor,
-        errors: &Bound<'py, PyAny>,
         strings: &mut StrCache,
     ) -> PyResult<Template> {
         // PyDict_New, not the presized dict: its keys table is of the kind
@@ -282,13 +281,12 @@ impl Template {
             values.push(value.unbind());
         }
         let none = py.None().into_bound(py);
-        set_wsgi_keys(py, &dict, environ, flavor, none, errors.clone(), strings)?;
+        set_wsgi_keys(py, &dict, environ, flavor, none.clone(), none, strings)?;
         Ok(Template {
             dict: dict.unbind(),
             names,
             values,
             url_scheme: environ.url_scheme,
-            errors: errors.clone().unbind(),
             flavor,
             misses: 0,
         })
@@ -337,7 +335,7 @@ fn from_template<'py>(
             strings.templates[slot] = Some(t);
             return Ok(None);
         }
-        _ => Template::new(py, environ, flavor, errors, strings)?,
+        _ => Template::new(py, environ, flavor, strings)?,
     };
     template.misses = 0;
     let dict = template.dict.bind(py).copy()?;
@@ -353,9 +351,7 @@ fn from_template<'py>(
             strings.get(py, environ.url_scheme.as_bytes())?,
         )?;
     }
-    if errors.as_ptr() != template.errors.as_ptr() {
-        dict.set_item(intern!(py, "wsgi.errors"), errors)?;
-    }
+    dict.set_item(intern!(py, "wsgi.errors"), errors)?;
     strings.templates[slot] = Some(template);
     Ok(Some(dict))
 }
