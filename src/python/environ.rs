@@ -29,6 +29,9 @@ pub struct StrCache {
     recent: Vec<Option<Held>>,
     /// The environs to start from ([`Template`]), by number of variables.
     templates: Vec<Option<Template>>,
+    /// How many variables the request had whose names `recent` holds (the
+    /// last one made key by key).
+    names_len: usize,
 }
 
 /// A cache entry: hash, bytes, the `str`.
@@ -50,6 +53,7 @@ impl StrCache {
             slots: (0..Self::SLOTS).map(|_| None).collect(),
             recent: (0..Self::RECENT).map(|_| None).collect(),
             templates: (0..Template::SLOTS).map(|_| None).collect(),
+            names_len: 0,
         }
     }
 
@@ -59,6 +63,7 @@ impl StrCache {
             slots: Vec::new(),
             recent: Vec::new(),
             templates: Vec::new(),
+            names_len: 0,
         }
     }
 
@@ -79,6 +84,16 @@ impl StrCache {
             return Ok(string.bind(py).clone());
         }
         self.miss_at(py, at, bytes)
+    }
+
+    /// Whether the names of `environ` are those of the last request made
+    /// key by key, in the same order (what `recent` holds at the keys'
+    /// places): a kind of request that comes again.
+    fn repeats_names(&self, environ: &Environ<'_>) -> bool {
+        self.names_len == environ.vars.len()
+            && environ.vars.iter().enumerate().all(|(at, (key, _))| {
+                matches!(self.recent.get(2 * at), Some(Some((held, _))) if same(held, key))
+            })
     }
 
     /// [`StrCache::get_at`] when the place held something else.
@@ -191,6 +206,7 @@ pub fn environ_dict<'py>(
         return Ok(dict);
     }
     let dict = dict_of_size(py, environ.vars.len() + 9)?;
+    strings.names_len = environ.vars.len();
     for (at, (key, value)) in environ.vars.iter().enumerate() {
         dict.set_item(
             strings.get_at(py, 2 * at, key)?,
@@ -242,24 +258,20 @@ struct Template {
     /// `wsgi.input` and `wsgi.errors` None: set for each request (no
     /// request's body, or its stream to the web server, is kept by it).
     dict: Py<PyDict>,
-    /// The CGI names in the order the request sent them: the dict's keys.
+    /// The CGI names in the order the request sent them: the dict's keys,
+    /// and their bytes.
     names: Vec<Py<PyString>>,
+    name_bytes: Vec<Box<[u8]>>,
     /// The value of each name in `dict`.
     values: Vec<Py<PyString>>,
     url_scheme: &'static str,
     flavor: Flavor,
-    /// Requests in a row with other names than these.
-    misses: u8,
 }
 
 impl Template {
     /// Templates a thread keeps, chosen by the number of variables (clients
     /// of other kinds send other numbers of headers).
     const SLOTS: usize = 4;
-    /// A template is replaced after this many requests in a row that had
-    /// other names (not after one: two kinds of request that alternate
-    /// keep one of them served from its template).
-    const MISSES: u8 = 2;
 
     /// The template of this request, made as [`environ_dict`]'s new dict is.
     fn new<'py>(
@@ -273,6 +285,7 @@ impl Template {
         let dict = PyDict::new(py);
         let mut names = Vec::with_capacity(environ.vars.len());
         let mut values = Vec::with_capacity(environ.vars.len());
+        strings.names_len = environ.vars.len();
         for (at, (key, value)) in environ.vars.iter().enumerate() {
             let name = strings.get_at(py, 2 * at, key)?;
             let value = strings.get_at(py, 2 * at + 1, value)?;
@@ -280,43 +293,37 @@ impl Template {
             names.push(name.unbind());
             values.push(value.unbind());
         }
+        let name_bytes = environ
+            .vars
+            .iter()
+            .map(|(key, _)| Box::from(*key))
+            .collect();
         let none = py.None().into_bound(py);
         set_wsgi_keys(py, &dict, environ, flavor, none.clone(), none, strings)?;
         Ok(Template {
             dict: dict.unbind(),
             names,
+            name_bytes,
             values,
             url_scheme: environ.url_scheme,
             flavor,
-            misses: 0,
         })
     }
 
     /// Whether the request sends exactly these names, in this order.
-    fn fits(
-        &self,
-        py: Python<'_>,
-        environ: &Environ<'_>,
-        flavor: Flavor,
-        strings: &mut StrCache,
-    ) -> PyResult<bool> {
-        if self.flavor != flavor || self.names.len() != environ.vars.len() {
-            return Ok(false);
-        }
-        for (at, ((key, _), name)) in environ.vars.iter().zip(&self.names).enumerate() {
-            // (The same place's string from the last request when the bytes
-            // are the same: the template's own, when it was made from it.)
-            if strings.get_at(py, 2 * at, key)?.as_ptr() != name.as_ptr() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+    fn fits(&self, environ: &Environ<'_>, flavor: Flavor) -> bool {
+        self.flavor == flavor
+            && self.name_bytes.len() == environ.vars.len()
+            && (environ.vars.iter().zip(&self.name_bytes)).all(|((key, _), name)| same(key, name))
     }
 }
 
 /// The environ as a copy of the thread's template for requests with its
-/// names, the values that differ set. `None`: no template fits (a new one
-/// is made when the last ones did not fit either, or the slot was empty).
+/// names, the values that differ set. `None`: no template fits — a new one
+/// is made (for this request and the next of its kind) when the last
+/// request made key by key had the same names: a kind of request that
+/// comes again, not one of many kinds in turn (which would make a template
+/// per request).
 fn from_template<'py>(
     py: Python<'py>,
     environ: &Environ<'_>,
@@ -328,16 +335,17 @@ fn from_template<'py>(
         return Ok(None);
     }
     let slot = environ.vars.len() % strings.templates.len();
-    let mut template = match strings.templates[slot].take() {
-        Some(t) if t.fits(py, environ, flavor, strings)? => t,
-        Some(mut t) if t.misses + 1 < Template::MISSES => {
-            t.misses += 1;
-            strings.templates[slot] = Some(t);
+    let template = match strings.templates[slot].take() {
+        Some(t) if t.fits(environ, flavor) => t,
+        other if strings.repeats_names(environ) => {
+            drop(other);
+            Template::new(py, environ, flavor, strings)?
+        }
+        other => {
+            strings.templates[slot] = other;
             return Ok(None);
         }
-        _ => Template::new(py, environ, flavor, strings)?,
     };
-    template.misses = 0;
     let dict = template.dict.bind(py).copy()?;
     for (at, (_, value)) in environ.vars.iter().enumerate() {
         let value = strings.get_at(py, 2 * at + 1, value)?;
