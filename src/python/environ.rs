@@ -258,10 +258,9 @@ struct Template {
     /// `wsgi.input` and `wsgi.errors` None: set for each request (no
     /// request's body, or its stream to the web server, is kept by it).
     dict: Py<PyDict>,
-    /// The CGI names in the order the request sent them: the dict's keys,
-    /// and their bytes.
-    names: Vec<Py<PyString>>,
-    name_bytes: Vec<Box<[u8]>>,
+    /// The CGI names in the order the request sent them: their bytes and
+    /// the dict's keys.
+    names: Vec<Held>,
     /// The value of each name in `dict`.
     values: Vec<Py<PyString>>,
     url_scheme: &'static str,
@@ -290,20 +289,14 @@ impl Template {
             let name = strings.get_at(py, 2 * at, key)?;
             let value = strings.get_at(py, 2 * at + 1, value)?;
             dict.set_item(&name, &value)?;
-            names.push(name.unbind());
+            names.push((Box::from(*key), name.unbind()));
             values.push(value.unbind());
         }
-        let name_bytes = environ
-            .vars
-            .iter()
-            .map(|(key, _)| Box::from(*key))
-            .collect();
         let none = py.None().into_bound(py);
         set_wsgi_keys(py, &dict, environ, flavor, none.clone(), none, strings)?;
         Ok(Template {
             dict: dict.unbind(),
             names,
-            name_bytes,
             values,
             url_scheme: environ.url_scheme,
             flavor,
@@ -313,8 +306,8 @@ impl Template {
     /// Whether the request sends exactly these names, in this order.
     fn fits(&self, environ: &Environ<'_>, flavor: Flavor) -> bool {
         self.flavor == flavor
-            && self.name_bytes.len() == environ.vars.len()
-            && (environ.vars.iter().zip(&self.name_bytes)).all(|((key, _), name)| same(key, name))
+            && self.names.len() == environ.vars.len()
+            && (environ.vars.iter().zip(&self.names)).all(|((key, _), (name, _))| same(key, name))
     }
 }
 
@@ -350,7 +343,7 @@ fn from_template<'py>(
     for (at, (_, value)) in environ.vars.iter().enumerate() {
         let value = strings.get_at(py, 2 * at + 1, value)?;
         if value.as_ptr() != template.values[at].as_ptr() {
-            dict.set_item(template.names[at].bind(py), value)?;
+            dict.set_item(template.names[at].1.bind(py), value)?;
         }
     }
     if environ.url_scheme != template.url_scheme {
